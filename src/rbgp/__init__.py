@@ -1,3 +1,33 @@
-"""rbgp: fast sparse neural networks from Ramanujan bipartite graph products."""
+"""rbgp: fast sparse neural networks from Ramanujan bipartite graph products.
+
+`rbgp.graphs` is numpy-only; the torch parts are imported on first use, so `import rbgp.graphs`
+never pulls in torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "sparsify": "rbgp.nn",
+    "RBGPLinear": "rbgp.nn",
+    "RBGPConv2d": "rbgp.nn",
+    "MaskedLinear": "rbgp.nn",
+    "MaskedConv2d": "rbgp.nn",
+    "RBGP4": "rbgp.patterns",
+    "ramanujan": "rbgp.graphs",
+    "product": "rbgp.graphs",
+    "complete": "rbgp.graphs",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'rbgp' has no attribute {name!r}")
+
+
+__all__ = ["__version__", *_LAZY]

@@ -1,0 +1,59 @@
+"""`rbgp bench`: layer benchmarks written to benchmarks/ as JSON, markdown and PNG."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def add_bench_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="time RBGP layers against dense, torch CSR and torch BSR",
+                       description="Time forward and forward+backward of RBGP layers against dense, torch CSR "
+                                   "and torch BSR at the same density; write JSON, a markdown table and a plot.")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    p.add_argument("--repeats", type=int, default=10, help="timed repeats per measurement (median reported)")
+    p.add_argument("--quick", action="store_true", help="small shapes only (a smoke run)")
+    p.add_argument("--out-dir", default="benchmarks", help="where results go (default benchmarks/)")
+    p.add_argument("--name", help="file stem (default cpu, or gpu-<device name>)")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from rbgp.bench.kernels import default_cases, environment, run_case
+    from rbgp.bench.report import markdown_table, plot_speedups
+    from rbgp.bench.timing import write_atomic, write_json
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device} asked for but torch sees no CUDA device; use --device cpu")
+    if args.device != "cpu" and not args.device.startswith("cuda"):
+        raise ValueError(f"--device must be cpu or cuda[:N], got {args.device!r}")
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    dtype = getattr(torch, DTYPES[args.dtype])
+    env = environment(args.device)
+    stem = args.name or ("cpu" if args.device == "cpu" else
+                         "gpu-" + env.get("device_name", "cuda").replace(" ", "-").lower())
+    if args.quick and not args.name:
+        stem += "-quick"
+    results = []
+    cases = default_cases(args.quick)
+    for case in tqdm(cases, desc="bench", unit="case", file=sys.stderr):
+        results.append(run_case(case, args.device, dtype, args.repeats))
+    data = {"command": "rbgp " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"]
+            else "rbgp bench", "dtype": args.dtype, "environment": env, "results": results}
+    out = Path(args.out_dir)
+    write_json(out / f"{stem}.json", data)
+    table = markdown_table(data)
+    write_atomic(out / f"{stem}.md", table)
+    plot_speedups(data, out / f"{stem}.png")
+    print(table)
+    print(f"wrote {out / (stem + '.json')}, .md and .png")
+    return 0

@@ -1,0 +1,95 @@
+"""Masked baseline layers: a dense weight times a fixed 0/1 mask from any Pattern.
+
+They make comparisons fair (same training code, any pattern: unstructured, block, N:M, HBsNN) and
+compute as dense; the masked entries stay exactly zero in `dense_weight()` whatever the optimizer does.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rbgp.patterns import Pattern, SparseMask, Unstructured, get_pattern
+
+
+class _MaskedMixin:
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+
+    def _attach_mask(self, sparsity: float, pattern: str | Pattern | None, seed: int) -> None:
+        pattern = Unstructured() if pattern is None else get_pattern(pattern)
+        self.structure: SparseMask = pattern.build(tuple(self.weight.shape), sparsity, seed)
+        mask = torch.as_tensor(self.structure.weight_mask(), device=self.weight.device)
+        self.register_buffer("mask", mask, persistent=True)
+        fan_in = max(1, int(self.structure.array.sum(axis=1).mean()))
+        with torch.no_grad():  # Kaiming normal scaled to the real (mean) fan-in
+            self.weight.normal_(0.0, math.sqrt(2.0 / fan_in)).mul_(self.mask)
+            if self.bias is not None:
+                self.bias.uniform_(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+
+    @property
+    def density(self) -> float:
+        return self.structure.density
+
+    def dense_weight(self) -> torch.Tensor:
+        """The masked dense weight (exact zeros off the pattern)."""
+        return self.weight * self.mask
+
+
+class MaskedLinear(_MaskedMixin, nn.Linear):
+    """nn.Linear with a fixed sparsity mask from `pattern` (unstructured by default)."""
+
+    def __init__(self, in_features: int, out_features: int, sparsity: float = 0.9, *,
+                 pattern: str | Pattern | None = None, seed: int = 0, bias: bool = True,
+                 device=None, dtype=None) -> None:
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self._attach_mask(sparsity, pattern, seed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.dense_weight(), self.bias)
+
+    @classmethod
+    def from_dense(cls, module: nn.Linear, sparsity: float = 0.9, *, pattern=None, seed: int = 0,
+                   keep_weights: bool = True) -> MaskedLinear:
+        w = module.weight
+        layer = cls(module.in_features, module.out_features, sparsity, pattern=pattern, seed=seed,
+                    bias=module.bias is not None, device=w.device, dtype=w.dtype)
+        if keep_weights:
+            with torch.no_grad():
+                layer.weight.copy_(w * layer.mask)
+                if module.bias is not None:
+                    layer.bias.copy_(module.bias)
+        return layer
+
+
+class MaskedConv2d(_MaskedMixin, nn.Conv2d):
+    """nn.Conv2d (groups=1) with a fixed mask on its (c_out, c_in*kh*kw) matrix."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 sparsity: float = 0.9, *, pattern: str | Pattern | None = None, seed: int = 0,
+                 bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups=1, bias=bias,
+                         device=device, dtype=dtype)
+        self._attach_mask(sparsity, pattern, seed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.dense_weight(), self.bias)
+
+    @classmethod
+    def from_dense(cls, module: nn.Conv2d, sparsity: float = 0.9, *, pattern=None, seed: int = 0,
+                   keep_weights: bool = True) -> MaskedConv2d:
+        if module.groups != 1:
+            raise ValueError(f"only groups=1 convs can be masked, got groups={module.groups}")
+        w = module.weight
+        layer = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                    module.dilation, sparsity, pattern=pattern, seed=seed, bias=module.bias is not None,
+                    device=w.device, dtype=w.dtype)
+        if keep_weights:
+            with torch.no_grad():
+                layer.weight.copy_(w * layer.mask)
+                if module.bias is not None:
+                    layer.bias.copy_(module.bias)
+        return layer

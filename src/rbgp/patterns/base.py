@@ -1,0 +1,142 @@
+"""The Pattern interface and the concrete mask it builds.
+
+A `Pattern` is a recipe (kind and granularity); `Pattern.build(shape, sparsity, seed)` turns it into a
+`SparseMask`: the 0/1 mask of one weight, its density, its load balance and what its structure costs
+to store, compared with CSR and BSR indices for the very same mask.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from rbgp.patterns.layout import GroupedLayout
+
+INDEX_BYTES = 4  # int32 indices, as torch/cuSPARSE store CSR/BSR on the GPU
+
+
+def check_int(name: str, value: Any, minimum: int = 1) -> int:
+    """`value` as an int >= minimum, or a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_sparsity(sparsity: Any) -> float:
+    """`sparsity` as a float strictly inside (0, 1), or a ValueError naming it."""
+    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0.0 < sparsity < 1.0:
+        raise ValueError(f"sparsity must be a number in (0, 1) (fraction of zero weights), got {sparsity!r}")
+    return float(sparsity)
+
+
+def matrix_shape(weight_shape: tuple[int, ...]) -> tuple[int, int]:
+    """The (out, in) matrix a weight is sparsified as: conv (c_out, c_in, kh, kw) -> (c_out, c_in*kh*kw)."""
+    shape = tuple(weight_shape)
+    if len(shape) < 2:
+        raise ValueError(f"weight shape must have at least 2 dims (out, in, ...), got {shape!r}")
+    for i, s in enumerate(shape):
+        check_int(f"weight shape[{i}]", s)
+    return shape[0], math.prod(shape[1:])
+
+
+def csr_bytes(mask: np.ndarray) -> int:
+    """Index bytes of the mask in CSR: row pointers plus one column index per non-zero."""
+    return (mask.shape[0] + 1) * INDEX_BYTES + int(mask.sum()) * INDEX_BYTES
+
+
+def bsr_bytes(mask: np.ndarray, block: tuple[int, int]) -> int:
+    """Index bytes of the mask in BSR with `block`: block-row pointers plus one index per non-zero block."""
+    bh, bw = block
+    m, n = mask.shape
+    if m % bh or n % bw:
+        raise ValueError(f"block {block} does not tile the mask shape {mask.shape}")
+    blocks = mask.reshape(m // bh, bh, n // bw, bw).any(axis=(1, 3))
+    return (m // bh + 1) * INDEX_BYTES + int(blocks.sum()) * INDEX_BYTES
+
+
+@dataclass(frozen=True)
+class SparseMask:
+    """A concrete sparsity structure for one weight.
+
+    `array` is the (out, in) boolean mask of the matrix view; `layout` is set when every row has the
+    same number of non-zeros and rows fall into equal groups that share a column set (the RBGP fast
+    path); `graph` is the product graph for RBGP masks; `bsr_block` is the natural block size for the
+    BSR comparison; `info` carries pattern-specific facts for reports.
+    """
+
+    kind: str
+    weight_shape: tuple[int, ...]
+    array: np.ndarray
+    structure_bytes: int
+    bsr_block: tuple[int, int] = (1, 1)
+    layout: GroupedLayout | None = None
+    graph: Any = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return matrix_shape(self.weight_shape)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.array.sum())
+
+    @property
+    def density(self) -> float:
+        return self.nnz / self.array.size
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.density
+
+    @property
+    def nnz_per_row(self) -> int | None:
+        """Non-zeros in every row when all rows have the same count (perfect load balance), else None."""
+        counts = self.array.sum(axis=1)
+        return int(counts[0]) if np.all(counts == counts[0]) else None
+
+    def csr_bytes(self) -> int:
+        return csr_bytes(self.array)
+
+    def bsr_bytes(self) -> int:
+        return bsr_bytes(self.array, self.bsr_block)
+
+    def weight_mask(self) -> np.ndarray:
+        """The mask in the weight's own shape (4-D for conv weights)."""
+        return self.array.reshape(self.weight_shape)
+
+    def summary(self) -> dict[str, Any]:
+        """Plain-data facts about this mask for reports and `--json`."""
+        return {
+            "kind": self.kind,
+            "weight_shape": list(self.weight_shape),
+            "matrix_shape": list(self.shape),
+            "density": self.density,
+            "sparsity": self.sparsity,
+            "nnz": self.nnz,
+            "nnz_per_row": self.nnz_per_row,
+            "structure_bytes": self.structure_bytes,
+            "csr_bytes": self.csr_bytes(),
+            "bsr_bytes": self.bsr_bytes(),
+            "bsr_block": list(self.bsr_block),
+            **self.info,
+        }
+
+
+class Pattern(ABC):
+    """A sparsity recipe: `build(weight_shape, sparsity, seed)` gives a `SparseMask`."""
+
+    kind: ClassVar[str]
+
+    @abstractmethod
+    def build(self, weight_shape: tuple[int, ...], sparsity: float, seed: int = 0) -> SparseMask:
+        """The mask for `weight_shape` at `sparsity`; a pure function of the arguments."""
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({params})"

@@ -1,0 +1,150 @@
+"""Baseline patterns to compare RBGP against: unstructured, block, N:M and two-level (HBsNN) blocks.
+
+All are random static masks (a pure function of shape, sparsity and seed); magnitude-based choices
+come with training. Counts are exact: a layer at sparsity s keeps round((1-s)*size) units.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rbgp.patterns.base import (
+    INDEX_BYTES,
+    Pattern,
+    SparseMask,
+    bsr_bytes,
+    check_int,
+    check_sparsity,
+    csr_bytes,
+    matrix_shape,
+)
+
+
+def _rng(seed: int, kind: str) -> np.random.Generator:
+    return np.random.default_rng([check_int("seed", seed, 0), sum(map(ord, kind))])
+
+
+def _keep(rng: np.random.Generator, total: int, density: float) -> np.ndarray:
+    """A boolean vector of `total` entries with round(density*total) (at least 1) set at random."""
+    keep = np.zeros(total, dtype=bool)
+    keep[rng.permutation(total)[: max(1, round(density * total))]] = True
+    return keep
+
+
+def _block_shape(name: str, block: tuple[int, int]) -> tuple[int, int]:
+    if not (isinstance(block, (tuple, list)) and len(block) == 2):
+        raise ValueError(f"{name} must be a pair (height, width), got {block!r}")
+    return check_int(f"{name}[0]", block[0]), check_int(f"{name}[1]", block[1])
+
+
+def _check_tiles(shape: tuple[int, int], block: tuple[int, int], what: str) -> None:
+    if shape[0] % block[0] or shape[1] % block[1]:
+        raise ValueError(
+            f"{what} {block} does not tile the weight matrix {shape} (out, in*kh*kw); "
+            f"choose a {what} whose sides divide {shape[0]} and {shape[1]}"
+        )
+
+
+def _expand(blocks: np.ndarray, block: tuple[int, int]) -> np.ndarray:
+    return np.kron(blocks, np.ones(block, dtype=bool)).astype(bool)
+
+
+class Unstructured(Pattern):
+    """Random unstructured sparsity: any single weight may be kept."""
+
+    kind = "unstructured"
+
+    def build(self, weight_shape, sparsity, seed=0) -> SparseMask:
+        density = 1.0 - check_sparsity(sparsity)
+        m, n = matrix_shape(weight_shape)
+        mask = _keep(_rng(seed, self.kind), m * n, density).reshape(m, n)
+        return SparseMask(self.kind, tuple(weight_shape), mask, csr_bytes(mask))
+
+
+class Block(Pattern):
+    """Random block sparsity: dense `block` tiles kept or dropped whole (BSR-friendly)."""
+
+    kind = "block"
+
+    def __init__(self, block: tuple[int, int] = (16, 16)) -> None:
+        self.block = _block_shape("block", block)
+
+    def build(self, weight_shape, sparsity, seed=0) -> SparseMask:
+        density = 1.0 - check_sparsity(sparsity)
+        m, n = matrix_shape(weight_shape)
+        _check_tiles((m, n), self.block, "block")
+        grid = (m // self.block[0], n // self.block[1])
+        blocks = _keep(_rng(seed, self.kind), grid[0] * grid[1], density).reshape(grid)
+        mask = _expand(blocks, self.block)
+        return SparseMask(self.kind, tuple(weight_shape), mask, bsr_bytes(mask, self.block), self.block)
+
+
+class NM(Pattern):
+    """N:M sparsity: in every run of M consecutive inputs of a row, N are kept (2:4 on GPUs)."""
+
+    kind = "nm"
+
+    def __init__(self, n: int = 2, m: int = 4) -> None:
+        self.n, self.m = check_int("n", n), check_int("m", m)
+        if self.n >= self.m:
+            raise ValueError(f"N:M needs n < m, got {self.n}:{self.m}")
+
+    def build(self, weight_shape, sparsity, seed=0) -> SparseMask:
+        sparsity = check_sparsity(sparsity)
+        implied = 1.0 - self.n / self.m
+        if abs(sparsity - implied) > 1e-9:
+            raise ValueError(f"{self.n}:{self.m} sparsity is exactly {implied:g}, got sparsity={sparsity!r}")
+        rows, cols = matrix_shape(weight_shape)
+        if cols % self.m:
+            raise ValueError(f"in features {cols} must be a multiple of m={self.m} for {self.n}:{self.m} sparsity")
+        rng = _rng(seed, self.kind)
+        ranks = rng.random((rows, cols // self.m, self.m)).argsort(axis=2).argsort(axis=2)
+        mask = (ranks < self.n).reshape(rows, cols)
+        # the metadata of a compressed N:M tensor: one position (2 bits for 2:4) per kept value
+        meta_bits = max(1, int(np.ceil(np.log2(self.m))))
+        return SparseMask(self.kind, tuple(weight_shape), mask, int(mask.sum()) * meta_bits // 8, (1, self.m))
+
+
+class HBsNN(Pattern):
+    """Two-level (hierarchical) block sparsity: kept `block`s, and inside each, kept `sub_block`s.
+
+    `outer_density` is the fraction of blocks kept; the rest of the density is spent inside the kept
+    blocks, each drawing its own sub-block pattern (unlike an RBGP product, which repeats one).
+    """
+
+    kind = "hbsnn"
+
+    def __init__(
+        self,
+        block: tuple[int, int] = (32, 32),
+        sub_block: tuple[int, int] = (4, 4),
+        outer_density: float | None = None,
+    ) -> None:
+        self.block = _block_shape("block", block)
+        self.sub_block = _block_shape("sub_block", sub_block)
+        _check_tiles(self.block, self.sub_block, "sub_block")
+        if outer_density is not None and not 0.0 < outer_density <= 1.0:
+            raise ValueError(f"outer_density must be in (0, 1], got {outer_density!r}")
+        self.outer_density = outer_density
+
+    def build(self, weight_shape, sparsity, seed=0) -> SparseMask:
+        density = 1.0 - check_sparsity(sparsity)
+        m, n = matrix_shape(weight_shape)
+        _check_tiles((m, n), self.block, "block")
+        outer = self.outer_density if self.outer_density is not None else float(np.sqrt(density))
+        if outer < density:
+            raise ValueError(f"outer_density={outer!r} is below the target density {density:g}")
+        rng = _rng(seed, self.kind)
+        grid = (m // self.block[0], n // self.block[1])
+        sub_grid = (self.block[0] // self.sub_block[0], self.block[1] // self.sub_block[1])
+        kept = _keep(rng, grid[0] * grid[1], outer)
+        inner = density * kept.size / kept.sum()  # keep the overall density on target after rounding
+        subs = np.zeros((grid[0] * grid[1], *sub_grid), dtype=bool)
+        for b in np.flatnonzero(kept):
+            subs[b] = _keep(rng, sub_grid[0] * sub_grid[1], min(1.0, inner)).reshape(sub_grid)
+        fine = subs.reshape(*grid, *sub_grid).transpose(0, 2, 1, 3).reshape(grid[0] * sub_grid[0], -1)
+        mask = _expand(fine, self.sub_block)
+        # two-level BSR: one index per kept block plus one per kept sub-block
+        structure = (grid[0] + 1 + int(kept.sum()) + int(kept.sum()) + 1 + int(subs.sum())) * INDEX_BYTES
+        info = {"outer_density": float(kept.mean()), "block": list(self.block), "sub_block": list(self.sub_block)}
+        return SparseMask(self.kind, tuple(weight_shape), mask, structure, self.sub_block, info=info)

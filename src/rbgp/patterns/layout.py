@@ -1,0 +1,73 @@
+"""The grouped layout the compute kernels run on.
+
+Every row of an RBGP mask has the same number of non-zeros, and rows come in equal groups that share
+one column set (rows that differ only in the complete factors' coordinates). A group is one dense
+sub-GEMM: its values are stored densely as `(groups, rows_per_group, cols_per_group)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class GroupedLayout:
+    """Row and column index lists of the dense sub-blocks of a grouped-sparse (out, in) matrix.
+
+    `row_index[g]` are the output rows of group g and `col_index[g]` the input columns they all read;
+    values live as `(G, R, K)` with `values[g, r, k]` the weight at `(row_index[g, r], col_index[g, k])`.
+    """
+
+    out_features: int
+    in_features: int
+    row_index: np.ndarray  # (G, R) int64, a permutation of range(out_features) when flattened
+    col_index: np.ndarray  # (G, K) int64, sorted within each group
+
+    def __post_init__(self) -> None:
+        rows = np.sort(self.row_index.ravel())
+        if not np.array_equal(rows, np.arange(self.out_features)):
+            raise ValueError("row_index must list every output row exactly once")
+        if self.col_index.ndim != 2 or self.col_index.shape[0] != self.row_index.shape[0]:
+            raise ValueError(f"col_index shape {self.col_index.shape} does not match {self.row_index.shape[0]} groups")
+        if self.col_index.size and (self.col_index.min() < 0 or self.col_index.max() >= self.in_features):
+            raise ValueError(f"col_index out of range for in_features={self.in_features}")
+
+    @property
+    def groups(self) -> int:
+        return self.row_index.shape[0]
+
+    @property
+    def rows_per_group(self) -> int:
+        return self.row_index.shape[1]
+
+    @property
+    def cols_per_group(self) -> int:
+        return self.col_index.shape[1]
+
+    @property
+    def values_shape(self) -> tuple[int, int, int]:
+        return (self.groups, self.rows_per_group, self.cols_per_group)
+
+    @classmethod
+    def from_neighbors(cls, in_features: int, neighbors: np.ndarray) -> GroupedLayout:
+        """Group the rows of a left-regular mask given as `(out, nnz_per_row)` column lists.
+
+        Raises ValueError when the groups of identical rows are not all the same size.
+        """
+        neighbors = np.sort(np.asarray(neighbors, dtype=np.int64), axis=1)
+        unique, inverse = np.unique(neighbors, axis=0, return_inverse=True)
+        inverse = inverse.ravel()
+        order = np.argsort(inverse, kind="stable")
+        sizes = np.bincount(inverse, minlength=unique.shape[0])
+        if not np.all(sizes == sizes[0]):
+            raise ValueError(f"rows do not form equal groups (group sizes {sorted(set(sizes.tolist()))})")
+        row_index = order.reshape(unique.shape[0], sizes[0])
+        return cls(neighbors.shape[0], in_features, row_index, unique)
+
+    def mask(self) -> np.ndarray:
+        """The boolean (out, in) mask this layout covers."""
+        mask = np.zeros((self.out_features, self.in_features), dtype=bool)
+        mask[self.row_index[:, :, None], self.col_index[:, None, :]] = True
+        return mask

@@ -1,0 +1,1 @@
+"""User-facing helpers on top of the library: descriptions and plots."""

@@ -1,0 +1,69 @@
+"""Describe a layer's mask: factors, expansion, load balance and storage, for `rbgp pattern`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rbgp.graphs import BipartiteGraph
+from rbgp.patterns import SparseMask, get_pattern
+
+FACTOR_NAMES = ("G_o (outer)", "G_r (repeat)", "G_i (inner)", "G_b (block)")
+
+
+def build_and_describe(kind: str, out: int, inp: int, sparsity: float, seed: int = 0,
+                       **pattern_kwargs: Any) -> tuple[SparseMask, dict[str, Any]]:
+    """Build the mask of an (out, inp) weight and a plain-data description of it."""
+    mask = get_pattern(kind, **pattern_kwargs).build((out, inp), sparsity, seed)
+    desc: dict[str, Any] = {
+        "kind": kind, "shape": [out, inp], "requested_sparsity": sparsity, "seed": seed,
+        **{k: v for k, v in mask.summary().items() if k not in ("factors", "kind", "weight_shape", "matrix_shape")},
+    }
+    if mask.graph is not None:
+        names = FACTOR_NAMES if len(mask.graph.factors) == 4 else [f"G{i}" for i in range(len(mask.graph.factors))]
+        desc["factors"] = [{"factor": n, **f.summary()} for n, f in zip(names, mask.graph.factors)]
+    else:
+        graph = BipartiteGraph.from_biadjacency(mask.array)
+        desc["normalized_sigma2"] = graph.normalized_sigma2()
+        desc["spectral_gap"] = graph.spectral_gap()
+        rows = mask.array.sum(axis=1)
+        desc["nnz_per_row_range"] = [int(rows.min()), int(rows.max())]
+    return mask, desc
+
+
+def _fmt_factor(f: dict[str, Any]) -> str:
+    degrees = f"({f['left_degree']},{f['right_degree']})"
+    if f.get("name") == "complete" or f["m"] * f["n"] == f.get("num_edges", -1):
+        spectral = "complete"
+    else:
+        ram = "yes" if f["ramanujan"] else "NO"
+        spectral = (f"sigma2={f['sigma2']:.3f} bound={f['bound']:.3f} margin={f['margin']:+.3f} "
+                    f"Ramanujan: {ram}")
+    return f"  {f['factor']:<14} {f['m']:>5} x {f['n']:<5} degrees {degrees:<10} {spectral}"
+
+
+def format_description(desc: dict[str, Any]) -> str:
+    """Human-readable lines of a `build_and_describe` description."""
+    out, inp = desc["shape"]
+    lines = [f"{desc['kind']} pattern for a {out} x {inp} weight (seed {desc['seed']})"]
+    if "factors" in desc:
+        lines.append("factors (mask = Kronecker product, left = outputs, right = inputs):")
+        lines += [_fmt_factor(f) for f in desc["factors"]]
+    lines.append(f"sparsity: {desc['sparsity']:.4f} (requested {desc['requested_sparsity']:g}), "
+                 f"density {desc['density']:.4f}, non-zeros {desc['nnz']:,}")
+    if desc.get("nnz_per_row") is not None:
+        lines.append(f"non-zeros per row: {desc['nnz_per_row']} in every row (perfect load balance)")
+    else:
+        lo, hi = desc.get("nnz_per_row_range", ["?", "?"])
+        lines.append(f"non-zeros per row: varies from {lo} to {hi}")
+    if "rows_per_group" in desc:
+        lines.append(f"dense sub-GEMMs: {desc['groups']} groups of {desc['rows_per_group']} rows sharing "
+                     f"{desc['nnz_per_row']} input columns")
+    lines.append(f"expansion: normalised sigma2/sigma1 = {desc['normalized_sigma2']:.4f}, "
+                 f"spectral gap = {desc['spectral_gap']:.4f}")
+    s, c, b = desc["structure_bytes"], desc["csr_bytes"], desc["bsr_bytes"]
+    blk = "x".join(map(str, desc["bsr_block"]))
+    lines.append(f"structure storage: {s:,} B  vs CSR indices {c:,} B ({c / s:,.0f}x)  vs BSR({blk}) {b:,} B "
+                 f"({b / s:,.1f}x)")
+    if "plot" in desc:
+        lines.append(f"mask picture: {desc['plot']}")
+    return "\n".join(lines)

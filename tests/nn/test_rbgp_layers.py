@@ -1,0 +1,102 @@
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from rbgp.nn import MaskedConv2d, MaskedLinear, RBGPConv2d, RBGPLinear
+
+
+def test_linear_matches_masked_dense_and_kaiming_scale():
+    torch.manual_seed(0)
+    layer = RBGPLinear(256, 128, 0.875, seed=1)
+    x = torch.randn(9, 256)
+    ref = torch.nn.functional.linear(x, layer.dense_weight(), layer.bias)
+    assert torch.allclose(layer(x), ref, atol=1e-5)
+    w = layer.dense_weight()
+    assert torch.equal(w != 0, layer.mask)
+    assert layer.mask.sum(dim=1).unique().tolist() == [layer.nnz_per_row]
+    std = layer.values.std().item()
+    assert abs(std - (2 / layer.nnz_per_row) ** 0.5) < 0.1 * std
+
+
+def test_conv_matches_dense_conv_odd_shapes():
+    torch.manual_seed(0)
+    layer = RBGPConv2d(16, 32, 3, stride=2, padding=1, sparsity=0.75, seed=0)
+    x = torch.randn(3, 16, 11, 9)
+    ref = torch.nn.functional.conv2d(x, layer.dense_weight(), layer.bias, stride=2, padding=1)
+    y = layer(x)
+    assert y.shape == ref.shape
+    assert torch.allclose(y, ref, atol=1e-4)
+    # gradients too
+    xr = x.clone().requires_grad_()
+    layer(xr).sum().backward()
+    g_layer = layer.values.grad.clone()
+    w = layer.dense_weight().detach().requires_grad_()
+    xr2 = x.clone().requires_grad_()
+    torch.nn.functional.conv2d(xr2, w, layer.bias, stride=2, padding=1).sum().backward()
+    assert torch.allclose(xr.grad, xr2.grad, atol=1e-4)
+    from rbgp.ops import grouped_values
+    assert torch.allclose(g_layer, grouped_values(w.grad.reshape(32, -1), layer.layout), atol=1e-3)
+
+
+def test_state_dict_roundtrip_small_and_checked():
+    layer = RBGPLinear(512, 512, 0.875, seed=3)
+    buf = io.BytesIO()
+    torch.save(layer.state_dict(), buf)
+    dense_bytes = 512 * 512 * 4
+    assert buf.tell() < 0.2 * dense_bytes
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    twin = RBGPLinear(512, 512, 0.875, seed=3)
+    twin.load_state_dict(state)
+    assert torch.equal(twin.dense_weight(), layer.dense_weight())
+    other = RBGPLinear(512, 512, 0.875, seed=4)
+    with pytest.raises(ValueError, match="different sparsity structure"):
+        other.load_state_dict(state)
+
+
+def test_from_dense_keeps_weights_on_pattern():
+    dense = nn.Linear(128, 64)
+    layer = RBGPLinear.from_dense(dense, 0.75)
+    w = layer.dense_weight()
+    assert torch.equal(w[layer.mask], dense.weight.detach()[layer.mask])
+    assert torch.equal(layer.bias, dense.bias)
+    conv = nn.Conv2d(16, 32, 3, padding=1)
+    c = RBGPConv2d.from_dense(conv, 0.75)
+    assert torch.equal(c.dense_weight()[c.mask], conv.weight.detach()[c.mask])
+    with pytest.raises(ValueError, match="groups=1"):
+        RBGPConv2d.from_dense(nn.Conv2d(16, 32, 3, groups=2), 0.75)
+
+
+def test_wrong_inputs_give_clear_errors():
+    layer = RBGPLinear(64, 32, 0.75)
+    with pytest.raises(ValueError, match="expects 64"):
+        layer(torch.randn(2, 65))
+    conv = RBGPConv2d(16, 32, 3, sparsity=0.75)
+    with pytest.raises(ValueError, match=r"\(N, 16, H, W\)"):
+        conv(torch.randn(2, 15, 8, 8))
+    with pytest.raises(ValueError, match="sparsity"):
+        RBGPLinear(64, 32, 1.2)
+    with pytest.raises(ValueError, match="no grouped"):
+        RBGPLinear(64, 32, 0.75, pattern="unstructured")
+    with pytest.raises(ValueError, match="cannot make a 7x5"):
+        RBGPLinear(5, 7, 0.9)
+
+
+@pytest.mark.parametrize("cls,args", [(MaskedLinear, (64, 32)), (MaskedConv2d, (8, 16, 3))])
+@pytest.mark.parametrize("pattern", ["unstructured", "block", "hbsnn", "nm"])
+def test_masked_layers_stay_exact_after_steps(cls, args, pattern):
+    kw = {"block": (8, 8)} if pattern == "block" else {}
+    from rbgp.patterns import get_pattern
+    if pattern == "hbsnn":
+        kw = {"block": (8, 8), "sub_block": (2, 2)}
+    sparsity = 0.5 if pattern == "nm" else 0.75
+    layer = cls(*args, sparsity=sparsity, pattern=get_pattern(pattern, **kw))
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
+    x = torch.randn(4, 64) if cls is MaskedLinear else torch.randn(2, 8, 6, 6)
+    for _ in range(3):
+        opt.zero_grad()
+        layer(x).square().mean().backward()
+        opt.step()
+    assert torch.all(layer.dense_weight()[~layer.mask] == 0)

@@ -1,0 +1,83 @@
+import pytest
+import torch
+from torch import nn
+
+from rbgp.nn import MaskedConv2d, MaskedLinear, RBGPConv2d, RBGPLinear, sparsify
+
+
+class TinyVGG(nn.Module):
+    """A torchvision-free VGG/ResNet-style net: convs with BN, a residual add, a classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.body = nn.Sequential(nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+                                  nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU())
+        self.res = nn.Conv2d(64, 64, 3, padding=1)
+        self.dw = nn.Conv2d(64, 64, 3, padding=1, groups=64)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(64 * 4, 128), nn.ReLU(), nn.Linear(128, 10))
+
+    def forward(self, x):
+        x = self.body(torch.relu(self.stem(x)))
+        x = x + torch.relu(self.res(x))
+        x = self.dw(x)
+        x = nn.functional.adaptive_avg_pool2d(x, 2)
+        return self.head(x)
+
+
+def test_sparsify_swaps_and_trains_with_exact_masks():
+    torch.manual_seed(0)
+    model = TinyVGG()
+    report = sparsify(model, 0.75, seed=0)
+    assert isinstance(model.stem, nn.Conv2d) and type(model.stem) is nn.Conv2d  # first stays dense
+    assert type(model.head[3]) is nn.Linear  # last stays dense
+    assert type(model.dw) is nn.Conv2d  # grouped conv skipped
+    assert isinstance(model.body[0], RBGPConv2d) and isinstance(model.head[1], RBGPLinear)
+    assert len(report.layers) == 4
+    assert report.params_after < report.params_before / 3
+    assert "first/last layer" in report.table()
+    masks = {name: m.mask.clone() for name, m in model.named_modules() if isinstance(m, (RBGPConv2d, RBGPLinear))}
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x, y = torch.randn(32, 3, 8, 8), torch.randint(0, 10, (32,))
+    losses = []
+    for _ in range(30):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    for name, m in model.named_modules():
+        if name in masks:
+            w = m.dense_weight()
+            assert torch.equal(m.mask, masks[name])
+            assert torch.all(w[~m.mask] == 0)
+
+
+def test_sparsify_baseline_patterns_and_exclude():
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 128),
+                          nn.ReLU(), nn.Linear(128, 10))
+    report = sparsify(model, 0.75, "block", block=(8, 8), exclude=["4"])
+    assert isinstance(model[2], MaskedLinear) and type(model[4]) is nn.Linear
+    assert ("4", "excluded") in report.skipped
+
+
+def test_stacked_rbgp_layers_mix_like_random_masks():
+    model = nn.Sequential(*[nn.Linear(1024, 1024) for _ in range(5)])
+    report = sparsify(model, 0.9, seed=0)
+    assert report.path_coverage is not None
+    assert report.path_coverage >= report.random_path_coverage - 0.02
+    unshuffled = nn.Sequential(*[nn.Linear(1024, 1024) for _ in range(5)])
+    plain = sparsify(unshuffled, 0.9, seed=0, shuffle=False)
+    assert report.path_coverage >= plain.path_coverage
+
+
+def test_sparsify_errors():
+    with pytest.raises(ValueError, match="sparsity"):
+        sparsify(nn.Sequential(nn.Linear(4, 4)), 1.0)
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        sparsify(nn.Sequential(nn.ReLU()), 0.5)
+    with pytest.raises(ValueError, match="cannot sparsify layer '1'"):
+        sparsify(nn.Sequential(nn.Linear(4, 7), nn.Linear(7, 5), nn.Linear(5, 2)), 0.9)
+    with pytest.raises(ValueError, match="init"):
+        sparsify(nn.Sequential(nn.Linear(4, 4)), 0.5, init="zeros")

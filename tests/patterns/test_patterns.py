@@ -1,0 +1,162 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from rbgp.graphs import complete, ramanujan
+from rbgp.patterns import (NM, RBGP, RBGP4, Block, GroupedLayout, HBsNN, Unstructured, get_pattern,
+                           matrix_shape, stride_permutation)
+from rbgp.patterns.base import bsr_bytes, csr_bytes
+
+
+def test_matrix_shape_of_conv_is_im2col():
+    assert matrix_shape((64, 32, 3, 3)) == (64, 288)
+    with pytest.raises(ValueError, match="at least 2"):
+        matrix_shape((5,))
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 1.0, -0.1, 1.5, "0.9", True])
+def test_sparsity_outside_unit_interval_rejected(sparsity):
+    for pattern in (Unstructured(), Block((4, 4)), RBGP4()):
+        with pytest.raises(ValueError, match="sparsity"):
+            pattern.build((64, 64), sparsity)
+
+
+def test_unstructured_exact_count_and_determinism():
+    a = Unstructured().build((100, 70), 0.9, seed=1)
+    b = Unstructured().build((100, 70), 0.9, seed=1)
+    c = Unstructured().build((100, 70), 0.9, seed=2)
+    assert a.nnz == round(0.1 * 7000)
+    assert np.array_equal(a.array, b.array) and not np.array_equal(a.array, c.array)
+    assert a.structure_bytes == csr_bytes(a.array)
+
+
+def test_block_pattern_is_blockwise():
+    m = Block((8, 4)).build((64, 32), 0.75, seed=0)
+    blocks = m.array.reshape(8, 8, 8, 4)
+    per_block = blocks.sum(axis=(1, 3))
+    assert set(np.unique(per_block)) <= {0, 32}
+    assert m.density == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="does not tile"):
+        Block((5, 5)).build((64, 32), 0.5)
+
+
+def test_nm_pattern_two_of_four():
+    m = NM(2, 4).build((16, 32), 0.5, seed=0)
+    groups = m.array.reshape(16, 8, 4).sum(axis=2)
+    assert np.all(groups == 2)
+    with pytest.raises(ValueError, match="sparsity is exactly 0.5"):
+        NM(2, 4).build((16, 32), 0.9)
+    with pytest.raises(ValueError, match="multiple of m=4"):
+        NM(2, 4).build((16, 30), 0.5)
+
+
+def test_hbsnn_two_levels():
+    m = HBsNN(block=(16, 16), sub_block=(4, 4)).build((64, 64), 0.9, seed=0)
+    assert m.density == pytest.approx(0.1, abs=0.02)
+    coarse = m.array.reshape(4, 16, 4, 16).any(axis=(1, 3))
+    assert coarse.mean() < 1.0  # whole blocks dropped
+    fine = m.array.reshape(16, 4, 16, 4)
+    assert set(np.unique(fine.sum(axis=(1, 3)))) <= {0, 16}  # sub-blocks kept whole
+
+
+def test_storage_counts():
+    mask = np.zeros((4, 8), dtype=bool)
+    mask[0, :4] = True
+    assert csr_bytes(mask) == (5 + 4) * 4
+    assert bsr_bytes(mask, (2, 4)) == (3 + 1) * 4
+
+
+def test_rbgp_factor_list_equals_kron():
+    g = ramanujan(8, 16, 4, seed=0)
+    pattern = RBGP([complete(2, 1), g, complete(1, 4)])
+    m = pattern.build((16, 64))
+    expected = np.kron(np.kron(np.ones((2, 1)), g.biadjacency()), np.ones((1, 4))).astype(bool)
+    assert np.array_equal(m.array, expected)
+    assert m.nnz_per_row == 16
+    assert m.bsr_block == (1, 4)
+    assert m.layout.rows_per_group == 2
+    assert m.structure_bytes < m.csr_bytes() / 5
+    with pytest.raises(ValueError, match="weight matrix is 16x32"):
+        pattern.build((16, 32))
+
+
+def test_rbgp4_plan_meets_sparsity_and_is_biregular():
+    plan = RBGP4.plan(4096, 4096, 0.875)
+    assert plan.sparsity == pytest.approx(0.875)
+    mo, no, do = plan.outer
+    mi, ni, di = plan.inner
+    assert plan.out_features == mo * plan.repeat[0] * mi * plan.block[0]
+    assert plan.in_features == no * plan.repeat[1] * ni * plan.block[1]
+    assert (mi * di) % ni == 0
+    assert plan.rows_per_group >= 16 and plan.block[1] >= 16  # dense sub-products at least 16 wide
+
+
+def test_rbgp4_vgg_layer_within_tolerance():
+    m = RBGP4().build((512, 512, 3, 3), 0.9, seed=0)
+    assert abs(m.sparsity - 0.9) <= 0.01
+    assert m.nnz_per_row is not None
+    plan = m.info["plan"]
+    assert plan["out_features"] == 512 and plan["in_features"] == 4608
+
+
+def test_rbgp4_impossible_plan_lists_nearest():
+    with pytest.raises(ValueError, match="nearest feasible sparsities") as err:
+        RBGP4.plan(24, 48, 0.9, tol=0.001)
+    assert "0.9" in str(err.value)
+    with pytest.raises(ValueError, match="no sparse RBGP4 plan|nearest"):
+        RBGP4.plan(7, 5, 0.9)
+
+
+def test_rbgp4_outer_sparsity_skips_tiles():
+    m = RBGP4(outer_sparsity=0.5, tile=(64, 64), group_rows=16).build((256, 256), 0.875, seed=0)
+    tiles = m.array.reshape(4, 64, 4, 64).any(axis=(1, 3))
+    assert tiles.sum(axis=1).tolist() == [2, 2, 2, 2]
+    assert m.sparsity == pytest.approx(0.875)
+    assert not m.graph.factors[0].is_complete
+
+
+def test_rbgp4_mask_equals_product_of_its_factors():
+    m = RBGP4().build((256, 512), 0.75, seed=3)
+    expected = m.graph.biadjacency()
+    assert np.array_equal(m.array, expected)
+    assert np.array_equal(m.layout.mask(), m.array)
+
+
+def test_rbgp4_deterministic_and_seed_sensitive():
+    a = RBGP4().build((256, 256), 0.875, seed=0).array
+    b = RBGP4().build((256, 256), 0.875, seed=0).array
+    c = RBGP4().build((256, 256), 0.875, seed=1).array
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_input_shuffle_is_a_column_permutation():
+    base = RBGP4().build((128, 256), 0.75, seed=0)
+    shuffled = RBGP4(input_shuffle=4).build((128, 256), 0.75, seed=0)
+    perm = stride_permutation(256, 4, 16)
+    assert sorted(perm.tolist()) == list(range(256))
+    unshuffled = np.zeros_like(shuffled.array)
+    unshuffled[:, np.arange(256)] = shuffled.array[:, perm]
+    assert np.array_equal(unshuffled, base.array)
+
+
+@settings(max_examples=25, deadline=None)
+@given(out_exp=st.integers(5, 9), in_exp=st.integers(5, 9), sp=st.sampled_from([0.5, 0.75, 0.875, 0.9375]),
+       seed=st.integers(0, 1000))
+def test_rbgp4_property_exact_load_balance(out_exp, in_exp, sp, seed):
+    out, inp = 2 ** out_exp, 2 ** in_exp
+    try:
+        m = RBGP4().build((out, inp), sp, seed)
+    except ValueError as err:
+        assert "nearest feasible" in str(err) or "no sparse" in str(err)
+        return
+    counts = m.array.sum(axis=1)
+    assert np.all(counts == counts[0]) and abs(m.sparsity - sp) <= 0.01 + 1e-12
+    cols = m.array.sum(axis=0)
+    assert np.all(cols == cols[0])  # biregular product: every input used equally
+
+
+def test_get_pattern_errors():
+    with pytest.raises(ValueError, match="unknown pattern 'foo'"):
+        get_pattern("foo")
+    with pytest.raises(ValueError, match=r"block\[0\]"):
+        get_pattern("block", block=(0, 4))
