@@ -39,10 +39,10 @@ def _svals(B: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize(
     "m, n, indptr, indices, fragment",
     [
-        (2, 3, [0, 1], [0], "m+1 = 3"),
-        (2, 3, [1, 1, 2], [0, 1], "indptr[0] must be 0, got 1"),
+        (2, 3, [0, 1], [0], r"m\+1 = 3"),
+        (2, 3, [1, 1, 2], [0, 1], r"indptr\[0\] must be 0, got 1"),
         (2, 3, [0, 2, 1], [0, 1], "drops at row 1"),
-        (2, 3, [0, 1, 3], [0, 1], "len(indices) = 2"),
+        (2, 3, [0, 1, 3], [0, 1], r"len\(indices\) = 2"),
         (2, 3, [0, 1, 2], [0, 7], "column index 7"),
         (2, 3, [0, 1, 2], [0, -1], "column index -1"),
         (2, 3, [0, 2, 3], [2, 1, 0], "row 0 .*found 2 followed by 1"),

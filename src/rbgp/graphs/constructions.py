@@ -110,14 +110,10 @@ def _search(build: Callable[[np.random.Generator, int], BipartiteGraph], m: int,
 
 def _random_builder(m: int, n: int, c: int) -> Callable[[np.random.Generator, int],
                                                         BipartiteGraph]:
-    if 2 * c > n:  # sample the sparser complement: same nontrivial spectrum, cheaper repair
-        def build_complement(rng: np.random.Generator, t: int) -> BipartiteGraph:
-            sparse = BipartiteGraph(m, n, *random_biregular(m, n, n - c, rng))
-            return sparse.complement(name="ramanujan-random(complement)")
-        return build_complement
+    name = "ramanujan-random(complement)" if 2 * c > n else "ramanujan-random"
 
     def build(rng: np.random.Generator, t: int) -> BipartiteGraph:
-        return BipartiteGraph(m, n, *random_biregular(m, n, c, rng), name="ramanujan-random")
+        return BipartiteGraph(m, n, *random_biregular(m, n, c, rng), name=name)
     return build
 
 

@@ -14,7 +14,8 @@ import numpy as np
 DENSE_COUNTER_MAX_CELLS = 1 << 28
 """Up to this many m*n cells, multiplicities live in a dense uint8/uint16 array (fast)."""
 
-MAX_ROUNDS = 2000
+STALL_ROUNDS = 200
+MAX_RESTARTS = 20
 
 
 class SamplingError(RuntimeError):
@@ -89,32 +90,15 @@ def _first_valid_partners(bad: np.ndarray, rows: np.ndarray, cols: np.ndarray,
     return bad[first_slot], cand[first]
 
 
-def random_bipartite(row_degrees: np.ndarray, col_degrees: np.ndarray,
-                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Simple random bipartite graph with the given degree sequences, as CSR (indptr, indices).
-
-    Raises SamplingError if the repair stalls (degree sequences with few or no simple
-    realisations).
-    """
-    r = np.asarray(row_degrees, np.int64)
-    s = np.asarray(col_degrees, np.int64)
-    m, n = len(r), len(s)
-    if r.sum() != s.sum():
-        raise ValueError(f"degree sums differ: rows {r.sum()} vs columns {s.sum()}")
-    if np.any(r > n) or np.any(s > m):
-        raise ValueError("a degree exceeds the size of the other side")
-    num_edges = int(r.sum())
-    rows = np.repeat(np.arange(m, dtype=np.int64), r)
-    cols = rng.permutation(np.repeat(np.arange(n, dtype=np.int64), s))
-    # Stubs of a row are exchangeable, so sorting columns within rows loses nothing and makes
-    # the keys globally sorted: surplus copies of a cell are the stubs equal to their predecessor.
-    cols = _sort_within_rows(rows, cols, r, n)
+def _repair(rows: np.ndarray, cols: np.ndarray, m: int, n: int, max_count: int,
+            rng: np.random.Generator) -> bool:
+    """Swap surplus copies of repeated cells away, in place on `cols` (sorted within rows).
+    False if no swap succeeded for STALL_ROUNDS rounds (a rare dead end in tiny dense graphs)."""
     keys = rows * n + cols
-    counts = _CellCounts(keys, m * n, int(min(r.max(initial=0), s.max(initial=0))))
-    bad = np.flatnonzero(keys[1:] == keys[:-1]) + 1
-    for _ in range(MAX_ROUNDS):
-        if len(bad) == 0:
-            break
+    counts = _CellCounts(keys, m * n, max_count)
+    bad = np.flatnonzero(keys[1:] == keys[:-1]) + 1  # keys are sorted: surplus = equal to previous
+    idle = 0
+    while len(bad):
         k = int(np.clip(65536 // len(bad), 2, 128))  # many candidates once few edges are bad
         e, f = _first_valid_partners(bad, rows, cols, counts, n, k, rng)
         new1 = rows[e] * n + cols[f]
@@ -128,17 +112,60 @@ def random_bipartite(row_degrees: np.ndarray, col_degrees: np.ndarray,
         counts.update(decremented, emptied, np.concatenate([new1, new2]), keys)
         # Unswapped bad stubs stay bad: their cell keeps one copy per remaining surplus stub.
         bad = np.setdiff1d(bad, e, assume_unique=True)
-    else:
-        raise SamplingError(f"swap repair left {len(bad)} repeated edges after {MAX_ROUNDS} rounds")
-    indptr = np.zeros(m + 1, np.int64)
-    np.cumsum(r, out=indptr[1:])
-    return indptr, _sort_within_rows(rows, cols, r, n)
+        idle = 0 if len(e) else idle + 1
+        if idle >= STALL_ROUNDS:
+            return False
+    return True
+
+
+def random_bipartite(row_degrees: np.ndarray, col_degrees: np.ndarray,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Simple random bipartite graph with the given degree sequences, as CSR (indptr, indices).
+
+    Restarts from a fresh stub matching (same generator) if the repair stalls; raises
+    SamplingError after MAX_RESTARTS (degree sequences with few or no simple realisations).
+    """
+    r = np.asarray(row_degrees, np.int64)
+    s = np.asarray(col_degrees, np.int64)
+    m, n = len(r), len(s)
+    if r.sum() != s.sum():
+        raise ValueError(f"degree sums differ: rows {r.sum()} vs columns {s.sum()}")
+    if np.any(r > n) or np.any(s > m) or np.any(r < 0) or np.any(s < 0):
+        raise ValueError(f"degrees must lie in [0, n={n}] (rows) and [0, m={m}] (columns)")
+    rows = np.repeat(np.arange(m, dtype=np.int64), r)
+    stubs = np.repeat(np.arange(n, dtype=np.int64), s)
+    max_count = int(min(r.max(initial=0), s.max(initial=0)))
+    for _ in range(MAX_RESTARTS):
+        # Stubs of a row are exchangeable, so sorting columns within rows loses nothing.
+        cols = _sort_within_rows(rows, rng.permutation(stubs), r, n)
+        if _repair(rows, cols, m, n, max_count, rng):
+            indptr = np.zeros(m + 1, np.int64)
+            np.cumsum(r, out=indptr[1:])
+            return indptr, _sort_within_rows(rows, cols, r, n)
+    raise SamplingError(f"swap repair stalled {MAX_RESTARTS} times for row degrees "
+                        f"{r.min()}..{r.max()}, column degrees {s.min()}..{s.max()}")
+
+
+def _complement_csr(m: int, n: int, indptr: np.ndarray, indices: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    mask = np.ones((m, n), dtype=bool)
+    mask[np.repeat(np.arange(m), np.diff(indptr)), indices] = False
+    degrees = mask.sum(axis=1)
+    comp_indptr = np.zeros(m + 1, np.int64)
+    np.cumsum(degrees, out=comp_indptr[1:])
+    return comp_indptr, np.nonzero(mask)[1].astype(np.int64)
 
 
 def random_biregular(m: int, n: int, c: int, rng: np.random.Generator
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Random simple (c, m c / n)-biregular m x n graph as CSR (indptr, indices)."""
+    """Random simple (c, m c / n)-biregular m x n graph as CSR (indptr, indices).
+
+    Above density 1/2 it samples the sparser (n - c)-regular complement and complements it:
+    the same uniform law, far fewer collisions to repair.
+    """
     d, rem = divmod(m * c, n)
     if rem:
         raise ValueError(f"no biregular graph: m*c = {m * c} is not a multiple of n = {n}")
+    if 2 * c > n:
+        return _complement_csr(m, n, *random_bipartite(np.full(m, n - c), np.full(n, m - d), rng))
     return random_bipartite(np.full(m, c), np.full(n, d), rng)

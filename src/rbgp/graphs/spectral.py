@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-import scipy.linalg
 import scipy.sparse as sp
 from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigsh
 
@@ -52,10 +51,9 @@ def _dense_top_eigenvalues(S: sp.csr_matrix, shift: float, k: int) -> np.ndarray
     G = _dense_gram(S)
     if shift:
         G -= shift
-    s = G.shape[0]
-    k = min(k, s)
-    vals = scipy.linalg.eigh(G, eigvals_only=True, subset_by_index=[s - k, s - 1])
-    return vals[::-1]
+    # Full eigvalsh: cheap at these sizes, and LAPACK's subset drivers (evr) can fail with
+    # "Internal Error" on highly degenerate spectra such as perfect matchings.
+    return np.linalg.eigvalsh(G)[::-1][:k]
 
 
 def _lanczos_top_eigenvalues(S: sp.csr_matrix, shift: float, k: int) -> np.ndarray:
@@ -120,7 +118,7 @@ def biregular_sigma2(
         S = sp.csr_matrix(1.0 - S.toarray())
         c, d = n - c, m - d
     s = min(m, n)
-    top = top_gram_eigenvalues(S, k=1, shift=c * d / s, method=method)[0]
+    top = top_gram_eigenvalues(S, k=1, shift=c * d / s * 0.5, method=method)[0]
     return _sqrt_nonneg(top)
 
 

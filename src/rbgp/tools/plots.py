@@ -37,7 +37,7 @@ def plot_mask(mask: SparseMask, path: str | Path, zoom: int = 64) -> None:
     fm, fn = max(1, m // 512), max(1, n // 512)
     view = a[: m - m % fm, : n - n % fn].reshape(m // fm, fm, n // fn, fn).mean(axis=(1, 3))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [2, 1]})
-    ax1.imshow(view, cmap="Greens", aspect="auto", interpolation="nearest", vmin=0, vmax=1)
+    ax1.imshow(view, cmap="Greens", aspect="auto", interpolation="nearest", vmin=0, vmax=1, extent=(0, n, m, 0))
     ax1.set_title(f"{mask.kind} {m}x{n}, density {mask.density:.4f}" + (f" (pixel = {fm}x{fn})" if fm * fn > 1 else ""))
     ax1.set_xlabel("input (column)")
     ax1.set_ylabel("output (row)")
