@@ -118,5 +118,10 @@ def test_product_arguments_validated():
     with pytest.raises(ValueError, match="factor 1 must be a BipartiteGraph.*ndarray"):
         product(complete(2, 2), np.ones((2, 2)))
     assert isinstance(product(complete(2, 2)), ProductGraph)
+    a, b = complete(2, 3), ramanujan(16, 16, 4)
+    assert ProductGraph(a, b) == ProductGraph([a, b]) == ProductGraph((a, b)) == product(a, b)
+    assert ProductGraph(a).factors == (a,)
+    with pytest.raises(ValueError, match="none"):
+        ProductGraph([])
     with pytest.raises(AttributeError):
         product(complete(2, 2)).factors = ()

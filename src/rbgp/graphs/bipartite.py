@@ -297,6 +297,10 @@ class BipartiteGraph:
     # ------------------------------------------------------------------ identity & storage
     def fingerprint(self) -> str:
         """sha256 of (m, n, indptr, indices) as little-endian int64: a structural identity."""
+        return self._fingerprint
+
+    @cached_property
+    def _fingerprint(self) -> str:
         h = hashlib.sha256()
         h.update(np.array([self.m, self.n], dtype="<i8").tobytes())
         h.update(self.indptr.astype("<i8").tobytes())

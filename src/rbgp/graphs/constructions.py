@@ -77,6 +77,11 @@ def _check_arguments(m: Any, n: Any, left_degree: Any, seed: Any, method: Any, s
     return m, n, c, seed, max_tries
 
 
+def _preference(graph: BipartiteGraph) -> tuple[bool, float]:
+    """Order of non-Ramanujan fallbacks: connected first, then the largest margin."""
+    return graph.normalized_sigma2() < 1 - 1e-9, graph.margin()
+
+
 def _search(build: Callable[[np.random.Generator, int], BipartiteGraph], m: int, n: int, c: int,
             seed: int, max_tries: int, strict: bool, method: str) -> BipartiteGraph:
     """Build with derived seeds until a graph is Ramanujan; else raise or warn and return best."""
@@ -90,7 +95,7 @@ def _search(build: Callable[[np.random.Generator, int], BipartiteGraph], m: int,
             continue
         if graph.is_ramanujan():
             return graph
-        if best is None or graph.margin() > best.margin():
+        if best is None or _preference(graph) > _preference(best):
             best = graph
     d = m * c // n
     message = (f"no Ramanujan graph found for shape {m}x{n}, left degree {c} (right degree {d}), "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterable
 from functools import reduce
 from typing import Any
 
@@ -23,8 +24,10 @@ from .bipartite import BipartiteGraph, degree_bound, ramanujan_rule
 class ProductGraph:
     """Succinct bipartite graph product of BipartiteGraph factors (immutable)."""
 
-    def __init__(self, factors: tuple[BipartiteGraph, ...]) -> None:
-        factors = tuple(factors)
+    def __init__(self, *factors: BipartiteGraph | Iterable[BipartiteGraph]) -> None:
+        """ProductGraph(g1, g2, ...) or ProductGraph([g1, g2, ...])."""
+        if len(factors) == 1 and not isinstance(factors[0], BipartiteGraph):
+            factors = tuple(factors[0])  # type: ignore[arg-type]
         if not factors:
             raise ValueError("a product needs at least one factor graph, got none")
         for pos, f in enumerate(factors):
@@ -192,4 +195,4 @@ class ProductGraph:
 
 def product(*graphs: BipartiteGraph) -> ProductGraph:
     """G1 (x) ... (x) Gk as a ProductGraph (ValueError if empty or a non-BipartiteGraph)."""
-    return ProductGraph(graphs)
+    return ProductGraph(*graphs)

@@ -3,8 +3,8 @@
 Stubs are matched by one random permutation; repeated edges (which the plain configuration model
 produces in abundance at neural-network degrees) are then removed by degree-preserving swaps
 (i, j), (i', j') -> (i, j'), (i', j), all proposals of a round processed at once in numpy.
-The result has exactly the requested degrees, no multi-edges, and (research notes 2.1) the same
-sigma2 distribution as uniform sampling of simple graphs.
+The result has exactly the requested degrees and no multi-edges; research notes 2.1 found this
+scheme's sigma2 distribution indistinguishable from exact uniform (rejection) sampling.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 DENSE_COUNTER_MAX_CELLS = 1 << 28
-"""Up to this many m*n cells, multiplicities live in a dense uint8/uint16 array (fast)."""
+"""Up to this many m*n cells, multiplicities live in a dense uint8 array (fast); beyond, in a
+sorted key array re-sorted after every round."""
 
 STALL_ROUNDS = 200
 MAX_RESTARTS = 20

@@ -40,11 +40,17 @@ def _check_method(method: str) -> None:
         raise ValueError(f"unknown method {method!r}: use 'auto', 'dense' or 'lanczos'")
 
 
+DENSE_GRAM_MAX_ENTRIES = 1 << 24
+
+
 def _dense_gram(S: sp.csr_matrix) -> np.ndarray:
-    """Gram matrix of the smaller side, computed in float32 (exact for small-integer entries)."""
-    A = S.toarray().astype(np.float32)
-    G = A @ A.T if A.shape[0] <= A.shape[1] else A.T @ A
-    return G.astype(np.float64)
+    """Gram matrix of the smaller side as a dense float64 array. BLAS in float32 when S fits
+    (exact: the entries are small integers), else a sparse product (e.g. 512 x 10^6)."""
+    left = S.shape[0] <= S.shape[1]
+    if S.shape[0] * S.shape[1] <= DENSE_GRAM_MAX_ENTRIES:
+        A = S.toarray().astype(np.float32)
+        return (A @ A.T if left else A.T @ A).astype(np.float64)
+    return (S @ S.T if left else S.T @ S).toarray()
 
 
 def _dense_top_eigenvalues(S: sp.csr_matrix, shift: float, k: int) -> np.ndarray:
@@ -113,22 +119,34 @@ def biregular_sigma2(
     _check_method(method)
     if min(m, n) <= 1 or c in (0, n):
         return 0.0
-    S = csr_matrix(m, n, indptr, indices)
     if 2 * c > n:
-        S = sp.csr_matrix(1.0 - S.toarray())
+        mask = np.ones((m, n), dtype=bool)
+        mask[np.repeat(np.arange(m), np.diff(indptr)), indices] = False
+        S = sp.csr_matrix(mask, dtype=np.float64)
         c, d = n - c, m - d
+    else:
+        S = csr_matrix(m, n, indptr, indices)
     s = min(m, n)
-    top = top_gram_eigenvalues(S, k=1, shift=c * d / s * 0.5, method=method)[0]
+    top = top_gram_eigenvalues(S, k=1, shift=c * d / s, method=method)[0]
     return _sqrt_nonneg(top)
 
 
 def top_two_singular_values(
     m: int, n: int, indptr: np.ndarray, indices: np.ndarray, method: Method = "auto"
 ) -> tuple[float, float]:
-    """(sigma1, sigma2) of any 0/1 matrix, for irregular graphs (no deflation possible)."""
+    """(sigma1, sigma2) of any 0/1 matrix, for irregular graphs (no deflation possible).
+
+    Small matrices use a dense SVD: a Gram matrix would hold sigma1^2 and so lose sigma2 to
+    rounding (absolute error ~ sqrt(eps) sigma1) when sigma2 << sigma1.
+    """
+    _check_method(method)
     if min(m, n) == 0 or len(indices) == 0:
         return 0.0, 0.0
-    vals = top_gram_eigenvalues(csr_matrix(m, n, indptr, indices), k=2, method=method)
+    S = csr_matrix(m, n, indptr, indices)
+    if method == "dense" or (method == "auto" and min(m, n) <= DENSE_MAX_SIDE) or min(m, n) <= 3:
+        sv = np.concatenate([np.linalg.svd(S.toarray(), compute_uv=False), [0.0]])
+        return float(sv[0]), float(sv[1])
+    vals = top_gram_eigenvalues(S, k=2, method=method)
     second = _sqrt_nonneg(vals[1]) if min(m, n) > 1 else 0.0
     return _sqrt_nonneg(vals[0]), second
 

@@ -51,20 +51,28 @@ class GroupedLayout:
         return (self.groups, self.rows_per_group, self.cols_per_group)
 
     @classmethod
-    def from_neighbors(cls, in_features: int, neighbors: np.ndarray) -> GroupedLayout:
+    def from_neighbors(cls, in_features: int, neighbors: np.ndarray,
+                       group_ids: np.ndarray | None = None) -> GroupedLayout:
         """Group the rows of a left-regular mask given as `(out, nnz_per_row)` column lists.
 
-        Raises ValueError when the groups of identical rows are not all the same size.
+        `group_ids` (one per row) says which rows form a group (they must have equal column sets);
+        by default rows with identical column sets are grouped. Raises ValueError when the groups
+        are not all the same size.
         """
         neighbors = np.sort(np.asarray(neighbors, dtype=np.int64), axis=1)
-        unique, inverse = np.unique(neighbors, axis=0, return_inverse=True)
+        if group_ids is None:
+            _, inverse = np.unique(neighbors, axis=0, return_inverse=True)
+        else:
+            _, inverse = np.unique(np.asarray(group_ids), return_inverse=True)
         inverse = inverse.ravel()
-        order = np.argsort(inverse, kind="stable")
-        sizes = np.bincount(inverse, minlength=unique.shape[0])
+        sizes = np.bincount(inverse)
         if not np.all(sizes == sizes[0]):
             raise ValueError(f"rows do not form equal groups (group sizes {sorted(set(sizes.tolist()))})")
-        row_index = order.reshape(unique.shape[0], sizes[0])
-        return cls(neighbors.shape[0], in_features, row_index, unique)
+        row_index = np.argsort(inverse, kind="stable").reshape(sizes.size, sizes[0])
+        col_index = neighbors[row_index[:, 0]]
+        if not np.array_equal(neighbors[row_index], np.broadcast_to(col_index[:, None], neighbors[row_index].shape)):
+            raise ValueError("rows grouped together must read the same columns")
+        return cls(neighbors.shape[0], in_features, row_index, col_index)
 
     def mask(self) -> np.ndarray:
         """The boolean (out, in) mask this layout covers."""

@@ -72,7 +72,7 @@ def product_mask(
         units = n // block[1]
         input_shuffle = max(t for t in range(1, input_shuffle + 1) if units % t == 0)
         neighbors = stride_permutation(n, input_shuffle, block[1])[neighbors]
-    layout = GroupedLayout.from_neighbors(n, neighbors)
+    layout = GroupedLayout.from_neighbors(n, neighbors, _row_groups(graph))
     facts = {
         "factors": [f.summary() for f in graph.factors],
         "normalized_sigma2": graph.normalized_sigma2(),
@@ -83,6 +83,19 @@ def product_mask(
         **(info or {}),
     }
     return SparseMask(kind, weight_shape, layout.mask(), graph.storage_bytes() + 4, block, layout, graph, facts)
+
+
+def _row_groups(graph: ProductGraph) -> np.ndarray:
+    """Group id of every row: its coordinates in the non-complete factors (rows that differ only in
+    complete factors read the same columns)."""
+    ids = np.zeros(graph.m, dtype=np.int64)
+    stride = graph.m
+    u = np.arange(graph.m)
+    for f in graph.factors:
+        stride //= f.m
+        if not f.is_complete:
+            ids = ids * f.m + (u // stride) % f.m
+    return ids
 
 
 def _trailing_block(graph: ProductGraph) -> tuple[int, int]:
