@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 
@@ -15,7 +14,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                        description="Time forward and forward+backward of RBGP layers against dense, torch CSR "
                                    "and torch BSR at the same density; write JSON, a markdown table and a plot.")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    p.add_argument("--dtype", default=None, choices=sorted(DTYPES),
+                   help="fp32 on cpu (default), bf16 on cuda (default); fp32 on cuda runs without TF32")
     p.add_argument("--repeats", type=int, default=10, help="timed repeats per measurement (median reported)")
     p.add_argument("--quick", action="store_true", help="small shapes only (a smoke run)")
     p.add_argument("--out-dir", default="benchmarks", help="where results go (default benchmarks/)")
@@ -35,8 +35,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise ValueError(f"--device {args.device} asked for but torch sees no CUDA device; use --device cpu")
     if args.device != "cpu" and not args.device.startswith("cuda"):
         raise ValueError(f"--device must be cpu or cuda[:N], got {args.device!r}")
+    args.dtype = args.dtype or ("fp32" if args.device == "cpu" else "bf16")
     if args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    command = (f"rbgp bench --device {args.device} --dtype {args.dtype} --repeats {args.repeats}"
+               + (" --quick" if args.quick else ""))
+    if args.device.startswith("cuda"):
+        from rbgp.bench.gpu import run_gpu_bench
+
+        run_gpu_bench(args.out_dir, args.dtype, args.quick, command)
+        return 0
     dtype = getattr(torch, DTYPES[args.dtype])
     env = environment(args.device)
     stem = args.name or ("cpu" if args.device == "cpu" else
@@ -47,8 +55,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     cases = default_cases(args.quick)
     for case in tqdm(cases, desc="bench", unit="case", file=sys.stderr):
         results.append(run_case(case, args.device, dtype, args.repeats))
-    data = {"command": "rbgp " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"]
-            else "rbgp bench", "dtype": args.dtype, "environment": env, "results": results}
+    data = {"command": command, "dtype": args.dtype, "environment": env, "results": results}
     out = Path(args.out_dir)
     write_json(out / f"{stem}.json", data)
     table = markdown_table(data)

@@ -1,6 +1,9 @@
-"""The one dispatch point: picks the reference, the grouped torch path or a GPU kernel."""
+"""The one dispatch point: picks the reference, the grouped torch path or the Triton kernels."""
 
 from __future__ import annotations
+
+import importlib.util
+import os
 
 import torch
 
@@ -8,14 +11,34 @@ from rbgp.ops.grouped import GroupedLinearFunction
 from rbgp.ops.layout import LayoutTensors
 from rbgp.ops.reference import reference_linear
 
-BACKENDS = ("auto", "reference", "grouped")
+BACKENDS = ("auto", "reference", "grouped", "triton")
+
+# whether triton is installed, checked without importing it (the kernels import it lazily)
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The backend `auto` stands for on `device`, or `backend` itself after validation."""
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
+    """The backend `auto` stands for on `device` (and `dtype`), or `backend` itself after validation.
+
+    auto: the Triton kernels for CUDA fp16/bf16/fp32 tensors when triton is installed, else the grouped
+    torch path.
+    triton: CUDA tensors, or CPU tensors under Triton's interpreter (TRITON_INTERPRET=1, slow, for tests).
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; valid: {list(BACKENDS)}")
-    return "grouped" if backend == "auto" else backend
+    if backend == "auto":
+        fast = device.type == "cuda" and HAS_TRITON and (dtype is None or dtype in TRITON_DTYPES)
+        return "triton" if fast else "grouped"
+    if backend == "triton":
+        if not HAS_TRITON:
+            raise ValueError("backend 'triton' needs the triton package (pip install 'rbgp[triton]')")
+        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError("backend 'triton' got CPU tensors; it runs on CUDA, or on the CPU only under "
+                             "Triton's interpreter (set TRITON_INTERPRET=1 before importing triton)")
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"backend 'triton' runs on CUDA tensors, got {device.type} tensors")
+    return backend
 
 
 def rbgp_linear(x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors, bias: torch.Tensor | None = None,
@@ -37,10 +60,14 @@ def rbgp_linear(x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors, bi
         raise ValueError(f"input dtype {x.dtype} differs from the weight dtype {values.dtype}; cast one or use autocast")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
-    kind = resolve_backend(backend, x.device)
+    kind = resolve_backend(backend, x.device, x.dtype)
     with torch.autocast(x.device.type, enabled=False):
         if kind == "reference":
             y = reference_linear(x2, values, layout)
+        elif kind == "triton":
+            from rbgp.ops.triton_ops import triton_linear
+
+            y = triton_linear(x2, values, layout)
         else:
             y = GroupedLinearFunction.apply(x2, values, layout)
     if bias is not None:

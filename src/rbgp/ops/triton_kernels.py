@@ -53,13 +53,14 @@ def _dot_operand(t, EMULATE_BF16: tl.constexpr):
 
 
 @triton.jit
-def _to_output(acc, out_ty: tl.constexpr, EMULATE_BF16: tl.constexpr):
-    """The fp32 accumulator in the output dtype, rounded to nearest even (by hand in the interpreter)."""
+def _round_bf16(acc, EMULATE_BF16: tl.constexpr):
+    """fp32 values that convert exactly to bf16 (round to nearest even by hand): the interpreter's own
+    fp32 -> bf16 cast truncates. A no-op unless EMULATE_BF16."""
     if EMULATE_BF16:
         bits = acc.to(tl.uint32, bitcast=True)
         bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
         acc = bits.to(tl.float32, bitcast=True)
-    return acc.to(out_ty)
+    return acc
 
 
 @triton.jit
@@ -105,7 +106,8 @@ def grouped_fwd_kernel(
                      input_precision=INPUT_PRECISION)
     rows = tl.load(rows_ptr + g * R + offs_r, mask=mask_r, other=0)
     y_ptrs = y_ptr + offs_n.to(tl.int64)[:, None] * stride_yn + rows.to(tl.int64)[None, :] * stride_yo
-    tl.store(y_ptrs, _to_output(acc, y_ptr.dtype.element_ty, EMULATE_BF16), mask=mask_n[:, None] & mask_r[None, :])
+    tl.store(y_ptrs, _round_bf16(acc, EMULATE_BF16).to(y_ptr.dtype.element_ty),
+             mask=mask_n[:, None] & mask_r[None, :])
 
 
 @triton.jit
@@ -130,13 +132,13 @@ def grouped_bwd_input_kernel(
     acc = tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32)
     for d in range(0, D):
         e = tl.load(ent_ptr + b.to(tl.int64) * D + d)
-        valid = e >= 0
+        rows_used = tl.where(e >= 0, R, 0)  # a -1 pad entry masks every row
         e = tl.maximum(e, 0)
         g = (e // KB).to(tl.int64)
         v_cols = v_ptr + g * stride_vg + ((e % KB) * BW + c_in)[None, :] * stride_vk
         for r0 in range(0, R, BLOCK_R):
             offs_r = r0 + tl.arange(0, BLOCK_R)
-            mask_r = (offs_r < R) & valid
+            mask_r = offs_r < rows_used
             rows = tl.load(rows_ptr + g * R + offs_r, mask=mask_r, other=0)
             dyt = tl.load(dy_rows + rows.to(tl.int64)[None, :] * stride_dyo, mask=mask_n[:, None] & mask_r[None, :],
                           other=0.0)
@@ -144,7 +146,8 @@ def grouped_bwd_input_kernel(
             acc = tl.dot(_dot_operand(dyt, EMULATE_BF16), _dot_operand(vt, EMULATE_BF16), acc,
                          input_precision=INPUT_PRECISION)
     dx_ptrs = dx_ptr + offs_n.to(tl.int64)[:, None] * stride_xn + cols[None, :] * stride_xi
-    tl.store(dx_ptrs, _to_output(acc, dx_ptr.dtype.element_ty, EMULATE_BF16), mask=mask_n[:, None] & mask_c[None, :])
+    tl.store(dx_ptrs, _round_bf16(acc, EMULATE_BF16).to(dx_ptr.dtype.element_ty),
+             mask=mask_n[:, None] & mask_c[None, :])
 
 
 @triton.jit
@@ -179,10 +182,16 @@ def grouped_bwd_values_kernel(
         acc = tl.dot(_dot_operand(dyt, EMULATE_BF16), _dot_operand(xt, EMULATE_BF16), acc,
                      input_precision=INPUT_PRECISION)
     dv_ptrs = dv_ptr + g * stride_vg + offs_r[:, None] * stride_vr + offs_k[None, :] * stride_vk
-    tl.store(dv_ptrs, _to_output(acc, dv_ptr.dtype.element_ty, EMULATE_BF16), mask=mask_r[:, None] & mask_k[None, :])
+    tl.store(dv_ptrs, _round_bf16(acc, EMULATE_BF16).to(dv_ptr.dtype.element_ty),
+             mask=mask_r[:, None] & mask_k[None, :])
 
 
 # ---- plain PyTorch descriptions of the same computations, on the same tables ----------------------------
+# (accumulating in fp32 like the kernels, or in fp64 when given fp64 tensors)
+
+def _acc(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
 
 def block_columns_reference(col_blocks: torch.Tensor, block_width: int) -> torch.Tensor:
     """(G, K) input columns of every group from the (G, K // BW) block table, as `_block_columns` computes."""
@@ -192,34 +201,34 @@ def block_columns_reference(col_blocks: torch.Tensor, block_width: int) -> torch
 
 def fwd_reference(x: torch.Tensor, values: torch.Tensor, row_index: torch.Tensor, col_blocks: torch.Tensor,
                   block_width: int) -> torch.Tensor:
-    """What `grouped_fwd_kernel` computes: y (N, G*R), group by group, in fp32."""
+    """What `grouped_fwd_kernel` computes: y (N, G*R), group by group."""
     cols = block_columns_reference(col_blocks, block_width)
-    y = x.new_zeros(x.shape[0], row_index.numel(), dtype=torch.float32)
+    y = _acc(x.new_zeros(x.shape[0], row_index.numel()))
     for g in range(values.shape[0]):
-        y[:, row_index[g].long()] = x[:, cols[g]].float() @ values[g].float().t()
+        y[:, row_index[g].long()] = _acc(x[:, cols[g]]) @ _acc(values[g]).t()
     return y.to(x.dtype)
 
 
 def bwd_input_reference(grad_y: torch.Tensor, values: torch.Tensor, row_index: torch.Tensor,
                         col_entries: torch.Tensor, block_width: int, in_features: int) -> torch.Tensor:
-    """What `grouped_bwd_input_kernel` computes: dx (N, in), input block by input block, in fp32."""
+    """What `grouped_bwd_input_kernel` computes: dx (N, in), input block by input block."""
     kb_count = values.shape[2] // block_width
-    dx = grad_y.new_zeros(grad_y.shape[0], in_features, dtype=torch.float32)
+    dx = _acc(grad_y.new_zeros(grad_y.shape[0], in_features))
     for b in range(col_entries.shape[0]):
         cols = slice(b * block_width, min((b + 1) * block_width, in_features))
         for e in col_entries[b].tolist():
             if e < 0:
                 continue
             g, kb = divmod(e, kb_count)
-            v = values[g, :, kb * block_width:(kb + 1) * block_width].float()
-            dx[:, cols] += (grad_y[:, row_index[g].long()].float() @ v)[:, :cols.stop - cols.start]
+            v = _acc(values[g, :, kb * block_width:(kb + 1) * block_width])
+            dx[:, cols] += (_acc(grad_y[:, row_index[g].long()]) @ v)[:, :cols.stop - cols.start]
     return dx.to(grad_y.dtype)
 
 
 def bwd_values_reference(grad_y: torch.Tensor, x: torch.Tensor, row_index: torch.Tensor, col_blocks: torch.Tensor,
                          block_width: int) -> torch.Tensor:
-    """What `grouped_bwd_values_kernel` computes: dV (G, R, K) on the non-zeros only, in fp32."""
+    """What `grouped_bwd_values_kernel` computes: dV (G, R, K) on the non-zeros only."""
     cols = block_columns_reference(col_blocks, block_width)
-    dv = torch.stack([grad_y[:, row_index[g].long()].float().t() @ x[:, cols[g]].float()
+    dv = torch.stack([_acc(grad_y[:, row_index[g].long()]).t() @ _acc(x[:, cols[g]])
                       for g in range(row_index.shape[0])])
     return dv.to(x.dtype)
