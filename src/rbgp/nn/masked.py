@@ -30,6 +30,13 @@ class _MaskedMixin:
             if self.bias is not None:
                 self.bias.uniform_(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
 
+    def _load_from(self, module: nn.Module) -> None:
+        """Take `module`'s weights on the mask (and its bias)."""
+        with torch.no_grad():
+            self.weight.copy_(module.weight * self.mask)
+            if module.bias is not None:
+                self.bias.copy_(module.bias)
+
     @property
     def density(self) -> float:
         return self.structure.density
@@ -58,10 +65,7 @@ class MaskedLinear(_MaskedMixin, nn.Linear):
         layer = cls(module.in_features, module.out_features, sparsity, pattern=pattern, seed=seed,
                     bias=module.bias is not None, device=w.device, dtype=w.dtype)
         if keep_weights:
-            with torch.no_grad():
-                layer.weight.copy_(w * layer.mask)
-                if module.bias is not None:
-                    layer.bias.copy_(module.bias)
+            layer._load_from(module)
         return layer
 
 
@@ -88,8 +92,5 @@ class MaskedConv2d(_MaskedMixin, nn.Conv2d):
                     module.dilation, sparsity, pattern=pattern, seed=seed, bias=module.bias is not None,
                     device=w.device, dtype=w.dtype)
         if keep_weights:
-            with torch.no_grad():
-                layer.weight.copy_(w * layer.mask)
-                if module.bias is not None:
-                    layer.bias.copy_(module.bias)
+            layer._load_from(module)
         return layer

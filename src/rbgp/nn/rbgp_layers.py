@@ -12,11 +12,11 @@ import hashlib
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
 from rbgp.ops import BACKENDS, LayoutTensors, dense_weight, grouped_values, rbgp_linear
+from rbgp.ops.im2col import im2col_feature_major
 from rbgp.patterns import RBGP4, Pattern, SparseMask, get_pattern, matrix_shape
 
 
@@ -79,11 +79,13 @@ class _RBGPBase(nn.Module):
         """The true 0/1 mask in the weight's shape (bool)."""
         return torch.as_tensor(self.structure.weight_mask(), device=self.values.device)
 
-    def load_dense_(self, weight: torch.Tensor) -> None:
+    def load_dense_(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         """Take the entries of a dense weight that lie on the pattern (the rest are dropped)."""
         with torch.no_grad():
             matrix = weight.reshape(self.structure.shape).to(self.values)
             self.values.copy_(grouped_values(matrix, self.layout))
+            if bias is not None and self.bias is not None:
+                self.bias.copy_(bias)
 
     def structure_fingerprint(self) -> str:
         """sha256 of the index lists: two layers with the same fingerprint have the same mask."""
@@ -138,9 +140,7 @@ class RBGPLinear(_RBGPBase):
         layer = cls(module.in_features, module.out_features, sparsity, pattern=pattern, seed=seed,
                     bias=module.bias is not None, backend=backend, device=w.device, dtype=w.dtype)
         if keep_weights:
-            layer.load_dense_(w)
-            if module.bias is not None:
-                layer.bias.data.copy_(module.bias.data)
+            layer.load_dense_(w, module.bias)
         return layer
 
 
@@ -163,15 +163,10 @@ class RBGPConv2d(_RBGPBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        n, _, h, w = x.shape
-        kh, kw = self.kernel_size
-        oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-        ow = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
-        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (N, C*kh*kw, L)
-        # feature-major (C*kh*kw, N*L), handed over as its transposed view: the gather reads whole rows
-        x2 = cols.transpose(0, 1).reshape(cols.shape[1], -1).t()
-        y = rbgp_linear(x2, self.values, self.layout, self.bias, self.backend)  # (N*L, out)
-        return y.t().reshape(self.out_channels, n, oh, ow).transpose(0, 1)
+        cols, oh, ow = im2col_feature_major(x, self.kernel_size, self.stride, self.padding, self.dilation)
+        # the feature-major matrix goes in as its transposed (N*L, C*kh*kw) view: the gather reads rows
+        y = rbgp_linear(cols.t(), self.values, self.layout, self.bias, self.backend)  # (N*L, out)
+        return y.t().reshape(self.out_channels, x.shape[0], oh, ow).transpose(0, 1)
 
     def dense_weight(self) -> torch.Tensor:
         """The masked dense (c_out, c_in, kh, kw) weight."""
@@ -190,7 +185,5 @@ class RBGPConv2d(_RBGPBase):
                     module.dilation, sparsity, pattern=pattern, seed=seed, bias=module.bias is not None,
                     backend=backend, device=w.device, dtype=w.dtype)
         if keep_weights:
-            layer.load_dense_(w)
-            if module.bias is not None:
-                layer.bias.data.copy_(module.bias.data)
+            layer.load_dense_(w, module.bias)
         return layer
