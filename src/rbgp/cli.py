@@ -19,7 +19,7 @@ def _add_pattern(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kind", default="rbgp4", choices=["rbgp4", "block", "unstructured", "hbsnn", "nm"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--block", type=int, nargs=2, metavar=("H", "W"), help="micro-block (rbgp4) or block size")
-    p.add_argument("--group-rows", type=int, help="rbgp4: rows sharing one column set (default 64)")
+    p.add_argument("--group-rows", type=int, help="rbgp4: rows sharing one column set (default 128)")
     p.add_argument("--plot", metavar="PNG", help="write a picture of the mask (full view and a zoomed tile)")
     p.add_argument("--json", action="store_true", help="print the description as JSON")
     p.set_defaults(func=_cmd_pattern)
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     from rbgp.bench.cli import add_bench_parser
 
     add_bench_parser(sub)
+    from rbgp.train.cli import add_train_parsers; add_train_parsers(sub)
     return parser
 
 

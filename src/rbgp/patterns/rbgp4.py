@@ -128,7 +128,7 @@ class RBGP4(Pattern):
     def __init__(
         self,
         block: tuple[int, int] = (1, 16),
-        group_rows: int = 64,
+        group_rows: int = 128,
         outer_sparsity: float = 0.0,
         tile: tuple[int, int] = (128, 128),
         tol: float = 0.01,
