@@ -164,9 +164,16 @@ def sparsify(
     chains = _chains(masks)
     report.path_coverage = _coverage(chains)
     if chains:
-        rnd = [[Unstructured().build(c.shape, 1 - c.mean(), seed + i).array for i, c in enumerate(ch)] for ch in chains]
+        rnd = [[_random_like(c, seed + i) for i, c in enumerate(ch)] for ch in chains]
         report.random_path_coverage = _coverage(rnd)
     return report
+
+
+def _random_like(mask: np.ndarray, seed: int) -> np.ndarray:
+    """A random unstructured mask with `mask`'s shape and density (all ones when it is dense)."""
+    if mask.all():
+        return np.ones_like(mask)
+    return Unstructured().build(mask.shape, 1.0 - mask.mean(), seed).array
 
 
 def _shuffled(base: RBGP4, stride: int = 16) -> RBGP4:

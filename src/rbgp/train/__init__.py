@@ -1,4 +1,4 @@
-"""Training support: in-memory datasets and loaders, augmentation and dense reference models."""
+"""Training: in-memory data, reference models, the training loop, recipes, demo and reproduction."""
 
 from rbgp.train.data import (
     CIFAR10_MEAN,
@@ -19,6 +19,18 @@ from rbgp.train.data import (
     random_crop_flip,
     synthetic,
 )
+from rbgp.train.loop import (
+    CHECKPOINT_NAME,
+    METRIC_FIELDS,
+    PATTERN_NAMES,
+    TrainConfig,
+    TrainResult,
+    build_run_model,
+    evaluate,
+    load_checkpoint,
+    save_checkpoint,
+    train,
+)
 from rbgp.train.models import (
     MLP,
     MODEL_NAMES,
@@ -29,8 +41,10 @@ from rbgp.train.models import (
     vgg19_bn,
     wrn,
 )
+from rbgp.train.recipes import RECIPE_NAMES, Recipe, get_recipe
 
 __all__ = [
+    "CHECKPOINT_NAME",
     "CIFAR10_MEAN",
     "CIFAR10_STD",
     "CIFAR100_MEAN",
@@ -42,11 +56,23 @@ __all__ = [
     "MODEL_NAMES",
     "VGG",
     "LoadedDataset",
+    "METRIC_FIELDS",
+    "PATTERN_NAMES",
+    "RECIPE_NAMES",
+    "Recipe",
+    "TrainConfig",
+    "TrainResult",
     "SmallCNN",
     "TensorLoader",
     "UnsafePickleError",
     "WideResNet",
     "build_model",
+    "build_run_model",
+    "evaluate",
+    "get_recipe",
+    "load_checkpoint",
+    "save_checkpoint",
+    "train",
     "default_transform",
     "get_dataset",
     "load_cifar",

@@ -128,8 +128,7 @@ class TrainConfig:
              f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}"),
             (self.schedule in SCHEDULES,
              f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}"),
-            (0.0 < self.sparsity < 1.0 or self.pattern == "dense",
-             f"sparsity must be in (0, 1), got {self.sparsity}"),
+            (0.0 < self.sparsity < 1.0, f"sparsity must be in (0, 1), got {self.sparsity}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
@@ -579,11 +578,20 @@ def _run(
     if resume and ckpt_path is not None and ckpt_path.exists():
         saved = load_checkpoint(ckpt_path)  # fail on a bad file before any expensive work
         _check_resumable(saved["args"], config, ckpt_path)
+        if saved.get("world_size", 1) != info.world_size:
+            raise ValueError(
+                f"{ckpt_path}: checkpoint was written by a run of {saved.get('world_size')} "
+                f"process(es), this one has {info.world_size}; the data shards (and numbers) "
+                f"would differ, so resume with the same number of processes"
+            )
 
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
     random.seed(config.seed)
     train_ds, test_ds = load_data(config, data)
+    if info.device.type == "cuda":  # the data sets used here fit in GPU memory: no per-batch copies
+        train_ds = train_ds._replace(x=train_ds.x.to(info.device), y=train_ds.y.to(info.device))
+        test_ds = test_ds._replace(x=test_ds.x.to(info.device), y=test_ds.y.to(info.device))
     model, report = build_run_model(config, train_ds.num_classes, train_ds.input_shape)
     model.to(info.device)
     masked = _masked_layers(model)
@@ -636,8 +644,9 @@ def _run(
         row["epoch_time_s"] = time.perf_counter() - t0
         history.append(row)
         if out is not None and info.is_main:
-            save_checkpoint(ckpt_path, _checkpoint_state(config, epoch, model, optimizer, scheduler,
-                                                         history))
+            state = _checkpoint_state(config, epoch, model, optimizer, scheduler, history)
+            state["world_size"] = info.world_size
+            save_checkpoint(ckpt_path, state)
             _write_metrics(out, history)
         if log:
             print(f"[rbgp train] epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f} "

@@ -1,0 +1,113 @@
+"""Tests for rbgp.train.loop: training, metrics files, masks, bf16, config checks, `rbgp train`."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from rbgp.cli import main
+from rbgp.nn import MaskedLinear, RBGPLinear
+from rbgp.train.loop import METRIC_FIELDS, TrainConfig, train
+from rbgp.train.recipes import Recipe, get_recipe
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(model="mlp", dataset="synthetic_cifar10", model_kwargs={"hidden": [128, 128]},
+                epochs=2, batch_size=32, limit_train=256, limit_test=128, lr=0.05,
+                schedule="constant")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_loss_falls_and_metrics_written(tmp_path):
+    res = train(_cfg(pattern="rbgp4", sparsity=0.875, epochs=3), tmp_path, quiet=True)
+    losses = [h["train_loss"] for h in res.history]
+    assert losses[-1] < 0.5 * losses[0]
+    assert res.final["test_acc"] > 50.0  # 10 classes: chance is 10%
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0]) == list(METRIC_FIELDS) and len(table) == 3
+    assert float(table[-1]["test_acc"]) == rows[-1]["test_acc"]
+    for r in rows:
+        assert r["train_ms_per_batch"] > 0 and r["epoch_time_s"] > 0 and r["steps"] == 8
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["config"]["pattern"] == "rbgp4" and run["sparsify"]["layers"]
+
+
+def test_masks_stay_exact_after_steps():
+    res = train(_cfg(pattern="unstructured", sparsity=0.9, weight_decay=1e-3), quiet=True)
+    masked = [m for m in res.model.modules() if isinstance(m, MaskedLinear)]
+    assert masked
+    for m in masked:
+        assert torch.all(m.weight[~m.mask.bool()] == 0)  # stored weights, not only weight*mask
+        assert torch.count_nonzero(m.dense_weight()) <= m.structure.nnz
+    res = train(_cfg(pattern="rbgp4", sparsity=0.875), quiet=True)
+    layers = [m for m in res.model.modules() if isinstance(m, RBGPLinear)]
+    assert layers
+    for m in layers:
+        assert torch.all(m.dense_weight()[~m.mask] == 0)
+        assert m.values.numel() == m.structure.nnz
+
+
+def test_bf16_keeps_fp32_master_weights():
+    res = train(_cfg(pattern="rbgp4", sparsity=0.875, precision="bf16"), quiet=True)
+    assert all(p.dtype == torch.float32 for p in res.model.parameters())
+    losses = [h["train_loss"] for h in res.history]
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+    rbgp = next(m for m in res.model.modules() if isinstance(m, RBGPLinear))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the sparse GEMMs really run in bf16
+        assert rbgp(torch.randn(4, rbgp.in_features)).dtype == torch.bfloat16
+        assert res.model(torch.randn(4, 3, 32, 32)).dtype == torch.bfloat16
+
+
+def test_max_steps_and_dense_run_without_out_dir():
+    res = train(_cfg(max_steps=3, epochs=1), quiet=True)
+    assert res.out_dir is None and res.report is None and res.final["steps"] == 3
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("model", "resnet", "unknown model 'resnet'"),
+    ("pattern", "random", "unknown pattern 'random'"),
+    ("precision", "fp16", "unknown precision 'fp16'"),
+    ("sparsity", 1.0, "sparsity must be in"),
+    ("epochs", 0, "epochs must be >= 1"),
+    ("milestones", [3, 2], "milestones must be increasing"),
+    ("model_kwargs", {"channels": [8]}, "not supported for model 'mlp'"),
+])
+def test_config_rejects_bad_values(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        _cfg(**{field: value})
+
+
+def test_recipes():
+    vgg, wrn = get_recipe("paper", "vgg19"), get_recipe("paper", "wrn40_4")
+    assert (vgg.lr, vgg.batch_size, vgg.epochs, vgg.milestones, vgg.gamma) == (0.1, 256, 160, (80, 120), 0.1)
+    assert (wrn.lr, wrn.batch_size, wrn.epochs, wrn.milestones, wrn.gamma) == (
+        0.1, 128, 200, (60, 120, 160), 0.2)
+    assert vgg.nesterov and vgg.momentum == 0.9 and vgg.weight_decay == 1e-4
+    assert vgg.with_overrides(epochs=3, lr=None).epochs == 3
+    with pytest.raises(ValueError, match="paper has recipes"):
+        get_recipe("paper", "mlp")
+    with pytest.raises(ValueError, match="unknown recipe"):
+        get_recipe("fast")
+    with pytest.raises(ValueError, match="unknown schedule"):
+        Recipe(lr=0.1, batch_size=1, epochs=1, schedule="step")
+
+
+def test_cli_train_and_errors(tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "--model", "mlp", "--dataset", "synthetic_cifar10", "--hidden", "64",
+            "--epochs", "1", "--batch-size", "64", "--limit-train", "128", "--limit-test", "64",
+            "--pattern", "block", "--sparsity", "0.75", "--out-dir", str(run), "--quiet"]
+    assert main(argv) == 0
+    cfg = json.loads((run / "run.json").read_text())["config"]
+    assert cfg["pattern_kwargs"] == {"block": [16, 16]} and cfg["lr"] == 0.05  # demo recipe
+    assert main(argv) == 2  # refuses to clobber an existing run
+    assert "already holds a checkpoint" in capsys.readouterr().err
+    assert main(argv[:-3] + ["--group-rows", "8", "--quiet"]) == 2
+    assert "--group-rows applies to rbgp4 only" in capsys.readouterr().err

@@ -1,0 +1,158 @@
+"""Checkpoints: atomic writes, refusal of bad files, and exact resume after a stop or a crash."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from rbgp.train import loop
+from rbgp.train.loop import CHECKPOINT_NAME, TrainConfig, load_checkpoint, save_checkpoint, train
+
+_NUMBERS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "steps", "epoch")
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(model="mlp", dataset="synthetic_cifar10", model_kwargs={"hidden": [128, 128]},
+                pattern="rbgp4", sparsity=0.875, epochs=3, batch_size=32, limit_train=192,
+                limit_test=64, lr=0.05, schedule="multistep", milestones=[2], gamma=0.5,
+                weight_decay=1e-4)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _numbers(history):
+    return [{k: h[k] for k in _NUMBERS} for h in history]
+
+
+def _files(path):
+    return sorted(p.name for p in path.iterdir())
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    res = train(_cfg(), out, quiet=True)
+    return res, out
+
+
+def test_resume_after_stop_is_exact(tmp_path, uninterrupted):
+    full, _ = uninterrupted
+    first = train(_cfg(), tmp_path, quiet=True, stop_after_epoch=1)
+    assert first.stopped_early and len(first.history) == 1
+    assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["epoch"] == 1
+    resumed = train(_cfg(), tmp_path, resume=True, quiet=True)
+    assert _numbers(resumed.history) == _numbers(full.history)  # exact equality
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b, name
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert _numbers(rows) == _numbers(full.history)
+
+
+def test_resume_after_crash_mid_epoch_is_exact(tmp_path, uninterrupted):
+    full, _ = uninterrupted
+
+    def crash(epoch, step, loss):
+        if epoch == 2 and step == 3:
+            raise KeyboardInterrupt("simulated kill")
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(), tmp_path, quiet=True, on_batch=crash)
+    assert _files(tmp_path) == [CHECKPOINT_NAME, "metrics.csv", "metrics.jsonl", "run.json"]
+    resumed = train(_cfg(), tmp_path, resume=True, quiet=True)
+    assert _numbers(resumed.history) == _numbers(full.history)
+
+
+def test_checkpoint_holds_plain_state(uninterrupted):
+    _, out = uninterrupted
+    state = load_checkpoint(out / CHECKPOINT_NAME)  # weights_only=True inside
+    assert state["epoch"] == 3 and state["args"] == _cfg().to_dict()
+    assert set(state["rng"]) == {"torch", "cuda", "numpy", "python"}
+    assert state["scheduler"]["milestones"] == {2: 1}
+    assert len(state["history"]) == 3 and state["optimizer"]["state"]
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / CHECKPOINT_NAME
+    save_checkpoint(path, {"a": torch.ones(2)})
+    assert _files(tmp_path) == [CHECKPOINT_NAME]
+
+    def broken_save(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(loop.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"a": torch.zeros(2)})
+    monkeypatch.undo()
+    assert _files(tmp_path) == [CHECKPOINT_NAME]  # no temp file left behind
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(2))  # old file intact
+
+
+def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path, uninterrupted):
+    _, out = uninterrupted
+    good = (out / CHECKPOINT_NAME).read_bytes()
+    path = tmp_path / CHECKPOINT_NAME
+    path.write_bytes(good[: len(good) // 2])  # truncated, as by a crash without atomic writes
+    with pytest.raises(ValueError, match="corrupt or unreadable checkpoint"):
+        train(_cfg(), tmp_path, resume=True, quiet=True)
+    path.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ValueError, match="corrupt or unreadable checkpoint"):
+        load_checkpoint(path)
+    torch.save({"model": {}}, path)
+    with pytest.raises(ValueError, match="not an rbgp training checkpoint"):
+        load_checkpoint(path)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"format": "x", "evil": Evil()}, path)
+    with pytest.raises(ValueError, match="corrupt or unreadable"):
+        load_checkpoint(path)  # weights_only refuses arbitrary globals
+
+
+def test_mismatched_checkpoint_is_refused(tmp_path, uninterrupted):
+    _, out = uninterrupted
+    (tmp_path / CHECKPOINT_NAME).write_bytes((out / CHECKPOINT_NAME).read_bytes())
+    with pytest.raises(ValueError, match="pattern: checkpoint 'rbgp4' vs now 'unstructured'"):
+        train(_cfg(pattern="unstructured"), tmp_path, resume=True, quiet=True)
+    with pytest.raises(ValueError, match="seed"):
+        train(_cfg(seed=1), tmp_path, resume=True, quiet=True)
+    state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    assert state["world_size"] == 1
+    torch.save({**state, "world_size": 2}, tmp_path / CHECKPOINT_NAME)
+    with pytest.raises(ValueError, match="run of 2 process"):
+        train(_cfg(), tmp_path, resume=True, quiet=True)
+    # Same settings but a tampered model state: the RBGP structure fingerprint no longer fits.
+    key = next(k for k in state["model"] if k.endswith("_extra_state"))
+    state["model"][key] = {"fingerprint": "0" * 64, "shape": [128, 128]}
+    torch.save(state, tmp_path / CHECKPOINT_NAME)
+    with pytest.raises(ValueError, match="does not fit the model"):
+        train(_cfg(), tmp_path, resume=True, quiet=True)
+
+
+def test_resume_can_extend_epochs(tmp_path):
+    cfg = _cfg(epochs=1, limit_train=64)
+    train(cfg, tmp_path, quiet=True)
+    more = train(_cfg(epochs=2, limit_train=64), tmp_path, resume=True, quiet=True)
+    assert [h["epoch"] for h in more.history] == [1, 2]
+
+
+def test_cli_resume_takes_settings_from_checkpoint(tmp_path, capsys):
+    from rbgp.cli import main
+
+    run = tmp_path / "run"
+    argv = ["train", "--model", "mlp", "--dataset", "synthetic_cifar10", "--hidden", "128,128",
+            "--pattern", "rbgp4", "--sparsity", "0.875", "--epochs", "2", "--batch-size", "32",
+            "--limit-train", "96", "--limit-test", "32", "--out-dir", str(run), "--quiet"]
+    assert main(argv + ["--stop-after-epoch", "1"]) == 0
+    assert main(["train", "--out-dir", str(run), "--resume", "--quiet"]) == 0  # no other flags
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    ref = tmp_path / "ref"
+    assert main(argv[:-3] + ["--out-dir", str(ref), "--quiet"]) == 0
+    ref_rows = [json.loads(x) for x in (ref / "metrics.jsonl").read_text().splitlines()]
+    assert _numbers(rows) == _numbers(ref_rows) and len(rows) == 2
+    assert main(["train", "--out-dir", str(run), "--resume", "--lr", "0.2", "--quiet"]) == 2
+    assert "lr: checkpoint 0.05 vs now 0.2" in capsys.readouterr().err
