@@ -262,3 +262,19 @@ def test_kernels_compile_for_sm90_without_a_gpu():
     if proc.returncode and "No module named 'triton.backends.nvidia" in proc.stderr:
         pytest.skip("this triton build has no NVIDIA backend")
     assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_rbgp_conv_layer_on_triton_matches_dense_conv():
+    from rbgp.nn import RBGPConv2d
+
+    torch.manual_seed(0)
+    layer = RBGPConv2d(8, 16, 3, stride=1, padding=1, sparsity=0.75, backend="triton")
+    x = torch.randn(2, 8, 5, 6, requires_grad=True)
+    y = layer(x)
+    w = layer.dense_weight().detach().requires_grad_()
+    xr = x.detach().clone().requires_grad_()
+    ref = torch.nn.functional.conv2d(xr, w, layer.bias, padding=1)
+    assert torch.allclose(y, ref, atol=1e-4)
+    y.sum().backward()
+    ref.sum().backward()
+    assert torch.allclose(x.grad, xr.grad, atol=1e-4)
