@@ -19,7 +19,8 @@ RAMANUJAN_RTOL = 1e-9
 """Relative tolerance (times sigma1) of the Ramanujan and connectivity tests."""
 
 
-def _require_int(value: Any, what: str, minimum: int = 0) -> int:
+def require_int(value: Any, what: str, minimum: int = 0) -> int:
+    """`value` as an int >= minimum, or a ValueError naming `what` and the bad value."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, Integral):
         raise ValueError(f"{what} must be an integer, got {value!r}")
     if int(value) < minimum:
@@ -57,8 +58,8 @@ class BipartiteGraph:
 
     def __init__(self, m: int, n: int, indptr: np.ndarray, indices: np.ndarray,
                  name: str = "") -> None:
-        m = _require_int(m, "m (number of rows)")
-        n = _require_int(n, "n (number of columns)")
+        m = require_int(m, "m (number of rows)")
+        n = require_int(n, "n (number of columns)")
         indptr = _as_index_array(indptr, "indptr")
         indices = _as_index_array(indices, "indices")
         if indptr.shape != (m + 1,):

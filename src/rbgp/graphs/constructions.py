@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .affine import affine_lift, affine_shape_error
-from .bipartite import BipartiteGraph, degree_bound
+from .bipartite import BipartiteGraph, degree_bound, require_int
 from .lifts import certified_2lifts, lift_shape_error
 from .random_biregular import SamplingError, random_biregular
 
@@ -33,11 +33,7 @@ class RamanujanWarning(UserWarning):
 
 
 def _positive_int(value: Any, what: str, minimum: int = 1) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, Integral):
-        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
-    if int(value) < minimum:
-        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    return require_int(value, what, minimum)
 
 
 def complete(m: int, n: int) -> BipartiteGraph:

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from rbgp.graphs.bipartite import require_int
 from rbgp.patterns.layout import GroupedLayout
 
 INDEX_BYTES = 4  # int32 indices, as torch/cuSPARSE store CSR/BSR on the GPU
@@ -22,9 +23,7 @@ INDEX_BYTES = 4  # int32 indices, as torch/cuSPARSE store CSR/BSR on the GPU
 
 def check_int(name: str, value: Any, minimum: int = 1) -> int:
     """`value` as an int >= minimum, or a ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    return require_int(value, name, minimum)
 
 
 def check_sparsity(sparsity: Any) -> float:
