@@ -39,15 +39,27 @@ def plot_speedups(data: dict[str, Any], path: str | Path) -> None:
     fig, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4.5), squeeze=False)
     for ax, kind in zip(axes[0], kinds):
         rows = [r for r in data["results"] if r["kind"] == kind]
+        methods = list(rows[0]["timings"])
         dens = np.array([r["density"] for r in rows])
-        grid = np.linspace(dens.min(), dens.max(), 50) if len(set(dens)) > 1 else dens
-        ax.plot(grid, 1 / grid, "k--", lw=1, label="ideal 1/density")
-        for m in rows[0]["timings"]:
-            for phase, style in (("fwd", "o-"), ("fwd_bwd", "s:")):
-                ax.plot(dens, [r["speedup_" + phase][m] for r in rows], style, label=f"{m} {phase}")
-        ax.set_xscale("log", base=2)
+        if len(set(dens)) > 1:  # speedup against density, with the ideal line
+            grid = np.linspace(dens.min(), dens.max(), 50)
+            ax.plot(grid, 1 / grid, "k--", lw=1, label="ideal 1/density")
+            for m in methods:
+                for phase, style in (("fwd", "o-"), ("fwd_bwd", "s:")):
+                    ax.plot(dens, [r["speedup_" + phase][m] for r in rows], style, label=f"{m} {phase}")
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("density")
+        else:  # one density: bars per case, the ideal 1/density as a line
+            width = 0.8 / (2 * len(methods))
+            for i, m in enumerate(methods):
+                for j, phase in enumerate(("fwd", "fwd_bwd")):
+                    x = np.arange(len(rows)) + (2 * i + j) * width - 0.4
+                    ax.bar(x, [r["speedup_" + phase][m] for r in rows], width, label=f"{m} {phase}",
+                           hatch="//" if phase == "fwd_bwd" else None)
+            ax.axhline(1 / dens[0], color="k", ls="--", lw=1, label=f"ideal 1/density = {1 / dens[0]:.0f}")
+            ax.set_xticks(np.arange(len(rows)))
+            ax.set_xticklabels([r["case"].replace(" b", "\nb") for r in rows], fontsize=7)
         ax.set_yscale("log", base=2)
-        ax.set_xlabel("density")
         ax.set_ylabel("speedup over dense")
         ax.set_title(f"{kind} ({data['environment'].get('device_name', data['environment']['processor'])})")
         ax.grid(alpha=0.3)
