@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from rbgp.nn import MaskedConv2d, MaskedLinear, RBGPConv2d, RBGPLinear, sparsify
+from rbgp.nn import MaskedLinear, RBGPConv2d, RBGPLinear, sparsify
 
 
 class TinyVGG(nn.Module):

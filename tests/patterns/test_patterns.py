@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from rbgp.graphs import complete, ramanujan
-from rbgp.patterns import (NM, RBGP, RBGP4, Block, GroupedLayout, HBsNN, Unstructured, get_pattern,
+from rbgp.patterns import (NM, RBGP, RBGP4, Block, HBsNN, Unstructured, get_pattern,
                            matrix_shape, stride_permutation)
 from rbgp.patterns.base import bsr_bytes, csr_bytes
 

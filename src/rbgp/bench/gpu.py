@@ -132,7 +132,6 @@ def build_methods(case: GpuCase, dtype: torch.dtype, device: str = "cuda", seed:
     from rbgp.patterns import Block
 
     gen = torch.Generator(device).manual_seed(seed)
-    kw = {"device": device, "dtype": dtype}
     n, inp, out = case.rows, case.in_features, case.out_features
     x = torch.randn(n, inp, generator=gen, device=device).to(dtype)
     dy = torch.randn(n, out, generator=gen, device=device).to(dtype)

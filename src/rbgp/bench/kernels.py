@@ -127,14 +127,12 @@ def run_case(case: Case, device: str = "cpu", dtype=torch.float32, repeats: int 
     with torch.no_grad():
         timings["dense"] = {"fwd": time_fn(lambda: dense(x), repeats, device=device)}
         timings["rbgp"] = {"fwd": time_fn(lambda: sparse(x), repeats, device=device)}
-        xm = to_matrix(x)
         csr_f, csr_fb = _csr_methods(w_rbgp)
         bsr_f, bsr_fb = _bsr_methods(w_block, block)
         timings["csr"] = {"fwd": time_fn(lambda: csr_f(to_matrix(x)), repeats, device=device)}
         timings[f"bsr{block}"] = {"fwd": time_fn(lambda: bsr_f(to_matrix(x)), repeats, device=device)}
         timings["csr"]["fwd_bwd"] = time_fn(lambda: csr_fb(to_matrix(x)), repeats, device=device)
         timings[f"bsr{block}"]["fwd_bwd"] = time_fn(lambda: bsr_fb(to_matrix(x)), repeats, device=device)
-    del xm
     timings["dense"]["fwd_bwd"] = time_fn(_fwd_bwd(dense, xr), repeats, device=device)
     timings["rbgp"]["fwd_bwd"] = time_fn(_fwd_bwd(sparse, xr), repeats, device=device)
     results["timings"] = timings

@@ -71,7 +71,6 @@ def build_triton_layout(row_index: torch.Tensor, col_index: torch.Tensor, in_fea
     bw = detect_block_width(col_index) if block_width is None else block_width
     if block_width is not None and (k % bw or detect_block_width(col_index, bw) != bw):
         raise ValueError(f"col_index is not made of aligned runs of block_width={block_width}")
-    kb = k // bw
     col_blocks = col_index[:, ::bw] // bw if bw > 1 else col_index
     n_blocks = triton.cdiv(in_features, bw)
     flat = col_blocks.reshape(-1)
