@@ -19,7 +19,16 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=10, help="timed repeats per measurement (median reported)")
     p.add_argument("--quick", action="store_true", help="small shapes only (a smoke run)")
     p.add_argument("--out-dir", default="benchmarks", help="where results go (default benchmarks/)")
-    p.add_argument("--name", help="file stem (default cpu, or gpu-<device name>)")
+    p.add_argument("--name", help="file stem (default cpu, gpu-<device name> or models-<device name>)")
+    p.add_argument("--suite", default="layers", choices=["layers", "models"],
+                   help="layers: single layers against dense/CSR/BSR/2:4 (default); models: VGG19-bn, ResNet-18 "
+                        "and WRN-40-4 for CIFAR, dense vs sparsified, inference and a training step")
+    p.add_argument("--only", choices=["linear", "conv"], help="layers on cuda: run only the linear or the conv cases")
+    p.add_argument("--models", default="vgg19,resnet18,wrn40_4", help="models suite: comma-separated names")
+    p.add_argument("--batch", type=int, default=128, help="models suite: images per batch (default 128)")
+    p.add_argument("--sparsity", type=float, default=0.9, help="models suite: sparsity of the converted layers")
+    p.add_argument("--compile", choices=["no", "yes", "both"], default="no",
+                   help="models suite: time eager, torch.compile (inductor) or both (default no)")
     p.set_defaults(func=_cmd_bench)
 
 
@@ -38,12 +47,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     args.dtype = args.dtype or ("fp32" if args.device == "cpu" else "bf16")
     if args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.suite == "models":
+        return _cmd_models(args)
     command = (f"rbgp bench --device {args.device} --dtype {args.dtype} --repeats {args.repeats}"
-               + (" --quick" if args.quick else ""))
+               + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only else ""))
     if args.device.startswith("cuda"):
         from rbgp.bench.gpu import run_gpu_bench
 
-        run_gpu_bench(args.out_dir, args.dtype, args.quick, command)
+        run_gpu_bench(args.out_dir, args.dtype, args.quick, command, only=args.only, stem=args.name)
         return 0
     dtype = getattr(torch, DTYPES[args.dtype])
     env = environment(args.device)
@@ -63,4 +74,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     plot_speedups(data, out / f"{stem}.png")
     print(table)
     print(f"wrote {out / (stem + '.json')}, .md and .png")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from rbgp.bench.models import markdown_table, run_model_bench
+
+    modes = {"no": (False,), "yes": (True,), "both": (False, True)}[args.compile]
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    command = (f"rbgp bench --suite models --device {args.device} --dtype {args.dtype} --models {','.join(models)} "
+               f"--batch {args.batch} --sparsity {args.sparsity} --compile {args.compile}"
+               + (" --quick" if args.quick else ""))
+    data = run_model_bench(args.out_dir, args.device, args.dtype, models, args.batch, args.sparsity, modes,
+                           args.quick, args.name, command)
+    print(markdown_table(data))
     return 0

@@ -83,8 +83,9 @@ def conv_layers(model: str) -> list[tuple[int, int, int, int]]:
     return [(ci, co, hw, n) for (ci, co, hw), n in seen.items()]
 
 
-def gpu_cases(quick: bool = False) -> list[GpuCase]:
-    """The benchmark's layer list; quick: one small linear and one conv per model (a smoke run)."""
+def gpu_cases(quick: bool = False, only: str | None = None) -> list[GpuCase]:
+    """The benchmark's layer list; quick: one small linear and one conv per model (a smoke run);
+    only: "linear" or "conv" to keep one kind."""
     if quick:
         cases = [GpuCase("linear", 1024, 1024, 1024, d) for d in (1 / 2, 1 / 8)]
         convs = {m: conv_layers(m)[:1] for m in ("vgg19", "wrn40_4")}
@@ -98,7 +99,9 @@ def gpu_cases(quick: bool = False) -> list[GpuCase]:
         for batch in batches:
             cases += [GpuCase("conv", batch * hw * hw, ci * 9, co, 0.1, model, batch, hw, n)
                       for ci, co, hw, n in layers]
-    return cases
+    if only not in (None, "linear", "conv"):
+        raise ValueError(f"only must be 'linear', 'conv' or None, got {only!r}")
+    return [c for c in cases if only is None or c.kind == only]
 
 
 # ---- methods -----------------------------------------------------------------------------------------------
@@ -229,7 +232,7 @@ def build_methods(case: GpuCase, dtype: torch.dtype, device: str = "cuda", seed:
 def _do_bench(fn: Callable[[], Any], quick: bool) -> dict[str, float]:
     from triton.testing import do_bench
 
-    med, q20, q80 = do_bench(fn, warmup=10 if quick else 25, rep=30 if quick else 100, quantiles=[0.5, 0.2, 0.8])
+    med, q20, q80 = do_bench(fn, warmup=10 if quick else 20, rep=30 if quick else 60, quantiles=[0.5, 0.2, 0.8])
     return {"median_ms": float(med), "q20_ms": float(q20), "q80_ms": float(q80)}
 
 
@@ -365,8 +368,11 @@ def device_stem(env: dict[str, Any]) -> str:
 
 
 def run_gpu_bench(out_dir: str | Path = "benchmarks", dtype: str | torch.dtype = "bf16", quick: bool = False,
-                  command: str = "rbgp bench --device cuda", progress: bool = True) -> dict[str, Any]:
-    """Run the GPU benchmark, write <out_dir>/gpu-<device>[-quick].json, .md and .png; return the data.
+                  command: str = "rbgp bench --device cuda", progress: bool = True, only: str | None = None,
+                  stem: str | None = None) -> dict[str, Any]:
+    """Run the GPU benchmark, write <out_dir>/<stem>.json, .md and .png; return the data. The default
+    stem is gpu-<device>[-<dtype unless bf16>][-<only>][-quick]; the JSON is rewritten after every case,
+    so an interrupted run keeps what it measured.
 
     dtype: "fp32", "bf16", "fp16" or a torch dtype. Raises ValueError without CUDA or triton.
     """
@@ -389,26 +395,26 @@ def run_gpu_bench(out_dir: str | Path = "benchmarks", dtype: str | torch.dtype =
     env = environment("cuda")
     env["triton"] = triton.__version__
     env["cuda"] = torch.version.cuda
-    stem = device_stem(env) + ("-quick" if quick else "")
+    stem = stem or (device_stem(env) + ("" if name == "bf16" else f"-{name}") + (f"-{only}" if only else "")
+                    + ("-quick" if quick else ""))
+    out = Path(out_dir)
+    data = {"command": command, "dtype": name, "tf32": False, "environment": env, "results": []}
     old_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
-    results = []
     try:
-        cases = gpu_cases(quick)
+        cases = gpu_cases(quick, only)
         for i, case in enumerate(cases):
             if progress:
                 print(f"[{i + 1}/{len(cases)}] {case.label}", flush=True)
             try:
-                results.append(bench_case(case, dtype, "cuda", quick))
+                data["results"].append(bench_case(case, dtype, "cuda", quick))
             except Exception as e:  # noqa: BLE001 - e.g. no RBGP plan or out of memory for this case
-                results.append(summarize(case, {m: {p: _unsupported(e) for p in PHASES} for m in METHODS}, {}))
+                data["results"].append(summarize(case, {m: {p: _unsupported(e) for p in PHASES} for m in METHODS},
+                                                 {}))
+            write_json(out / f"{stem}.json", data)
             torch.cuda.empty_cache()
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old_tf32
-    data = {"command": command + f" --dtype {name}" + (" --quick" if quick else ""), "dtype": name,
-            "environment": env, "results": results}
-    out = Path(out_dir)
-    write_json(out / f"{stem}.json", data)
     write_atomic(out / f"{stem}.md", gpu_markdown_table(data))
     plot_gpu(data, out / f"{stem}.png")
     return data

@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-__all__ = ["MLP", "MODEL_NAMES", "SmallCNN", "VGG", "WideResNet", "build_model", "vgg19_bn", "wrn"]
+__all__ = ["MLP", "MODEL_NAMES", "ResNet", "SmallCNN", "VGG", "WideResNet", "build_model", "resnet18", "vgg19_bn",
+           "wrn"]
 
 
 def _init_weights(model: nn.Module) -> None:
@@ -195,11 +196,61 @@ def wrn(
     return WideResNet(depth, widen_factor, num_classes, dropout, in_channels)
 
 
+class _BasicBlock(nn.Module):
+    """ResNet basic block: conv3x3-BN-ReLU-conv3x3-BN plus shortcut (1x1 conv + BN when the shape changes)."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """CIFAR ResNet (He et al.) as commonly written for 32x32 inputs: a 3x3 stem, no max-pool,
+    four stages of basic blocks at widths 64-512."""
+
+    def __init__(self, blocks: Sequence[int] = (2, 2, 2, 2), num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        layers: list[nn.Module] = []
+        cin = 64
+        for i, (width, count) in enumerate(zip((64, 128, 256, 512), blocks)):
+            for j in range(count):
+                layers.append(_BasicBlock(cin, width, 2 if i > 0 and j == 0 else 1))
+                cin = width
+        self.layers = nn.Sequential(*layers)
+        self.relu = nn.ReLU(inplace=True)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+        _init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layers(self.relu(self.bn1(self.conv1(x))))
+        return self.fc(self.pool(out).flatten(1))
+
+
+def resnet18(num_classes: int = 10, in_channels: int = 3) -> ResNet:
+    """ResNet-18 for 32x32 inputs (about 11.2M parameters for 10 classes)."""
+    return ResNet((2, 2, 2, 2), num_classes, in_channels)
+
+
 _BUILDERS: dict[str, Callable[[int, int, int | None], nn.Module]] = {
     "mlp": lambda nc, cin, size: MLP(in_features=cin * (size or 28) ** 2, num_classes=nc),
     "cnn": lambda nc, cin, size: SmallCNN(in_channels=cin, num_classes=nc),
     "vgg19": lambda nc, cin, size: vgg19_bn(num_classes=nc, in_channels=cin),
     "wrn40_4": lambda nc, cin, size: wrn(40, 4, num_classes=nc, in_channels=cin),
+    "resnet18": lambda nc, cin, size: resnet18(num_classes=nc, in_channels=cin),
 }
 MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 

@@ -1,0 +1,214 @@
+"""Whole-model benchmarks: CIFAR CNNs dense against the same model after `rbgp.sparsify`.
+
+For each model (VGG19-bn, ResNet-18, WRN-40-4, shaped for 32x32 inputs) and synthetic data, times
+inference (eval mode, no grad) and one full training step (forward, cross-entropy, backward, SGD
+Nesterov step) of the dense model and of its sparsified copy, in the same run, interleaved per model.
+Mixed precision through `torch.autocast` (bf16 by default on CUDA: fp32 master weights, bf16 GEMM
+inputs), optionally also under `torch.compile` (inductor); a variant that fails is recorded as
+"unsupported: <reason>" rather than stopping the run.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODELS = ("vgg19", "resnet18", "wrn40_4")
+PHASES = ("infer", "train")
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+TOLERANCES = (0.01, 0.03, 0.05)
+
+
+def _unsupported(e: BaseException) -> str:
+    return f"unsupported: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
+def _timer(device: str, quick: bool) -> Callable[[Callable[[], Any]], dict[str, float]]:
+    """do_bench (CUDA events) on a GPU, wall clock with a sync on the CPU; both give medians in ms."""
+    if device.startswith("cuda"):
+        from triton.testing import do_bench
+
+        def bench(fn):
+            med, q20, q80 = do_bench(fn, warmup=50 if quick else 200, rep=200 if quick else 1000,
+                                     quantiles=[0.5, 0.2, 0.8])
+            return {"median_ms": float(med), "q20_ms": float(q20), "q80_ms": float(q80)}
+        return bench
+    from rbgp.bench.timing import time_fn
+
+    return lambda fn: time_fn(fn, repeats=3 if quick else 10, warmup=1)
+
+
+def model_pair(name: str, sparsity: float, device: str, seed: int = 0) -> tuple[nn.Module, nn.Module, Any, float]:
+    """(dense model, sparsified copy, sparsify report, planner tol), both models on `device`. The RBGP4
+    planner's tolerance is widened step by step until every layer plans (WRN-40-4's 64x144 convs need
+    0.03 at 90%)."""
+    from rbgp.nn import sparsify
+    from rbgp.train.models import build_model
+
+    torch.manual_seed(seed)
+    dense = build_model(name, num_classes=10, in_channels=3)
+    for tol in TOLERANCES:
+        sparse = copy.deepcopy(dense)
+        try:
+            report = sparsify(sparse, sparsity, seed=seed, tol=tol)
+            break
+        except ValueError:
+            if tol == TOLERANCES[-1]:
+                raise
+    return dense.to(device), sparse.to(device), report, tol
+
+
+def step_functions(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   dtype: torch.dtype | None) -> dict[str, Callable[[], Any]]:
+    """{"infer": eval-mode forward without grad, "train": one SGD step}, under autocast(dtype)."""
+    device = x.device.type
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=1e-4)
+
+    def infer():
+        with torch.no_grad(), torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+            return model(x)
+
+    def train():
+        with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+            loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return {"infer": infer, "train": train}
+
+
+def bench_model(name: str, batch: int, dtype: str, device: str, sparsity: float, compiled: bool,
+                quick: bool = False) -> dict[str, Any]:
+    """One result row: per variant (dense, rbgp) and phase, the timing or the reason it failed."""
+    dense, sparse, report, tol = model_pair(name, sparsity, device)
+    gen = torch.Generator(device).manual_seed(0)
+    x = torch.randn(batch, 3, 32, 32, generator=gen, device=device)
+    y = torch.randint(0, 10, (batch,), generator=gen, device=device)
+    bench = _timer(device, quick)
+    timings: dict[str, dict[str, Any]] = {}
+    for variant, model in (("dense", dense), ("rbgp", sparse)):
+        run = torch.compile(model) if compiled else model
+        fns = step_functions(run, x, y, AUTOCAST[dtype])
+        timings[variant] = {}
+        for phase in PHASES:
+            model.train(phase == "train")
+            try:
+                timings[variant][phase] = bench(fns[phase])
+            except Exception as e:  # noqa: BLE001 - one variant failing must not stop the run
+                timings[variant][phase] = _unsupported(e)
+        del run, fns
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    row: dict[str, Any] = {"model": name, "batch": batch, "compiled": compiled, "timings": timings,
+                           "converted_layers": len(report.layers), "planner_tol": tol,
+                           "achieved_sparsity": 1 - sum(r.params_after for r in report.layers)
+                           / sum(r.params_before for r in report.layers),
+                           "params_dense": report.params_before, "params_rbgp": report.params_after}
+    for phase in PHASES:
+        d, s = timings["dense"][phase], timings["rbgp"][phase]
+        row[f"speedup_{phase}"] = (d["median_ms"] / s["median_ms"]
+                                   if isinstance(d, dict) and isinstance(s, dict) else None)
+    return row
+
+
+def markdown_table(data: dict[str, Any]) -> str:
+    env = data["environment"]
+    lines = [f"Command: `{data['command']}`  ",
+             f"Device: {env.get('device_name', env['device'])}, torch {env['torch']}, "
+             f"triton {env.get('triton', '-')}, autocast {data['dtype']}, sparsity {data['sparsity']} "
+             f"(uniform RBGP4, first and last layers dense), date {env['date']}; medians", "",
+             "| model | batch | sparsity (converted layers) | compiled | phase | dense ms | RBGP ms | RBGP vs dense |",
+             "|---|---|---|---|---|---|---|---|"]
+    reasons = []
+    for r in data["results"]:
+        for phase in PHASES:
+            cells = []
+            for v in ("dense", "rbgp"):
+                t = r["timings"][v][phase]
+                cells.append(f"{t['median_ms']:.2f}" if isinstance(t, dict) else "n/a")
+                if not isinstance(t, dict):
+                    reasons.append(f"- {r['model']} {v} {phase} compiled={r['compiled']}: {t}")
+            sp = r[f"speedup_{phase}"]
+            sparsity = f"{r['achieved_sparsity']:.3f}" if "achieved_sparsity" in r else "-"
+            lines.append(f"| {r['model']} | {r['batch']} | {sparsity} | {'yes' if r['compiled'] else 'no'} | {phase} | "
+                         + " | ".join(cells) + f" | {f'{sp:.2f}x' if sp else 'n/a'} |")
+    if reasons:
+        lines += ["", "Not measured:", ""] + reasons
+    return "\n".join(lines) + "\n"
+
+
+def plot_models(data: dict[str, Any], path: str | Path) -> None:
+    """Bars: RBGP speedup over dense per model, phase and compile mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rbgp.tools.plots import save_figure
+
+    rows = data["results"]
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4))
+    width = 0.8 / len(PHASES)
+    for i, phase in enumerate(PHASES):
+        ax.bar([j + i * width for j in range(len(rows))], [r[f"speedup_{phase}"] or 0 for r in rows], width,
+               label=phase)
+    ax.set_xticks([j + width * (len(PHASES) - 1) / 2 for j in range(len(rows))],
+                  [f"{r['model']}\n{'compiled' if r['compiled'] else 'eager'}" for r in rows], fontsize=8)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_ylabel("RBGP speedup over dense")
+    ax.set_title(f"{data['environment'].get('device_name', data['environment']['device'])}, "
+                 f"{data['dtype']}, sparsity {data['sparsity']}", fontsize=9)
+    ax.legend()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def run_model_bench(out_dir: str | Path = "benchmarks", device: str = "cuda", dtype: str = "bf16",
+                    models: tuple[str, ...] = MODELS, batch: int = 128, sparsity: float = 0.9,
+                    compile_modes: tuple[bool, ...] = (False,), quick: bool = False, stem: str | None = None,
+                    command: str = "rbgp bench --suite models") -> dict[str, Any]:
+    """Benchmark every model in every compile mode; write <stem>.json, .md, .png (the JSON after each
+    model, so an interrupted run keeps what it measured)."""
+    from rbgp.bench.kernels import environment
+    from rbgp.bench.timing import write_atomic, write_json
+
+    if dtype not in AUTOCAST:
+        raise ValueError(f"dtype must be one of {sorted(AUTOCAST)}, got {dtype!r}")
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise ValueError(f"unknown models {unknown}; valid: {', '.join(MODELS)}")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    env = environment(device)
+    if device.startswith("cuda"):
+        import triton
+
+        env["triton"], env["cuda"] = triton.__version__, torch.version.cuda
+    stem = stem or ("models-" + env.get("device_name", device).replace(" ", "-").lower())
+    out = Path(out_dir)
+    data: dict[str, Any] = {"command": command, "dtype": dtype, "sparsity": sparsity, "environment": env,
+                            "results": []}
+    for compiled in compile_modes:
+        for name in models:
+            print(f"[models] {name} batch {batch} {'compiled' if compiled else 'eager'}", flush=True)
+            try:
+                data["results"].append(bench_model(name, batch, dtype, device, sparsity, compiled, quick))
+            except Exception as e:  # noqa: BLE001 - e.g. out of memory: record and go on
+                reason = _unsupported(e)
+                data["results"].append({"model": name, "batch": batch, "compiled": compiled,
+                                        "timings": {v: {p: reason for p in PHASES} for v in ("dense", "rbgp")},
+                                        **{f"speedup_{p}": None for p in PHASES}})
+            write_json(out / f"{stem}.json", data)
+            if device.startswith("cuda"):
+                torch._dynamo.reset()
+                torch.cuda.empty_cache()
+    write_atomic(out / f"{stem}.md", markdown_table(data))
+    plot_models(data, out / f"{stem}.png")
+    return data
