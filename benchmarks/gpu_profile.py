@@ -24,16 +24,15 @@ def main() -> None:
     for label, n, out_f, in_f, density, kw in CASES:
         mask = RBGP4(**kw).build((out_f, in_f), 1 - density, 0)
         lay = LayoutTensors.from_layout(mask.layout, "cuda")
-        tab = L.triton_layout(lay.row_index, lay.col_index, in_f)
         x = torch.randn(n, in_f, device="cuda", dtype=dtype)
         dy = torch.randn(n, out_f, device="cuda", dtype=dtype)
         w = torch.randn(out_f, in_f, device="cuda", dtype=dtype)
         v = torch.randn(lay.values_shape, device="cuda", dtype=dtype)
-        fns = [lambda: L.grouped_forward(x, v, tab), lambda: L.grouped_grad_input(dy, v, tab),
-               lambda: L.grouped_grad_values(dy, x, tab), lambda: torch.nn.functional.linear(x, w)]
+        fns = [lambda: L.grouped_forward(x, v, lay.row_index, lay.col_blocks, lay.block_width), lambda: L.grouped_grad_input(dy, v, lay.row_index, lay.col_entries, lay.block_width, in_f),
+               lambda: L.grouped_grad_values(dy, x, lay.row_index, lay.col_blocks, lay.block_width), lambda: torch.nn.functional.linear(x, w)]
         for f in fns:  # autotune and compile outside the profiled window
             f()
-        print(label, "values", tuple(lay.values_shape), "BW", tab.block_width, "D", tab.col_entries.shape[1],
+        print(label, "values", tuple(lay.values_shape), "BW", lay.block_width, "D", lay.col_entries.shape[1],
               flush=True)
         runs.append(fns)
     torch.cuda.synchronize()

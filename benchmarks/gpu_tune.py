@@ -95,7 +95,6 @@ def main() -> int:
             print(f"{label}: no plan ({e})", flush=True)
             continue
         lay = LayoutTensors.from_layout(mask.layout, "cuda")
-        tab = L.triton_layout(lay.row_index, lay.col_index, in_f)
         g = torch.Generator("cuda").manual_seed(0)
         x = torch.randn(n, in_f, device="cuda", generator=g).to(dtype)
         dy = torch.randn(n, out_f, device="cuda", generator=g).to(dtype)
@@ -103,9 +102,9 @@ def main() -> int:
         v = torch.randn(lay.values_shape, device="cuda", generator=g).to(dtype)
         dense = {"fwd": bench(lambda: torch.nn.functional.linear(x, w)),
                  "input": bench(lambda: dy @ w), "values": bench(lambda: dy.t() @ x)}
-        fns = {"fwd": lambda: L.grouped_forward(x, v, tab), "input": lambda: L.grouped_grad_input(dy, v, tab),
-               "values": lambda: L.grouped_grad_values(dy, x, tab)}
-        shape = dict(zip(("G", "R", "K"), lay.values_shape), BW=tab.block_width, D=tab.col_entries.shape[1])
+        fns = {"fwd": lambda: L.grouped_forward(x, v, lay.row_index, lay.col_blocks, lay.block_width), "input": lambda: L.grouped_grad_input(dy, v, lay.row_index, lay.col_entries, lay.block_width, in_f),
+               "values": lambda: L.grouped_grad_values(dy, x, lay.row_index, lay.col_blocks, lay.block_width)}
+        shape = dict(zip(("G", "R", "K"), lay.values_shape), BW=lay.block_width, D=lay.col_entries.shape[1])
         for vname, t in variants.items():
             use(t)
             for kern, fn in fns.items():

@@ -13,6 +13,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "sparsify": "rbgp.nn",
+    "from_pretrained": "rbgp.nn",
+    "load_state": "rbgp.nn",
     "RBGPLinear": "rbgp.nn",
     "RBGPConv2d": "rbgp.nn",
     "MaskedLinear": "rbgp.nn",
@@ -24,10 +26,19 @@ _LAZY = {
 }
 
 
+SUBMODULES = ("graphs", "patterns", "ops", "nn", "train", "bench", "tools", "precision")
+
+
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in SUBMODULES:
+        return importlib.import_module(f"rbgp.{name}")
     raise AttributeError(f"module 'rbgp' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY, *SUBMODULES})
 
 
 __all__ = ["__version__", *_LAZY]

@@ -52,8 +52,12 @@ def test_state_dict_roundtrip_small_and_checked():
     twin.load_state_dict(state)
     assert torch.equal(twin.dense_weight(), layer.dense_weight())
     other = RBGPLinear(512, 512, 0.875, seed=4)
-    with pytest.raises(ValueError, match="different sparsity structure"):
+    with pytest.raises(RuntimeError, match="another sparsity structure.*sha256.*this layer.*sha256"):
         other.load_state_dict(state)
+    net = nn.Sequential(nn.ReLU(), other)
+    with pytest.raises(RuntimeError, match="layer '1'.*no 1.structure_id"):  # names the layer, even non-strict
+        net.load_state_dict({f"1.{k}": v for k, v in state.items() if k != "structure_id"}, strict=False)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
 
 
 def test_from_dense_keeps_weights_on_pattern():

@@ -29,6 +29,7 @@ pytest.importorskip("triton")
 
 from rbgp.nn import RBGPLinear  # noqa: E402
 from rbgp.ops import LayoutTensors, dense_weight, rbgp_linear, reference_linear, resolve_backend  # noqa: E402
+from rbgp.ops.layout import detect_block_width  # noqa: E402
 from rbgp.ops import triton_kernels as K  # noqa: E402
 from rbgp.ops import triton_launch as L  # noqa: E402
 from rbgp.ops import triton_ops as O  # noqa: E402
@@ -65,8 +66,7 @@ def test_triton_matches_reference(tk, dtype, out, inp, batch, sparsity, kw):
 def test_unblocked_layout_and_unread_columns(tk, dtype):
     """Random columns (BW = 1 fallback), some input columns read by no group (their dx must be 0)."""
     layout = tk.random_group_layout(24, 40, rows=6, cols=9)
-    tab = L.build_triton_layout(layout.row_index, layout.col_index, 40)
-    assert tab.block_width == 1 and (tab.col_entries < 0).any()
+    assert layout.block_width == 1 and (layout.col_entries < 0).any()
     tk.check(layout, 6, dtype)
 
 
@@ -91,8 +91,9 @@ def test_outputs_are_feature_major(tk):
     """y and dx come back as transposed views of (features, N) buffers, like the grouped path's."""
     layout = tk.make_layout(64, 128, 0.75)
     x, v = torch.randn(5, 128), torch.randn(layout.values_shape)
-    y = O.grouped_linear_fwd(x, v, layout.row_index, layout.col_index)
-    dx = O.grouped_linear_bwd_input(torch.randn(5, 64), v, layout.row_index, layout.col_index, 128)
+    y = O.grouped_linear_fwd(x, v, layout.row_index, layout.col_blocks, layout.col_entries, layout.block_width)
+    dx = O.grouped_linear_bwd_input(torch.randn(5, 64), v, layout.row_index, layout.col_entries, layout.block_width,
+                                    128)
     assert y.shape == (5, 64) and y.stride() == (1, 5)
     assert dx.shape == (5, 128) and dx.stride() == (1, 5)
 
@@ -108,22 +109,22 @@ def test_empty_batch(tk):
 
 def test_grad_input_is_deterministic(tk):
     layout = tk.make_layout(96, 48, 0.5, block=(1, 4), group_rows=8)
-    tab = L.triton_layout(layout.row_index, layout.col_index, 48)
     gy, v = torch.randn(9, 96), torch.randn(layout.values_shape)
-    assert torch.equal(L.grouped_grad_input(gy, v, tab), L.grouped_grad_input(gy, v, tab))
+    args = (layout.row_index, layout.col_entries, layout.block_width, 48)
+    assert torch.equal(L.grouped_grad_input(gy, v, *args), L.grouped_grad_input(gy, v, *args))
 
 
 # ---- index tables and the plain-python descriptions (no interpreter) -----------------------------------
 
 def test_block_width_detection(tk):
-    assert L.detect_block_width(tk.make_layout(64, 128, 0.75).col_index) == 16
-    assert L.detect_block_width(tk.make_layout(48, 80, 0.75, block=(2, 4), group_rows=4).col_index) == 4
-    assert L.detect_block_width(tk.make_layout(40, 24, 0.5, block=(1, 1), group_rows=2).col_index) == 1
+    assert tk.make_layout(64, 128, 0.75).block_width == 16
+    assert detect_block_width(tk.make_layout(48, 80, 0.75, block=(2, 4), group_rows=4).col_index) == 4
+    assert detect_block_width(tk.make_layout(40, 24, 0.5, block=(1, 1), group_rows=2).col_index) == 1
     aligned_wrong = torch.tensor([[2, 3, 4, 5]])  # contiguous but not aligned to 4: only BW 2
-    assert L.detect_block_width(aligned_wrong) == 2
-    assert L.detect_block_width(torch.tensor([[8, 9, 10, 11, 0, 1, 2, 3]])) == 4  # blocks in any order
+    assert detect_block_width(aligned_wrong) == 2
+    assert detect_block_width(torch.tensor([[8, 9, 10, 11, 0, 1, 2, 3]])) == 4  # blocks in any order
     with pytest.raises(ValueError, match="block_width=8"):
-        L.build_triton_layout(torch.tensor([[0]]), torch.tensor([[0, 1, 2, 3, 8, 9, 10, 11]]), 16, block_width=8)
+        LayoutTensors.from_indices(torch.tensor([[0]]), torch.tensor([[0, 1, 2, 3, 8, 9, 10, 11]]), 16, block_width=8)
 
 
 @pytest.mark.parametrize("make", [
@@ -134,16 +135,15 @@ def test_block_width_detection(tk):
 def test_tables_and_python_descriptions(tk, make):
     """The block tables reproduce col_index, and the kernels' plain-torch descriptions on those tables
     match the dense reference (forward, grad-input over the transposed table, grad-weight)."""
-    layout = make(tk)
+    tab = layout = make(tk)
     inp = layout.in_features
-    tab = L.build_triton_layout(layout.row_index, layout.col_index, inp)
     bw = tab.block_width
     assert torch.equal(K.block_columns_reference(tab.col_blocks, bw), layout.col_index)
     kb = tab.col_blocks.shape[1]
     for b in range(tab.col_entries.shape[0]):  # every (g, slot) is listed under its block exactly once
         listed = sorted(e for e in tab.col_entries[b].tolist() if e >= 0)
         assert listed == [e for e in range(tab.col_blocks.numel()) if tab.col_blocks.view(-1)[e] == b]
-    assert tab.col_blocks.dtype == tab.row_index.dtype == tab.col_entries.dtype == torch.int32
+    assert tab.col_blocks.dtype == tab.col_entries.dtype == torch.int32
     assert tab.col_blocks.numel() == layout.col_index.numel() // bw  # one index per micro-block
     x, v, gy = torch.randn(5, inp, dtype=torch.float64), torch.randn(layout.values_shape, dtype=torch.float64), \
         torch.randn(5, layout.out_features, dtype=torch.float64)
@@ -155,11 +155,13 @@ def test_tables_and_python_descriptions(tk, make):
     assert kb * bw == layout.values_shape[2]
 
 
-def test_tables_are_cached_per_layout(tk):
+def test_layout_moves_as_one_object(tk):
+    """Every table is built once with the layout and travels with .to(); a layer registers them all."""
     layout = tk.make_layout(64, 128, 0.75)
-    a = L.triton_layout(layout.row_index, layout.col_index, 128)
-    assert L.triton_layout(layout.row_index, layout.col_index, 128) is a
-    assert L.triton_layout(layout.row_index.clone(), layout.col_index, 128) is not a
+    moved = layout.to("meta")
+    assert all(t.device.type == "meta" for t in moved.buffers.values()) and moved.block_width == layout.block_width
+    layer = RBGPLinear(128, 64, 0.75)
+    assert set(layout.buffers) <= {name for name, _ in layer.named_buffers()}
 
 
 # ---- dispatch, custom ops, autograd, torch.compile -------------------------------------------------------
@@ -196,10 +198,10 @@ def test_opcheck(tk, op):
     x = torch.randn(5, 48, requires_grad=op == "fwd")
     v = torch.randn(layout.values_shape, requires_grad=op == "fwd")
     gy = torch.randn(5, 32)
-    ri, ci = layout.row_index, layout.col_index
-    op_args = {"fwd": (O.grouped_linear_fwd, (x, v, ri, ci, "ieee")),
-               "bwd_input": (O.grouped_linear_bwd_input, (gy, v, ri, ci, 48, "ieee")),
-               "bwd_values": (O.grouped_linear_bwd_values, (gy, x, ri, ci, "ieee"))}
+    ri, cb, ce, bw = layout.row_index, layout.col_blocks, layout.col_entries, layout.block_width
+    op_args = {"fwd": (O.grouped_linear_fwd, (x, v, ri, cb, ce, bw, "ieee")),
+               "bwd_input": (O.grouped_linear_bwd_input, (gy, v, ri, ce, bw, 48, "ieee")),
+               "bwd_values": (O.grouped_linear_bwd_values, (gy, x, ri, cb, bw, "ieee"))}
     fn, args = op_args[op]
     torch.library.opcheck(fn, args)
 

@@ -126,8 +126,8 @@ def test_mismatched_checkpoint_is_refused(tmp_path, uninterrupted):
     with pytest.raises(ValueError, match="run of 2 process"):
         train(_cfg(), tmp_path, resume=True, quiet=True)
     # Same settings but a tampered model state: the RBGP structure fingerprint no longer fits.
-    key = next(k for k in state["model"] if k.endswith("_extra_state"))
-    state["model"][key] = {"fingerprint": "0" * 64, "shape": [128, 128]}
+    key = next(k for k in state["model"] if k.endswith("structure_id"))
+    state["model"][key] = torch.zeros_like(state["model"][key])
     torch.save(state, tmp_path / CHECKPOINT_NAME)
     with pytest.raises(ValueError, match="does not fit the model"):
         train(_cfg(), tmp_path, resume=True, quiet=True)

@@ -59,13 +59,19 @@ class MaskedLinear(_MaskedMixin, nn.Linear):
         return F.linear(x, self.dense_weight(), self.bias)
 
     @classmethod
-    def from_dense(cls, module: nn.Linear, sparsity: float = 0.9, *, pattern=None, seed: int = 0,
+    def from_dense(cls, module: nn.Module, sparsity: float = 0.9, *, pattern=None, seed: int = 0,
                    keep_weights: bool = True) -> MaskedLinear:
-        w = module.weight
-        layer = cls(module.in_features, module.out_features, sparsity, pattern=pattern, seed=seed,
-                    bias=module.bias is not None, device=w.device, dtype=w.dtype)
+        """A MaskedLinear shaped like `module` (nn.Linear or transformers' Conv1D)."""
+        from rbgp.nn.rbgp_layers import linear_weight
+
+        w, b = linear_weight(module)
+        layer = cls(w.shape[1], w.shape[0], sparsity, pattern=pattern, seed=seed, bias=b is not None,
+                    device=w.device, dtype=w.dtype)
         if keep_weights:
-            layer._load_from(module)
+            with torch.no_grad():
+                layer.weight.copy_(w * layer.mask)
+                if b is not None:
+                    layer.bias.copy_(b)
         return layer
 
 
@@ -74,9 +80,9 @@ class MaskedConv2d(_MaskedMixin, nn.Conv2d):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  sparsity: float = 0.9, *, pattern: str | Pattern | None = None, seed: int = 0,
-                 bias: bool = True, device=None, dtype=None) -> None:
+                 bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups=1, bias=bias,
-                         device=device, dtype=dtype)
+                         padding_mode=padding_mode, device=device, dtype=dtype)
         self._attach_mask(sparsity, pattern, seed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,7 +96,7 @@ class MaskedConv2d(_MaskedMixin, nn.Conv2d):
         w = module.weight
         layer = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
                     module.dilation, sparsity, pattern=pattern, seed=seed, bias=module.bias is not None,
-                    device=w.device, dtype=w.dtype)
+                    padding_mode=module.padding_mode, device=w.device, dtype=w.dtype)
         if keep_weights:
             layer._load_from(module)
         return layer

@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import math
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
@@ -34,7 +36,15 @@ def build_structure(weight_shape: tuple[int, ...], sparsity: float, pattern: str
 
 
 class _RBGPBase(nn.Module):
-    """Shared storage, initialisation and state handling of RBGP layers."""
+    """Shared storage, initialisation and state handling of RBGP layers.
+
+    State is tensors only: `values`, `bias` and `structure`, an int64 tensor that identifies the
+    sparsity structure (values shape, micro-block width and a sha256 of the index lists), so
+    `safetensors` and `save_pretrained` take the state as it is. The structure itself is rebuilt from
+    the layer's arguments (shape, sparsity, pattern, seed), which are pure functions; loading a state
+    saved from another structure is refused with both structures named. The layout (index lists and
+    kernel tables, built once) lives in non-persistent buffers, so it moves with `.to()`.
+    """
 
     def _setup(self, weight_shape: tuple[int, ...], sparsity: float | None, pattern, seed: int, bias: bool,
                backend: str, device=None, dtype=None, structure: SparseMask | None = None) -> None:
@@ -43,16 +53,27 @@ class _RBGPBase(nn.Module):
         self.backend = backend
         self.structure = structure if structure is not None else build_structure(weight_shape, sparsity, pattern, seed)
         layout = LayoutTensors.from_layout(self.structure.layout, device=device)
-        self.register_buffer("row_index", layout.row_index, persistent=False)
-        self.register_buffer("col_index", layout.col_index, persistent=False)
-        self.register_buffer("row_order", layout.row_order, persistent=False)
+        for name, t in layout.buffers.items():
+            self.register_buffer(name, t, persistent=False)
+        self.block_width = layout.block_width
+        self.register_buffer("structure_id", self._structure_id(layout).to(device))
         self.values = nn.Parameter(torch.empty(layout.values_shape, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.empty(weight_shape[0], device=device, dtype=dtype)) if bias else None
         self.reset_parameters()
 
+    @staticmethod
+    def _structure_id(layout: LayoutTensors) -> torch.Tensor:
+        """[G, R, K, BW, four int64 words of the sha256 of the index lists]."""
+        h = hashlib.sha256()
+        for t in (layout.row_index, layout.col_index):
+            h.update(t.detach().cpu().numpy().astype("<i8").tobytes())
+        words = np.frombuffer(h.digest(), dtype="<i8")
+        return torch.tensor([*layout.values_shape, layout.block_width, *words.tolist()], dtype=torch.int64)
+
     @property
     def layout(self) -> LayoutTensors:
-        return LayoutTensors(self.row_index, self.col_index, self.row_order, self.structure.shape[1])
+        return LayoutTensors(self.row_index, self.col_index, self.row_order, self.structure.shape[1],
+                             self.block_width, self.col_blocks, self.col_entries)
 
     @property
     def nnz_per_row(self) -> int:
@@ -61,6 +82,18 @@ class _RBGPBase(nn.Module):
     @property
     def density(self) -> float:
         return self.structure.density
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The masked dense weight, materialised on every access (out x in elements: as much memory and
+        time as a dense layer's weight). For code that reads `.weight` (nn.TransformerEncoder's fast
+        path, Hugging Face helpers); differentiable in `values`. Read-only."""
+        return self.dense_weight()
+
+    @weight.setter
+    def weight(self, value) -> None:
+        raise AttributeError(f"{type(self).__name__}.weight is read-only (the dense view of its non-zero values); "
+                             f"change `values`, or call rbgp.densify / keep this layer dense instead")
 
     def reset_parameters(self) -> None:
         """Kaiming normal scaled to the real fan-in: std = sqrt(2 / nnz_per_row)."""
@@ -76,7 +109,7 @@ class _RBGPBase(nn.Module):
 
     @property
     def mask(self) -> torch.Tensor:
-        """The true 0/1 mask in the weight's shape (bool)."""
+        """The true 0/1 mask in the weight's shape (bool), computed on each access (none is stored)."""
         return torch.as_tensor(self.structure.weight_mask(), device=self.values.device)
 
     def load_dense_(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
@@ -89,22 +122,27 @@ class _RBGPBase(nn.Module):
 
     def structure_fingerprint(self) -> str:
         """sha256 of the index lists: two layers with the same fingerprint have the same mask."""
-        h = hashlib.sha256()
-        for t in (self.row_index, self.col_index):
-            h.update(t.detach().cpu().numpy().astype("<i8").tobytes())
-        return h.hexdigest()
+        return self.structure_id[4:].cpu().numpy().astype("<i8").tobytes().hex()
 
-    def get_extra_state(self) -> dict:
-        return {"fingerprint": self.structure_fingerprint(), "shape": list(self.structure.weight_shape)}
-
-    def set_extra_state(self, state: dict) -> None:
-        mine = self.structure_fingerprint()
-        if not isinstance(state, dict) or state.get("fingerprint") != mine:
-            raise ValueError(
-                f"state_dict was saved from a layer with a different sparsity structure "
-                f"(saved {state.get('fingerprint') if isinstance(state, dict) else state!r}, this layer {mine}); "
-                f"build the layer with the same shape, sparsity, pattern and seed"
-            )
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        key = prefix + "structure_id"
+        name = prefix[:-1] or type(self).__name__
+        if key in state_dict:
+            saved = state_dict[key]
+            if not isinstance(saved, torch.Tensor) or saved.shape != self.structure_id.shape \
+                    or not torch.equal(saved.to(self.structure_id.device), self.structure_id):
+                error_msgs.append(
+                    f"layer {name!r}: the state was saved from another sparsity structure "
+                    f"(saved {_describe_id(saved)}, this layer {_describe_id(self.structure_id)}); build the "
+                    f"model and sparsify it with the same shape, sparsity, pattern and seed before loading")
+                return
+        elif prefix + "values" in state_dict:
+            error_msgs.append(f"layer {name!r}: the state has {prefix}values but no {key}, so the values cannot be "
+                              f"matched to this layer's structure ({_describe_id(self.structure_id)})")
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def extra_repr(self) -> str:
         s = self.structure
@@ -113,15 +151,39 @@ class _RBGPBase(nn.Module):
                 f"backend={self.backend!r}")
 
 
+def _describe_id(t) -> str:
+    if not isinstance(t, torch.Tensor) or t.numel() != 8:
+        return f"an unreadable structure entry {t!r}"
+    g, r, k, bw = t[:4].tolist()
+    digest = t[4:].cpu().numpy().astype("<i8").tobytes().hex()
+    return f"{g} groups x {r} rows x {k} columns, block width {bw}, sha256 {digest[:16]}"
+
+
+def linear_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight (out, in), bias) of an nn.Linear or a Hugging Face `Conv1D` (a linear layer that stores its
+    weight transposed, (in, out)); TypeError for anything else."""
+    if isinstance(module, nn.Linear):
+        return module.weight, module.bias
+    if is_hf_conv1d(module):
+        return module.weight.t(), module.bias
+    raise TypeError(f"expected nn.Linear or transformers' Conv1D, got {type(module).__name__}")
+
+
+def is_hf_conv1d(module: nn.Module) -> bool:
+    """transformers' `Conv1D` (GPT-2 and relatives), recognised without importing transformers."""
+    return (type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+            and isinstance(getattr(module, "weight", None), torch.Tensor) and module.weight.dim() == 2)
+
+
 class RBGPLinear(_RBGPBase):
     """A linear layer whose weight follows an RBGP pattern (RBGP4 planned by default)."""
 
     def __init__(self, in_features: int, out_features: int, sparsity: float = 0.9, *,
                  pattern: str | Pattern | None = None, seed: int = 0, bias: bool = True,
-                 backend: str = "auto", device=None, dtype=None) -> None:
+                 backend: str = "auto", device=None, dtype=None, structure: SparseMask | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self._setup((out_features, in_features), sparsity, pattern, seed, bias, backend, device, dtype)
+        self._setup((out_features, in_features), sparsity, pattern, seed, bias, backend, device, dtype, structure)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return rbgp_linear(x, self.values, self.layout, self.bias, self.backend)
@@ -131,39 +193,73 @@ class RBGPLinear(_RBGPBase):
         return self.dense_matrix()
 
     @classmethod
-    def from_dense(cls, module: nn.Linear, sparsity: float = 0.9, *, pattern: str | Pattern | None = None,
-                   seed: int = 0, keep_weights: bool = True, backend: str = "auto") -> RBGPLinear:
-        """An RBGPLinear shaped like `module`; with keep_weights its weights on the pattern are kept."""
-        if not isinstance(module, nn.Linear):
-            raise TypeError(f"from_dense expects nn.Linear, got {type(module).__name__}")
-        w = module.weight
-        layer = cls(module.in_features, module.out_features, sparsity, pattern=pattern, seed=seed,
-                    bias=module.bias is not None, backend=backend, device=w.device, dtype=w.dtype)
+    def from_dense(cls, module: nn.Module, sparsity: float = 0.9, *, pattern: str | Pattern | None = None,
+                   seed: int = 0, keep_weights: bool = True, backend: str = "auto",
+                   structure: SparseMask | None = None) -> RBGPLinear:
+        """An RBGPLinear shaped like `module` (nn.Linear or transformers' Conv1D); with keep_weights its
+        weights on the pattern are kept."""
+        w, b = linear_weight(module)
+        layer = cls(w.shape[1], w.shape[0], sparsity, pattern=pattern, seed=seed, bias=b is not None,
+                    backend=backend, device=w.device, dtype=w.dtype, structure=structure)
         if keep_weights:
-            layer.load_dense_(w, module.bias)
+            layer.load_dense_(w, b)
         return layer
 
 
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
 class RBGPConv2d(_RBGPBase):
-    """A 2-D convolution (groups=1) whose (c_out, c_in*kh*kw) weight follows an RBGP pattern."""
+    """A 2-D convolution (groups=1) whose (c_out, c_in*kh*kw) weight follows an RBGP pattern.
+
+    Padding as in nn.Conv2d: integers, "valid" or "same" (stride 1), with any `padding_mode`; what
+    nn.Conv2d would pad is padded the same way before the im2col.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  sparsity: float = 0.9, *, pattern: str | Pattern | None = None, seed: int = 0,
-                 bias: bool = True, backend: str = "auto", device=None, dtype=None) -> None:
+                 bias: bool = True, padding_mode: str = "zeros", backend: str = "auto", device=None, dtype=None,
+                 structure: SparseMask | None = None) -> None:
         super().__init__()
-        if isinstance(padding, str):
-            raise ValueError(f"string padding {padding!r} is not supported; give explicit integers")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
-        self.padding, self.dilation = _pair(padding), _pair(dilation)
+        self.dilation = _pair(dilation)
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        self.padding_mode = padding_mode
+        self.padding = padding if isinstance(padding, str) else _pair(padding)
+        self._pad = self._explicit_padding(self.padding)  # (left, right, top, bottom)
         shape = (out_channels, in_channels, *self.kernel_size)
         matrix_shape(shape)
-        self._setup(shape, sparsity, pattern, seed, bias, backend, device, dtype)
+        self._setup(shape, sparsity, pattern, seed, bias, backend, device, dtype, structure)
+
+    def _explicit_padding(self, padding) -> tuple[int, int, int, int]:
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding == "same":
+            if self.stride != (1, 1):
+                raise ValueError(f"padding='same' needs stride 1 (as in nn.Conv2d), got stride={self.stride}")
+            pads = []
+            for d, k in zip(reversed(self.dilation), reversed(self.kernel_size)):  # width first, like F.pad
+                total = d * (k - 1)
+                pads += [total // 2, total - total // 2]
+            return tuple(pads)
+        if isinstance(padding, str):
+            raise ValueError(f"padding must be integers, 'valid' or 'same', got {padding!r}")
+        ph, pw = padding
+        return (pw, pw, ph, ph)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        cols, oh, ow = im2col_feature_major(x, self.kernel_size, self.stride, self.padding, self.dilation)
+        left, right, top, bottom = self._pad
+        if self.padding_mode == "zeros" and left == right and top == bottom:
+            padding = (top, left)  # im2col pads with zeros itself
+        else:
+            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+            x = F.pad(x, self._pad, mode=mode)
+            padding = (0, 0)
+        cols, oh, ow = im2col_feature_major(x, self.kernel_size, self.stride, padding, self.dilation)
         # the feature-major matrix goes in as its transposed (N*L, C*kh*kw) view: the gather reads rows
         y = rbgp_linear(cols.t(), self.values, self.layout, self.bias, self.backend)  # (N*L, out)
         return y.t().reshape(self.out_channels, x.shape[0], oh, ow).transpose(0, 1)
@@ -174,16 +270,19 @@ class RBGPConv2d(_RBGPBase):
 
     @classmethod
     def from_dense(cls, module: nn.Conv2d, sparsity: float = 0.9, *, pattern: str | Pattern | None = None,
-                   seed: int = 0, keep_weights: bool = True, backend: str = "auto") -> RBGPConv2d:
-        """An RBGPConv2d shaped like `module`; with keep_weights its weights on the pattern are kept."""
+                   seed: int = 0, keep_weights: bool = True, backend: str = "auto",
+                   structure: SparseMask | None = None) -> RBGPConv2d:
+        """An RBGPConv2d shaped like `module` (any padding and padding mode); with keep_weights its
+        weights on the pattern are kept."""
         if not isinstance(module, nn.Conv2d):
             raise TypeError(f"from_dense expects nn.Conv2d, got {type(module).__name__}")
-        if module.groups != 1 or isinstance(module.padding, str) or module.padding_mode != "zeros":
-            raise ValueError(f"only groups=1, zero, integer padding convs can be RBGP, got {module}")
+        if module.groups != 1:
+            raise ValueError(f"only groups=1 convs can be RBGP, got groups={module.groups} in {module}")
         w = module.weight
         layer = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
                     module.dilation, sparsity, pattern=pattern, seed=seed, bias=module.bias is not None,
-                    backend=backend, device=w.device, dtype=w.dtype)
+                    padding_mode=module.padding_mode, backend=backend, device=w.device, dtype=w.dtype,
+                    structure=structure)
         if keep_weights:
             layer.load_dense_(w, module.bias)
         return layer

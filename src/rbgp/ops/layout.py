@@ -1,4 +1,11 @@
-"""The grouped layout as torch tensors, ready for the compute paths."""
+"""The grouped layout as torch tensors: one object per layer, built once, everything the compute reads.
+
+Besides the group index lists it holds the small tables of the Triton kernels, derived once here (not
+per call): BW is the widest power of two (<= 128) for which every group's columns are whole aligned
+runs of BW (RBGP4 micro-blocks; 1 when there are none), `col_blocks` (G, K // BW) gives each group's
+column blocks and `col_entries` (ceil(in / BW), D) lists, for every input block, the (group, block
+slot) pairs that read it (`g * (K // BW) + slot`, padded with -1), the transposed pattern.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +15,46 @@ import torch
 
 from rbgp.patterns import GroupedLayout
 
+MAX_BLOCK_WIDTH = 128
+
+
+def detect_block_width(col_index: torch.Tensor, max_width: int = MAX_BLOCK_WIDTH) -> int:
+    """The widest power of two BW <= max_width such that every group's columns are aligned runs
+    [j * BW, j * BW + BW) (in any block order); 1 when there is none."""
+    g, k = col_index.shape
+    bw = 1
+    while bw * 2 <= max_width and k % (bw * 2) == 0:
+        bw *= 2
+    while bw > 1:
+        runs = col_index.reshape(g, k // bw, bw)
+        first = runs[:, :, :1]
+        if bool(((first % bw) == 0).all()) and torch.equal(runs, first + torch.arange(bw, device=col_index.device)):
+            return bw
+        bw //= 2
+    return 1
+
+
+def block_tables(col_index: torch.Tensor, in_features: int, block_width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(col_blocks (G, K // BW), col_entries (ceil(in / BW), D)) as int32, for aligned runs of `block_width`."""
+    g, k = col_index.shape
+    if k % block_width or (block_width > 1 and detect_block_width(col_index, block_width) != block_width):
+        raise ValueError(f"col_index is not made of aligned runs of block_width={block_width}")
+    col_blocks = col_index[:, ::block_width] // block_width if block_width > 1 else col_index
+    n_blocks = -(-in_features // block_width)
+    flat = col_blocks.reshape(-1)
+    counts = torch.bincount(flat, minlength=n_blocks)
+    depth = int(counts.max()) if flat.numel() else 0
+    order = torch.argsort(flat, stable=True)  # entry e = g * kb + slot, ordered by block then e
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(flat.numel(), device=flat.device) - starts[flat[order]]
+    entries = torch.full((n_blocks, max(depth, 1)), -1, dtype=torch.int64, device=flat.device)
+    entries[flat[order], slot] = order
+    return col_blocks.to(torch.int32).contiguous(), entries[:, :depth].to(torch.int32).contiguous()
+
 
 class LayoutTensors(NamedTuple):
-    """`row_index` (G, R), `col_index` (G, K) and `row_order` (out,) int64 tensors of one layout.
+    """One layer's layout: `row_index` (G, R), `col_index` (G, K), `row_order` (out,) int64, and the
+    kernels' `col_blocks` / `col_entries` int32 tables for micro-blocks of `block_width` columns.
 
     `row_order` puts the group-major outputs back in feature order: `y = y_grouped[..., row_order]`.
     """
@@ -19,13 +63,30 @@ class LayoutTensors(NamedTuple):
     col_index: torch.Tensor
     row_order: torch.Tensor
     in_features: int
+    block_width: int
+    col_blocks: torch.Tensor
+    col_entries: torch.Tensor
 
     @classmethod
     def from_layout(cls, layout: GroupedLayout, device: torch.device | str | None = None) -> LayoutTensors:
-        rows = torch.as_tensor(layout.row_index, dtype=torch.int64, device=device)
-        cols = torch.as_tensor(layout.col_index, dtype=torch.int64, device=device)
+        return cls.from_indices(torch.as_tensor(layout.row_index, dtype=torch.int64),
+                                torch.as_tensor(layout.col_index, dtype=torch.int64), layout.in_features, device)
+
+    @classmethod
+    def from_indices(cls, row_index: torch.Tensor, col_index: torch.Tensor, in_features: int,
+                     device: torch.device | str | None = None, block_width: int | None = None) -> LayoutTensors:
+        """Build every table from (G, R) row and (G, K) column lists; `block_width` is detected when
+        not given (and checked when given)."""
+        if row_index.dim() != 2 or col_index.dim() != 2 or row_index.shape[0] != col_index.shape[0]:
+            raise ValueError(f"row_index {tuple(row_index.shape)} and col_index {tuple(col_index.shape)} must be "
+                             f"(G, R) and (G, K) with the same G")
+        if col_index.numel() and (int(col_index.min()) < 0 or int(col_index.max()) >= in_features):
+            raise ValueError(f"col_index holds columns outside [0, {in_features})")
+        rows, cols = row_index.long().cpu(), col_index.long().cpu()
+        bw = detect_block_width(cols) if block_width is None else block_width
+        col_blocks, col_entries = block_tables(cols, in_features, bw)
         order = torch.argsort(rows.reshape(-1))
-        return cls(rows, cols, order, layout.in_features)
+        return cls(rows, cols, order, in_features, bw, col_blocks, col_entries).to(device)
 
     @property
     def out_features(self) -> int:
@@ -35,6 +96,16 @@ class LayoutTensors(NamedTuple):
     def values_shape(self) -> tuple[int, int, int]:
         return (self.row_index.shape[0], self.row_index.shape[1], self.col_index.shape[1])
 
-    def to(self, device: torch.device | str) -> LayoutTensors:
-        return LayoutTensors(self.row_index.to(device), self.col_index.to(device), self.row_order.to(device),
-                             self.in_features)
+    @property
+    def buffers(self) -> dict[str, torch.Tensor]:
+        """The tensors a module registers (as non-persistent buffers, so `.to()` moves them)."""
+        return {name: getattr(self, name) for name in ("row_index", "col_index", "row_order", "col_blocks",
+                                                        "col_entries")}
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.buffers.values())
+
+    def to(self, device: torch.device | str | None) -> LayoutTensors:
+        if device is None:
+            return self
+        return self._replace(**{k: t.to(device) for k, t in self.buffers.items()})

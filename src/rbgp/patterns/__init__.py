@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from rbgp.patterns.base import Pattern, SparseMask, check_sparsity, matrix_shape
 from rbgp.patterns.baselines import NM, Block, HBsNN, Unstructured
 from rbgp.patterns.layout import GroupedLayout
@@ -25,6 +27,10 @@ def get_pattern(pattern: str | Pattern, **kwargs) -> Pattern:
         return pattern
     if pattern not in PATTERNS:
         raise ValueError(f"unknown pattern {pattern!r}; valid: {sorted(PATTERNS)} or a Pattern instance")
+    valid = [p for p in inspect.signature(PATTERNS[pattern]).parameters if p != "self"]
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise TypeError(f"unknown parameter(s) {unknown} for pattern {pattern!r}; valid: {valid}")
     return PATTERNS[pattern](**kwargs)
 
 

@@ -66,16 +66,29 @@ class SparseMask:
     same number of non-zeros and rows fall into equal groups that share a column set (the RBGP fast
     path); `graph` is the product graph for RBGP masks; `bsr_block` is the natural block size for the
     BSR comparison; `info` carries pattern-specific facts for reports.
+
+    A mask with a layout keeps no dense array (`dense=None`): `array` is computed from the layout on
+    each access (out x in bytes, so a layer holding the mask stays as small as its index lists), and
+    the counts come from the layout without it.
     """
 
     kind: str
     weight_shape: tuple[int, ...]
-    array: np.ndarray
+    dense: np.ndarray | None
     structure_bytes: int
     bsr_block: tuple[int, int] = (1, 1)
     layout: GroupedLayout | None = None
     graph: Any = None
     info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.dense is None and self.layout is None:
+            raise ValueError("a SparseMask needs its dense array or a grouped layout")
+
+    @property
+    def array(self) -> np.ndarray:
+        """The (out, in) boolean mask (built from the layout on each access when none is stored)."""
+        return self.dense if self.dense is not None else self.layout.mask()
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -83,11 +96,15 @@ class SparseMask:
 
     @property
     def nnz(self) -> int:
-        return int(self.array.sum())
+        if self.dense is None:
+            g, r, k = self.layout.values_shape
+            return g * r * k
+        return int(self.dense.sum())
 
     @property
     def density(self) -> float:
-        return self.nnz / self.array.size
+        m, n = self.shape
+        return self.nnz / (m * n)
 
     @property
     def sparsity(self) -> float:
@@ -96,11 +113,15 @@ class SparseMask:
     @property
     def nnz_per_row(self) -> int | None:
         """Non-zeros in every row when all rows have the same count (perfect load balance), else None."""
-        counts = self.array.sum(axis=1)
+        if self.dense is None:
+            return self.layout.cols_per_group
+        counts = self.dense.sum(axis=1)
         return int(counts[0]) if np.all(counts == counts[0]) else None
 
     def csr_bytes(self) -> int:
-        return csr_bytes(self.array)
+        if self.dense is None:
+            return (self.shape[0] + 1 + self.nnz) * INDEX_BYTES
+        return csr_bytes(self.dense)
 
     def bsr_bytes(self) -> int:
         return bsr_bytes(self.array, self.bsr_block)

@@ -82,7 +82,7 @@ def product_mask(
         "rows_per_group": layout.rows_per_group,
         **(info or {}),
     }
-    return SparseMask(kind, weight_shape, layout.mask(), graph.storage_bytes() + 4, block, layout, graph, facts)
+    return SparseMask(kind, weight_shape, None, graph.storage_bytes() + 4, block, layout, graph, facts)
 
 
 def _row_groups(graph: ProductGraph) -> np.ndarray:

@@ -78,7 +78,7 @@ def model_counts(model: nn.Module) -> dict[str, int]:
     for m in sparse_layers(model):
         s = m.structure
         structure += int(s.structure_bytes)
-        stored = m.weight.numel() if hasattr(m, "weight") else m.values.numel()
+        stored = m.values.numel() if hasattr(m, "values") else m.weight.numel()
         masked_out += stored - int(s.nnz)
     return {"params": params, "nonzeros": params - masked_out, "structure_bytes": structure}
 
