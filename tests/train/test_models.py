@@ -22,7 +22,7 @@ def _count(model: nn.Module) -> int:
 
 @pytest.mark.parametrize(
     "name, cin, size, classes",
-    [("mlp", 1, 28, 10), ("cnn", 1, 28, 10), ("vgg19", 3, 32, 100), ("wrn40_4", 3, 32, 10)],
+    [("mlp", 1, 28, 10), ("cnn", 1, 28, 10), ("vgg19", 3, 32, 100), ("wrn40_4", 3, 32, 10), ("resnet18", 3, 32, 10)],
 )
 def test_output_shapes_and_layer_layout(name, cin, size, classes):
     torch.manual_seed(0)
@@ -43,6 +43,7 @@ def test_output_shapes_and_layer_layout(name, cin, size, classes):
 def test_parameter_counts():
     assert _count(M.vgg19_bn(10)) == 20_035_018  # ~20.0M: bias-free convs + BN + Linear(512, 10)
     assert _count(M.wrn(40, 4, 10)) == 8_949_210  # WRN-40-4 ~8.9M
+    assert _count(M.resnet18(10)) == 11_173_962  # ResNet-18 for CIFAR ~11.2M
     assert _count(M.MLP()) == 784 * 1024 + 2 * 1024 * 1024 + 1024 * 10 + 3 * 1024 + 10
 
 
