@@ -120,10 +120,6 @@ class _RBGPBase(nn.Module):
             if bias is not None and self.bias is not None:
                 self.bias.copy_(bias)
 
-    def structure_fingerprint(self) -> str:
-        """sha256 of the index lists: two layers with the same fingerprint have the same mask."""
-        return self.structure_id[4:].cpu().numpy().astype("<i8").tobytes().hex()
-
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
         key = prefix + "structure_id"
