@@ -19,7 +19,6 @@ import triton
 from triton.testing import do_bench
 
 from rbgp.ops import LayoutTensors
-from rbgp.ops import triton_kernels as K
 from rbgp.ops import triton_launch as L
 from rbgp.patterns import RBGP4
 
@@ -36,26 +35,13 @@ WIDE = {
               (64, 16, 128, 4, 4), (256, 32, 64, 8, 3), (128, 64, 64, 4, 3), (256, 64, 64, 8, 3),
               (256, 128, 64, 8, 3)],
 }
-NAMES = {"fwd": ("BLOCK_N", "BLOCK_R", "BLOCK_K"), "values": ("BLOCK_R", "BLOCK_K", "BLOCK_N"),
-         "input": ("BLOCK_N", "BLOCK_C", "BLOCK_R")}
 BASE = {"fwd": L._FWD_TILES, "values": L._VALUES_TILES, "input": L._INPUT_TILES}
 
 
 def tuners(extra: bool) -> dict:
-    """Autotuned kernels over the base lists, plus WIDE when `extra`."""
-    def lst(k):
-        return BASE[k] + (WIDE[k] if extra else [])
-    return {
-        "fwd": triton.autotune(L._configs(NAMES["fwd"], lst("fwd")), key=["N", "R", "K"],
-                               prune_configs_by=L._pruner({"BLOCK_N": "N", "BLOCK_R": "R", "BLOCK_K": "K"}))(
-            K.grouped_fwd_kernel),
-        "values": triton.autotune(L._configs(NAMES["values"], lst("values")), key=["N", "R", "K"],
-                                  prune_configs_by=L._pruner({"BLOCK_R": "R", "BLOCK_K": "K"}))(
-            K.grouped_bwd_values_kernel),
-        "input": triton.autotune(L._configs(NAMES["input"], lst("input")), key=["N", "R", "D", "BW"],
-                                 prune_configs_by=L._pruner({"BLOCK_N": "N", "BLOCK_C": "BW", "BLOCK_R": "R"}))(
-            K.grouped_bwd_input_kernel),
-    }
+    """Autotuned kernels over the launcher's lists, plus WIDE when `extra`."""
+    lists = [BASE[k] + (WIDE[k] if extra else []) for k in ("fwd", "values", "input")]
+    return dict(zip(("fwd", "values", "input"), L.autotuned(*lists)))
 
 
 def use(t: dict) -> None:

@@ -38,7 +38,7 @@ def build_structure(weight_shape: tuple[int, ...], sparsity: float, pattern: str
 class _RBGPBase(nn.Module):
     """Shared storage, initialisation and state handling of RBGP layers.
 
-    State is tensors only: `values`, `bias` and `structure`, an int64 tensor that identifies the
+    State is tensors only: `values`, `bias` and `structure_id`, an int64 tensor that identifies the
     sparsity structure (values shape, micro-block width and a sha256 of the index lists), so
     `safetensors` and `save_pretrained` take the state as it is. The structure itself is rebuilt from
     the layer's arguments (shape, sparsity, pattern, seed), which are pure functions; loading a state
@@ -93,7 +93,7 @@ class _RBGPBase(nn.Module):
     @weight.setter
     def weight(self, value) -> None:
         raise AttributeError(f"{type(self).__name__}.weight is read-only (the dense view of its non-zero values); "
-                             f"change `values`, or call rbgp.densify / keep this layer dense instead")
+                             f"change `values`, or keep this layer dense (sparsify's exclude=...)")
 
     def reset_parameters(self) -> None:
         """Kaiming normal scaled to the real fan-in: std = sqrt(2 / nnz_per_row)."""
@@ -176,10 +176,10 @@ class RBGPLinear(_RBGPBase):
 
     def __init__(self, in_features: int, out_features: int, sparsity: float = 0.9, *,
                  pattern: str | Pattern | None = None, seed: int = 0, bias: bool = True,
-                 backend: str = "auto", device=None, dtype=None, structure: SparseMask | None = None) -> None:
+                 backend: str = "auto", device=None, dtype=None) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self._setup((out_features, in_features), sparsity, pattern, seed, bias, backend, device, dtype, structure)
+        self._setup((out_features, in_features), sparsity, pattern, seed, bias, backend, device, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return rbgp_linear(x, self.values, self.layout, self.bias, self.backend)
@@ -190,13 +190,12 @@ class RBGPLinear(_RBGPBase):
 
     @classmethod
     def from_dense(cls, module: nn.Module, sparsity: float = 0.9, *, pattern: str | Pattern | None = None,
-                   seed: int = 0, keep_weights: bool = True, backend: str = "auto",
-                   structure: SparseMask | None = None) -> RBGPLinear:
+                   seed: int = 0, keep_weights: bool = True, backend: str = "auto") -> RBGPLinear:
         """An RBGPLinear shaped like `module` (nn.Linear or transformers' Conv1D); with keep_weights its
         weights on the pattern are kept."""
         w, b = linear_weight(module)
         layer = cls(w.shape[1], w.shape[0], sparsity, pattern=pattern, seed=seed, bias=b is not None,
-                    backend=backend, device=w.device, dtype=w.dtype, structure=structure)
+                    backend=backend, device=w.device, dtype=w.dtype)
         if keep_weights:
             layer.load_dense_(w, b)
         return layer
@@ -214,8 +213,8 @@ class RBGPConv2d(_RBGPBase):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  sparsity: float = 0.9, *, pattern: str | Pattern | None = None, seed: int = 0,
-                 bias: bool = True, padding_mode: str = "zeros", backend: str = "auto", device=None, dtype=None,
-                 structure: SparseMask | None = None) -> None:
+                 bias: bool = True, padding_mode: str = "zeros", backend: str = "auto", device=None,
+                 dtype=None) -> None:
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
@@ -227,7 +226,7 @@ class RBGPConv2d(_RBGPBase):
         self._pad = self._explicit_padding(self.padding)  # (left, right, top, bottom)
         shape = (out_channels, in_channels, *self.kernel_size)
         matrix_shape(shape)
-        self._setup(shape, sparsity, pattern, seed, bias, backend, device, dtype, structure)
+        self._setup(shape, sparsity, pattern, seed, bias, backend, device, dtype)
 
     def _explicit_padding(self, padding) -> tuple[int, int, int, int]:
         if padding == "valid":
@@ -266,8 +265,7 @@ class RBGPConv2d(_RBGPBase):
 
     @classmethod
     def from_dense(cls, module: nn.Conv2d, sparsity: float = 0.9, *, pattern: str | Pattern | None = None,
-                   seed: int = 0, keep_weights: bool = True, backend: str = "auto",
-                   structure: SparseMask | None = None) -> RBGPConv2d:
+                   seed: int = 0, keep_weights: bool = True, backend: str = "auto") -> RBGPConv2d:
         """An RBGPConv2d shaped like `module` (any padding and padding mode); with keep_weights its
         weights on the pattern are kept."""
         if not isinstance(module, nn.Conv2d):
@@ -277,8 +275,7 @@ class RBGPConv2d(_RBGPBase):
         w = module.weight
         layer = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
                     module.dilation, sparsity, pattern=pattern, seed=seed, bias=module.bias is not None,
-                    padding_mode=module.padding_mode, backend=backend, device=w.device, dtype=w.dtype,
-                    structure=structure)
+                    padding_mode=module.padding_mode, backend=backend, device=w.device, dtype=w.dtype)
         if keep_weights:
             layer.load_dense_(w, module.bias)
         return layer

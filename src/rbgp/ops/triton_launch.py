@@ -61,15 +61,22 @@ _VALUES_TILES = [(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4),
 _INPUT_TILES = [(128, 64, 32, 4, 4), (128, 128, 32, 8, 3), (64, 64, 64, 4, 3), (128, 32, 64, 4, 3),
                 (128, 16, 64, 4, 3), (64, 16, 64, 4, 4), (64, 32, 32, 4, 4)]
 
-_fwd = triton.autotune(_configs(("BLOCK_N", "BLOCK_R", "BLOCK_K"), _FWD_TILES), key=["N", "R", "K"],
-                       prune_configs_by=_pruner({"BLOCK_N": "N", "BLOCK_R": "R", "BLOCK_K": "K"}))(
-    K.grouped_fwd_kernel)
-_bwd_values = triton.autotune(_configs(("BLOCK_R", "BLOCK_K", "BLOCK_N"), _VALUES_TILES), key=["N", "R", "K"],
-                              prune_configs_by=_pruner({"BLOCK_R": "R", "BLOCK_K": "K"}))(
-    K.grouped_bwd_values_kernel)
-_bwd_input = triton.autotune(_configs(("BLOCK_N", "BLOCK_C", "BLOCK_R"), _INPUT_TILES), key=["N", "R", "D", "BW"],
-                             prune_configs_by=_pruner({"BLOCK_N": "N", "BLOCK_C": "BW", "BLOCK_R": "R"}))(
-    K.grouped_bwd_input_kernel)
+def autotuned(fwd_tiles: list, values_tiles: list, input_tiles: list) -> tuple:
+    """The three kernels autotuned over the given tile lists (the launchers use the lists above;
+    benchmarks/gpu_tune.py tries others)."""
+    fwd = triton.autotune(_configs(("BLOCK_N", "BLOCK_R", "BLOCK_K"), fwd_tiles), key=["N", "R", "K"],
+                          prune_configs_by=_pruner({"BLOCK_N": "N", "BLOCK_R": "R", "BLOCK_K": "K"}))(
+        K.grouped_fwd_kernel)
+    values = triton.autotune(_configs(("BLOCK_R", "BLOCK_K", "BLOCK_N"), values_tiles), key=["N", "R", "K"],
+                             prune_configs_by=_pruner({"BLOCK_R": "R", "BLOCK_K": "K"}))(
+        K.grouped_bwd_values_kernel)
+    grad_input = triton.autotune(_configs(("BLOCK_N", "BLOCK_C", "BLOCK_R"), input_tiles), key=["N", "R", "D", "BW"],
+                                 prune_configs_by=_pruner({"BLOCK_N": "N", "BLOCK_C": "BW", "BLOCK_R": "R"}))(
+        K.grouped_bwd_input_kernel)
+    return fwd, values, grad_input
+
+
+_fwd, _bwd_values, _bwd_input = autotuned(_FWD_TILES, _VALUES_TILES, _INPUT_TILES)
 
 
 # ---- checks ------------------------------------------------------------------------------------------------

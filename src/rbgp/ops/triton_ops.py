@@ -28,6 +28,9 @@ from rbgp.ops.layout import LayoutTensors
 def grouped_linear_fwd(x: torch.Tensor, values: torch.Tensor, row_index: torch.Tensor, col_blocks: torch.Tensor,
                        col_entries: torch.Tensor, block_width: int, input_precision: str = "ieee") -> torch.Tensor:
     """y (N, out) = x W^T for the grouped-sparse W = (values, layout tables)."""
+    if x.dim() != 2 or -(-x.shape[1] // block_width) != col_entries.shape[0]:
+        raise ValueError(f"x {tuple(x.shape)} does not have the layer's input width: the layout has "
+                         f"{col_entries.shape[0]} input blocks of {block_width} columns")
     return L.grouped_forward(x, values, row_index, col_blocks, block_width, input_precision)
 
 
