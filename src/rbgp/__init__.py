@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "sparsify": "rbgp.nn",
+    "densify": "rbgp.nn",
     "from_pretrained": "rbgp.nn",
     "load_state": "rbgp.nn",
     "RBGPLinear": "rbgp.nn",

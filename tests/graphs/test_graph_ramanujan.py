@@ -165,3 +165,15 @@ def test_lenient_mode_is_silent_when_it_succeeds():
 def test_bad_arguments_name_the_value(kwargs, fragment):
     with pytest.raises(ValueError, match=fragment):
         ramanujan(**kwargs)
+
+
+def test_near_biregular_balances_column_degrees_and_is_seeded():
+    from rbgp.graphs import near_biregular
+
+    g = near_biregular(43, 16, 3, seed=0)
+    assert g.is_left_regular and g.left_degree == 3
+    degrees = g.right_degrees()
+    assert degrees.max() - degrees.min() == 1 and degrees.sum() == 43 * 3
+    assert g.spectral_gap() > 0
+    assert g == near_biregular(43, 16, 3, seed=0) and g != near_biregular(43, 16, 3, seed=1)
+    assert near_biregular(32, 16, 4, seed=0).is_biregular  # a biregular shape gets a biregular graph

@@ -28,14 +28,14 @@ class TinyVGG(nn.Module):
 def test_sparsify_swaps_and_trains_with_exact_masks():
     torch.manual_seed(0)
     model = TinyVGG()
-    report = sparsify(model, 0.75, seed=0)
+    report = sparsify(model, 0.75, seed=0, init="kaiming")  # training from scratch
     assert isinstance(model.stem, nn.Conv2d) and type(model.stem) is nn.Conv2d  # first stays dense
     assert type(model.head[3]) is nn.Linear  # last stays dense
     assert type(model.dw) is nn.Conv2d  # grouped conv skipped
     assert isinstance(model.body[0], RBGPConv2d) and isinstance(model.head[1], RBGPLinear)
     assert len(report.layers) == 4
     assert report.params_after < report.params_before / 3
-    assert "first/last layer" in report.table()
+    assert "first layer (kept dense" in report.table() and "last layer (kept dense" in report.table()
     masks = {name: m.mask.clone() for name, m in model.named_modules() if isinstance(m, (RBGPConv2d, RBGPLinear))}
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     x, y = torch.randn(32, 3, 8, 8), torch.randint(0, 10, (32,))
@@ -77,8 +77,12 @@ def test_sparsify_errors():
         sparsify(nn.Sequential(nn.Linear(4, 4)), 1.0)
     with pytest.raises(ValueError, match="no nn.Linear"):
         sparsify(nn.Sequential(nn.ReLU()), 0.5)
-    with pytest.raises(ValueError, match="cannot sparsify layer '1'"):
-        sparsify(nn.Sequential(nn.Linear(4, 7), nn.Linear(7, 5), nn.Linear(5, 2)), 0.9)
+    with pytest.raises(ValueError, match="cannot sparsify layer '1'.*a 5x7 weight cannot be made 0.9 sparse"):
+        sparsify(nn.Sequential(nn.Linear(4, 7), nn.Linear(7, 5), nn.Linear(5, 2)), 0.9, on_infeasible="error")
+    report = sparsify(nn.Sequential(nn.Linear(4, 7), nn.Linear(7, 5), nn.Linear(5, 2)), 0.9)
+    assert dict(report.skipped)["1"].endswith("the nearest feasible sparsity is 0.5714, more than 0.1 away")
+    report = sparsify(nn.Sequential(nn.Linear(4, 7), nn.Linear(7, 1), nn.Linear(1, 2)), 0.9)
+    assert dict(report.skipped)["1"] == "too small (no sparse rbgp4 structure fits a 1x7 weight)"
     with pytest.raises(ValueError, match="init"):
         sparsify(nn.Sequential(nn.Linear(4, 4)), 0.5, init="zeros")
 

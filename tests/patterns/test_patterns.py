@@ -160,3 +160,64 @@ def test_get_pattern_errors():
         get_pattern("foo")
     with pytest.raises(ValueError, match=r"block\[0\]"):
         get_pattern("block", block=(0, 4))
+
+
+@pytest.mark.parametrize("shape", [(688, 256), (256, 688), (1000, 128), (128, 1000), (50257, 64)])
+def test_rbgp4_plans_awkward_widths_at_0_9(shape):
+    plan = RBGP4.plan(*shape, 0.9)
+    assert abs(plan.sparsity - 0.9) <= 0.01
+    assert plan.padded_rows <= shape[0] / 16 and (shape[0] + plan.padded_rows) % plan.rows_per_group == 0
+
+
+@pytest.mark.parametrize("sparsity", [0.8, 0.95, 0.97])
+@pytest.mark.parametrize("shape", [(32, 128), (128, 32), (64, 64), (128, 128)])
+def test_rbgp4_nearest_on_small_channel_layers(shape, sparsity):
+    nearest = RBGP4().nearest_sparsity(shape, sparsity)
+    assert nearest is not None and abs(nearest - sparsity) <= 0.05
+    mask = RBGP4(tol=abs(nearest - sparsity) + 1e-9).build(shape, sparsity, seed=0)
+    assert mask.sparsity == pytest.approx(nearest)
+
+
+def test_padded_rows_and_near_biregular_inner_graph():
+    m = RBGP4().build((1000, 256), 0.9, seed=0)
+    assert m.layout.padded_rows > 0 and m.array.shape == (1000, 256)
+    assert (m.array.sum(axis=1) == m.nnz_per_row).all() and m.nnz == 1000 * m.nnz_per_row
+    m = RBGP4().build((688, 256), 0.9, seed=0)
+    inner = m.graph.factors[2]
+    assert not m.info["plan"]["biregular"] and inner.is_left_regular
+    degrees = inner.right_degrees()
+    assert degrees.max() - degrees.min() <= 1 and degrees.min() >= 2
+
+
+def test_wider_tol_prefers_the_near_plan_over_a_coarse_far_one():
+    assert abs(RBGP4(tol=0.05).build((1024, 1024), 0.9).sparsity - 0.9) <= 0.01
+
+
+def test_magnitude_fit_keeps_more_mass_than_the_seed_structure():
+    from rbgp.patterns.fit import kept_mass, top_k_mask
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((256, 512)) * np.exp(rng.standard_normal(512))[None, :]
+    fitted = RBGP4().fit(w, (256, 512), 0.9)
+    seeded = RBGP4().build((256, 512), 0.9, seed=0)
+    assert fitted.sparsity == seeded.sparsity and fitted.layout.values_shape == seeded.layout.values_shape
+    assert (fitted.array.sum(axis=1) == fitted.nnz_per_row).all()  # still left-regular: the kernels' layout
+    history = fitted.info["kept_mass_by_round"]
+    assert history == sorted(history) and history[-1] == pytest.approx(kept_mass(w, fitted.array))
+    assert kept_mass(w, fitted.array) > kept_mass(w, seeded.array) + 0.05
+    assert kept_mass(w, fitted.array) <= kept_mass(w, top_k_mask(w, fitted.sparsity))
+    assert fitted.array.any(axis=0).all()  # every input is still read
+    again = RBGP4().fit(w, (256, 512), 0.9)
+    assert np.array_equal(again.array, fitted.array)  # a pure function of the weights
+
+
+def test_baseline_magnitude_fits():
+    from rbgp.patterns import NM, Block, Unstructured
+
+    w = np.arange(64.0).reshape(8, 8) - 20
+    u = Unstructured().fit(w, (8, 8), 0.75)
+    assert u.nnz == 16 and np.abs(w[u.array]).min() >= np.abs(w[~u.array]).max()
+    b = Block((4, 4)).fit(w, (8, 8), 0.75)
+    assert b.array[4:, 4:].all() and b.nnz == 16
+    n = NM(2, 4).fit(w, (8, 8), 0.5)
+    assert (n.array.reshape(8, 2, 4).sum(axis=2) == 2).all()

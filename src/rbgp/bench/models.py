@@ -55,7 +55,7 @@ def model_pair(name: str, sparsity: float, device: str, seed: int = 0) -> tuple[
     for tol in TOLERANCES:
         sparse = copy.deepcopy(dense)
         try:
-            report = sparsify(sparse, sparsity, seed=seed, tol=tol)
+            report = sparsify(sparse, sparsity, seed=seed, init="kaiming", tol=tol)
             break
         except ValueError:
             if tol == TOLERANCES[-1]:

@@ -7,7 +7,13 @@ inputs). This package builds such graphs (complete, verified Ramanujan), their K
 
 from .bipartite import BipartiteGraph
 from .connectivity import path_coverage
-from .constructions import RamanujanError, RamanujanWarning, complete, ramanujan
+from .constructions import (
+    RamanujanError,
+    RamanujanWarning,
+    complete,
+    near_biregular,
+    ramanujan,
+)
 from .product import ProductGraph, product
 
 __all__ = [
@@ -16,6 +22,7 @@ __all__ = [
     "RamanujanError",
     "RamanujanWarning",
     "complete",
+    "near_biregular",
     "path_coverage",
     "product",
     "ramanujan",

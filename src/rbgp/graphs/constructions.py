@@ -18,7 +18,7 @@ import numpy as np
 from .affine import affine_lift, affine_shape_error
 from .bipartite import BipartiteGraph, degree_bound, require_int
 from .lifts import certified_2lifts, lift_shape_error
-from .random_biregular import SamplingError, random_biregular
+from .random_biregular import SamplingError, random_bipartite, random_biregular
 
 METHODS = ("auto", "random", "algebraic", "lift")
 AUTO_ALGEBRAIC_TRIES = 4
@@ -181,3 +181,38 @@ def ramanujan(m: int, n: int, left_degree: int, seed: int = 0, method: str = "au
         except RamanujanError:
             pass  # e.g. an unlucky disconnected choice; the random method covers every shape
     return _search(_random_builder(m, n, c), m, n, c, seed, max_tries, strict, method)
+
+
+def near_biregular(m: int, n: int, left_degree: int, seed: int = 0, tries: int = 4) -> BipartiteGraph:
+    """A random left-regular m x n graph (every row has `left_degree` neighbours) whose column degrees
+    differ by at most one, for shapes where m * left_degree is not a multiple of n, so that no
+    biregular (and no Ramanujan) graph exists. Of `tries` draws (np.random.default_rng([seed, t])),
+    the one with the largest spectral gap is returned; shapes that admit a biregular graph get
+    `ramanujan(..., strict=False)` instead. Rows keep equal fan-in, which the grouped kernels need;
+    the spectral gap is reported by the graph like any other.
+    """
+    m, n, c = _positive_int(m, "m"), _positive_int(n, "n"), _positive_int(left_degree, "left_degree")
+    if c > n:
+        raise ValueError(f"left_degree must be in [1, n={n}], got {c}")
+    seed, tries = _positive_int(seed, "seed", minimum=0), _positive_int(tries, "tries")
+    if (m * c) % n == 0:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RamanujanWarning)
+            return ramanujan(m, n, c, seed=seed, strict=False)
+    base, extra = divmod(m * c, n)
+    best: BipartiteGraph | None = None
+    for t in range(tries):
+        rng = np.random.default_rng([seed, t])
+        col_degrees = np.full(n, base, np.int64)
+        col_degrees[rng.permutation(n)[:extra]] += 1
+        try:
+            graph = BipartiteGraph(m, n, *random_bipartite(np.full(m, c, np.int64), col_degrees, rng),
+                                   name="near-biregular-random")
+        except SamplingError:
+            continue
+        if best is None or graph.spectral_gap() > best.spectral_gap():
+            best = graph
+    if best is None:
+        raise RamanujanError(f"no simple left-regular {m}x{n} graph with left degree {c} and balanced "
+                             f"column degrees was drawn in {tries} tries")
+    return best

@@ -1,9 +1,10 @@
-"""Sparse layers, `sparsify(model)` and loading sparsified models."""
+"""Sparse layers, `sparsify(model)`, `densify(model)` and loading sparsified models."""
 
+from rbgp.nn.densify import densify
 from rbgp.nn.masked import MaskedConv2d, MaskedLinear
 from rbgp.nn.pretrained import from_pretrained, load_state
 from rbgp.nn.rbgp_layers import RBGPConv2d, RBGPLinear
 from rbgp.nn.sparsify import SPARSE_TYPES, LayerReport, SparsifyReport, count_parameters, sparsify
 
-__all__ = ["RBGPLinear", "RBGPConv2d", "MaskedLinear", "MaskedConv2d", "sparsify", "SparsifyReport",
+__all__ = ["RBGPLinear", "RBGPConv2d", "MaskedLinear", "MaskedConv2d", "sparsify", "densify", "SparsifyReport",
            "LayerReport", "SPARSE_TYPES", "count_parameters", "from_pretrained", "load_state"]

@@ -19,9 +19,15 @@ class _MaskedMixin:
     weight: nn.Parameter
     bias: nn.Parameter | None
 
-    def _attach_mask(self, sparsity: float, pattern: str | Pattern | None, seed: int) -> None:
-        pattern = Unstructured() if pattern is None else get_pattern(pattern)
-        self.structure: SparseMask = pattern.build(tuple(self.weight.shape), sparsity, seed)
+    def _attach_mask(self, sparsity: float, pattern: str | Pattern | None, seed: int,
+                     structure: SparseMask | None = None) -> None:
+        if structure is None:
+            pattern = Unstructured() if pattern is None else get_pattern(pattern)
+            structure = pattern.build(tuple(self.weight.shape), sparsity, seed)
+        elif tuple(structure.weight_shape) != tuple(self.weight.shape):
+            raise ValueError(f"structure is for a {tuple(structure.weight_shape)} weight, this layer's is "
+                             f"{tuple(self.weight.shape)}")
+        self.structure: SparseMask = structure
         mask = torch.as_tensor(self.structure.weight_mask(), device=self.weight.device)
         self.register_buffer("mask", mask, persistent=True)
         fan_in = max(1, int(self.structure.array.sum(axis=1).mean()))
@@ -51,22 +57,23 @@ class MaskedLinear(_MaskedMixin, nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, sparsity: float = 0.9, *,
                  pattern: str | Pattern | None = None, seed: int = 0, bias: bool = True,
-                 device=None, dtype=None) -> None:
+                 device=None, dtype=None, structure: SparseMask | None = None) -> None:
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
-        self._attach_mask(sparsity, pattern, seed)
+        self._attach_mask(sparsity, pattern, seed, structure)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.dense_weight(), self.bias)
 
     @classmethod
     def from_dense(cls, module: nn.Module, sparsity: float = 0.9, *, pattern=None, seed: int = 0,
-                   keep_weights: bool = True) -> MaskedLinear:
+                   keep_weights: bool = True, structure: SparseMask | None = None) -> MaskedLinear:
         """A MaskedLinear shaped like `module` (nn.Linear or transformers' Conv1D)."""
         from rbgp.nn.rbgp_layers import linear_weight
 
         w, b = linear_weight(module)
         layer = cls(w.shape[1], w.shape[0], sparsity, pattern=pattern, seed=seed, bias=b is not None,
-                    device=w.device, dtype=w.dtype)
+                    device=w.device, dtype=w.dtype, structure=structure)
+        layer.dense_type = type(module)
         if keep_weights:
             with torch.no_grad():
                 layer.weight.copy_(w * layer.mask)
@@ -80,23 +87,24 @@ class MaskedConv2d(_MaskedMixin, nn.Conv2d):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  sparsity: float = 0.9, *, pattern: str | Pattern | None = None, seed: int = 0,
-                 bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None) -> None:
+                 bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None,
+                 structure: SparseMask | None = None) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups=1, bias=bias,
                          padding_mode=padding_mode, device=device, dtype=dtype)
-        self._attach_mask(sparsity, pattern, seed)
+        self._attach_mask(sparsity, pattern, seed, structure)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.dense_weight(), self.bias)
 
     @classmethod
     def from_dense(cls, module: nn.Conv2d, sparsity: float = 0.9, *, pattern=None, seed: int = 0,
-                   keep_weights: bool = True) -> MaskedConv2d:
+                   keep_weights: bool = True, structure: SparseMask | None = None) -> MaskedConv2d:
         if module.groups != 1:
             raise ValueError(f"only groups=1 convs can be masked, got groups={module.groups}")
         w = module.weight
         layer = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
                     module.dilation, sparsity, pattern=pattern, seed=seed, bias=module.bias is not None,
-                    padding_mode=module.padding_mode, device=w.device, dtype=w.dtype)
+                    padding_mode=module.padding_mode, device=w.device, dtype=w.dtype, structure=structure)
         if keep_weights:
             layer._load_from(module)
         return layer

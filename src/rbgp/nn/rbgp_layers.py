@@ -19,7 +19,14 @@ from torch.nn.modules.utils import _pair
 
 from rbgp.ops import BACKENDS, LayoutTensors, dense_weight, grouped_values, rbgp_linear
 from rbgp.ops.im2col import im2col_feature_major
-from rbgp.patterns import RBGP4, Pattern, SparseMask, get_pattern, matrix_shape
+from rbgp.patterns import (
+    RBGP4,
+    GroupedLayout,
+    Pattern,
+    SparseMask,
+    get_pattern,
+    matrix_shape,
+)
 
 
 def build_structure(weight_shape: tuple[int, ...], sparsity: float, pattern: str | Pattern | None,
@@ -44,6 +51,10 @@ class _RBGPBase(nn.Module):
     the layer's arguments (shape, sparsity, pattern, seed), which are pure functions; loading a state
     saved from another structure is refused with both structures named. The layout (index lists and
     kernel tables, built once) lives in non-persistent buffers, so it moves with `.to()`.
+
+    A structure fitted to trained weights (sparsify's init="magnitude") is not a function of those
+    arguments: its `row_index` and `col_index` are then saved too, and a layer of the same plan that
+    loads them adopts that structure.
     """
 
     def _setup(self, weight_shape: tuple[int, ...], sparsity: float | None, pattern, seed: int, bias: bool,
@@ -51,15 +62,44 @@ class _RBGPBase(nn.Module):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; valid: {list(BACKENDS)}")
         self.backend = backend
-        self.structure = structure if structure is not None else build_structure(weight_shape, sparsity, pattern, seed)
-        layout = LayoutTensors.from_layout(self.structure.layout, device=device)
-        for name, t in layout.buffers.items():
-            self.register_buffer(name, t, persistent=False)
-        self.block_width = layout.block_width
-        self.register_buffer("structure_id", self._structure_id(layout).to(device))
-        self.values = nn.Parameter(torch.empty(layout.values_shape, device=device, dtype=dtype))
+        if structure is not None and tuple(structure.weight_shape) != tuple(weight_shape):
+            raise ValueError(f"structure is for a {tuple(structure.weight_shape)} weight, this layer's is "
+                             f"{tuple(weight_shape)}")
+        self._set_structure(structure if structure is not None else
+                            build_structure(weight_shape, sparsity, pattern, seed), device)
+        self.values = nn.Parameter(torch.empty(self.layout.values_shape, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.empty(weight_shape[0], device=device, dtype=dtype)) if bias else None
         self.reset_parameters()
+
+    def _set_structure(self, structure: SparseMask, device=None) -> None:
+        if structure.layout is None:
+            raise ValueError(f"an RBGP layer needs a structure with a grouped layout, got a {structure.kind!r} mask")
+        self.structure = structure
+        layout = LayoutTensors.from_layout(structure.layout, device=device)
+        saved = "fitted" in structure.info  # not a function of the layer's arguments: saved with the state
+        for name, t in layout.buffers.items():
+            self.register_buffer(name, t, persistent=saved and name in ("row_index", "col_index"))
+        self.block_width = layout.block_width
+        self.register_buffer("structure_id", self._structure_id(layout).to(device))
+
+    def _adopt_saved_structure(self, rows, cols, name: str) -> str | None:
+        """Take the fitted structure a state carries (same values shape); an error message, or None."""
+        from rbgp.patterns.fit import layout_mask
+
+        try:
+            if not (isinstance(rows, torch.Tensor) and isinstance(cols, torch.Tensor)) or rows.is_floating_point() \
+                    or cols.is_floating_point():
+                raise ValueError("row_index and col_index must be integer tensors")
+            if (*rows.shape, cols.shape[-1]) != tuple(self.values.shape) or cols.shape[0] != rows.shape[0]:
+                raise ValueError(f"they are shaped {tuple(rows.shape)} and {tuple(cols.shape)}, this layer's values "
+                                 f"{tuple(self.values.shape)}")
+            m, n = self.structure.shape
+            layout = GroupedLayout(m, n, rows.cpu().numpy().astype(np.int64), cols.cpu().numpy().astype(np.int64))
+        except ValueError as err:
+            return f"layer {name!r}: the saved structure (row_index, col_index) is not valid here: {err}"
+        self._set_structure(layout_mask(self.structure.kind, self.structure.weight_shape, layout, {"fitted": "loaded"}),
+                            self.values.device)
+        return None
 
     @staticmethod
     def _structure_id(layout: LayoutTensors) -> torch.Tensor:
@@ -73,7 +113,7 @@ class _RBGPBase(nn.Module):
     @property
     def layout(self) -> LayoutTensors:
         return LayoutTensors(self.row_index, self.col_index, self.row_order, self.structure.shape[1],
-                             self.block_width, self.col_blocks, self.col_entries)
+                             self.block_width, self.col_blocks, self.col_entries, self.structure.shape[0])
 
     @property
     def nnz_per_row(self) -> int:
@@ -124,6 +164,11 @@ class _RBGPBase(nn.Module):
                               error_msgs) -> None:
         key = prefix + "structure_id"
         name = prefix[:-1] or type(self).__name__
+        if prefix + "row_index" in state_dict and prefix + "col_index" in state_dict:
+            error = self._adopt_saved_structure(state_dict[prefix + "row_index"], state_dict[prefix + "col_index"], name)
+            if error:
+                error_msgs.append(error)
+                return
         if key in state_dict:
             saved = state_dict[key]
             if not isinstance(saved, torch.Tensor) or saved.shape != self.structure_id.shape \
@@ -176,10 +221,10 @@ class RBGPLinear(_RBGPBase):
 
     def __init__(self, in_features: int, out_features: int, sparsity: float = 0.9, *,
                  pattern: str | Pattern | None = None, seed: int = 0, bias: bool = True,
-                 backend: str = "auto", device=None, dtype=None) -> None:
+                 backend: str = "auto", device=None, dtype=None, structure: SparseMask | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self._setup((out_features, in_features), sparsity, pattern, seed, bias, backend, device, dtype)
+        self._setup((out_features, in_features), sparsity, pattern, seed, bias, backend, device, dtype, structure)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return rbgp_linear(x, self.values, self.layout, self.bias, self.backend)
@@ -190,12 +235,14 @@ class RBGPLinear(_RBGPBase):
 
     @classmethod
     def from_dense(cls, module: nn.Module, sparsity: float = 0.9, *, pattern: str | Pattern | None = None,
-                   seed: int = 0, keep_weights: bool = True, backend: str = "auto") -> RBGPLinear:
+                   seed: int = 0, keep_weights: bool = True, backend: str = "auto",
+                   structure: SparseMask | None = None) -> RBGPLinear:
         """An RBGPLinear shaped like `module` (nn.Linear or transformers' Conv1D); with keep_weights its
-        weights on the pattern are kept."""
+        weights on the pattern are kept. `structure`: a prebuilt one (e.g. fitted to the weights)."""
         w, b = linear_weight(module)
         layer = cls(w.shape[1], w.shape[0], sparsity, pattern=pattern, seed=seed, bias=b is not None,
-                    backend=backend, device=w.device, dtype=w.dtype)
+                    backend=backend, device=w.device, dtype=w.dtype, structure=structure)
+        layer.dense_type = type(module)
         if keep_weights:
             layer.load_dense_(w, b)
         return layer
@@ -214,7 +261,7 @@ class RBGPConv2d(_RBGPBase):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  sparsity: float = 0.9, *, pattern: str | Pattern | None = None, seed: int = 0,
                  bias: bool = True, padding_mode: str = "zeros", backend: str = "auto", device=None,
-                 dtype=None) -> None:
+                 dtype=None, structure: SparseMask | None = None) -> None:
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
@@ -226,7 +273,7 @@ class RBGPConv2d(_RBGPBase):
         self._pad = self._explicit_padding(self.padding)  # (left, right, top, bottom)
         shape = (out_channels, in_channels, *self.kernel_size)
         matrix_shape(shape)
-        self._setup(shape, sparsity, pattern, seed, bias, backend, device, dtype)
+        self._setup(shape, sparsity, pattern, seed, bias, backend, device, dtype, structure)
 
     def _explicit_padding(self, padding) -> tuple[int, int, int, int]:
         if padding == "valid":
@@ -265,9 +312,10 @@ class RBGPConv2d(_RBGPBase):
 
     @classmethod
     def from_dense(cls, module: nn.Conv2d, sparsity: float = 0.9, *, pattern: str | Pattern | None = None,
-                   seed: int = 0, keep_weights: bool = True, backend: str = "auto") -> RBGPConv2d:
+                   seed: int = 0, keep_weights: bool = True, backend: str = "auto",
+                   structure: SparseMask | None = None) -> RBGPConv2d:
         """An RBGPConv2d shaped like `module` (any padding and padding mode); with keep_weights its
-        weights on the pattern are kept."""
+        weights on the pattern are kept. `structure`: a prebuilt one (e.g. fitted to the weights)."""
         if not isinstance(module, nn.Conv2d):
             raise TypeError(f"from_dense expects nn.Conv2d, got {type(module).__name__}")
         if module.groups != 1:
@@ -275,7 +323,8 @@ class RBGPConv2d(_RBGPBase):
         w = module.weight
         layer = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
                     module.dilation, sparsity, pattern=pattern, seed=seed, bias=module.bias is not None,
-                    padding_mode=module.padding_mode, backend=backend, device=w.device, dtype=w.dtype)
+                    padding_mode=module.padding_mode, backend=backend, device=w.device, dtype=w.dtype,
+                    structure=structure)
         if keep_weights:
             layer.load_dense_(w, module.bias)
         return layer

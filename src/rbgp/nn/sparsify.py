@@ -3,51 +3,89 @@
 It swaps the eligible layers (nn.Linear, transformers' Conv1D, nn.Conv2d with groups=1) for RBGP
 layers (RBGP patterns) or masked layers (the baselines). Every layer is planned before any is
 swapped, so an error leaves the model untouched. Every weight-bearing module left dense is reported
-with its reason: first/last layer (kept dense by default, as in the paper), excluded, tied weight
-(an lm_head shared with the embedding is never untied), grouped/depthwise conv, MultiheadAttention's
-out_proj (its parent reads `.weight` directly, so it would run dense), already sparse, infeasible
-(with on_infeasible="skip") or an unsupported type. Stacked RBGP layers get alternating input
-shuffles so their Kronecker tiles do not line up (DESIGN.md, 'Across layers'); the report gives the
+with its reason: kept dense by role (a transformer's output head and classifier heads; the first and
+last layer of other models, as in the paper), excluded, no sparsity given, tied weight (an lm_head
+shared with the embedding is never untied), grouped/depthwise conv, MultiheadAttention's out_proj (its
+parent reads `.weight` directly, so it would run dense), already sparse, too small, infeasible (with
+on_infeasible="skip") or an unsupported type.
+
+A layer's sparsity comes from a float, a dict of globs, or a callable; when its shape cannot meet
+it, on_infeasible="nearest" (default) takes the nearest feasible sparsity and reports it.
+init="magnitude" (default) fits the structure to the weights and keeps them, so a trained model keeps
+as much of its function as the pattern allows; init="kaiming" re-draws them (training from scratch).
+Stacked RBGP layers built from seeds get alternating input shuffles so their Kronecker tiles do not
+line up (DESIGN.md, 'Across layers'); for plain (non-transformer) models the report gives the
 network's input-output path coverage next to that of random unstructured masks of the same density.
 """
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
+import torch
 from torch import nn
 
 from rbgp.graphs import path_coverage
 from rbgp.nn.masked import MaskedConv2d, MaskedLinear
-from rbgp.nn.rbgp_layers import RBGPConv2d, RBGPLinear, is_hf_conv1d
-from rbgp.patterns import RBGP4, Pattern, Unstructured, check_sparsity, get_pattern
+from rbgp.nn.rbgp_layers import RBGPConv2d, RBGPLinear, is_hf_conv1d, linear_weight
+from rbgp.patterns import (
+    RBGP4,
+    Pattern,
+    Unstructured,
+    check_sparsity,
+    get_pattern,
+    matrix_shape,
+)
+from rbgp.patterns.fit import kept_mass, top_k_mask
 
 SPARSE_TYPES = (RBGPLinear, RBGPConv2d, MaskedLinear, MaskedConv2d)
-ON_INFEASIBLE = ("error", "skip")
+ON_INFEASIBLE = ("nearest", "skip", "error")
+INITS = ("magnitude", "keep", "kaiming")
+MAX_NEAREST_MISS = 0.1
+"""on_infeasible="nearest" takes the nearest feasible sparsity only within this distance of the request;
+beyond, the layer stays dense (reported as infeasible)."""
+HEAD_NAMES = ("lm_head", "classifier", "score", "qa_outputs", "cls", "pooler", "head", "heads")
+"""Module names (any component) of a transformers model's output heads and classifiers, kept dense by role."""
+
+SparsitySpec = Union[float, Mapping[str, Union[float, None]], Callable[[str, nn.Module], Union[float, None]]]
 
 
 @dataclass
 class LayerReport:
+    """One converted layer: the sparsity asked for and the one achieved (they differ when the shape
+    cannot meet the request exactly), its row-group size (rows per dense sub-GEMM), and, when the dense
+    weights were kept, the fraction of their |W| mass kept next to the unstructured top-k bound at
+    the same density."""
+
     name: str
     weight_shape: list[int]
     pattern: str
+    requested_sparsity: float
+    sparsity: float
     density: float
+    rows_per_group: int | None
     params_before: int
     params_after: int
     nnz_per_row: int | None
     structure_bytes: int
     csr_bytes: int
+    kept_mass: float | None = None
+    top_k_mass: float | None = None
+    note: str = ""
 
 
 @dataclass
 class SparsifyReport:
     """What `sparsify` did: per-layer facts, every weight-bearing module left dense with its reason,
     the model's parameter totals before and after, the arguments (`recipe`) that rebuild the same
-    structure, and network-level path coverage."""
+    structure, the converted `model` (a copy with inplace=False) and, for plain stacked models, the
+    input-output path coverage."""
 
     layers: list[LayerReport] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -56,6 +94,7 @@ class SparsifyReport:
     params_before: int = 0
     params_after: int = 0
     recipe: dict[str, Any] | None = None
+    model: nn.Module | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"layers": [asdict(r) for r in self.layers], "skipped": [list(s) for s in self.skipped],
@@ -63,18 +102,28 @@ class SparsifyReport:
                 "params_before": self.params_before, "params_after": self.params_after, "recipe": self.recipe}
 
     def table(self) -> str:
-        """A markdown table of the swapped layers and the modules left dense."""
-        lines = ["| layer | weight | pattern | density | params before | after | nnz/row | structure B | CSR B |",
-                 "|---|---|---|---|---|---|---|---|---|"]
+        """A markdown table of the converted layers and the modules left dense."""
+        def pct(x: float | None) -> str:
+            return "" if x is None else f"{x:.1%}"
+
+        lines = ["| layer | weight | pattern | sparsity asked | achieved | rows/group | params before | after | "
+                 "kept mass | top-k bound | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in self.layers:
-            lines.append(f"| {r.name} | {'x'.join(map(str, r.weight_shape))} | {r.pattern} | {r.density:.4f} | "
-                         f"{r.params_before:,} | {r.params_after:,} | {r.nnz_per_row} | {r.structure_bytes:,} | "
-                         f"{r.csr_bytes:,} |")
+            lines.append(f"| {r.name} | {'x'.join(map(str, r.weight_shape))} | {r.pattern} | "
+                         f"{r.requested_sparsity:.4g} | {r.sparsity:.4f} | {r.rows_per_group or ''} | "
+                         f"{r.params_before:,} | {r.params_after:,} | {pct(r.kept_mass)} | {pct(r.top_k_mass)} | "
+                         f"{r.note} |")
         for name, why in self.skipped:
-            lines.append(f"| {name} | | dense ({why}) | 1 | | | | | |")
+            lines.append(f"| {name} | | dense | | 0 | | | | | | {why} |")
         lines.append(f"\nModel parameters: {self.params_before:,} before, {self.params_after:,} after "
                      f"({len(self.layers)} layers converted, {len(self.skipped)} left dense)")
-        if self.path_coverage is not None:
+        kept = [(r.kept_mass, r.top_k_mass, r.params_before) for r in self.layers if r.kept_mass is not None]
+        if kept:
+            w = sum(p for _, _, p in kept)
+            lines.append(f"Kept |W| mass of the converted layers (weighted by size): "
+                         f"{sum(k * p for k, _, p in kept) / w:.1%} (unstructured top-k at the same density: "
+                         f"{sum(t * p for _, t, p in kept) / w:.1%})")
+        if self.path_coverage is not None and min(self.path_coverage, self.random_path_coverage) < 0.9999:
             lines.append(f"Input-output path coverage of the stacked sparse layers: {self.path_coverage:.4f} "
                          f"(random unstructured masks of the same density: {self.random_path_coverage:.4f})")
         return "\n".join(lines)
@@ -131,6 +180,224 @@ def _classify(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], list[tuple
     return eligible, skipped
 
 
+def _is_transformers_model(model: nn.Module) -> bool:
+    return hasattr(model, "config") and callable(getattr(model, "get_output_embeddings", None))
+
+
+def _dense_by_role(model: nn.Module, candidates: list[tuple[str, nn.Module]]) -> dict[str, str]:
+    """Layers kept dense for their role. In a transformers model: the output head and classifier heads
+    (`get_output_embeddings()`, and modules named like heads: lm_head, classifier, score, pooler, ...),
+    not whatever comes first in module order (its inputs go through embeddings, which stay dense).
+    In other models: the first and the last layer in module order, as in the paper."""
+    if _is_transformers_model(model):
+        out = model.get_output_embeddings()
+        return {name: "output head / classifier (kept dense by role)" for name, m in candidates
+                if m is out or any(part in HEAD_NAMES for part in name.split("."))}
+    if len(candidates) < 2:
+        return {}
+    return {candidates[0][0]: "first layer (kept dense, as in the paper)",
+            candidates[-1][0]: "last layer (kept dense, as in the paper)"}
+
+
+def _sparsity_for(spec: SparsitySpec, name: str, module: nn.Module) -> float | None:
+    """The sparsity `spec` gives layer `name` (None: leave it dense)."""
+    if callable(spec):
+        value = spec(name, module)
+    elif isinstance(spec, Mapping):
+        value = next((v for pat, v in spec.items() if fnmatch.fnmatchcase(name, pat)), None)
+    else:
+        value = spec
+    if value is None:
+        return None
+    try:
+        return check_sparsity(value)
+    except ValueError as err:
+        raise ValueError(f"layer {name!r}: {err}") from None
+
+
+def _check_spec(spec: Any) -> None:
+    if callable(spec):
+        return
+    if isinstance(spec, Mapping):
+        bad = [k for k in spec if not isinstance(k, str)]
+        if bad:
+            raise ValueError(f"sparsity dict keys must be module-name globs (str), got {bad}")
+        for v in spec.values():
+            if v is not None:
+                check_sparsity(v)
+        return
+    check_sparsity(spec)
+
+
+def _weight_matrix(module: nn.Module) -> torch.Tensor:
+    w = linear_weight(module)[0] if not isinstance(module, nn.Conv2d) else module.weight
+    return w.detach().reshape(w.shape[0], -1)
+
+
+def sparsify(
+    model: nn.Module,
+    sparsity: SparsitySpec = 0.9,
+    pattern: str | Pattern = "rbgp4",
+    *,
+    exclude: str | tuple[str, ...] | list[str] = (),
+    keep_first_last: bool = True,
+    seed: int = 0,
+    init: str = "magnitude",
+    shuffle: bool = True,
+    backend: str = "auto",
+    on_infeasible: str = "nearest",
+    inplace: bool = True,
+    **pattern_kwargs: Any,
+) -> SparsifyReport:
+    """Make `model` sparse and report what changed; on any error the model is untouched.
+
+    sparsity: the fraction of zero weights: a float for every layer; a dict of module-name globs to
+    sparsities (the first matching glob wins; unmatched layers, or a None value, stay dense); or a
+    callable `(name, module) -> sparsity or None`.
+    pattern: "rbgp4" (default), "unstructured", "block", "hbsnn", "nm" or a Pattern; pattern_kwargs
+    go to the pattern (e.g. block=(16, 16); unknown ones raise a TypeError listing the valid ones).
+    exclude: a module name or glob, or a list of them, kept dense (a pattern matching nothing warns).
+    keep_first_last: keep the layers dense that the paper keeps dense, by role (see `_dense_by_role`).
+    init: "magnitude" fits the structure to the weights (the rows that share columns, the columns
+    they share, the graph between them: as much |W| mass as the pattern can hold) and keeps them;
+    "keep" keeps the weights on the seed's structure; "kaiming" re-draws them (std sqrt(2/fan_in),
+    the paper's recipe for training from scratch) on the seed's structure.
+    shuffle: give every second stacked seed-built RBGP4 layer a perfect shuffle of its inputs.
+    on_infeasible: when a layer cannot meet its sparsity within the pattern's tolerance, "nearest"
+    takes the nearest feasible one (up to 0.1 away), "skip" leaves the layer dense, "error" raises.
+    inplace: False leaves `model` as it is and converts a copy (`report.model`).
+
+    The same arguments on the same architecture give the same structure (`report.recipe` holds them;
+    on a Hugging Face model they are also stored as `model.config.rbgp`, so `save_pretrained` keeps
+    them and `rbgp.from_pretrained` can rebuild the model; structures fitted with init="magnitude"
+    are saved with the weights).
+    """
+    _check_spec(sparsity)
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if on_infeasible not in ON_INFEASIBLE:
+        raise ValueError(f"on_infeasible must be one of {ON_INFEASIBLE}, got {on_infeasible!r}")
+    excludes = [exclude] if isinstance(exclude, str) else list(exclude)
+    base = get_pattern(pattern, **pattern_kwargs)
+    if not inplace:
+        model = copy.deepcopy(model)
+    candidates, skipped = _classify(model)
+    report = SparsifyReport(params_before=count_parameters(model), model=model)
+    if not candidates:
+        sparse = [n for n, why in skipped if why == "already sparse"]
+        if sparse:
+            warnings.warn(f"sparsify: nothing left to convert ({len(sparse)} layers are already sparse)",
+                          stacklevel=2)
+            report.skipped, report.params_after = skipped, report.params_before
+            return report
+        raise ValueError("model has no nn.Linear, Conv1D or groups=1 nn.Conv2d to sparsify"
+                         + (f" (left alone: {skipped})" if skipped else ""))
+    for pat in excludes:
+        if not any(fnmatch.fnmatchcase(name, pat) for name, _ in candidates):
+            warnings.warn(f"sparsify: exclude pattern {pat!r} matches no convertible layer", stacklevel=2)
+    if isinstance(sparsity, Mapping):
+        for pat in sparsity:
+            if not any(fnmatch.fnmatchcase(name, pat) for name, _ in candidates):
+                warnings.warn(f"sparsify: sparsity pattern {pat!r} matches no convertible layer", stacklevel=2)
+    roles = _dense_by_role(model, candidates) if keep_first_last else {}
+    planned: list[tuple[str, nn.Module, nn.Module, float, str]] = []
+    for index, (name, module) in enumerate(candidates):
+        if name in roles:
+            skipped.append((name, roles[name]))
+            continue
+        if any(fnmatch.fnmatchcase(name, pat) for pat in excludes):
+            skipped.append((name, "excluded"))
+            continue
+        requested = _sparsity_for(sparsity, name, module)
+        if requested is None:
+            skipped.append((name, "no sparsity given for it"))
+            continue
+        layer_pattern = base
+        if isinstance(base, RBGP4) and shuffle and init != "magnitude" and len(planned) % 2 == 1:
+            layer_pattern = _shuffled(base)
+        target, note, why_not = _feasible_sparsity(module, requested, layer_pattern, on_infeasible, name)
+        if target is None:
+            skipped.append((name, why_not))
+            continue
+        new = _convert(module, target, layer_pattern, seed + index, init, backend, name)
+        planned.append((name, module, new, requested, note))
+    if not planned:
+        sparse = sum(why == "already sparse" for _, why in skipped)
+        what = f"nothing left to convert ({sparse} layers are already sparse" if sparse else "no layer was converted ("
+        warnings.warn(f"sparsify: {what} {len(candidates)} stay dense: see report.skipped)", stacklevel=2)
+    for name, module, new, requested, note in planned:  # nothing above touched the model
+        report.layers.append(_layer_report(name, module, new, requested, note, init))
+        _set_module(model, name, new)
+    report.skipped = skipped
+    report.params_after = count_parameters(model)
+    report.recipe = _recipe(sparsity, base, excludes, keep_first_last, seed, init, shuffle, backend, on_infeasible)
+    config = getattr(model, "config", None)
+    if report.recipe is not None and hasattr(config, "to_dict") and hasattr(config, "save_pretrained"):
+        config.rbgp = report.recipe  # a transformers PretrainedConfig: saved with save_pretrained
+    if not _is_transformers_model(model):  # residual streams make stacked-layer coverage meaningless there
+        _add_path_coverage(report, [new for _, _, new, _, _ in planned], seed)
+    return report
+
+
+def _feasible_sparsity(module: nn.Module, requested: float, pattern: Pattern, on_infeasible: str,
+                       name: str) -> tuple[float | None, str, str]:
+    """(sparsity to build at or None, note for the report, reason when None)."""
+    shape = tuple(module.weight.shape) if isinstance(module, nn.Conv2d) else tuple(linear_weight(module)[0].shape)
+    if _builds(pattern, shape, requested):
+        return requested, "", ""
+    nearest = pattern.nearest_sparsity(shape, requested)
+    m, n = matrix_shape(shape)
+    if nearest is None:
+        if on_infeasible == "error":
+            raise ValueError(f"cannot sparsify layer {name!r} ({module}): no sparse {pattern.kind} structure fits "
+                             f"its {m}x{n} weight")
+        return None, "", f"too small (no sparse {pattern.kind} structure fits a {m}x{n} weight)"
+    message = (f"a {m}x{n} weight cannot be made {requested:g} sparse with {pattern.kind}; the nearest feasible "
+               f"sparsity is {nearest:.4f}")
+    if on_infeasible == "error":
+        raise ValueError(f"cannot sparsify layer {name!r} ({module}): {message} (on_infeasible='nearest' "
+                         f"takes it, 'skip' leaves the layer dense)")
+    if on_infeasible == "skip":
+        return None, "", f"infeasible: {message}"
+    if abs(nearest - requested) > MAX_NEAREST_MISS:
+        return None, "", f"infeasible: {message}, more than {MAX_NEAREST_MISS:g} away"
+    return nearest, f"nearest feasible (asked {requested:g})", ""
+
+
+def _builds(pattern: Pattern, shape: tuple[int, ...], sparsity: float) -> bool:
+    if isinstance(pattern, RBGP4):
+        m, n = matrix_shape(shape)
+        try:
+            pattern._plan(m, n, sparsity)
+        except ValueError:
+            return False
+        return True
+    return pattern.nearest_sparsity(shape, sparsity) == sparsity
+
+
+def _layer_report(name: str, module: nn.Module, new: nn.Module, requested: float, note: str,
+                  init: str) -> LayerReport:
+    s = new.structure
+    kept = bound = None
+    if init != "kaiming":
+        w = _weight_matrix(module).float().cpu().numpy()
+        kept = kept_mass(w, s.array)
+        bound = kept_mass(w, top_k_mask(w, s.sparsity))
+    return LayerReport(
+        name, list(s.weight_shape), s.kind, requested, s.sparsity, s.density,
+        s.layout.rows_per_group if s.layout is not None else None, module.weight.numel(),
+        new.values.numel() if isinstance(new, (RBGPLinear, RBGPConv2d)) else s.nnz,
+        s.nnz_per_row, s.structure_bytes, s.csr_bytes(), kept, bound, note)
+
+
+def _add_path_coverage(report: SparsifyReport, swapped: list[nn.Module], seed: int) -> None:
+    chains = _chains([_channel_mask(m) for m in swapped])
+    report.path_coverage = _coverage(chains)
+    if chains:
+        rnd = [[_random_like(c, seed + i) for i, c in enumerate(ch)] for ch in chains]
+        report.random_path_coverage = _coverage(rnd)
+
+
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
@@ -159,111 +426,19 @@ def _coverage(chains: list[list[np.ndarray]]) -> float | None:
     return float(np.mean([path_coverage(c) for c in chains]))
 
 
-def sparsify(
-    model: nn.Module,
-    sparsity: float = 0.9,
-    pattern: str | Pattern = "rbgp4",
-    *,
-    exclude: str | tuple[str, ...] | list[str] = (),
-    keep_first_last: bool = True,
-    seed: int = 0,
-    init: str = "kaiming",
-    shuffle: bool = True,
-    backend: str = "auto",
-    on_infeasible: str = "error",
-    **pattern_kwargs: Any,
-) -> SparsifyReport:
-    """Make `model` sparse in place and report what changed; on any error the model is untouched.
-
-    pattern: "rbgp4" (default), "unstructured", "block", "hbsnn", "nm" or a Pattern; pattern_kwargs
-    go to the pattern (e.g. block=(16, 16); unknown ones raise a TypeError listing the valid ones).
-    exclude: a module name or fnmatch glob, or a list of them, kept dense. init: "kaiming"
-    re-initialises the kept weights (std sqrt(2/fan_in), the paper's recipe for training from scratch)
-    or "keep" keeps the dense weights on the pattern. shuffle: give every second stacked RBGP4 layer a
-    perfect shuffle of its inputs so tiles do not line up. on_infeasible: "error" raises when a layer's
-    shape cannot be planned at `sparsity`, "skip" leaves that layer dense and reports it.
-
-    The same arguments on the same architecture give the same structure (`report.recipe` holds them;
-    on a Hugging Face model they are also stored as `model.config.rbgp`, so `save_pretrained` keeps
-    them and `rbgp.from_pretrained` can rebuild the model).
-    """
-    check_sparsity(sparsity)
-    if init not in ("kaiming", "keep"):
-        raise ValueError(f"init must be 'kaiming' or 'keep', got {init!r}")
-    if on_infeasible not in ON_INFEASIBLE:
-        raise ValueError(f"on_infeasible must be one of {ON_INFEASIBLE}, got {on_infeasible!r}")
-    excludes = [exclude] if isinstance(exclude, str) else list(exclude)
-    base = get_pattern(pattern, **pattern_kwargs)
-    candidates, skipped = _classify(model)
-    report = SparsifyReport(params_before=count_parameters(model))
-    if not candidates:
-        sparse = [n for n, why in skipped if why == "already sparse"]
-        if sparse:
-            warnings.warn(f"sparsify: nothing left to convert ({len(sparse)} layers are already sparse)",
-                          stacklevel=2)
-            report.skipped, report.params_after = skipped, report.params_before
-            return report
-        raise ValueError("model has no nn.Linear, Conv1D or groups=1 nn.Conv2d to sparsify"
-                         + (f" (left alone: {skipped})" if skipped else ""))
-    for pat in excludes:
-        if not any(fnmatch.fnmatchcase(name, pat) for name, _ in candidates):
-            warnings.warn(f"sparsify: exclude pattern {pat!r} matches no convertible layer", stacklevel=2)
-    keep_dense = {candidates[0][0], candidates[-1][0]} if keep_first_last and len(candidates) > 1 else set()
-    planned: list[tuple[str, nn.Module, nn.Module]] = []
-    for index, (name, module) in enumerate(candidates):
-        if name in keep_dense:
-            skipped.append((name, "first/last layer"))
-            continue
-        if any(fnmatch.fnmatchcase(name, pat) for pat in excludes):
-            skipped.append((name, "excluded"))
-            continue
-        layer_pattern = base
-        if isinstance(base, RBGP4) and shuffle and len(planned) % 2 == 1:
-            layer_pattern = _shuffled(base)
-        try:
-            new = _convert(module, sparsity, layer_pattern, seed + index, init, backend, name)
-        except ValueError as err:
-            if on_infeasible == "error":
-                raise
-            skipped.append((name, f"infeasible: {err}"))
-            continue
-        planned.append((name, module, new))
-    for name, module, new in planned:  # nothing above touched the model
-        _set_module(model, name, new)
-        s = new.structure
-        report.layers.append(LayerReport(
-            name, list(s.weight_shape), s.kind, s.density, module.weight.numel(),
-            new.values.numel() if isinstance(new, (RBGPLinear, RBGPConv2d)) else s.nnz,
-            s.nnz_per_row, s.structure_bytes, s.csr_bytes()))
-    report.skipped = skipped
-    report.params_after = count_parameters(model)
-    report.recipe = _recipe(sparsity, base, excludes, keep_first_last, seed, shuffle, backend, on_infeasible)
-    config = getattr(model, "config", None)
-    if report.recipe is not None and hasattr(config, "to_dict") and hasattr(config, "save_pretrained"):
-        config.rbgp = report.recipe  # a transformers PretrainedConfig: saved with save_pretrained
-    swapped = [new for _, _, new in planned]
-    masks = [_channel_mask(m) for m in swapped]
-    chains = _chains(masks)
-    report.path_coverage = _coverage(chains)
-    if chains:
-        rnd = [[_random_like(c, seed + i) for i, c in enumerate(ch)] for ch in chains]
-        report.random_path_coverage = _coverage(rnd)
-    return report
-
-
-def _recipe(sparsity: float, pattern: Pattern, excludes: list[str], keep_first_last: bool, seed: int,
-            shuffle: bool, backend: str, on_infeasible: str) -> dict[str, Any] | None:
-    """The JSON-able sparsify arguments that rebuild the same structure, or None when the pattern has
-    no plain-data form."""
+def _recipe(sparsity: SparsitySpec, pattern: Pattern, excludes: list[str], keep_first_last: bool, seed: int,
+            init: str, shuffle: bool, backend: str, on_infeasible: str) -> dict[str, Any] | None:
+    """The JSON-able sparsify arguments that rebuild the same structure, or None when they have no
+    plain-data form (a callable sparsity, a custom pattern)."""
     from rbgp.patterns import PATTERNS
 
     kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(pattern).items()}
-    if type(pattern) not in PATTERNS.values() or not all(isinstance(v, (int, float, str, bool, list, type(None)))
-                                                         for v in kwargs.values()):
+    if callable(sparsity) or type(pattern) not in PATTERNS.values() or not all(
+            isinstance(v, (int, float, str, bool, list, type(None))) for v in kwargs.values()):
         return None
-    return {"sparsity": sparsity, "pattern": pattern.kind, "pattern_kwargs": kwargs, "exclude": excludes,
-            "keep_first_last": keep_first_last, "seed": seed, "shuffle": shuffle, "backend": backend,
-            "on_infeasible": on_infeasible}
+    return {"sparsity": dict(sparsity) if isinstance(sparsity, Mapping) else sparsity, "pattern": pattern.kind,
+            "pattern_kwargs": kwargs, "exclude": excludes, "keep_first_last": keep_first_last, "seed": seed,
+            "init": init, "shuffle": shuffle, "backend": backend, "on_infeasible": on_infeasible}
 
 
 def _random_like(mask: np.ndarray, seed: int) -> np.ndarray:
@@ -281,13 +456,18 @@ def _shuffled(base: RBGP4, stride: int = 16) -> RBGP4:
 
 def _convert(module: nn.Module, sparsity: float, pattern: Pattern, seed: int, init: str, backend: str,
              name: str) -> nn.Module:
-    keep = init == "keep"
     linear = not isinstance(module, nn.Conv2d)
     try:
+        structure = None
+        if init == "magnitude":
+            w = _weight_matrix(module)
+            structure = pattern.fit(w.float().cpu().numpy(), tuple(w.shape) if linear else tuple(module.weight.shape),
+                                    sparsity, seed)
+        kwargs = dict(pattern=pattern, seed=seed, keep_weights=init != "kaiming", structure=structure)
         if isinstance(pattern, RBGP4) or pattern.kind == "rbgp":
             cls = RBGPLinear if linear else RBGPConv2d
-            return cls.from_dense(module, sparsity, pattern=pattern, seed=seed, keep_weights=keep, backend=backend)
+            return cls.from_dense(module, sparsity, backend=backend, **kwargs)
         cls = MaskedLinear if linear else MaskedConv2d
-        return cls.from_dense(module, sparsity, pattern=pattern, seed=seed, keep_weights=keep)
+        return cls.from_dense(module, sparsity, **kwargs)
     except ValueError as err:
         raise ValueError(f"cannot sparsify layer {name!r} ({module}): {err}") from err

@@ -70,6 +70,8 @@ def rbgp_linear(x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors, bi
             y = triton_linear(x2, values, layout)
         else:
             y = GroupedLinearFunction.apply(x2, values, layout)
+    if y.shape[1] != layout.out_features:
+        y = y[:, :layout.out_features]  # drop the padding rows (a view; its backward pads with zeros)
     if bias is not None:
         y = y + bias
     return y.reshape(*lead, layout.out_features)

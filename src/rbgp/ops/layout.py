@@ -53,10 +53,12 @@ def block_tables(col_index: torch.Tensor, in_features: int, block_width: int) ->
 
 
 class LayoutTensors(NamedTuple):
-    """One layer's layout: `row_index` (G, R), `col_index` (G, K), `row_order` (out,) int64, and the
+    """One layer's layout: `row_index` (G, R), `col_index` (G, K), `row_order` (G*R,) int64, and the
     kernels' `col_blocks` / `col_entries` int32 tables for micro-blocks of `block_width` columns.
 
-    `row_order` puts the group-major outputs back in feature order: `y = y_grouped[..., row_order]`.
+    `row_order` puts the group-major outputs back in row order: `y = y_grouped[..., row_order]`. The
+    kernels compute all G*R rows; rows from `out_features` on are padding rows that complete the last
+    groups, and `rbgp_linear` drops them.
     """
 
     row_index: torch.Tensor
@@ -66,17 +68,20 @@ class LayoutTensors(NamedTuple):
     block_width: int
     col_blocks: torch.Tensor
     col_entries: torch.Tensor
+    out_features: int
 
     @classmethod
     def from_layout(cls, layout: GroupedLayout, device: torch.device | str | None = None) -> LayoutTensors:
         return cls.from_indices(torch.as_tensor(layout.row_index, dtype=torch.int64),
-                                torch.as_tensor(layout.col_index, dtype=torch.int64), layout.in_features, device)
+                                torch.as_tensor(layout.col_index, dtype=torch.int64), layout.in_features, device,
+                                out_features=layout.out_features)
 
     @classmethod
     def from_indices(cls, row_index: torch.Tensor, col_index: torch.Tensor, in_features: int,
-                     device: torch.device | str | None = None, block_width: int | None = None) -> LayoutTensors:
+                     device: torch.device | str | None = None, block_width: int | None = None,
+                     out_features: int | None = None) -> LayoutTensors:
         """Build every table from (G, R) row and (G, K) column lists; `block_width` is detected when
-        not given (and checked when given)."""
+        not given (and checked when given); `out_features` defaults to G*R (no padding rows)."""
         if row_index.dim() != 2 or col_index.dim() != 2 or row_index.shape[0] != col_index.shape[0]:
             raise ValueError(f"row_index {tuple(row_index.shape)} and col_index {tuple(col_index.shape)} must be "
                              f"(G, R) and (G, K) with the same G")
@@ -86,11 +91,15 @@ class LayoutTensors(NamedTuple):
         bw = detect_block_width(cols) if block_width is None else block_width
         col_blocks, col_entries = block_tables(cols, in_features, bw)
         order = torch.argsort(rows.reshape(-1))
-        return cls(rows, cols, order, in_features, bw, col_blocks, col_entries).to(device)
+        out = rows.numel() if out_features is None else out_features
+        if not 0 < out <= rows.numel():
+            raise ValueError(f"out_features={out} must be in [1, {rows.numel()}] (the rows of the layout)")
+        return cls(rows, cols, order, in_features, bw, col_blocks, col_entries, out).to(device)
 
     @property
-    def out_features(self) -> int:
-        return self.row_order.numel()
+    def padded_rows(self) -> int:
+        """Rows the kernels compute beyond `out_features` (dropped)."""
+        return self.row_order.numel() - self.out_features
 
     @property
     def values_shape(self) -> tuple[int, int, int]:

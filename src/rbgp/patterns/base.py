@@ -97,8 +97,7 @@ class SparseMask:
     @property
     def nnz(self) -> int:
         if self.dense is None:
-            g, r, k = self.layout.values_shape
-            return g * r * k
+            return self.layout.nnz
         return int(self.dense.sum())
 
     @property
@@ -156,6 +155,21 @@ class Pattern(ABC):
     @abstractmethod
     def build(self, weight_shape: tuple[int, ...], sparsity: float, seed: int = 0) -> SparseMask:
         """The mask for `weight_shape` at `sparsity`; a pure function of the arguments."""
+
+    def fit(self, weight: np.ndarray, weight_shape: tuple[int, ...], sparsity: float, seed: int = 0) -> SparseMask:
+        """The mask of this pattern that keeps the most |weight| mass (`weight` as the (out, in) matrix),
+        for converting trained weights (sparsify's init="magnitude")."""
+        raise ValueError(f"init='magnitude' is not available for pattern {self.kind!r}; "
+                         f"it is for 'rbgp4', 'unstructured', 'block' and 'nm'")
+
+    def nearest_sparsity(self, weight_shape: tuple[int, ...], sparsity: float) -> float | None:
+        """The feasible sparsity nearest to `sparsity` for this shape (itself when it is feasible), or
+        None when the pattern cannot make this shape sparse at all."""
+        try:
+            self.build(tuple(weight_shape), sparsity, 0)
+        except ValueError:
+            return None
+        return sparsity
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())

@@ -18,6 +18,7 @@ from rbgp.patterns.base import (
     csr_bytes,
     matrix_shape,
 )
+from rbgp.patterns.fit import top_k_mask
 
 
 def _rng(seed: int, kind: str) -> np.random.Generator:
@@ -60,6 +61,11 @@ class Unstructured(Pattern):
         mask = _keep(_rng(seed, self.kind), m * n, density).reshape(m, n)
         return SparseMask(self.kind, tuple(weight_shape), mask, csr_bytes(mask))
 
+    def fit(self, weight, weight_shape, sparsity, seed=0) -> SparseMask:
+        """Magnitude pruning: the largest entries of |weight|."""
+        mask = top_k_mask(weight, check_sparsity(sparsity))
+        return SparseMask(self.kind, tuple(weight_shape), mask, csr_bytes(mask), info={"fitted": "magnitude"})
+
 
 class Block(Pattern):
     """Random block sparsity: dense `block` tiles kept or dropped whole (BSR-friendly)."""
@@ -78,6 +84,16 @@ class Block(Pattern):
         mask = _expand(blocks, self.block)
         return SparseMask(self.kind, tuple(weight_shape), mask, bsr_bytes(mask, self.block), self.block)
 
+    def fit(self, weight, weight_shape, sparsity, seed=0) -> SparseMask:
+        """The blocks with the largest L1 norm."""
+        m, n = matrix_shape(weight_shape)
+        _check_tiles((m, n), self.block, "block")
+        (bh, bw), sparsity = self.block, check_sparsity(sparsity)
+        norms = np.abs(weight).reshape(m // bh, bh, n // bw, bw).sum(axis=(1, 3))
+        mask = _expand(top_k_mask(norms, sparsity), self.block)
+        return SparseMask(self.kind, tuple(weight_shape), mask, bsr_bytes(mask, self.block), self.block,
+                          info={"fitted": "magnitude"})
+
 
 class NM(Pattern):
     """N:M sparsity: in every run of M consecutive inputs of a row, N are kept (2:4 on GPUs)."""
@@ -88,6 +104,9 @@ class NM(Pattern):
         self.n, self.m = check_int("n", n), check_int("m", m)
         if self.n >= self.m:
             raise ValueError(f"N:M needs n < m, got {self.n}:{self.m}")
+
+    def nearest_sparsity(self, weight_shape, sparsity: float) -> float | None:
+        return super().nearest_sparsity(weight_shape, 1.0 - self.n / self.m)
 
     def build(self, weight_shape, sparsity, seed=0) -> SparseMask:
         sparsity = check_sparsity(sparsity)
@@ -100,9 +119,20 @@ class NM(Pattern):
         rng = _rng(seed, self.kind)
         ranks = rng.random((rows, cols // self.m, self.m)).argsort(axis=2).argsort(axis=2)
         mask = (ranks < self.n).reshape(rows, cols)
+        return self._mask(weight_shape, mask)
+
+    def _mask(self, weight_shape, mask: np.ndarray, info: dict | None = None) -> SparseMask:
         # the metadata of a compressed N:M tensor: one position (2 bits for 2:4) per kept value
         meta_bits = max(1, int(np.ceil(np.log2(self.m))))
-        return SparseMask(self.kind, tuple(weight_shape), mask, int(mask.sum()) * meta_bits // 8, (1, self.m))
+        return SparseMask(self.kind, tuple(weight_shape), mask, int(mask.sum()) * meta_bits // 8, (1, self.m),
+                          info=info or {})
+
+    def fit(self, weight, weight_shape, sparsity, seed=0) -> SparseMask:
+        """The n largest |w| of every run of m."""
+        self.build(weight_shape, sparsity, seed)  # the same checks
+        rows, cols = matrix_shape(weight_shape)
+        ranks = (-np.abs(weight)).reshape(rows, cols // self.m, self.m).argsort(axis=2, kind="stable").argsort(axis=2)
+        return self._mask(weight_shape, (ranks < self.n).reshape(rows, cols), {"fitted": "magnitude"})
 
 
 class HBsNN(Pattern):

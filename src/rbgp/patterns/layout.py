@@ -3,6 +3,10 @@
 Every row of an RBGP mask has the same number of non-zeros, and rows come in equal groups that share
 one column set (rows that differ only in the complete factors' coordinates). A group is one dense
 sub-GEMM: its values are stored densely as `(groups, rows_per_group, cols_per_group)`.
+
+When the output width is not a multiple of the group size, the groups are completed with padding
+rows (ids `out_features ..`): computed like the others and dropped, so every group keeps the same
+shape (a short last group, in effect) for at most a few percent more work.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ class GroupedLayout:
 
     `row_index[g]` are the output rows of group g and `col_index[g]` the input columns they all read;
     values live as `(G, R, K)` with `values[g, r, k]` the weight at `(row_index[g, r], col_index[g, k])`.
+    Row ids from `out_features` up to G * R - 1 are padding rows (computed, never output).
     """
 
     out_features: int
@@ -27,8 +32,9 @@ class GroupedLayout:
 
     def __post_init__(self) -> None:
         rows = np.sort(self.row_index.ravel())
-        if not np.array_equal(rows, np.arange(self.out_features)):
-            raise ValueError("row_index must list every output row exactly once")
+        if not np.array_equal(rows, np.arange(rows.size)) or rows.size < self.out_features:
+            raise ValueError(f"row_index must list every output row 0..{self.out_features - 1} exactly once "
+                             f"(then any padding rows)")
         if self.col_index.ndim != 2 or self.col_index.shape[0] != self.row_index.shape[0]:
             raise ValueError(f"col_index shape {self.col_index.shape} does not match {self.row_index.shape[0]} groups")
         if self.col_index.size and (self.col_index.min() < 0 or self.col_index.max() >= self.in_features):
@@ -47,17 +53,27 @@ class GroupedLayout:
         return self.col_index.shape[1]
 
     @property
+    def padded_rows(self) -> int:
+        """Rows computed only to complete the groups (their outputs are dropped)."""
+        return self.row_index.size - self.out_features
+
+    @property
+    def nnz(self) -> int:
+        """Non-zeros of the real (not padding) rows."""
+        return self.out_features * self.cols_per_group
+
+    @property
     def values_shape(self) -> tuple[int, int, int]:
         return (self.groups, self.rows_per_group, self.cols_per_group)
 
     @classmethod
-    def from_neighbors(cls, in_features: int, neighbors: np.ndarray,
-                       group_ids: np.ndarray | None = None) -> GroupedLayout:
-        """Group the rows of a left-regular mask given as `(out, nnz_per_row)` column lists.
+    def from_neighbors(cls, in_features: int, neighbors: np.ndarray, group_ids: np.ndarray | None = None,
+                       out_features: int | None = None) -> GroupedLayout:
+        """Group the rows of a left-regular mask given as `(rows, nnz_per_row)` column lists.
 
         `group_ids` (one per row) says which rows form a group (they must have equal column sets);
-        by default rows with identical column sets are grouped. Raises ValueError when the groups
-        are not all the same size.
+        by default rows with identical column sets are grouped. Rows from `out_features` on (default:
+        none) are padding rows. Raises ValueError when the groups are not all the same size.
         """
         neighbors = np.sort(np.asarray(neighbors, dtype=np.int64), axis=1)
         if group_ids is None:
@@ -72,10 +88,11 @@ class GroupedLayout:
         col_index = neighbors[row_index[:, 0]]
         if not np.array_equal(neighbors[row_index], np.broadcast_to(col_index[:, None], neighbors[row_index].shape)):
             raise ValueError("rows grouped together must read the same columns")
-        return cls(neighbors.shape[0], in_features, row_index, col_index)
+        out = neighbors.shape[0] if out_features is None else out_features
+        return cls(out, in_features, row_index, col_index)
 
     def mask(self) -> np.ndarray:
-        """The boolean (out, in) mask this layout covers."""
-        mask = np.zeros((self.out_features, self.in_features), dtype=bool)
+        """The boolean (out, in) mask this layout covers (padding rows left out)."""
+        mask = np.zeros((self.row_index.size, self.in_features), dtype=bool)
         mask[self.row_index[:, :, None], self.col_index[:, None, :]] = True
-        return mask
+        return mask[:self.out_features]

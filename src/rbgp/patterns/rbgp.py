@@ -59,11 +59,14 @@ def product_mask(
     sparsity: float | None = None,
     input_shuffle: int = 1,
     info: dict | None = None,
+    padded_rows: int = 0,
 ) -> SparseMask:
-    """The SparseMask (with its grouped layout) of a product graph on a weight of `weight_shape`."""
+    """The SparseMask (with its grouped layout) of a product graph on a weight of `weight_shape`; the
+    graph's last `padded_rows` rows complete the row groups and are not part of the weight."""
     m, n = matrix_shape(weight_shape)
-    if (graph.m, graph.n) != (m, n):
-        raise ValueError(f"factor product is {graph.m}x{graph.n} but the weight matrix is {m}x{n} (out, in*kh*kw)")
+    if (graph.m, graph.n) != (m + padded_rows, n):
+        raise ValueError(f"factor product is {graph.m}x{graph.n} but the weight matrix is {m}x{n} (out, in*kh*kw)"
+                         + (f" plus {padded_rows} padding rows" if padded_rows else ""))
     if sparsity is not None and abs((1.0 - graph.density) - sparsity) > 1e-9:
         raise ValueError(f"factor product has sparsity {1 - graph.density:g}, not the requested {sparsity!r}")
     neighbors = graph.neighbors
@@ -72,7 +75,7 @@ def product_mask(
         units = n // block[1]
         input_shuffle = max(t for t in range(1, input_shuffle + 1) if units % t == 0)
         neighbors = stride_permutation(n, input_shuffle, block[1])[neighbors]
-    layout = GroupedLayout.from_neighbors(n, neighbors, _row_groups(graph))
+    layout = GroupedLayout.from_neighbors(n, neighbors, _row_groups(graph), out_features=m)
     facts = {
         "factors": [f.summary() for f in graph.factors],
         "normalized_sigma2": graph.normalized_sigma2(),
@@ -80,6 +83,7 @@ def product_mask(
         "input_shuffle": input_shuffle,
         "groups": layout.groups,
         "rows_per_group": layout.rows_per_group,
+        "padded_rows": layout.padded_rows,
         **(info or {}),
     }
     return SparseMask(kind, weight_shape, None, graph.storage_bytes() + 4, block, layout, graph, facts)

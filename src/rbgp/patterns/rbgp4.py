@@ -14,10 +14,20 @@ sub-GEMMs, 64+ rows for tensor cores and CPUs) against granularity (more distinc
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
-from rbgp.graphs import complete, product, ramanujan
-from rbgp.patterns.base import Pattern, SparseMask, check_int, check_sparsity, matrix_shape
+import numpy as np
+
+from rbgp.graphs import complete, near_biregular, product, ramanujan
+from rbgp.patterns.base import (
+    Pattern,
+    SparseMask,
+    check_int,
+    check_sparsity,
+    matrix_shape,
+)
+from rbgp.patterns.fit import fit_grouped, fitted_mask
 from rbgp.patterns.rbgp import product_mask
 
 
@@ -35,9 +45,22 @@ def _pair(name: str, value) -> tuple[int, int]:
     return check_int(f"{name}[0]", value[0]), check_int(f"{name}[1]", value[1])
 
 
+EXACT_TOL = 0.01
+"""Plans this close to the requested sparsity are preferred to coarser ones further away (a larger
+`tol` widens what is accepted, not what is preferred)."""
+
+MAX_PADDED_ROWS = 1 / 16
+"""Largest fraction of padding rows a plan may add to complete its row groups (that much extra work)."""
+
+
 @dataclass(frozen=True)
 class RBGP4Plan:
-    """Sizes and degrees of the four factors; a pure description, no graphs built yet."""
+    """Sizes and degrees of the four factors; a pure description, no graphs built yet.
+
+    `padded_rows` rows complete the last row groups when the output width is not a multiple of the
+    group size (computed, then dropped). When `m_i * d_i` is not a multiple of `n_i`, no biregular
+    inner graph exists: G_i is then left-regular with column degrees that differ by one.
+    """
 
     out_features: int
     in_features: int
@@ -45,6 +68,7 @@ class RBGP4Plan:
     repeat: tuple[int, int]  # (r_h, r_w)
     inner: tuple[int, int, int]  # (m_i, n_i, left degree d_i)
     block: tuple[int, int]  # (b_h, b_w)
+    padded_rows: int = 0
 
     @property
     def density(self) -> float:
@@ -63,54 +87,80 @@ class RBGP4Plan:
         outer_rows = self.outer[0] if self.outer[2] == self.outer[1] else 1
         return outer_rows * self.repeat[0] * self.block[0]
 
+    @property
+    def biregular(self) -> bool:
+        (mo, no, do), (mi, ni, di) = self.outer, self.inner
+        return (mo * do) % no == 0 and (mi * di) % ni == 0
+
     def factors(self, seed: int = 0):
         """The four factor graphs [G_o, G_r, G_i, G_b]; the Ramanujan ones drawn from `seed`."""
         (mo, no, do), (mi, ni, di) = self.outer, self.inner
         g_o = complete(mo, no) if do == no else ramanujan(mo, no, do, seed=seed, strict=False)
-        g_i = complete(mi, ni) if di == ni else ramanujan(mi, ni, di, seed=seed + 1, strict=False)
+        g_i = complete(mi, ni) if di == ni else near_biregular(mi, ni, di, seed=seed + 1)
         return [g_o, complete(*self.repeat), g_i, complete(*self.block)]
 
     def describe(self) -> dict:
         return {**asdict(self), "density": self.density, "sparsity": self.sparsity,
-                "nnz_per_row": self.nnz_per_row, "rows_per_group": self.rows_per_group}
+                "nnz_per_row": self.nnz_per_row, "rows_per_group": self.rows_per_group,
+                "biregular": self.biregular}
 
 
-def _best_degree(m: int, n: int, target: float) -> int | None:
-    """Left degree c in [2, n] of an m x n biregular graph (m*c % n == 0, right degree >= 2) nearest
-    to target*n; None when there is none."""
-    valid = [c for c in range(2, n + 1) if (m * c) % n == 0 and (m * c) // n >= 2]
+def _best_degree(m: int, n: int, target: float, biregular: bool) -> int | None:
+    """Left degree c in [1, n) of an m x n graph nearest to target*n (ties: the larger), with every
+    column read at least twice (m*c >= 2n); with `biregular`, only degrees with m*c % n == 0. None
+    when there is none."""
+    lo = max(1, -(-2 * n // m))
+    if lo >= n:
+        return None
+    best = min(n - 1, max(lo, round(target * n)))
+    if not biregular:
+        return best
+    step = n // math.gcd(m, n)  # m*c % n == 0  <=>  c is a multiple of step
+    valid = [c for c in ((best // step) * step, (best // step + 1) * step) if lo <= c < n]
     return min(valid, key=lambda c: (abs(c / n - target), -c)) if valid else None
 
 
 def _plan_candidates(out: int, inp: int, density: float, block: tuple[int, int], group_rows: int,
                      outer_density: float, tile: tuple[int, int]) -> list[RBGP4Plan]:
-    """Feasible plans from coarse (fast) to fine (flexible); each meets biregularity exactly."""
+    """Feasible plans from coarse (fast) to fine (flexible), biregular and near-biregular ones."""
     plans = []
     for bw in _halvings(block[1]):
         for group in _halvings(group_rows):
             bh = min(block[0], group)
-            if out % bh or inp % bw or group % bh:
+            if inp % bw or group % bh:
                 continue
             if outer_density < 1.0:
                 th, tw = tile
-                if out % th or inp % tw or th % group or tw % bw:
+                if out % bh or out % th or inp % tw or th % group or tw % bw:
                     continue
                 mo, no = out // th, inp // tw
-                do = _best_degree(mo, no, outer_density)
-                if do is None or do == no:
+                do = _best_degree(mo, no, outer_density, biregular=True)
+                if do is None:
                     continue
-                mi, ni, rh = th // group, tw // bw, group // bh
+                mi, ni, rh, pad = th // group, tw // bw, group // bh, 0
             else:
-                if out % group:
+                pad = -out % group
+                if pad > out * MAX_PADDED_ROWS:
                     continue
                 mo = no = do = 1
-                mi, ni, rh = out // group, inp // bw, group // bh
+                mi, ni, rh = (out + pad) // group, inp // bw, group // bh
             inner_target = density / (do / no)
-            di = ni if inner_target >= 1.0 else _best_degree(mi, ni, inner_target)
-            if di is None:
+            if inner_target >= 1.0:
                 continue
-            plans.append(RBGP4Plan(out, inp, (mo, no, do), (rh, 1), (mi, ni, di), (bh, bw)))
+            for regular in (True, False):
+                di = _best_degree(mi, ni, inner_target, biregular=regular)
+                if di is not None:
+                    plans.append(RBGP4Plan(out, inp, (mo, no, do), (rh, 1), (mi, ni, di), (bh, bw), pad))
     return plans
+
+
+def _preference(plan: RBGP4Plan, sparsity: float, exact: float) -> tuple:
+    """Sort key: within `exact` of the request first; then exactly biregular (Ramanujan) plans without
+    padding rows, from coarse to fine (wide micro-blocks, then big row groups: fast sub-GEMMs), the
+    order the planner has always used; then the others in the same order, padding last."""
+    miss = abs(plan.sparsity - sparsity)
+    return (miss > exact + 1e-12, not plan.biregular or plan.padded_rows > 0, -plan.block[1],
+            -plan.rows_per_group, plan.padded_rows, miss)
 
 
 class RBGP4(Pattern):
@@ -150,10 +200,11 @@ class RBGP4(Pattern):
         """The coarsest plan for (out, in, sparsity); kwargs are RBGP4's parameters (block, ...)."""
         return cls(**kwargs)._plan(out_features, in_features, sparsity)
 
-    def _plan(self, out_features: int, in_features: int, sparsity: float) -> RBGP4Plan:
-        """The coarsest plan whose sparsity is within `tol` of the request.
+    def _plan(self, out_features: int, in_features: int, sparsity: float, nearest: bool = False) -> RBGP4Plan:
+        """The preferred plan (see `_preference`) whose sparsity is within `tol` of the request; with
+        `nearest`, the plan nearest to it when none is.
 
-        Raises ValueError that lists the nearest feasible sparsities when none is.
+        Raises ValueError that lists the nearest feasible sparsities when there is no plan.
         """
         out = check_int("out_features", out_features)
         inp = check_int("in_features", in_features)
@@ -162,20 +213,46 @@ class RBGP4(Pattern):
             raise ValueError(f"outer_sparsity={self.outer_sparsity:g} must be below sparsity={sparsity:g}")
         plans = _plan_candidates(out, inp, density, self.block, self.group_rows,
                                  1.0 - self.outer_sparsity, self.tile)
-        for p in plans:
-            if abs(p.sparsity - sparsity) <= self.tol + 1e-12:
-                return p
+        within = [p for p in plans if abs(p.sparsity - sparsity) <= self.tol + 1e-12]
+        if within or (nearest and plans):
+            pool = within or [min(plans, key=lambda p: abs(p.sparsity - sparsity))]
+            miss = abs(pool[0].sparsity - sparsity)
+            pool = within or [p for p in plans if abs(abs(p.sparsity - sparsity) - miss) < 1e-12]
+            return min(pool, key=lambda p: _preference(p, sparsity, min(self.tol, EXACT_TOL)))
         near = sorted({round(p.sparsity, 6) for p in plans}, key=lambda s: abs(s - sparsity))[:5]
-        hint = f"nearest feasible sparsities: {near}" if near else "no sparse RBGP4 plan fits this shape at all"
+        hint = (f"nearest feasible sparsities: {near}" if near else
+                f"no sparse RBGP4 plan fits a {out}x{inp} weight at all (too small)")
         raise ValueError(
-            f"RBGP4 cannot make a {out}x{in_features} weight {sparsity:g} sparse within tol={self.tol:g} "
-            f"(block={self.block}, group_rows<={self.group_rows}; degrees must be integers and the factor "
-            f"graphs biregular); {hint}; or pass a larger tol or a smaller block"
+            f"RBGP4 cannot make a {out}x{inp} weight {sparsity:g} sparse within tol={self.tol:g} "
+            f"(block={self.block}, group_rows<={self.group_rows}); {hint}"
         )
+
+    def fit(self, weight, weight_shape, sparsity, seed=0) -> SparseMask:
+        """The plan's structure fitted to |weight|: row groups and inner graph chosen to keep the most
+        mass (see `rbgp.patterns.fit`); needs a complete outer graph (outer_sparsity=0)."""
+        if self.outer_sparsity:
+            raise ValueError(f"init='magnitude' fits RBGP4 plans with a complete outer graph; got "
+                             f"outer_sparsity={self.outer_sparsity:g} (use 0, or init='keep')")
+        m, n = matrix_shape(weight_shape)
+        weight = np.asarray(weight).reshape(m, n)
+        plan = self._plan(m, n, sparsity)
+        (groups, blocks, degree), bw = plan.inner, plan.block[1]
+        layout, neighbors, history = fit_grouped(weight, groups, bw, degree)
+        ramanujan_gap = plan.factors(check_int("seed", seed, 0))[2].spectral_gap()
+        return fitted_mask(self.kind, tuple(weight_shape), layout, neighbors, blocks,
+                           {"plan": plan.describe(), "kept_mass": history[-1] if history else 0.0,
+                            "kept_mass_by_round": history, "ramanujan_spectral_gap": ramanujan_gap})
+
+    def nearest_sparsity(self, weight_shape, sparsity: float) -> float | None:
+        m, n = matrix_shape(weight_shape)
+        try:
+            return self._plan(m, n, sparsity, nearest=True).sparsity
+        except ValueError:
+            return None
 
     def build(self, weight_shape, sparsity, seed=0) -> SparseMask:
         m, n = matrix_shape(weight_shape)
         plan = self._plan(m, n, sparsity)
         graph = product(*plan.factors(check_int("seed", seed, 0)))
         return product_mask(self.kind, tuple(weight_shape), graph, None, self.input_shuffle,
-                            {"plan": plan.describe()})
+                            {"plan": plan.describe()}, plan.padded_rows)

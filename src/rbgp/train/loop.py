@@ -224,7 +224,7 @@ def build_run_model(
     if config.pattern != "dense":
         report = sparsify(
             model, config.sparsity, config.pattern, exclude=tuple(config.exclude),
-            seed=config.seed, **_pattern_kwargs(config.pattern_kwargs),
+            seed=config.seed, init="kaiming", **_pattern_kwargs(config.pattern_kwargs),
         )
     return model, report
 
