@@ -236,10 +236,12 @@ class RBGP4(Pattern):
         m, n = matrix_shape(weight_shape)
         weight = np.asarray(weight).reshape(m, n)
         plan = self._plan(m, n, sparsity)
-        (groups, blocks, degree), bw = plan.inner, plan.block[1]
-        layout, neighbors, history = fit_grouped(weight, groups, bw, degree)
+        # fitted column sets are not aligned runs anyway (the kernels see block width 1), so the fit
+        # chooses single columns: the plan's values shape (G, R, K) with the most freedom
+        groups, degree = plan.inner[0], plan.nnz_per_row
+        layout, neighbors, history = fit_grouped(weight, groups, 1, degree)
         ramanujan_gap = plan.factors(check_int("seed", seed, 0))[2].spectral_gap()
-        return fitted_mask(self.kind, tuple(weight_shape), layout, neighbors, blocks,
+        return fitted_mask(self.kind, tuple(weight_shape), layout, neighbors, n,
                            {"plan": plan.describe(), "kept_mass": history[-1] if history else 0.0,
                             "kept_mass_by_round": history, "ramanujan_spectral_gap": ramanujan_gap})
 

@@ -72,6 +72,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--group-rows", type=int, help="rbgp4: rows sharing one column set")
     p.add_argument("--exclude", action="append", metavar="GLOB",
                    help="module names kept dense (repeatable; fnmatch globs)")
+    p.add_argument("--init", choices=("kaiming", "keep", "magnitude"),
+                   help="weights of the sparse layers: kaiming re-draws them (default, from scratch); with "
+                        "--init-from, magnitude fits the structure to the dense weights and keeps them")
+    p.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="start from this dense run's checkpoint.pt (same --model/--hidden): convert, then fine-tune")
     p.add_argument("--hidden", type=_ints, metavar="W1,W2,...",
                    help="mlp hidden widths / cnn channel widths")
     p.add_argument("--recipe", choices=RECIPE_NAMES, help="preset of the settings below")
@@ -128,7 +133,7 @@ def _train_config(args: argparse.Namespace) -> tuple[Any, Path]:
         "precision": args.precision, "augment": args.augment, "limit_train": args.limit_train,
         "limit_test": args.limit_test, "max_steps": args.max_steps,
         "eval_batch_size": args.eval_batch_size, "device": args.device,
-        "deterministic": args.deterministic,
+        "deterministic": args.deterministic, "init": args.init, "init_from": args.init_from,
     }
     settings.update({k: v for k, v in flags.items() if v is not None})
     if args.hidden:

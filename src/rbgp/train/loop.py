@@ -32,6 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from rbgp.nn import SPARSE_TYPES, MaskedConv2d, MaskedLinear, SparsifyReport, sparsify
+from rbgp.nn.sparsify import INITS
 from rbgp.precision import bf16_autocast
 from rbgp.train import ddp
 from rbgp.train.data import (
@@ -108,6 +109,8 @@ class TrainConfig:
     eval_batch_size: int = 1000
     deterministic: bool = True
     device: str = "auto"
+    init: str = "kaiming"
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         self.pattern_kwargs = {k: _plain(v) for k, v in dict(self.pattern_kwargs).items()}
@@ -148,6 +151,7 @@ class TrainConfig:
              f"max_steps must be >= 1, got {self.max_steps}"),
             (self.device in ("auto", "cpu", "cuda"),
              f"unknown device {self.device!r}; valid: auto, cpu, cuda"),
+            (self.init in INITS, f"unknown init {self.init!r}; valid: {', '.join(INITS)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -220,13 +224,28 @@ def build_run_model(
         model = SmallCNN(cin, num_classes, [int(c) for c in mk["channels"]])
     else:
         model = build_model(config.model, num_classes, cin, size)
+    if config.init_from is not None:
+        _load_dense_start(model, config.init_from)
     report = None
-    if config.pattern != "dense":
+    if config.pattern != "dense":  # with init_from and pattern dense: fine-tune the dense model
         report = sparsify(
             model, config.sparsity, config.pattern, exclude=tuple(config.exclude),
-            seed=config.seed, init="kaiming", **_pattern_kwargs(config.pattern_kwargs),
+            seed=config.seed, init=config.init, **_pattern_kwargs(config.pattern_kwargs),
         )
     return model, report
+
+
+def _load_dense_start(model: nn.Module, path: str) -> None:
+    """Load the weights of a dense run's checkpoint (same model) to convert from (`init_from`)."""
+    saved = load_checkpoint(path)
+    if saved["args"].get("pattern") != "dense":
+        raise ValueError(f"{path}: init_from needs the checkpoint of a dense run, this one is "
+                         f"{saved['args'].get('pattern')!r} (train it with --pattern dense)")
+    try:
+        model.load_state_dict(saved["model"])
+    except RuntimeError as err:
+        raise ValueError(f"{path}: its model does not match this run's (same --model, --hidden and data set "
+                         f"needed): {str(err).splitlines()[0]}") from None
 
 
 def _subset(ds: LoadedDataset, limit: int | None) -> LoadedDataset:
