@@ -4,7 +4,8 @@ what was converted and what was left dense (and why), as quoted in the README.
     python benchmarks/models_tried.py            # writes benchmarks/models_tried.md
 
 transformers models come from tiny configs (random init, nothing downloaded). Shapes that RBGP4
-cannot plan at 0.9 are left dense with on_infeasible="skip" and listed as infeasible.
+cannot plan at exactly 0.9 take the nearest feasible sparsity (the default on_infeasible="nearest");
+the table gives the range of sparsities achieved and how many layers took the nearest one.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ def _hf_models() -> dict[str, nn.Module]:
         "LLaMA (transformers, 2 layers, d=128)": t.LlamaForCausalLM(t.LlamaConfig(
             hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             intermediate_size=512, **small)),
+        "BERT for sequence classification": t.BertForSequenceClassification(t.BertConfig(
+            hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512, num_labels=3,
+            **small)),
+        "GPT-2, vocab 50257, untied head (keep_first_last=False)": t.GPT2LMHeadModel(t.GPT2Config(
+            vocab_size=50257, n_positions=64, n_embd=128, n_layer=1, n_head=4, tie_word_embeddings=False)),
         "LLaMA, intermediate_size=688": t.LlamaForCausalLM(t.LlamaConfig(
             hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             intermediate_size=688, **small)),
@@ -62,19 +68,25 @@ def _reason_kind(why: str) -> str:
 
 
 def main() -> None:
-    rows = ["| model | converted | left dense (count by reason) | params before | after |", "|---|---|---|---|---|"]
+    rows = ["| model | converted | sparsity achieved | left dense (count by reason) | params before | after |",
+            "|---|---|---|---|---|---|"]
     for label, model in models().items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            report = sparsify(model, 0.9, on_infeasible="skip")
+            report = sparsify(model, 0.9, keep_first_last="keep_first_last=False" not in label)
         kinds = Counter(_reason_kind(why) for _, why in report.skipped)
         converted = Counter(type(m).__name__ for m in model.modules()
                             if type(m).__name__ in ("RBGPLinear", "RBGPConv2d"))
         conv_text = ", ".join(f"{n} {k}" for k, n in converted.items()) or "none"
         dense_text = "; ".join(f"{k}: {n}" for k, n in kinds.items()) or "none"
-        rows.append(f"| {label} | {conv_text} | {dense_text} | {report.params_before:,} | {report.params_after:,} |")
-    text = (f"Command: `python benchmarks/models_tried.py` (rbgp.sparsify(model, 0.9, on_infeasible='skip'), "
-            f"other arguments default), {datetime.date.today().isoformat()}\n\n" + "\n".join(rows) + "\n")
+        achieved = [r.sparsity for r in report.layers]
+        nearest = sum(bool(r.note) for r in report.layers)
+        span = f"{min(achieved):.3f}-{max(achieved):.3f}" if achieved else ""
+        span += f" ({nearest} nearest)" if nearest else ""
+        rows.append(f"| {label} | {conv_text} | {span} | {dense_text} | {report.params_before:,} | "
+                    f"{report.params_after:,} |")
+    text = (f"Command: `python benchmarks/models_tried.py` (rbgp.sparsify(model, 0.9), other arguments default), "
+            f"2-core development machine, {datetime.date.today().isoformat()}\n\n" + "\n".join(rows) + "\n")
     path = Path(__file__).with_name("models_tried.md")
     path.write_text(text)
     print(text)

@@ -135,7 +135,9 @@ def test_magnitude_keeps_more_mass_and_its_structure_survives_save_and_load(tmp_
     layer = fit.model[2]
     w = trained[2].weight.detach().numpy()
     assert kept_mass(w, layer.structure.array) == pytest.approx(fit.layers[0].kept_mass)
-    torch.testing.assert_close(layer.dense_weight(), trained[2].weight * layer.mask)  # values kept on the mask
+    kept = trained[2].weight * layer.mask  # kept on the mask, each row rescaled to its dense L1 norm
+    scale = trained[2].weight.abs().sum(1, keepdim=True) / kept.abs().sum(1, keepdim=True)
+    torch.testing.assert_close(layer.dense_weight(), kept * scale)
     assert "Kept |W| mass of the converted layers" in fit.table()
     path = tmp_path / "fit.safetensors"
     save_model(fit.model, str(path))
@@ -220,3 +222,14 @@ def test_gpt2_vocabularies_plan_and_train(vocab):
     losses = _train_lm(model, vocab, steps=8)
     assert losses[-1] < losses[0] - 0.5
     assert np.isfinite(losses).all()
+
+
+@pytest.mark.parametrize("sparsity", [0.8, 0.95, 0.97])
+def test_pointwise_conv_32_to_128_converts_at_common_sparsities(sparsity):
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(32, 128, 1), nn.Conv2d(128, 32, 1),
+                          nn.Conv2d(32, 10, 1))
+    report = sparsify(model, sparsity, init="kaiming")
+    assert [r.name for r in report.layers] == ["1", "2"]
+    for r in report.layers:
+        assert abs(r.sparsity - sparsity) <= 0.05 and (r.note == "") == (abs(r.sparsity - sparsity) <= 0.01)
+    assert model(torch.randn(2, 3, 8, 8)).shape == (2, 10, 8, 8)

@@ -174,8 +174,8 @@ def test_rbgp4_plans_awkward_widths_at_0_9(shape):
 def test_rbgp4_nearest_on_small_channel_layers(shape, sparsity):
     nearest = RBGP4().nearest_sparsity(shape, sparsity)
     assert nearest is not None and abs(nearest - sparsity) <= 0.05
-    mask = RBGP4(tol=abs(nearest - sparsity) + 1e-9).build(shape, sparsity, seed=0)
-    assert mask.sparsity == pytest.approx(nearest)
+    mask = RBGP4().build(shape, nearest, seed=0)  # feasible as given
+    assert abs(mask.sparsity - nearest) <= 0.01
 
 
 def test_padded_rows_and_near_biregular_inner_graph():

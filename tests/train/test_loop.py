@@ -111,3 +111,38 @@ def test_cli_train_and_errors(tmp_path, capsys):
     assert "already holds a checkpoint" in capsys.readouterr().err
     assert main(argv[:-3] + ["--group-rows", "8", "--quiet"]) == 2
     assert "--group-rows applies to rbgp4 only" in capsys.readouterr().err
+
+
+def test_init_from_a_dense_checkpoint_converts_fine_tunes_and_resumes(tmp_path, capsys):
+    from rbgp.train.loop import build_run_model, load_checkpoint
+
+    train(_cfg(epochs=2, model_kwargs={"hidden": [256, 256, 256]}), tmp_path / "dense", quiet=True)
+    start = str(tmp_path / "dense" / "checkpoint.pt")
+    cfg = _cfg(pattern="rbgp4", sparsity=0.9, init="magnitude", init_from=start, epochs=2,
+               model_kwargs={"hidden": [256, 256, 256]})
+    model, report = build_run_model(cfg, 10, (3, 32, 32))
+    dense_state = load_checkpoint(start)["model"]
+    layer = model.net[3]
+    assert isinstance(layer, RBGPLinear) and "fitted" in layer.structure.info
+    kept = dense_state["net.3.weight"] * layer.mask  # weights kept, rows rescaled to their dense L1 norm
+    torch.testing.assert_close(layer.dense_weight().abs().sum(1), dense_state["net.3.weight"].abs().sum(1))
+    torch.testing.assert_close(layer.dense_weight() / layer.dense_weight().abs().sum(1, keepdim=True),
+                               kept / kept.abs().sum(1, keepdim=True))
+    assert report.layers[0].kept_mass > 0.1
+    train(cfg, tmp_path / "ft", quiet=True, stop_after_epoch=1)
+    resumed = train(cfg, tmp_path / "ft", quiet=True, resume=True)  # the fitted structure comes back
+    full = train(cfg, tmp_path / "ft2", quiet=True)
+    def numbers(res):
+        return [(h["train_loss"], h["test_acc"]) for h in res.history]
+
+    assert numbers(resumed) == numbers(full)
+    with pytest.raises(ValueError, match="init_from needs the checkpoint of a dense run"):
+        build_run_model(_cfg(pattern="rbgp4", init_from=str(tmp_path / "ft" / "checkpoint.pt"),
+                             model_kwargs={"hidden": [256, 256, 256]}), 10, (3, 32, 32))
+    with pytest.raises(ValueError, match="its model does not match this run's"):
+        build_run_model(_cfg(pattern="rbgp4", init_from=start), 10, (3, 32, 32))
+    with pytest.raises(ValueError, match="unknown init 'zero'"):
+        _cfg(init="zero")
+    assert main(["train", "--model", "mlp", "--dataset", "synthetic_cifar10", "--hidden", "256,256,256",
+                 "--pattern", "rbgp4", "--init", "magnitude", "--init-from", start, "--epochs", "1",
+                 "--limit-train", "128", "--limit-test", "64", "--out-dir", str(tmp_path / "cli"), "--quiet"]) == 0

@@ -43,6 +43,11 @@ class _MaskedMixin:
             if module.bias is not None:
                 self.bias.copy_(module.bias)
 
+    def scale_rows_(self, scale: torch.Tensor) -> None:
+        """Multiply output row i's weights by scale[i] (in place)."""
+        with torch.no_grad():
+            self.weight.mul_(scale.to(self.weight).view(-1, *([1] * (self.weight.dim() - 1))))
+
     @property
     def density(self) -> float:
         return self.structure.density

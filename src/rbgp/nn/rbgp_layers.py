@@ -160,6 +160,13 @@ class _RBGPBase(nn.Module):
             if bias is not None and self.bias is not None:
                 self.bias.copy_(bias)
 
+    def scale_rows_(self, scale: torch.Tensor) -> None:
+        """Multiply output row i's weights by scale[i] (in place)."""
+        with torch.no_grad():
+            full = scale.new_ones(self.row_order.numel())  # padding rows keep their (unused) values
+            full[:scale.numel()] = scale
+            self.values.mul_(full.to(self.values)[self.row_index].unsqueeze(-1))
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
         key = prefix + "structure_id"

@@ -11,8 +11,8 @@ on_infeasible="skip") or an unsupported type.
 
 A layer's sparsity comes from a float, a dict of globs, or a callable; when its shape cannot meet
 it, on_infeasible="nearest" (default) takes the nearest feasible sparsity and reports it.
-init="magnitude" (default) fits the structure to the weights and keeps them, so a trained model keeps
-as much of its function as the pattern allows; init="kaiming" re-draws them (training from scratch).
+init="magnitude" (default) fits the structure to the weights and keeps them (each row rescaled to its
+dense L1 norm), so a trained model keeps as much of its function as the pattern allows; init="kaiming" re-draws them (training from scratch).
 Stacked RBGP layers built from seeds get alternating input shuffles so their Kronecker tiles do not
 line up (DESIGN.md, 'Across layers'); for plain (non-transformer) models the report gives the
 network's input-output path coverage next to that of random unstructured masks of the same density.
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import inspect
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -30,6 +31,7 @@ from typing import Any, Union
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from rbgp.graphs import path_coverage
 from rbgp.nn.masked import MaskedConv2d, MaskedLinear
@@ -259,8 +261,10 @@ def sparsify(
     exclude: a module name or glob, or a list of them, kept dense (a pattern matching nothing warns).
     keep_first_last: keep the layers dense that the paper keeps dense, by role (see `_dense_by_role`).
     init: "magnitude" fits the structure to the weights (the rows that share columns, the columns
-    they share, the graph between them: as much |W| mass as the pattern can hold) and keeps them;
-    "keep" keeps the weights on the seed's structure; "kaiming" re-draws them (std sqrt(2/fan_in),
+    they share, the graph between them: as much |W| mass as the pattern can hold) and keeps them,
+    each output row scaled back to its dense L1 norm (a data-free correction for the pruned mass;
+    benchmarks/pretrained_conversion.md measures what it keeps of a trained model's accuracy);
+    "keep" keeps the weights on the seed's structure as they are; "kaiming" re-draws them (std sqrt(2/fan_in),
     the paper's recipe for training from scratch) on the seed's structure.
     shuffle: give every second stacked seed-built RBGP4 layer a perfect shuffle of its inputs.
     on_infeasible: when a layer cannot meet its sparsity within the pattern's tolerance, "nearest"
@@ -278,7 +282,11 @@ def sparsify(
     if on_infeasible not in ON_INFEASIBLE:
         raise ValueError(f"on_infeasible must be one of {ON_INFEASIBLE}, got {on_infeasible!r}")
     excludes = [exclude] if isinstance(exclude, str) else list(exclude)
-    base = get_pattern(pattern, **pattern_kwargs)
+    try:
+        base = get_pattern(pattern, **pattern_kwargs)
+    except TypeError as err:
+        own = [p for p in inspect.signature(sparsify).parameters if p not in ("model", "pattern_kwargs")]
+        raise TypeError(f"sparsify: {err}; sparsify's own keywords: {own}") from None
     if not inplace:
         model = copy.deepcopy(model)
     candidates, skipped = _classify(model)
@@ -301,7 +309,8 @@ def sparsify(
                 warnings.warn(f"sparsify: sparsity pattern {pat!r} matches no convertible layer", stacklevel=2)
     roles = _dense_by_role(model, candidates) if keep_first_last else {}
     planned: list[tuple[str, nn.Module, nn.Module, float, str]] = []
-    for index, (name, module) in enumerate(candidates):
+    bar = tqdm(candidates, desc="sparsify", unit="layer", leave=False, disable=None if len(candidates) > 8 else True)
+    for index, (name, module) in enumerate(bar):
         if name in roles:
             skipped.append((name, roles[name]))
             continue
@@ -323,8 +332,8 @@ def sparsify(
         planned.append((name, module, new, requested, note))
     if not planned:
         sparse = sum(why == "already sparse" for _, why in skipped)
-        what = f"nothing left to convert ({sparse} layers are already sparse" if sparse else "no layer was converted ("
-        warnings.warn(f"sparsify: {what} {len(candidates)} stay dense: see report.skipped)", stacklevel=2)
+        what = f"nothing left to convert ({sparse} layers are already sparse, " if sparse else "no layer was converted ("
+        warnings.warn(f"sparsify: {what}{len(candidates)} stay dense: see report.skipped)", stacklevel=2)
     for name, module, new, requested, note in planned:  # nothing above touched the model
         report.layers.append(_layer_report(name, module, new, requested, note, init))
         _set_module(model, name, new)
@@ -343,9 +352,9 @@ def _feasible_sparsity(module: nn.Module, requested: float, pattern: Pattern, on
                        name: str) -> tuple[float | None, str, str]:
     """(sparsity to build at or None, note for the report, reason when None)."""
     shape = tuple(module.weight.shape) if isinstance(module, nn.Conv2d) else tuple(linear_weight(module)[0].shape)
-    if _builds(pattern, shape, requested):
-        return requested, "", ""
     nearest = pattern.nearest_sparsity(shape, requested)
+    if nearest == requested:
+        return requested, "", ""
     m, n = matrix_shape(shape)
     if nearest is None:
         if on_infeasible == "error":
@@ -362,17 +371,6 @@ def _feasible_sparsity(module: nn.Module, requested: float, pattern: Pattern, on
     if abs(nearest - requested) > MAX_NEAREST_MISS:
         return None, "", f"infeasible: {message}, more than {MAX_NEAREST_MISS:g} away"
     return nearest, f"nearest feasible (asked {requested:g})", ""
-
-
-def _builds(pattern: Pattern, shape: tuple[int, ...], sparsity: float) -> bool:
-    if isinstance(pattern, RBGP4):
-        m, n = matrix_shape(shape)
-        try:
-            pattern._plan(m, n, sparsity)
-        except ValueError:
-            return False
-        return True
-    return pattern.nearest_sparsity(shape, sparsity) == sparsity
 
 
 def _layer_report(name: str, module: nn.Module, new: nn.Module, requested: float, note: str,
@@ -466,8 +464,20 @@ def _convert(module: nn.Module, sparsity: float, pattern: Pattern, seed: int, in
         kwargs = dict(pattern=pattern, seed=seed, keep_weights=init != "kaiming", structure=structure)
         if isinstance(pattern, RBGP4) or pattern.kind == "rbgp":
             cls = RBGPLinear if linear else RBGPConv2d
-            return cls.from_dense(module, sparsity, backend=backend, **kwargs)
-        cls = MaskedLinear if linear else MaskedConv2d
-        return cls.from_dense(module, sparsity, **kwargs)
+            new = cls.from_dense(module, sparsity, backend=backend, **kwargs)
+        else:
+            cls = MaskedLinear if linear else MaskedConv2d
+            new = cls.from_dense(module, sparsity, **kwargs)
     except ValueError as err:
         raise ValueError(f"cannot sparsify layer {name!r} ({module}): {err}") from err
+    if init == "magnitude":  # data-free correction for the pruned mass: each row keeps its L1 norm
+        dense = _weight_matrix(module)
+        new.scale_rows_(_row_l1_ratio(dense, new.dense_weight().detach().reshape(dense.shape)))
+    return new
+
+
+def _row_l1_ratio(dense: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """Per output row, sum |dense| / sum |kept| (1 where nothing is kept): the factor that gives each
+    row of the pruned weight its original L1 norm back."""
+    full, part = dense.abs().sum(dim=1), kept.abs().sum(dim=1)
+    return torch.where(part > 0, full / part.clamp_min(torch.finfo(part.dtype).tiny), torch.ones_like(full))

@@ -28,6 +28,9 @@ from rbgp.patterns.base import SparseMask
 from rbgp.patterns.layout import GroupedLayout
 
 MAX_ROUNDS = 4
+POWER_STEPS = 30
+MIN_GAIN = 0.005
+"""Rounds stop when the kept mass grows by less than this fraction."""
 EXACT_ASSIGNMENT_MAX = 4096
 """Up to this many rows (columns), their assignment to groups (blocks) is solved exactly (Hungarian
 method, O(n^3)); beyond, greedily (most decided rows first, each to its best group with room)."""
@@ -71,8 +74,11 @@ def _initial_order(profile: np.ndarray) -> np.ndarray:
     p = p - p.mean(axis=0)
     if not p.any():
         return np.arange(p.shape[0])
-    _, _, vt = np.linalg.svd(p, full_matrices=False)
-    return np.argsort(p @ vt[0], kind="stable")
+    v = np.random.default_rng(0).standard_normal(p.shape[1])
+    for _ in range(POWER_STEPS):  # power iteration: the leading right singular vector, at any size
+        v = p.T @ (p @ v)
+        v /= max(np.linalg.norm(v), 1e-30)
+    return np.argsort(p @ v, kind="stable")
 
 
 def _equal_parts(order: np.ndarray, parts: int) -> np.ndarray:
@@ -82,10 +88,11 @@ def _equal_parts(order: np.ndarray, parts: int) -> np.ndarray:
 
 
 def _sums(values: np.ndarray, ids: np.ndarray, parts: int, axis: int) -> np.ndarray:
-    """Sums of `values` over the index sets `ids == p` along `axis`."""
-    onehot = np.zeros((ids.size, parts))
-    onehot[np.arange(ids.size), ids] = 1.0
-    return onehot.T @ values if axis == 0 else values @ onehot
+    """Sums of `values` over the equal-sized index sets `ids == p` along `axis`."""
+    order = np.argsort(ids, kind="stable")
+    if axis == 0:
+        return values[order].reshape(parts, -1, values.shape[1]).sum(axis=1)
+    return values[:, order].reshape(values.shape[0], parts, -1).sum(axis=2)
 
 
 def fit_grouped(weight: np.ndarray, groups: int, block_width: int, degree: int, min_reads: int = 1,
@@ -104,9 +111,8 @@ def fit_grouped(weight: np.ndarray, groups: int, block_width: int, degree: int, 
     a = np.zeros((rows, inp))
     a[:out] = np.abs(weight)
     total = a.sum()
-    group_of = _equal_parts(_initial_order(_sums(a, _equal_parts(np.argsort(-a.sum(0)), blocks), blocks, 1)),
-                            groups)
     block_of = _equal_parts(np.argsort(-a.sum(axis=0), kind="stable"), blocks)
+    group_of = _equal_parts(_initial_order(_sums(a, block_of, blocks, 1)), groups)
     min_reads = min(min_reads, groups * degree // blocks)
     col_lo, col_hi = np.full(blocks, float(min_reads)), np.full(blocks, float(groups))
     history: list[float] = []
@@ -115,7 +121,7 @@ def fit_grouped(weight: np.ndarray, groups: int, block_width: int, degree: int, 
         group_cols = _sums(a, group_of, groups, 0)  # (G, in)
         candidate = _transport(_sums(group_cols, block_of, blocks, 1), degree, col_lo, col_hi)
         kept = float((_sums(group_cols, block_of, blocks, 1) * candidate).sum())
-        if history and kept <= history[-1] * (1 + 1e-9):
+        if history and kept <= history[-1] * (1 + MIN_GAIN):
             break
         inner = candidate
         history.append(kept)

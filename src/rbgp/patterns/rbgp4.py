@@ -106,17 +106,15 @@ class RBGP4Plan:
 
 
 def _best_degree(m: int, n: int, target: float, biregular: bool) -> int | None:
-    """Left degree c in [1, n) of an m x n graph nearest to target*n (ties: the larger), with every
+    """Left degree c in [2, n) of an m x n graph nearest to target*n (ties: the larger), with every
     column read at least twice (m*c >= 2n); with `biregular`, only degrees with m*c % n == 0. None
-    when there is none."""
-    lo = max(1, -(-2 * n // m))
-    if lo >= n:
-        return None
-    best = min(n - 1, max(lo, round(target * n)))
-    if not biregular:
-        return best
-    step = n // math.gcd(m, n)  # m*c % n == 0  <=>  c is a multiple of step
-    valid = [c for c in ((best // step) * step, (best // step + 1) * step) if lo <= c < n]
+    when there is none. (c = 1 would leave the graph disconnected: every row group reading one
+    block of its own.)"""
+    lo = max(2, -(-2 * n // m))
+    step = n // math.gcd(m, n) if biregular else 1  # m*c % n == 0  <=>  c is a multiple of n / gcd(m, n)
+    below = int(target * n) // step * step
+    near = (below, below + step, -(-lo // step) * step, (n - 1) // step * step)  # around the target, or clamped
+    valid = [c for c in near if lo <= c < n]
     return min(valid, key=lambda c: (abs(c / n - target), -c)) if valid else None
 
 
@@ -246,11 +244,14 @@ class RBGP4(Pattern):
                             "kept_mass_by_round": history, "ramanujan_spectral_gap": ramanujan_gap})
 
     def nearest_sparsity(self, weight_shape, sparsity: float) -> float | None:
+        """`sparsity` itself when a plan meets it within `tol`, else the nearest plan's sparsity, or
+        None when no sparse plan fits the shape."""
         m, n = matrix_shape(weight_shape)
         try:
-            return self._plan(m, n, sparsity, nearest=True).sparsity
+            plan = self._plan(m, n, sparsity, nearest=True)
         except ValueError:
             return None
+        return sparsity if abs(plan.sparsity - sparsity) <= self.tol + 1e-12 else plan.sparsity
 
     def build(self, weight_shape, sparsity, seed=0) -> SparseMask:
         m, n = matrix_shape(weight_shape)

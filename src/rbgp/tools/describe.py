@@ -57,7 +57,9 @@ def format_description(desc: dict[str, Any]) -> str:
         lines.append(f"non-zeros per row: varies from {lo} to {hi}")
     if "rows_per_group" in desc:
         lines.append(f"dense sub-GEMMs: {desc['groups']} groups of {desc['rows_per_group']} rows sharing "
-                     f"{desc['nnz_per_row']} input columns")
+                     f"{desc['nnz_per_row']} input columns"
+                     + (f" ({desc['padded_rows']} padding rows complete the groups: computed, then dropped)"
+                        if desc.get("padded_rows") else ""))
     lines.append(f"expansion: normalised sigma2/sigma1 = {desc['normalized_sigma2']:.4f}, "
                  f"spectral gap = {desc['spectral_gap']:.4f}")
     s, c, b = desc["structure_bytes"], desc["csr_bytes"], desc["bsr_bytes"]
