@@ -4,7 +4,13 @@ from rbgp.nn.densify import densify
 from rbgp.nn.masked import MaskedConv2d, MaskedLinear
 from rbgp.nn.pretrained import from_pretrained, load_state
 from rbgp.nn.rbgp_layers import RBGPConv2d, RBGPLinear
-from rbgp.nn.sparsify import SPARSE_TYPES, LayerReport, SparsifyReport, count_parameters, sparsify
+from rbgp.nn.sparsify import (
+           SPARSE_TYPES,
+           LayerReport,
+           SparsifyReport,
+           count_parameters,
+           sparsify,
+)
 
 __all__ = ["RBGPLinear", "RBGPConv2d", "MaskedLinear", "MaskedConv2d", "sparsify", "densify", "SparsifyReport",
            "LayerReport", "SPARSE_TYPES", "count_parameters", "from_pretrained", "load_state"]
