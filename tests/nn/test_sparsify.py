@@ -90,6 +90,6 @@ def test_sparsify_errors():
 def test_coverage_report_when_channel_masks_are_dense():
     # 1x1 blocks on 3x3 convs at 50%: every channel pair keeps some tap, the channel mask is dense
     model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 16, 3), nn.Conv2d(16, 16, 3), nn.Conv2d(16, 4, 3))
-    report = sparsify(model, 0.5, block=(1, 1))
+    report = sparsify(model, 0.5, block=(1, 1), conv_block="block")
     assert report.path_coverage == pytest.approx(1.0)
     assert report.random_path_coverage == pytest.approx(1.0)

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from rbgp.ops import BACKENDS, LayoutTensors, dense_weight, grouped_values, rbgp_linear
+from rbgp.ops.channel_conv import channel_grouped_conv2d, channel_table
 from rbgp.ops.im2col import im2col_feature_major
 from rbgp.patterns import (
     RBGP4,
@@ -261,6 +262,10 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 class RBGPConv2d(_RBGPBase):
     """A 2-D convolution (groups=1) whose (c_out, c_in*kh*kw) weight follows an RBGP pattern.
 
+    When every row group reads whole input channels (RBGP4's default for convs), backends "auto" and
+    "grouped" run it as a gathered-channel grouped convolution (`rbgp.ops.channel_conv`); other
+    layouts, and backends "triton" and "reference", use im2col and the grouped matmul.
+
     Padding as in nn.Conv2d: integers, "valid" or "same" (stride 1), with any `padding_mode`; what
     nn.Conv2d would pad is padded the same way before the im2col.
     """
@@ -298,16 +303,24 @@ class RBGPConv2d(_RBGPBase):
         ph, pw = padding
         return (pw, pw, ph, ph)
 
+    def _set_structure(self, structure: SparseMask, device=None) -> None:
+        super()._set_structure(structure, device)
+        taps = self.kernel_size[0] * self.kernel_size[1]
+        self.register_buffer("channels", channel_table(self.col_index, taps), persistent=False)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
         left, right, top, bottom = self._pad
         if self.padding_mode == "zeros" and left == right and top == bottom:
-            padding = (top, left)  # im2col pads with zeros itself
+            padding = (top, left)  # the conv (or im2col) pads with zeros itself
         else:
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             x = F.pad(x, self._pad, mode=mode)
             padding = (0, 0)
+        if self.channels is not None and self.backend in ("auto", "grouped"):
+            return channel_grouped_conv2d(x, self.values, self.channels, self.row_order, self.out_channels,
+                                          self.kernel_size, self.stride, padding, self.dilation, self.bias)
         cols, oh, ow = im2col_feature_major(x, self.kernel_size, self.stride, padding, self.dilation)
         # the feature-major matrix goes in as its transposed (N*L, C*kh*kw) view: the gather reads rows
         y = rbgp_linear(cols.t(), self.values, self.layout, self.bias, self.backend)  # (N*L, out)

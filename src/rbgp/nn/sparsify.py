@@ -449,7 +449,7 @@ def _random_like(mask: np.ndarray, seed: int) -> np.ndarray:
 def _shuffled(base: RBGP4, stride: int = 16) -> RBGP4:
     """`base` with a perfect shuffle of its input micro-blocks (measured: stride 8-16 mixes stacked
     layers as well as random masks do)."""
-    return RBGP4(base.block, base.group_rows, base.outer_sparsity, base.tile, base.tol, input_shuffle=stride)
+    return RBGP4(base.block, base.group_rows, base.outer_sparsity, base.tile, base.tol, stride, base.conv_block)
 
 
 def _convert(module: nn.Module, sparsity: float, pattern: Pattern, seed: int, init: str, backend: str,

@@ -28,6 +28,7 @@ from rbgp.patterns.base import (
     matrix_shape,
 )
 from rbgp.patterns.fit import fit_grouped, fitted_mask
+from rbgp.patterns.layout import GroupedLayout
 from rbgp.patterns.rbgp import product_mask
 
 
@@ -168,7 +169,10 @@ class RBGP4(Pattern):
     sub-GEMM); outer_sparsity: sparsity of the tile graph G_o (0: complete, all sparsity in G_i, as in
     the paper's configurations) with `tile` its vertex size; tol: how far the achieved sparsity may be
     from the requested one (biregular degrees are integers); input_shuffle: stride of a fixed perfect
-    shuffle of the inputs (1: none), used by `sparsify` between stacked layers.
+    shuffle of the inputs (1: none), used by `sparsify` between stacked layers; conv_block: "channel"
+    (default) makes a conv weight's micro-block one input channel with all its kh x kw taps, so that
+    RBGPConv2d runs as a gathered-channel grouped convolution (no im2col); "block" uses `block` on
+    the im2col matrix as for a linear layer.
     """
 
     kind = "rbgp4"
@@ -181,6 +185,7 @@ class RBGP4(Pattern):
         tile: tuple[int, int] = (128, 128),
         tol: float = 0.01,
         input_shuffle: int = 1,
+        conv_block: str = "channel",
     ) -> None:
         self.block = _pair("block", block)
         self.group_rows = check_int("group_rows", group_rows)
@@ -192,6 +197,18 @@ class RBGP4(Pattern):
             raise ValueError(f"tol must be in [0, 1), got {tol!r}")
         self.tol = float(tol)
         self.input_shuffle = check_int("input_shuffle", input_shuffle)
+        if conv_block not in ("channel", "block"):
+            raise ValueError(f"conv_block must be 'channel' or 'block', got {conv_block!r}")
+        self.conv_block = conv_block
+
+    def _for_shape(self, weight_shape) -> RBGP4:
+        """This pattern as it applies to `weight_shape`: for a conv weight with conv_block="channel",
+        micro-blocks of one input channel's kh*kw taps (planned first; finer ones if they do not fit)."""
+        taps = math.prod(tuple(weight_shape)[2:])
+        if len(tuple(weight_shape)) < 3 or taps == 1 or self.conv_block != "channel":
+            return self
+        return RBGP4((self.block[0], taps), self.group_rows, self.outer_sparsity, self.tile, self.tol,
+                     self.input_shuffle, "block")
 
     @classmethod
     def plan(cls, out_features: int, in_features: int, sparsity: float, **kwargs) -> RBGP4Plan:
@@ -227,19 +244,24 @@ class RBGP4(Pattern):
 
     def fit(self, weight, weight_shape, sparsity, seed=0) -> SparseMask:
         """The plan's structure fitted to |weight|: row groups and inner graph chosen to keep the most
-        mass (see `rbgp.patterns.fit`); needs a complete outer graph (outer_sparsity=0)."""
+        mass (see `rbgp.patterns.fit`); needs a complete outer graph (outer_sparsity=0). Columns are
+        chosen one by one (fitted column sets are not aligned runs anyway), or, for a conv with
+        channel micro-blocks, one input channel (all its taps) at a time."""
         if self.outer_sparsity:
             raise ValueError(f"init='magnitude' fits RBGP4 plans with a complete outer graph; got "
                              f"outer_sparsity={self.outer_sparsity:g} (use 0, or init='keep')")
         m, n = matrix_shape(weight_shape)
         weight = np.asarray(weight).reshape(m, n)
-        plan = self._plan(m, n, sparsity)
-        # fitted column sets are not aligned runs anyway (the kernels see block width 1), so the fit
-        # chooses single columns: the plan's values shape (G, R, K) with the most freedom
-        groups, degree = plan.inner[0], plan.nnz_per_row
-        layout, neighbors, history = fit_grouped(weight, groups, 1, degree)
+        shaped = self._for_shape(weight_shape)
+        plan = shaped._plan(m, n, sparsity)
+        unit = plan.block[1] if shaped is not self and plan.block[1] == shaped.block[1] else 1  # whole channels
+        mass = np.abs(weight).reshape(m, n // unit, unit).sum(axis=2)
+        layout, neighbors, history = fit_grouped(mass, plan.inner[0], 1, plan.nnz_per_row // unit)
+        if unit > 1:
+            cols = (layout.col_index[:, :, None] * unit + np.arange(unit)).reshape(layout.groups, -1)
+            layout = GroupedLayout(m, n, layout.row_index, cols)
         ramanujan_gap = plan.factors(check_int("seed", seed, 0))[2].spectral_gap()
-        return fitted_mask(self.kind, tuple(weight_shape), layout, neighbors, n,
+        return fitted_mask(self.kind, tuple(weight_shape), layout, neighbors, n // unit,
                            {"plan": plan.describe(), "kept_mass": history[-1] if history else 0.0,
                             "kept_mass_by_round": history, "ramanujan_spectral_gap": ramanujan_gap})
 
@@ -248,14 +270,14 @@ class RBGP4(Pattern):
         None when no sparse plan fits the shape."""
         m, n = matrix_shape(weight_shape)
         try:
-            plan = self._plan(m, n, sparsity, nearest=True)
+            plan = self._for_shape(weight_shape)._plan(m, n, sparsity, nearest=True)
         except ValueError:
             return None
         return sparsity if abs(plan.sparsity - sparsity) <= self.tol + 1e-12 else plan.sparsity
 
     def build(self, weight_shape, sparsity, seed=0) -> SparseMask:
         m, n = matrix_shape(weight_shape)
-        plan = self._plan(m, n, sparsity)
+        plan = self._for_shape(weight_shape)._plan(m, n, sparsity)
         graph = product(*plan.factors(check_int("seed", seed, 0)))
         return product_mask(self.kind, tuple(weight_shape), graph, None, self.input_shuffle,
                             {"plan": plan.describe()}, plan.padded_rows)
