@@ -26,7 +26,11 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--only", choices=["linear", "conv"], help="layers on cuda: run only the linear or the conv cases")
     p.add_argument("--models", default="vgg19,resnet18,wrn40_4", help="models suite: comma-separated names")
     p.add_argument("--batch", type=int, default=128, help="models suite: images per batch (default 128)")
-    p.add_argument("--sparsity", type=float, default=0.9, help="models suite: sparsity of the converted layers")
+    p.add_argument("--sparsity", type=float, default=0.9,
+                   help="models suite: global sparsity of the converted layers")
+    p.add_argument("--distribution", default="uniform",
+                   help="models suite: comma-separated sparsity distributions (uniform, erk, hw)")
+    p.add_argument("--per-layer", action="store_true", help="models suite: also time every converted layer alone")
     p.add_argument("--compile", choices=["no", "yes", "both"], default="no",
                    help="models suite: time eager, torch.compile (inductor) or both (default no)")
     p.set_defaults(func=_cmd_bench)
@@ -82,10 +86,16 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
     modes = {"no": (False,), "yes": (True,), "both": (False, True)}[args.compile]
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    dists = tuple(d.strip() for d in args.distribution.split(",") if d.strip())
+    from rbgp.nn.distribution import DISTRIBUTIONS
+
+    bad = [d for d in dists if d not in DISTRIBUTIONS]
+    if bad or not dists:
+        raise ValueError(f"--distribution {args.distribution!r}: valid names are {', '.join(DISTRIBUTIONS)}")
     command = (f"rbgp bench --suite models --device {args.device} --dtype {args.dtype} --models {','.join(models)} "
-               f"--batch {args.batch} --sparsity {args.sparsity} --compile {args.compile}"
-               + (" --quick" if args.quick else ""))
+               f"--batch {args.batch} --sparsity {args.sparsity} --distribution {','.join(dists)} "
+               f"--compile {args.compile}" + (" --per-layer" if args.per_layer else "") + (" --quick" if args.quick else ""))
     data = run_model_bench(args.out_dir, args.device, args.dtype, models, args.batch, args.sparsity, modes,
-                           args.quick, args.name, command)
+                           args.quick, args.name, command, dists, args.per_layer)
     print(markdown_table(data))
     return 0

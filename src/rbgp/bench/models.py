@@ -21,7 +21,6 @@ from torch import nn
 MODELS = ("vgg19", "resnet18", "wrn40_4")
 PHASES = ("infer", "train")
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
-TOLERANCES = (0.01, 0.03, 0.05)
 
 
 def _unsupported(e: BaseException) -> str:
@@ -43,24 +42,59 @@ def _timer(device: str, quick: bool) -> Callable[[Callable[[], Any]], dict[str, 
     return lambda fn: time_fn(fn, repeats=3 if quick else 10, warmup=1)
 
 
-def model_pair(name: str, sparsity: float, device: str, seed: int = 0) -> tuple[nn.Module, nn.Module, Any, float]:
-    """(dense model, sparsified copy, sparsify report, planner tol), both models on `device`. The RBGP4
-    planner's tolerance is widened step by step until every layer plans (WRN-40-4's 64x144 convs need
-    0.03 at 90%)."""
+def model_pair(name: str, sparsity: float, device: str, seed: int = 0,
+               distribution: str = "uniform") -> tuple[nn.Module, nn.Module, Any]:
+    """(dense model, sparsified copy, sparsify report), both models on `device`; layers whose shape
+    cannot meet the sparsity exactly take the nearest feasible one (the report says which)."""
     from rbgp.nn import sparsify
     from rbgp.train.models import build_model
 
     torch.manual_seed(seed)
     dense = build_model(name, num_classes=10, in_channels=3)
-    for tol in TOLERANCES:
-        sparse = copy.deepcopy(dense)
-        try:
-            report = sparsify(sparse, sparsity, seed=seed, init="kaiming", tol=tol)
-            break
-        except ValueError:
-            if tol == TOLERANCES[-1]:
-                raise
-    return dense.to(device), sparse.to(device), report, tol
+    sparse = copy.deepcopy(dense)
+    report = sparsify(sparse, sparsity, seed=seed, init="kaiming", distribution=distribution)
+    return dense.to(device), sparse.to(device), report
+
+
+def layer_breakdown(dense: nn.Module, sparse: nn.Module, report: Any, x: torch.Tensor,
+                    bench: Callable[[Callable[[], Any]], dict[str, float]]) -> list[dict[str, Any]]:
+    """Every converted layer timed alone on its input shape in the model (captured with forward hooks):
+    the dense layer against its sparse replacement, forward and forward+backward (input and weight
+    gradients)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def record(name: str):
+        def hook(module, args, output) -> None:  # returns None: the output is left as it is
+            shapes.setdefault(name, tuple(args[0].shape))
+        return hook
+
+    hooks = [sparse.get_submodule(r.name).register_forward_hook(record(r.name)) for r in report.layers]
+    with torch.no_grad():
+        sparse.eval()(x)
+    for h in hooks:
+        h.remove()
+    rows = []
+    for r in report.layers:
+        xi = torch.randn(shapes[r.name], device=x.device, requires_grad=True)
+        row = {"name": r.name, "weight_shape": r.weight_shape, "sparsity": r.sparsity, "rows_per_group": r.rows_per_group,
+               "input_shape": list(shapes[r.name])}
+        for variant, layer in (("dense", dense.get_submodule(r.name)), ("rbgp", sparse.get_submodule(r.name))):
+            weight = layer.values if hasattr(layer, "values") else layer.weight
+            with torch.no_grad():
+                dy = torch.randn_like(layer(xi))
+
+            def fwd(layer=layer):
+                with torch.no_grad():
+                    return layer(xi)
+
+            def fwd_bwd(layer=layer, weight=weight):
+                return torch.autograd.grad(layer(xi), (xi, weight), dy)
+
+            row[variant] = {"fwd_ms": bench(fwd)["median_ms"], "fwd_bwd_ms": bench(fwd_bwd)["median_ms"]}
+        for phase in ("fwd_ms", "fwd_bwd_ms"):
+            row[f"speedup_{phase[:-3]}"] = row["dense"][phase] / row["rbgp"][phase]
+        rows.append(row)
+    return rows
 
 
 def step_functions(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -85,9 +119,10 @@ def step_functions(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 
 def bench_model(name: str, batch: int, dtype: str, device: str, sparsity: float, compiled: bool,
-                quick: bool = False) -> dict[str, Any]:
-    """One result row: per variant (dense, rbgp) and phase, the timing or the reason it failed."""
-    dense, sparse, report, tol = model_pair(name, sparsity, device)
+                quick: bool = False, distribution: str = "uniform", per_layer: bool = False) -> dict[str, Any]:
+    """One result row: per variant (dense, rbgp) and phase, the timing or the reason it failed; with
+    `per_layer`, every converted layer timed alone too."""
+    dense, sparse, report = model_pair(name, sparsity, device, distribution=distribution)
     gen = torch.Generator(device).manual_seed(0)
     x = torch.randn(batch, 3, 32, 32, generator=gen, device=device)
     y = torch.randint(0, 10, (batch,), generator=gen, device=device)
@@ -106,11 +141,18 @@ def bench_model(name: str, batch: int, dtype: str, device: str, sparsity: float,
         del run, fns
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
+    sizes = [r.params_before for r in report.layers]
+    kept_dense = [sparse.get_submodule(n).weight.numel() for n, why in report.skipped if "distribution" in why]
     row: dict[str, Any] = {"model": name, "batch": batch, "compiled": compiled, "timings": timings,
-                           "converted_layers": len(report.layers), "planner_tol": tol,
-                           "achieved_sparsity": 1 - sum(r.params_after for r in report.layers)
-                           / sum(r.params_before for r in report.layers),
-                           "params_dense": report.params_before, "params_rbgp": report.params_after}
+                           "distribution": distribution, "converted_layers": len(report.layers),
+                           "global_sparsity": 1 - (sum(r.params_after for r in report.layers) + sum(kept_dense))
+                           / (sum(sizes) + sum(kept_dense)),
+                           "params_dense": report.params_before, "params_rbgp": report.params_after,
+                           "layers": [{"name": r.name, "weight_shape": r.weight_shape, "sparsity": r.sparsity,
+                                       "rows_per_group": r.rows_per_group} for r in report.layers],
+                           "kept_dense": [n for n, why in report.skipped if "distribution" in why]}
+    if per_layer and not compiled:
+        row["per_layer"] = layer_breakdown(dense, sparse, report, x, bench)
     for phase in PHASES:
         d, s = timings["dense"][phase], timings["rbgp"][phase]
         row[f"speedup_{phase}"] = (d["median_ms"] / s["median_ms"]
@@ -122,11 +164,11 @@ def markdown_table(data: dict[str, Any]) -> str:
     env = data["environment"]
     lines = [f"Command: `{data['command']}`  ",
              f"Device: {env.get('device_name', env['device'])}, torch {env['torch']}, "
-             f"triton {env.get('triton', '-')}, autocast {data['dtype']}, sparsity {data['sparsity']} "
-             f"(uniform RBGP4, first and last layers dense), date {env['date']}; medians", "",
-             "| model | batch | sparsity (converted layers) | compiled | phase | dense ms | RBGP ms | RBGP vs dense |",
-             "|---|---|---|---|---|---|---|---|"]
-    reasons = []
+             f"triton {env.get('triton', '-')}, autocast {data['dtype']}, global sparsity {data['sparsity']} over "
+             f"the converted layers (RBGP4; first and last layers dense), date {env['date']}; medians", "",
+             "| model | distribution | batch | global sparsity | compiled | phase | dense ms | RBGP ms | RBGP vs dense |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    reasons, breakdowns = [], []
     for r in data["results"]:
         for phase in PHASES:
             cells = []
@@ -136,12 +178,25 @@ def markdown_table(data: dict[str, Any]) -> str:
                 if not isinstance(t, dict):
                     reasons.append(f"- {r['model']} {v} {phase} compiled={r['compiled']}: {t}")
             sp = r[f"speedup_{phase}"]
-            sparsity = f"{r['achieved_sparsity']:.3f}" if "achieved_sparsity" in r else "-"
-            lines.append(f"| {r['model']} | {r['batch']} | {sparsity} | {'yes' if r['compiled'] else 'no'} | {phase} | "
-                         + " | ".join(cells) + f" | {f'{sp:.2f}x' if sp else 'n/a'} |")
+            sparsity = f"{r['global_sparsity']:.3f}" if "global_sparsity" in r else "-"
+            lines.append(f"| {r['model']} | {r.get('distribution', 'uniform')} | {r['batch']} | {sparsity} | "
+                         f"{'yes' if r['compiled'] else 'no'} | {phase} | " + " | ".join(cells)
+                         + f" | {f'{sp:.2f}x' if sp else 'n/a'} |")
+        if r.get("per_layer"):
+            breakdowns += ["", f"Per layer, {r['model']}, distribution {r['distribution']}, batch {r['batch']} "
+                               f"(each layer alone on its input shape; dense ms / RBGP ms):", "",
+                           "| layer | weight | input | sparsity | rows/group | fwd | fwd speedup | fwd+bwd | "
+                           "fwd+bwd speedup |", "|---|---|---|---|---|---|---|---|---|"]
+            breakdowns += [f"| {p['name']} | {'x'.join(map(str, p['weight_shape']))} | "
+                           f"{'x'.join(map(str, p['input_shape']))} | {p['sparsity']:.3f} | {p['rows_per_group']} | "
+                           f"{p['dense']['fwd_ms']:.2f} / {p['rbgp']['fwd_ms']:.2f} | {p['speedup_fwd']:.2f}x | "
+                           f"{p['dense']['fwd_bwd_ms']:.2f} / {p['rbgp']['fwd_bwd_ms']:.2f} | "
+                           f"{p['speedup_fwd_bwd']:.2f}x |" for p in r["per_layer"]]
+            if r.get("kept_dense"):
+                breakdowns.append(f"\nKept dense by the distribution: {', '.join(r['kept_dense'])}")
     if reasons:
         lines += ["", "Not measured:", ""] + reasons
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + breakdowns) + "\n"
 
 
 def plot_models(data: dict[str, Any], path: str | Path) -> None:
@@ -160,7 +215,8 @@ def plot_models(data: dict[str, Any], path: str | Path) -> None:
         ax.bar([j + i * width for j in range(len(rows))], [r[f"speedup_{phase}"] or 0 for r in rows], width,
                label=phase)
     ax.set_xticks([j + width * (len(PHASES) - 1) / 2 for j in range(len(rows))],
-                  [f"{r['model']}\n{'compiled' if r['compiled'] else 'eager'}" for r in rows], fontsize=8)
+                  [f"{r['model']}\n{r.get('distribution', 'uniform')}, {'compiled' if r['compiled'] else 'eager'}"
+                   for r in rows], fontsize=8)
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_ylabel("RBGP speedup over dense")
     ax.set_title(f"{data['environment'].get('device_name', data['environment']['device'])}, "
@@ -173,7 +229,8 @@ def plot_models(data: dict[str, Any], path: str | Path) -> None:
 def run_model_bench(out_dir: str | Path = "benchmarks", device: str = "cuda", dtype: str = "bf16",
                     models: tuple[str, ...] = MODELS, batch: int = 128, sparsity: float = 0.9,
                     compile_modes: tuple[bool, ...] = (False,), quick: bool = False, stem: str | None = None,
-                    command: str = "rbgp bench --suite models") -> dict[str, Any]:
+                    command: str = "rbgp bench --suite models", distributions: tuple[str, ...] = ("uniform",),
+                    per_layer: bool = False) -> dict[str, Any]:
     """Benchmark every model in every compile mode; write <stem>.json, .md, .png (the JSON after each
     model, so an interrupted run keeps what it measured)."""
     from rbgp.bench.kernels import environment
@@ -195,20 +252,20 @@ def run_model_bench(out_dir: str | Path = "benchmarks", device: str = "cuda", dt
     out = Path(out_dir)
     data: dict[str, Any] = {"command": command, "dtype": dtype, "sparsity": sparsity, "environment": env,
                             "results": []}
-    for compiled in compile_modes:
-        for name in models:
-            print(f"[models] {name} batch {batch} {'compiled' if compiled else 'eager'}", flush=True)
-            try:
-                data["results"].append(bench_model(name, batch, dtype, device, sparsity, compiled, quick))
-            except Exception as e:  # noqa: BLE001 - e.g. out of memory: record and go on
-                reason = _unsupported(e)
-                data["results"].append({"model": name, "batch": batch, "compiled": compiled,
-                                        "timings": {v: {p: reason for p in PHASES} for v in ("dense", "rbgp")},
-                                        **{f"speedup_{p}": None for p in PHASES}})
-            write_json(out / f"{stem}.json", data)
-            if device.startswith("cuda"):
-                torch._dynamo.reset()
-                torch.cuda.empty_cache()
+    for compiled, name, dist in ((c, n, d) for c in compile_modes for n in models for d in distributions):
+        print(f"[models] {name} {dist} batch {batch} {'compiled' if compiled else 'eager'}", flush=True)
+        try:
+            data["results"].append(bench_model(name, batch, dtype, device, sparsity, compiled, quick, dist,
+                                               per_layer))
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory: record and go on
+            reason = _unsupported(e)
+            data["results"].append({"model": name, "batch": batch, "compiled": compiled, "distribution": dist,
+                                    "timings": {v: {p: reason for p in PHASES} for v in ("dense", "rbgp")},
+                                    **{f"speedup_{p}": None for p in PHASES}})
+        write_json(out / f"{stem}.json", data)
+        if device.startswith("cuda"):
+            torch._dynamo.reset()
+            torch.cuda.empty_cache()
     write_atomic(out / f"{stem}.md", markdown_table(data))
     plot_models(data, out / f"{stem}.png")
     return data

@@ -34,6 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from rbgp.graphs import path_coverage
+from rbgp.nn.distribution import DISTRIBUTIONS, layer_densities
 from rbgp.nn.masked import MaskedConv2d, MaskedLinear
 from rbgp.nn.rbgp_layers import RBGPConv2d, RBGPLinear, is_hf_conv1d, linear_weight
 from rbgp.patterns import (
@@ -96,12 +97,14 @@ class SparsifyReport:
     params_before: int = 0
     params_after: int = 0
     recipe: dict[str, Any] | None = None
+    global_sparsity: float | None = None
     model: nn.Module | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"layers": [asdict(r) for r in self.layers], "skipped": [list(s) for s in self.skipped],
                 "path_coverage": self.path_coverage, "random_path_coverage": self.random_path_coverage,
-                "params_before": self.params_before, "params_after": self.params_after, "recipe": self.recipe}
+                "params_before": self.params_before, "params_after": self.params_after, "recipe": self.recipe,
+                "global_sparsity": self.global_sparsity}
 
     def table(self) -> str:
         """A markdown table of the converted layers and the modules left dense."""
@@ -119,6 +122,9 @@ class SparsifyReport:
             lines.append(f"| {name} | | dense | | 0 | | | | | | {why} |")
         lines.append(f"\nModel parameters: {self.params_before:,} before, {self.params_after:,} after "
                      f"({len(self.layers)} layers converted, {len(self.skipped)} left dense)")
+        if self.global_sparsity is not None:
+            lines.append(f"Sparsity over the converted layers (and those a distribution kept dense): "
+                         f"{self.global_sparsity:.4f}")
         kept = [(r.kept_mass, r.top_k_mass, r.params_before) for r in self.layers if r.kept_mass is not None]
         if kept:
             w = sum(p for _, _, p in kept)
@@ -249,6 +255,7 @@ def sparsify(
     backend: str = "auto",
     on_infeasible: str = "nearest",
     inplace: bool = True,
+    distribution: str = "uniform",
     **pattern_kwargs: Any,
 ) -> SparsifyReport:
     """Make `model` sparse and report what changed; on any error the model is untouched.
@@ -270,6 +277,9 @@ def sparsify(
     on_infeasible: when a layer cannot meet its sparsity within the pattern's tolerance, "nearest"
     takes the nearest feasible one (up to 0.1 away), "skip" leaves the layer dense, "error" raises.
     inplace: False leaves `model` as it is and converts a copy (`report.model`).
+    distribution: how a float `sparsity` is spread: "uniform" (every layer), or over all converted layers
+    together, "erk" (Erdős-Rényi-Kernel) or "hw" (hardware-aware: every layer keeps row groups large
+    enough to run fast; see `rbgp.nn.distribution`).
 
     The same arguments on the same architecture give the same structure (`report.recipe` holds them;
     on a Hugging Face model they are also stored as `model.config.rbgp`, so `save_pretrained` keeps
@@ -277,6 +287,11 @@ def sparsify(
     are saved with the weights).
     """
     _check_spec(sparsity)
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
+    if distribution != "uniform" and (callable(sparsity) or isinstance(sparsity, Mapping)):
+        raise ValueError(f"distribution={distribution!r} spreads one global sparsity (a float); a dict or "
+                         f"callable already gives every layer its own")
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     if on_infeasible not in ON_INFEASIBLE:
@@ -308,19 +323,24 @@ def sparsify(
             if not any(fnmatch.fnmatchcase(name, pat) for name, _ in candidates):
                 warnings.warn(f"sparsify: sparsity pattern {pat!r} matches no convertible layer", stacklevel=2)
     roles = _dense_by_role(model, candidates) if keep_first_last else {}
-    planned: list[tuple[str, nn.Module, nn.Module, float, str]] = []
-    bar = tqdm(candidates, desc="sparsify", unit="layer", leave=False, disable=None if len(candidates) > 8 else True)
-    for index, (name, module) in enumerate(bar):
+    chosen: list[tuple[int, str, nn.Module, float]] = []
+    for index, (name, module) in enumerate(candidates):
         if name in roles:
             skipped.append((name, roles[name]))
-            continue
-        if any(fnmatch.fnmatchcase(name, pat) for pat in excludes):
+        elif any(fnmatch.fnmatchcase(name, pat) for pat in excludes):
             skipped.append((name, "excluded"))
-            continue
-        requested = _sparsity_for(sparsity, name, module)
-        if requested is None:
+        elif (requested := _sparsity_for(sparsity, name, module)) is None:
             skipped.append((name, "no sparsity given for it"))
-            continue
+        else:
+            chosen.append((index, name, module, requested))
+    if distribution != "uniform":
+        densities = layer_densities([_shape(m) for _, _, m, _ in chosen], float(sparsity), distribution)
+        skipped += [(name, f"kept dense by distribution={distribution!r}")
+                    for (_, name, _, _), d in zip(chosen, densities) if d >= 1.0]
+        chosen = [(i, name, m, 1.0 - d) for (i, name, m, _), d in zip(chosen, densities) if d < 1.0]
+    planned: list[tuple[str, nn.Module, nn.Module, float, str]] = []
+    for index, name, module, requested in tqdm(chosen, desc="sparsify", unit="layer", leave=False,
+                                               disable=None if len(chosen) > 8 else True):
         layer_pattern = base
         if isinstance(base, RBGP4) and shuffle and init != "magnitude" and len(planned) % 2 == 1:
             layer_pattern = _shuffled(base)
@@ -339,7 +359,13 @@ def sparsify(
         _set_module(model, name, new)
     report.skipped = skipped
     report.params_after = count_parameters(model)
-    report.recipe = _recipe(sparsity, base, excludes, keep_first_last, seed, init, shuffle, backend, on_infeasible)
+    kept_dense = [m.weight.numel() for (name, m) in candidates if (name, f"kept dense by distribution="
+                                                                   f"{distribution!r}") in skipped]
+    if planned:
+        total = sum(r.params_before for r in report.layers) + sum(kept_dense)
+        report.global_sparsity = 1 - (sum(r.params_after for r in report.layers) + sum(kept_dense)) / total
+    report.recipe = _recipe(sparsity, base, excludes, keep_first_last, seed, init, shuffle, backend, on_infeasible,
+                            distribution)
     config = getattr(model, "config", None)
     if report.recipe is not None and hasattr(config, "to_dict") and hasattr(config, "save_pretrained"):
         config.rbgp = report.recipe  # a transformers PretrainedConfig: saved with save_pretrained
@@ -348,10 +374,15 @@ def sparsify(
     return report
 
 
+def _shape(module: nn.Module) -> tuple[int, ...]:
+    """The weight shape a layer is planned on ((out, in) for linear layers and Conv1D)."""
+    return tuple(module.weight.shape) if isinstance(module, nn.Conv2d) else tuple(linear_weight(module)[0].shape)
+
+
 def _feasible_sparsity(module: nn.Module, requested: float, pattern: Pattern, on_infeasible: str,
                        name: str) -> tuple[float | None, str, str]:
     """(sparsity to build at or None, note for the report, reason when None)."""
-    shape = tuple(module.weight.shape) if isinstance(module, nn.Conv2d) else tuple(linear_weight(module)[0].shape)
+    shape = _shape(module)
     nearest = pattern.nearest_sparsity(shape, requested)
     if nearest == requested:
         return requested, "", ""
@@ -425,7 +456,7 @@ def _coverage(chains: list[list[np.ndarray]]) -> float | None:
 
 
 def _recipe(sparsity: SparsitySpec, pattern: Pattern, excludes: list[str], keep_first_last: bool, seed: int,
-            init: str, shuffle: bool, backend: str, on_infeasible: str) -> dict[str, Any] | None:
+            init: str, shuffle: bool, backend: str, on_infeasible: str, distribution: str) -> dict[str, Any] | None:
     """The JSON-able sparsify arguments that rebuild the same structure, or None when they have no
     plain-data form (a callable sparsity, a custom pattern)."""
     from rbgp.patterns import PATTERNS
@@ -436,7 +467,8 @@ def _recipe(sparsity: SparsitySpec, pattern: Pattern, excludes: list[str], keep_
         return None
     return {"sparsity": dict(sparsity) if isinstance(sparsity, Mapping) else sparsity, "pattern": pattern.kind,
             "pattern_kwargs": kwargs, "exclude": excludes, "keep_first_last": keep_first_last, "seed": seed,
-            "init": init, "shuffle": shuffle, "backend": backend, "on_infeasible": on_infeasible}
+            "init": init, "shuffle": shuffle, "backend": backend, "on_infeasible": on_infeasible,
+            "distribution": distribution}
 
 
 def _random_like(mask: np.ndarray, seed: int) -> np.ndarray:

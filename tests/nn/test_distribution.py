@@ -1,0 +1,71 @@
+"""Global sparsity spread over layers: uniform, ERK and the hardware-aware rule."""
+
+import math
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rbgp.nn import sparsify
+from rbgp.nn.distribution import MIN_GROUP_ROWS, MIN_SPARSE_WIDTH, layer_densities
+from rbgp.train.models import build_model
+
+SHAPES = [(64, 64, 3, 3), (128, 64, 3, 3), (256, 128, 3, 3), (512, 256, 3, 3), (512, 512, 3, 3), (10, 512)]
+
+
+def _used(shapes, densities):
+    return sum(d * math.prod(s) for s, d in zip(shapes, densities)) / sum(math.prod(s) for s in shapes)
+
+
+@settings(max_examples=40, deadline=None)
+@given(sparsity=st.floats(0.5, 0.97), kind=st.sampled_from(["uniform", "erk", "hw"]))
+def test_every_rule_meets_the_budget(sparsity, kind):
+    d = layer_densities(SHAPES, sparsity, kind)
+    assert all(0 < x <= 1 for x in d)
+    floors = layer_densities(SHAPES, 1 - 1e-9, kind) if kind == "hw" else [0.0] * len(SHAPES)
+    # met exactly, unless the hw floors alone need more (then it is the floors)
+    assert _used(SHAPES, d) == pytest.approx(max(1 - sparsity, _used(SHAPES, floors)), rel=1e-6)
+
+
+def test_erk_gives_small_layers_more_density():
+    d = layer_densities(SHAPES[:5], 0.9, "erk")
+    assert d[0] > d[2] > d[4]
+
+
+def test_hw_keeps_narrow_layers_dense_and_groups_large():
+    d = layer_densities(SHAPES[:5], 0.9, "hw")
+    for shape, x in zip(SHAPES, d):
+        if shape[0] < MIN_SPARSE_WIDTH:
+            assert x == 1.0
+        else:
+            assert x >= 2 * MIN_GROUP_ROWS / shape[0] - 1e-12
+    # floors that exceed the budget: the floors are returned, the budget is missed (and reported)
+    tight = layer_densities([(128, 128), (128, 128)], 0.97, "hw")
+    assert tight == [pytest.approx(2 * MIN_GROUP_ROWS / 128)] * 2
+
+
+def test_sparsify_with_a_distribution_on_resnet18():
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=10, in_channels=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = sparsify(model, 0.9, init="kaiming", distribution="hw")
+    kept = [n for n, why in report.skipped if why == "kept dense by distribution='hw'"]
+    assert kept == ["layers.0.conv1", "layers.0.conv2", "layers.1.conv1", "layers.1.conv2"]
+    assert all(r.rows_per_group >= MIN_GROUP_ROWS for r in report.layers)
+    dense_kept = sum(model.get_submodule(n).weight.numel() for n in kept)
+    nonzeros = sum(r.params_after for r in report.layers) + dense_kept
+    total = sum(r.params_before for r in report.layers) + dense_kept
+    assert abs(1 - nonzeros / total - 0.9) < 0.015
+    assert report.recipe["distribution"] == "hw"
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_distribution_errors():
+    net = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.Linear(128, 128), torch.nn.Linear(128, 10))
+    with pytest.raises(ValueError, match="distribution must be one of"):
+        sparsify(net, 0.9, distribution="random")
+    with pytest.raises(ValueError, match="spreads one global sparsity"):
+        sparsify(net, {"1": 0.9}, distribution="erk")
