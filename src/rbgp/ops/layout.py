@@ -72,8 +72,8 @@ class LayoutTensors(NamedTuple):
 
     @classmethod
     def from_layout(cls, layout: GroupedLayout, device: torch.device | str | None = None) -> LayoutTensors:
-        return cls.from_indices(torch.as_tensor(layout.row_index, dtype=torch.int64),
-                                torch.as_tensor(layout.col_index, dtype=torch.int64), layout.in_features, device,
+        return cls.from_indices(torch.tensor(layout.row_index, dtype=torch.int64),  # copies: own storage
+                                torch.tensor(layout.col_index, dtype=torch.int64), layout.in_features, device,
                                 out_features=layout.out_features)
 
     @classmethod

@@ -1,20 +1,21 @@
 """Fitting an RBGP4 structure to trained weights (`init="magnitude"`): keep as much |W| as the pattern allows.
 
-With a complete outer graph an RBGP4 mask is: rows split into G groups of R rows, columns into n_i
-aligned blocks of b_w, and the inner graph G_i (G x n_i, left degree d_i, column degrees within one of
-each other) says which blocks every group reads. Which rows form a group is free (the layout gathers
-rows through `row_index`), and so is G_i. The fit maximises the kept |W| mass by alternating two
-exact sub-problems, each a transportation LP whose constraint matrix is totally unimodular, so the
-optimal vertex HiGHS returns is integral:
+With a complete outer graph an RBGP4 layout is: rows split into G groups of R rows, and a bipartite
+graph (G x columns, every group reading the same number of columns) that says which columns each
+group reads. Which rows form a group is free (the layout gathers rows through `row_index`), and so
+is the graph: the kernels need equal row groups and equal fan-in, not aligned blocks. The fit
+maximises the kept |W| mass by alternating two exact sub-problems:
 
-- given the row groups, G_i is a maximum-weight degree-constrained b-matching on the (group x block)
-  masses;
-- given G_i, rows are re-assigned to groups (R each) to maximise each row's mass on its group's blocks.
+- given the row groups, the graph is a maximum-weight degree-constrained b-matching on the
+  (group x column) masses: a transportation LP whose constraint matrix is totally unimodular, so the
+  optimal vertex HiGHS returns is integral;
+- given the graph, rows are re-assigned to groups (R each) to maximise each row's mass on its group's
+  columns (an assignment problem).
 
-Neither step lowers the kept mass. Rows start co-clustered by which blocks they favour (sorted along
-the leading principal component of their normalised block-mass profiles). The result is a pure
-function of the weights and the plan. Its spectral gap is reported next to that of the Ramanujan
-graph the plan would draw, which is what the fit gives up in expansion.
+Neither step lowers the kept mass. Rows start co-clustered by which columns they favour (sorted along
+the leading principal component of their normalised mass profiles). The result is a pure function
+of the weights and the plan. The fitted graph's spectral gap is reported next to that of the
+Ramanujan graph the plan would draw (`benchmarks/pretrained_conversion.md` compares them).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ POWER_STEPS = 30
 MIN_GAIN = 0.005
 """Rounds stop when the kept mass grows by less than this fraction."""
 EXACT_ASSIGNMENT_MAX = 4096
-"""Up to this many rows (columns), their assignment to groups (blocks) is solved exactly (Hungarian
-method, O(n^3)); beyond, greedily (most decided rows first, each to its best group with room)."""
+"""Up to this many rows, their assignment to groups is solved exactly (Hungarian method, O(n^3));
+beyond, greedily (most decided rows first, each to its best group with room)."""
 
 
 def _transport(score: np.ndarray, row_sum: float, col_lo: np.ndarray, col_hi: np.ndarray) -> np.ndarray:
@@ -87,55 +88,43 @@ def _equal_parts(order: np.ndarray, parts: int) -> np.ndarray:
     return ids
 
 
-def _sums(values: np.ndarray, ids: np.ndarray, parts: int, axis: int) -> np.ndarray:
-    """Sums of `values` over the equal-sized index sets `ids == p` along `axis`."""
+def _sums(values: np.ndarray, ids: np.ndarray, parts: int) -> np.ndarray:
+    """Sums of the rows of `values` over the equal-sized index sets `ids == p`."""
     order = np.argsort(ids, kind="stable")
-    if axis == 0:
-        return values[order].reshape(parts, -1, values.shape[1]).sum(axis=1)
-    return values[:, order].reshape(values.shape[0], parts, -1).sum(axis=2)
+    return values[order].reshape(parts, -1, values.shape[1]).sum(axis=1)
 
 
-def fit_grouped(weight: np.ndarray, groups: int, block_width: int, degree: int, min_reads: int = 1,
+def fit_grouped(weight: np.ndarray, groups: int, degree: int, min_reads: int = 1,
                 rounds: int = MAX_ROUNDS) -> tuple[GroupedLayout, np.ndarray, list[float]]:
-    """(layout, inner neighbours (G, d_i), kept mass after each round) of the grouped structure that
-    keeps the most of |weight| ((out, in); rows beyond a multiple of `groups` are padding rows).
+    """(layout, each group's columns (G, degree), kept mass after each round) of the grouped structure
+    that keeps the most of |weight| ((out, in); rows beyond a multiple of `groups` are padding rows).
 
-    Rows are grouped (G groups), columns gathered into blocks of `block_width` (any columns, sorted by
-    mass first), and each group reads `degree` blocks; every block is read by at least `min_reads`
-    groups (1: no input is dropped) and at most all of them. Each round re-solves the inner graph,
-    then the row groups, then the column blocks, each exactly; rounds stop when the mass stalls.
+    Rows are split into G equal groups and every group reads `degree` columns; every column is read by
+    at least `min_reads` groups (1: no input is dropped). Each round re-solves the graph, then the
+    row groups, each exactly; rounds stop when the kept mass grows by less than MIN_GAIN.
     """
     out, inp = weight.shape
     rows = -(-out // groups) * groups
-    blocks = inp // block_width
     a = np.zeros((rows, inp))
     a[:out] = np.abs(weight)
     total = a.sum()
-    block_of = _equal_parts(np.argsort(-a.sum(axis=0), kind="stable"), blocks)
-    group_of = _equal_parts(_initial_order(_sums(a, block_of, blocks, 1)), groups)
-    min_reads = min(min_reads, groups * degree // blocks)
-    col_lo, col_hi = np.full(blocks, float(min_reads)), np.full(blocks, float(groups))
+    group_of = _equal_parts(_initial_order(a), groups)
+    min_reads = min(min_reads, groups * degree // inp)
+    col_lo, col_hi = np.full(inp, float(min_reads)), np.full(inp, float(groups))
     history: list[float] = []
-    inner = np.zeros((groups, blocks), dtype=bool)
+    graph = np.zeros((groups, inp), dtype=bool)
     for _ in range(rounds):
-        group_cols = _sums(a, group_of, groups, 0)  # (G, in)
-        candidate = _transport(_sums(group_cols, block_of, blocks, 1), degree, col_lo, col_hi)
-        kept = float((_sums(group_cols, block_of, blocks, 1) * candidate).sum())
+        group_mass = _sums(a, group_of, groups)  # (G, in)
+        candidate = _transport(group_mass, degree, col_lo, col_hi)
+        kept = float((group_mass * candidate).sum())
         if history and kept <= history[-1] * (1 + MIN_GAIN):
             break
-        inner = candidate
+        graph = candidate
         history.append(kept)
-        per_row = _sums(a, block_of, blocks, 1) @ inner.T.astype(float)  # (rows, G): mass on each group's blocks
-        group_of = _balanced_assign(per_row, rows // groups)
-        if block_width > 1:
-            per_col = _sums(a, group_of, groups, 0).T @ inner.astype(float)  # (in, blocks)
-            block_of = _balanced_assign(per_col, block_width)
-    neighbors = np.sort(np.nonzero(inner)[1].reshape(groups, degree), axis=1)
-    row_index = np.argsort(group_of, kind="stable").reshape(groups, rows // groups)
-    members = np.argsort(block_of, kind="stable").reshape(blocks, block_width)
-    col_index = np.sort(members[neighbors].reshape(groups, -1), axis=1)
-    layout = GroupedLayout(out, inp, row_index, col_index)
-    history.append(float(a[:out][layout.mask()].sum()))  # after the last re-assignment of rows and columns
+        group_of = _balanced_assign(a @ graph.T.astype(float), rows // groups)  # rows x G: mass on its columns
+    neighbors = np.nonzero(graph)[1].reshape(groups, degree)  # sorted within each group
+    layout = GroupedLayout(out, inp, np.argsort(group_of, kind="stable").reshape(groups, -1), neighbors)
+    history.append(float(a[:out][layout.mask()].sum()))  # after the last re-assignment of rows
     return layout, neighbors, [h / total if total else 0.0 for h in history]
 
 

@@ -256,7 +256,7 @@ class RBGP4(Pattern):
         plan = shaped._plan(m, n, sparsity)
         unit = plan.block[1] if shaped is not self and plan.block[1] == shaped.block[1] else 1  # whole channels
         mass = np.abs(weight).reshape(m, n // unit, unit).sum(axis=2)
-        layout, neighbors, history = fit_grouped(mass, plan.inner[0], 1, plan.nnz_per_row // unit)
+        layout, neighbors, history = fit_grouped(mass, plan.inner[0], plan.nnz_per_row // unit)
         if unit > 1:
             cols = (layout.col_index[:, :, None] * unit + np.arange(unit)).reshape(layout.groups, -1)
             layout = GroupedLayout(m, n, layout.row_index, cols)
