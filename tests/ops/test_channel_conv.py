@@ -63,3 +63,21 @@ def test_dtype_mismatch_is_refused():
     layer = RBGPConv2d(16, 32, 3, padding=1, sparsity=0.75)
     with pytest.raises(ValueError, match="differs from the weight dtype"):
         layer(torch.randn(1, 16, 4, 4, dtype=torch.float64))
+
+
+def test_tiny_groups_compute_as_a_masked_dense_conv():
+    from rbgp.nn.rbgp_layers import DENSE_COMPUTE_MAX_ROWS
+
+    torch.manual_seed(0)
+    layer = RBGPConv2d(64, 64, 3, padding=1, sparsity=0.9)  # a 64-channel layer at 90%: groups of 2 rows
+    assert layer.channels is not None and layer.values.shape[1] <= DENSE_COMPUTE_MAX_ROWS
+    x = torch.randn(2, 64, 6, 6, requires_grad=True)
+    y = layer(x)
+    torch.testing.assert_close(y, F.conv2d(x, layer.dense_weight(), layer.bias, padding=1))
+    y.sum().backward()
+    grad = layer.values.grad.clone()
+    layer.values.grad = None
+    ref = copy.deepcopy(layer)
+    ref.backend = "reference"
+    ref(x).sum().backward()
+    torch.testing.assert_close(grad, ref.values.grad)

@@ -257,13 +257,18 @@ class RBGPLinear(_RBGPBase):
 
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+DENSE_COMPUTE_MAX_ROWS = 2
+"""Channel-layout convs with row groups this small compute as a dense conv of the masked weight: a
+grouped conv of 1-2 rows per group ran 2-4x slower than dense on the 2-core CPU (64- and 128-channel
+3x3 convs at 90%, `benchmarks/models-cpu.md`), the masked dense conv runs at dense speed."""
 
 
 class RBGPConv2d(_RBGPBase):
     """A 2-D convolution (groups=1) whose (c_out, c_in*kh*kw) weight follows an RBGP pattern.
 
     When every row group reads whole input channels (RBGP4's default for convs), backends "auto" and
-    "grouped" run it as a gathered-channel grouped convolution (`rbgp.ops.channel_conv`); other
+    "grouped" run it as a gathered-channel grouped convolution (`rbgp.ops.channel_conv`), or, for
+    row groups of at most DENSE_COMPUTE_MAX_ROWS rows, as a dense conv of the masked weight; other
     layouts, and backends "triton" and "reference", use im2col and the grouped matmul.
 
     Padding as in nn.Conv2d: integers, "valid" or "same" (stride 1), with any `padding_mode`; what
@@ -319,6 +324,8 @@ class RBGPConv2d(_RBGPBase):
             x = F.pad(x, self._pad, mode=mode)
             padding = (0, 0)
         if self.channels is not None and self.backend in ("auto", "grouped"):
+            if self.values.shape[1] <= DENSE_COMPUTE_MAX_ROWS:  # tiny groups: the masked dense conv is faster
+                return F.conv2d(x, self.dense_weight(), self.bias, self.stride, padding, self.dilation)
             return channel_grouped_conv2d(x, self.values, self.channels, self.row_order, self.out_channels,
                                           self.kernel_size, self.stride, padding, self.dilation, self.bias)
         cols, oh, ow = im2col_feature_major(x, self.kernel_size, self.stride, padding, self.dilation)
