@@ -69,3 +69,11 @@ def test_distribution_errors():
         sparsify(net, 0.9, distribution="random")
     with pytest.raises(ValueError, match="spreads one global sparsity"):
         sparsify(net, {"1": 0.9}, distribution="erk")
+
+
+def test_report_gives_flops_per_position():
+    net = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.Linear(256, 256), torch.nn.Linear(256, 10))
+    (layer,) = sparsify(net, 0.875, init="kaiming").layers
+    assert layer.dense_flops == 2 * 256 * 256 and layer.flops == 2 * 256 * layer.nnz_per_row
+    assert "131,072 -> 16,384" in sparsify(torch.nn.Sequential(
+        torch.nn.Linear(64, 256), torch.nn.Linear(256, 256), torch.nn.Linear(256, 10)), 0.875).table()

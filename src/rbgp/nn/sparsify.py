@@ -62,7 +62,8 @@ SparsitySpec = Union[float, Mapping[str, Union[float, None]], Callable[[str, nn.
 @dataclass
 class LayerReport:
     """One converted layer: the sparsity asked for and the one achieved (they differ when the shape
-    cannot meet the request exactly), its row-group size (rows per dense sub-GEMM), and, when the dense
+    cannot meet the request exactly), its row-group size (rows per dense sub-GEMM), its expected
+    FLOPs per output position (a token, or a conv output pixel) dense and sparse, and, when the dense
     weights were kept, the fraction of their |W| mass kept next to the unstructured top-k bound at
     the same density."""
 
@@ -81,6 +82,8 @@ class LayerReport:
     kept_mass: float | None = None
     top_k_mass: float | None = None
     note: str = ""
+    dense_flops: int = 0  # per output position (a token, or a conv output pixel): 2 x out x in (x kh x kw)
+    flops: int = 0  # the same for the sparse layer: 2 x non-zeros (padding rows not counted)
 
 
 @dataclass
@@ -112,14 +115,15 @@ class SparsifyReport:
             return "" if x is None else f"{x:.1%}"
 
         lines = ["| layer | weight | pattern | sparsity asked | achieved | rows/group | params before | after | "
-                 "kept mass | top-k bound | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                 "FLOPs/position dense -> sparse | kept mass | top-k bound | note |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in self.layers:
             lines.append(f"| {r.name} | {'x'.join(map(str, r.weight_shape))} | {r.pattern} | "
                          f"{r.requested_sparsity:.4g} | {r.sparsity:.4f} | {r.rows_per_group or ''} | "
-                         f"{r.params_before:,} | {r.params_after:,} | {pct(r.kept_mass)} | {pct(r.top_k_mass)} | "
-                         f"{r.note} |")
+                         f"{r.params_before:,} | {r.params_after:,} | {r.dense_flops:,} -> {r.flops:,} | "
+                         f"{pct(r.kept_mass)} | {pct(r.top_k_mass)} | {r.note} |")
         for name, why in self.skipped:
-            lines.append(f"| {name} | | dense | | 0 | | | | | | {why} |")
+            lines.append(f"| {name} | | dense | | 0 | | | | | | | {why} |")
         lines.append(f"\nModel parameters: {self.params_before:,} before, {self.params_after:,} after "
                      f"({len(self.layers)} layers converted, {len(self.skipped)} left dense)")
         if self.global_sparsity is not None:
@@ -416,7 +420,7 @@ def _layer_report(name: str, module: nn.Module, new: nn.Module, requested: float
         name, list(s.weight_shape), s.kind, requested, s.sparsity, s.density,
         s.layout.rows_per_group if s.layout is not None else None, module.weight.numel(),
         new.values.numel() if isinstance(new, (RBGPLinear, RBGPConv2d)) else s.nnz,
-        s.nnz_per_row, s.structure_bytes, s.csr_bytes(), kept, bound, note)
+        s.nnz_per_row, s.structure_bytes, s.csr_bytes(), kept, bound, note, 2 * module.weight.numel(), 2 * s.nnz)
 
 
 def _add_path_coverage(report: SparsifyReport, swapped: list[nn.Module], seed: int) -> None:
