@@ -258,9 +258,10 @@ class RBGPLinear(_RBGPBase):
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 DENSE_COMPUTE_MAX_ROWS = 2
-"""Channel-layout convs with row groups this small compute as a dense conv of the masked weight: a
-grouped conv of 1-2 rows per group ran 2-4x slower than dense on the 2-core CPU (64- and 128-channel
-3x3 convs at 90%, `benchmarks/models-cpu.md`), the masked dense conv runs at dense speed."""
+"""Channel-layout convs with row groups this small compute as a dense conv of the masked weight: as
+grouped convs of 1-2 rows per group, 64-channel 3x3 convs at 90% ran 3-4x slower than dense on the
+2-core CPU; as masked dense convs they run at dense speed (`benchmarks/models-cpu.md`, uniform rows).
+A static rule, so the numbers never depend on a timing."""
 
 
 class RBGPConv2d(_RBGPBase):
