@@ -141,12 +141,9 @@ def bench_model(name: str, batch: int, dtype: str, device: str, sparsity: float,
         del run, fns
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
-    sizes = [r.params_before for r in report.layers]
-    kept_dense = [sparse.get_submodule(n).weight.numel() for n, why in report.skipped if "distribution" in why]
     row: dict[str, Any] = {"model": name, "batch": batch, "compiled": compiled, "timings": timings,
                            "distribution": distribution, "converted_layers": len(report.layers),
-                           "global_sparsity": 1 - (sum(r.params_after for r in report.layers) + sum(kept_dense))
-                           / (sum(sizes) + sum(kept_dense)),
+                           "global_sparsity": report.global_sparsity,
                            "params_dense": report.params_before, "params_rbgp": report.params_after,
                            "layers": [{"name": r.name, "weight_shape": r.weight_shape, "sparsity": r.sparsity,
                                        "rows_per_group": r.rows_per_group} for r in report.layers],

@@ -328,6 +328,7 @@ def sparsify(
                 warnings.warn(f"sparsify: sparsity pattern {pat!r} matches no convertible layer", stacklevel=2)
     roles = _dense_by_role(model, candidates) if keep_first_last else {}
     chosen: list[tuple[int, str, nn.Module, float]] = []
+    kept_by_distribution: list[int] = []  # sizes of the layers a distribution keeps dense
     for index, (name, module) in enumerate(candidates):
         if name in roles:
             skipped.append((name, roles[name]))
@@ -341,6 +342,7 @@ def sparsify(
         densities = layer_densities([_shape(m) for _, _, m, _ in chosen], float(sparsity), distribution)
         skipped += [(name, f"kept dense by distribution={distribution!r}")
                     for (_, name, _, _), d in zip(chosen, densities) if d >= 1.0]
+        kept_by_distribution = [m.weight.numel() for (_, _, m, _), d in zip(chosen, densities) if d >= 1.0]
         chosen = [(i, name, m, 1.0 - d) for (i, name, m, _), d in zip(chosen, densities) if d < 1.0]
     planned: list[tuple[str, nn.Module, nn.Module, float, str]] = []
     for index, name, module, requested in tqdm(chosen, desc="sparsify", unit="layer", leave=False,
@@ -363,11 +365,10 @@ def sparsify(
         _set_module(model, name, new)
     report.skipped = skipped
     report.params_after = count_parameters(model)
-    kept_dense = [m.weight.numel() for (name, m) in candidates if (name, f"kept dense by distribution="
-                                                                   f"{distribution!r}") in skipped]
     if planned:
-        total = sum(r.params_before for r in report.layers) + sum(kept_dense)
-        report.global_sparsity = 1 - (sum(r.params_after for r in report.layers) + sum(kept_dense)) / total
+        dense_kept = sum(kept_by_distribution)
+        total = sum(r.params_before for r in report.layers) + dense_kept
+        report.global_sparsity = 1 - (sum(r.params_after for r in report.layers) + dense_kept) / total
     report.recipe = _recipe(sparsity, base, excludes, keep_first_last, seed, init, shuffle, backend, on_infeasible,
                             distribution)
     config = getattr(model, "config", None)
@@ -491,12 +492,9 @@ def _shuffled(base: RBGP4, stride: int = 16) -> RBGP4:
 def _convert(module: nn.Module, sparsity: float, pattern: Pattern, seed: int, init: str, backend: str,
              name: str) -> nn.Module:
     linear = not isinstance(module, nn.Conv2d)
+    w = _weight_matrix(module)
     try:
-        structure = None
-        if init == "magnitude":
-            w = _weight_matrix(module)
-            structure = pattern.fit(w.float().cpu().numpy(), tuple(w.shape) if linear else tuple(module.weight.shape),
-                                    sparsity, seed)
+        structure = pattern.fit(w.float().cpu().numpy(), _shape(module), sparsity, seed) if init == "magnitude" else None
         kwargs = dict(pattern=pattern, seed=seed, keep_weights=init != "kaiming", structure=structure)
         if isinstance(pattern, RBGP4) or pattern.kind == "rbgp":
             cls = RBGPLinear if linear else RBGPConv2d
@@ -507,8 +505,7 @@ def _convert(module: nn.Module, sparsity: float, pattern: Pattern, seed: int, in
     except ValueError as err:
         raise ValueError(f"cannot sparsify layer {name!r} ({module}): {err}") from err
     if init == "magnitude":  # data-free correction for the pruned mass: each row keeps its L1 norm
-        dense = _weight_matrix(module)
-        new.scale_rows_(_row_l1_ratio(dense, new.dense_weight().detach().reshape(dense.shape)))
+        new.scale_rows_(_row_l1_ratio(w, new.dense_weight().detach().reshape(w.shape)))
     return new
 
 
