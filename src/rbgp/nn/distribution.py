@@ -13,21 +13,25 @@ density per layer whose non-zeros add up to that budget:
   2 * MIN_GROUP_ROWS / out; layers narrower than MIN_SPARSE_WIDTH outputs stay dense (measured on
   the 2-core CPU: a 64-channel 3x3 conv at 32x32 trains slower sparse at every sparsity); the
   budget left is spread as one common density over the others, never below their floors. Big layers,
-  where sparsity pays, take the sparsity that the narrow ones cannot.
+  where sparsity pays, take the sparsity that the narrow ones cannot. When the budget is too small
+  for that (a small model at a high sparsity), the narrow layers are made sparse too, and then the
+  group floor is halved (8, 4, 2, 1 rows) until the budget is met.
+
+`distribute` realises a rule layer by layer: each layer is planned at the density the rule gives it,
+the pattern rounds it to a feasible one, and the rule is solved again over the layers left with the
+budget left, so the rounding does not add up and the global budget is met as closely as the last
+(smallest) layers allow.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 DISTRIBUTIONS = ("uniform", "erk", "hw")
+DEFAULT_DISTRIBUTION = "uniform"
 MIN_GROUP_ROWS = 8
 MIN_SPARSE_WIDTH = 128
-
-
-def _sizes(shapes: Sequence[tuple[int, ...]]) -> list[int]:
-    return [math.prod(s) for s in shapes]
 
 
 def _fill(sizes: list[int], weights: list[float], floors: list[float], budget: float) -> list[float]:
@@ -45,17 +49,68 @@ def _fill(sizes: list[int], weights: list[float], floors: list[float], budget: f
     return [min(1.0, max(f, hi * w)) for w, f in zip(weights, floors)]
 
 
+def _hw_floors(shapes: Sequence[tuple[int, ...]], sizes: list[int], budget: float) -> list[float]:
+    """The first hw floors (narrow layers dense, then sparse; group floor 8, 4, 2, 1 rows) the budget meets."""
+    def floors(narrow_dense: bool, rows: int) -> list[float]:
+        return [1.0 if narrow_dense and s[0] < MIN_SPARSE_WIDTH else min(1.0, 2 * rows / s[0]) for s in shapes]
+
+    steps = [(True, MIN_GROUP_ROWS)] + [(False, MIN_GROUP_ROWS >> i) for i in range(MIN_GROUP_ROWS.bit_length())]
+    for narrow_dense, rows in steps:
+        f = floors(narrow_dense, rows)
+        if sum(x * n for x, n in zip(f, sizes)) <= budget * (1 + 1e-12):
+            return f
+    return f  # even one-row groups need more than the budget: the floors (the budget is missed, and reported)
+
+
+def _rule(shapes: Sequence[tuple[int, ...]], budget: float, distribution: str) -> tuple[list[float], list[float]]:
+    """(weights, floors) of a non-uniform rule: densities max(floor, c * weight), capped at 1."""
+    if distribution == "erk":
+        return [sum(s) / math.prod(s) for s in shapes], [0.0] * len(shapes)
+    return [1.0] * len(shapes), _hw_floors(shapes, [math.prod(s) for s in shapes], budget)
+
+
 def layer_densities(shapes: Sequence[tuple[int, ...]], sparsity: float, distribution: str) -> list[float]:
-    """One density per weight shape ((out, in) or (out, in, kh, kw)) meeting the global `sparsity`
-    over all of them (as nearly as the rule allows; 1.0 means: keep that layer dense)."""
+    """One density per weight shape ((out, in) or (out, in, kh, kw)) meeting the global `sparsity` over
+    all of them (as nearly as the rule allows; 1.0 means: keep that layer dense)."""
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
-    sizes = _sizes(shapes)
-    budget = (1.0 - sparsity) * sum(sizes)
     if distribution == "uniform":
         return [1.0 - sparsity] * len(shapes)
-    if distribution == "erk":
-        weights = [sum(s) / math.prod(s) for s in shapes]
-        return _fill(sizes, weights, [0.0] * len(shapes), budget)
-    floors = [1.0 if s[0] < MIN_SPARSE_WIDTH else min(1.0, 2 * MIN_GROUP_ROWS / s[0]) for s in shapes]
-    return _fill(sizes, [1.0] * len(shapes), floors, budget)
+    sizes = [math.prod(s) for s in shapes]
+    budget = (1.0 - sparsity) * sum(sizes)
+    return _fill(sizes, *_rule(shapes, budget, distribution), budget)
+
+
+def distribute(shapes: Sequence[tuple[int, ...]], sparsity: float, distribution: str,
+               realise: Callable[[int, float], float], rounds: int = 4) -> list[tuple[float, float]]:
+    """(asked, built) densities per layer for "erk" or "hw": largest layer first, `realise(i, density)`
+    plans layer i at the rule's density and returns the density it can really have (1.0: it stays
+    dense); the rule (its floors fixed once for the whole model) is then solved again over the layers
+    left with the budget left. When the last layers cannot absorb the rounding, the whole pass is
+    redone with the target moved by the miss (up to `rounds` passes; the closest one is kept)."""
+    if distribution not in DISTRIBUTIONS[1:]:
+        raise ValueError(f"distribute takes {DISTRIBUTIONS[1:]}, got {distribution!r}")
+    sizes = [math.prod(s) for s in shapes]
+    total = sum(sizes)
+    weights, floors = _rule(shapes, (1.0 - sparsity) * total, distribution)
+    order = sorted(range(len(shapes)), key=lambda i: (-sizes[i], i))
+
+    def one_pass(target: float) -> tuple[list[tuple[float, float]], float]:
+        budget = (1.0 - target) * total
+        out = [(1.0, 1.0)] * len(shapes)
+        for k, i in enumerate(order):
+            rest = order[k:]
+            asked = _fill([sizes[j] for j in rest], [weights[j] for j in rest], [floors[j] for j in rest], budget)[0]
+            out[i] = (asked, 1.0 if asked >= 1.0 else realise(i, asked))
+            budget -= out[i][1] * sizes[i]
+        return out, 1.0 - sum(b * n for (_, b), n in zip(out, sizes)) / total
+
+    best, target = None, sparsity
+    for _ in range(rounds):
+        out, got = one_pass(target)
+        if best is None or abs(got - sparsity) < abs(best[1] - sparsity):
+            best = (out, got)
+        if abs(got - sparsity) < 1e-3:
+            break
+        target = min(max(target + sparsity - got, 0.0), 0.999)
+    return best[0]

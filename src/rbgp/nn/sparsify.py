@@ -34,7 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from rbgp.graphs import path_coverage
-from rbgp.nn.distribution import DISTRIBUTIONS, layer_densities
+from rbgp.nn.distribution import DEFAULT_DISTRIBUTION, DISTRIBUTIONS, MIN_GROUP_ROWS, distribute
 from rbgp.nn.masked import MaskedConv2d, MaskedLinear
 from rbgp.nn.rbgp_layers import RBGPConv2d, RBGPLinear, is_hf_conv1d, linear_weight
 from rbgp.patterns import (
@@ -259,7 +259,7 @@ def sparsify(
     backend: str = "auto",
     on_infeasible: str = "nearest",
     inplace: bool = True,
-    distribution: str = "uniform",
+    distribution: str = DEFAULT_DISTRIBUTION,
     **pattern_kwargs: Any,
 ) -> SparsifyReport:
     """Make `model` sparse and report what changed; on any error the model is untouched.
@@ -283,7 +283,9 @@ def sparsify(
     inplace: False leaves `model` as it is and converts a copy (`report.model`).
     distribution: how a float `sparsity` is spread: "uniform" (every layer), or over all converted layers
     together, "erk" (Erdős-Rényi-Kernel) or "hw" (hardware-aware: every layer keeps row groups large
-    enough to run fast; see `rbgp.nn.distribution`).
+    enough to run fast; see `rbgp.nn.distribution`). Under "erk" and "hw" each layer takes the nearest
+    feasible density to what the rule asks, and the rule is re-solved over the layers left, so the
+    global budget is met (on_infeasible does not apply).
 
     The same arguments on the same architecture give the same structure (`report.recipe` holds them;
     on a Hugging Face model they are also stored as `model.config.rbgp`, so `save_pretrained` keeps
@@ -306,6 +308,8 @@ def sparsify(
     except TypeError as err:
         own = [p for p in inspect.signature(sparsify).parameters if p not in ("model", "pattern_kwargs")]
         raise TypeError(f"sparsify: {err}; sparsify's own keywords: {own}") from None
+    if distribution == "hw" and isinstance(base, RBGP4) and "min_group_rows" not in pattern_kwargs:
+        base = base.replace(min_group_rows=MIN_GROUP_ROWS)  # the groups the rule keeps large enough
     if not inplace:
         model = copy.deepcopy(model)
     candidates, skipped = _classify(model)
@@ -339,11 +343,14 @@ def sparsify(
         else:
             chosen.append((index, name, module, requested))
     if distribution != "uniform":
-        densities = layer_densities([_shape(m) for _, _, m, _ in chosen], float(sparsity), distribution)
-        skipped += [(name, f"kept dense by distribution={distribution!r}")
-                    for (_, name, _, _), d in zip(chosen, densities) if d >= 1.0]
-        kept_by_distribution = [m.weight.numel() for (_, _, m, _), d in zip(chosen, densities) if d >= 1.0]
-        chosen = [(i, name, m, 1.0 - d) for (i, name, m, _), d in zip(chosen, densities) if d < 1.0]
+        densities = distribute([_shape(m) for _, _, m, _ in chosen], float(sparsity), distribution,
+                               lambda i, d: _realisable_density(chosen[i][2], d, base))
+        for (_, name, module, _), (asked, built) in zip(chosen, densities):
+            if built >= 1.0:
+                skipped.append((name, f"kept dense by distribution={distribution!r}" if asked >= 1.0 else
+                                _feasible_sparsity(module, 1.0 - asked, base, "nearest", name)[2]))
+                kept_by_distribution.append(module.weight.numel())
+        chosen = [(i, name, m, 1.0 - asked) for (i, name, m, _), (asked, built) in zip(chosen, densities) if built < 1.0]
     planned: list[tuple[str, nn.Module, nn.Module, float, str]] = []
     for index, name, module, requested in tqdm(chosen, desc="sparsify", unit="layer", leave=False,
                                                disable=None if len(chosen) > 8 else True):
@@ -382,6 +389,13 @@ def sparsify(
 def _shape(module: nn.Module) -> tuple[int, ...]:
     """The weight shape a layer is planned on ((out, in) for linear layers and Conv1D)."""
     return tuple(module.weight.shape) if isinstance(module, nn.Conv2d) else tuple(linear_weight(module)[0].shape)
+
+
+def _realisable_density(module: nn.Module, density: float, pattern: Pattern) -> float:
+    """The density `module` is built at when a distribution asks for `density`: the nearest feasible one,
+    as on_infeasible="nearest" takes it (1.0: it stays dense); the distribution then re-solves the rest."""
+    achieved = pattern.achieved_sparsity(_shape(module), 1.0 - density)
+    return 1.0 if achieved is None or abs(achieved - (1.0 - density)) > MAX_NEAREST_MISS else 1.0 - achieved
 
 
 def _feasible_sparsity(module: nn.Module, requested: float, pattern: Pattern, on_infeasible: str,
@@ -486,7 +500,7 @@ def _random_like(mask: np.ndarray, seed: int) -> np.ndarray:
 def _shuffled(base: RBGP4, stride: int = 16) -> RBGP4:
     """`base` with a perfect shuffle of its input micro-blocks (measured: stride 8-16 mixes stacked
     layers as well as random masks do)."""
-    return RBGP4(base.block, base.group_rows, base.outer_sparsity, base.tile, base.tol, stride, base.conv_block)
+    return base.replace(input_shuffle=stride)
 
 
 def _convert(module: nn.Module, sparsity: float, pattern: Pattern, seed: int, init: str, backend: str,

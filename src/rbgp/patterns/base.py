@@ -171,6 +171,12 @@ class Pattern(ABC):
             return None
         return sparsity
 
+    def achieved_sparsity(self, weight_shape: tuple[int, ...], sparsity: float) -> float | None:
+        """The sparsity the structure built for the nearest feasible sparsity really has (planners round),
+        or None when the pattern cannot make this shape sparse at all."""
+        nearest = self.nearest_sparsity(weight_shape, sparsity)
+        return None if nearest is None else float(self.build(tuple(weight_shape), nearest, 0).sparsity)
+
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({params})"

@@ -153,12 +153,13 @@ def _plan_candidates(out: int, inp: int, density: float, block: tuple[int, int],
     return plans
 
 
-def _preference(plan: RBGP4Plan, sparsity: float, exact: float) -> tuple:
-    """Sort key: within `exact` of the request first; then exactly biregular (Ramanujan) plans without
-    padding rows, from coarse to fine (wide micro-blocks, then big row groups: fast sub-GEMMs), the
-    order the planner has always used; then the others in the same order, padding last."""
+def _preference(plan: RBGP4Plan, sparsity: float, exact: float, min_group_rows: int = 1) -> tuple:
+    """Sort key: row groups of at least `min_group_rows` first; then within `exact` of the request; then
+    exactly biregular (Ramanujan) plans without padding rows, from coarse to fine (wide micro-blocks,
+    then big row groups: fast sub-GEMMs), the order the planner has always used; then the others in the
+    same order, padding last."""
     miss = abs(plan.sparsity - sparsity)
-    return (miss > exact + 1e-12, not plan.biregular or plan.padded_rows > 0, -plan.block[1],
+    return (plan.rows_per_group < min_group_rows, miss > exact + 1e-12, not plan.biregular or plan.padded_rows > 0, -plan.block[1],
             -plan.rows_per_group, plan.padded_rows, miss)
 
 
@@ -172,7 +173,9 @@ class RBGP4(Pattern):
     shuffle of the inputs (1: none), used by `sparsify` between stacked layers; conv_block: "channel"
     (default) makes a conv weight's micro-block one input channel with all its kh x kw taps, so that
     RBGPConv2d runs as a gathered-channel grouped convolution (no im2col); "block" uses `block` on
-    the im2col matrix as for a linear layer.
+    the im2col matrix as for a linear layer; min_group_rows: plans whose row groups have fewer rows are
+    taken only when no plan within `tol` has that many (small groups run slowly; the hardware-aware
+    distribution sets it).
     """
 
     kind = "rbgp4"
@@ -186,6 +189,7 @@ class RBGP4(Pattern):
         tol: float = 0.01,
         input_shuffle: int = 1,
         conv_block: str = "channel",
+        min_group_rows: int = 1,
     ) -> None:
         self.block = _pair("block", block)
         self.group_rows = check_int("group_rows", group_rows)
@@ -200,6 +204,11 @@ class RBGP4(Pattern):
         if conv_block not in ("channel", "block"):
             raise ValueError(f"conv_block must be 'channel' or 'block', got {conv_block!r}")
         self.conv_block = conv_block
+        self.min_group_rows = check_int("min_group_rows", min_group_rows)
+
+    def replace(self, **changes) -> RBGP4:
+        """A copy with some parameters changed."""
+        return RBGP4(**{**vars(self), **changes})
 
     def _for_shape(self, weight_shape) -> RBGP4:
         """This pattern as it applies to `weight_shape`: for a conv weight with conv_block="channel",
@@ -207,8 +216,7 @@ class RBGP4(Pattern):
         taps = math.prod(tuple(weight_shape)[2:])
         if len(tuple(weight_shape)) < 3 or taps == 1 or self.conv_block != "channel":
             return self
-        return RBGP4((self.block[0], taps), self.group_rows, self.outer_sparsity, self.tile, self.tol,
-                     self.input_shuffle, "block")
+        return self.replace(block=(self.block[0], taps), conv_block="block")
 
     @classmethod
     def plan(cls, out_features: int, in_features: int, sparsity: float, **kwargs) -> RBGP4Plan:
@@ -233,7 +241,7 @@ class RBGP4(Pattern):
             pool = within or [min(plans, key=lambda p: abs(p.sparsity - sparsity))]
             miss = abs(pool[0].sparsity - sparsity)
             pool = within or [p for p in plans if abs(abs(p.sparsity - sparsity) - miss) < 1e-12]
-            return min(pool, key=lambda p: _preference(p, sparsity, min(self.tol, EXACT_TOL)))
+            return min(pool, key=lambda p: _preference(p, sparsity, min(self.tol, EXACT_TOL), self.min_group_rows))
         near = sorted({round(p.sparsity, 6) for p in plans}, key=lambda s: abs(s - sparsity))[:5]
         hint = (f"nearest feasible sparsities: {near}" if near else
                 f"no sparse RBGP4 plan fits a {out}x{inp} weight at all (too small)")
@@ -268,12 +276,17 @@ class RBGP4(Pattern):
     def nearest_sparsity(self, weight_shape, sparsity: float) -> float | None:
         """`sparsity` itself when a plan meets it within `tol`, else the nearest plan's sparsity, or
         None when no sparse plan fits the shape."""
+        achieved = self.achieved_sparsity(weight_shape, sparsity)
+        if achieved is None:
+            return None
+        return sparsity if abs(achieved - sparsity) <= self.tol + 1e-12 else achieved
+
+    def achieved_sparsity(self, weight_shape, sparsity: float) -> float | None:
         m, n = matrix_shape(weight_shape)
         try:
-            plan = self._for_shape(weight_shape)._plan(m, n, sparsity, nearest=True)
+            return self._for_shape(weight_shape)._plan(m, n, sparsity, nearest=True).sparsity
         except ValueError:
             return None
-        return sparsity if abs(plan.sparsity - sparsity) <= self.tol + 1e-12 else plan.sparsity
 
     def build(self, weight_shape, sparsity, seed=0) -> SparseMask:
         m, n = matrix_shape(weight_shape)

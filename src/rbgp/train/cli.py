@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rbgp.nn.distribution import DEFAULT_DISTRIBUTION, DISTRIBUTIONS
 from rbgp.train.data import DATASET_NAMES
+from rbgp.train.demo import CURVE_SPARSITIES
 from rbgp.train.models import MODEL_NAMES
 from rbgp.train.recipes import RECIPE_NAMES, SCHEDULES, get_recipe
 
@@ -77,6 +79,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                         "--init-from, magnitude fits the structure to the dense weights and keeps them")
     p.add_argument("--init-from", metavar="CHECKPOINT",
                    help="start from this dense run's checkpoint.pt (same --model/--hidden): convert, then fine-tune")
+    p.add_argument("--distribution", choices=DISTRIBUTIONS,
+                   help=f"how --sparsity (global) is spread over the layers (default {DEFAULT_DISTRIBUTION})")
     p.add_argument("--hidden", type=_ints, metavar="W1,W2,...",
                    help="mlp hidden widths / cnn channel widths")
     p.add_argument("--recipe", choices=RECIPE_NAMES, help="preset of the settings below")
@@ -118,6 +122,8 @@ def _train_config(args: argparse.Namespace) -> tuple[Any, Path]:
         saved = dict(load_checkpoint(Path(args.out_dir) / CHECKPOINT_NAME)["args"])
     model = args.model or saved.get("model", "mlp")
     settings: dict[str, Any] = dict(saved)
+    if saved:
+        settings.setdefault("distribution", "uniform")  # runs saved before distributions existed
     if not saved or args.recipe:
         recipe_name = args.recipe or ("paper" if model in ("vgg19", "wrn40_4") else "demo")
         settings.update(get_recipe(recipe_name, model).to_dict())
@@ -134,6 +140,7 @@ def _train_config(args: argparse.Namespace) -> tuple[Any, Path]:
         "limit_test": args.limit_test, "max_steps": args.max_steps,
         "eval_batch_size": args.eval_batch_size, "device": args.device,
         "deterministic": args.deterministic, "init": args.init, "init_from": args.init_from,
+        "distribution": args.distribution,
     }
     settings.update({k: v for k, v in flags.items() if v is not None})
     if args.hidden:
@@ -206,9 +213,14 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--timing-rounds", type=int, default=7,
                    help="interleaved rounds of the per-batch timings (median reported)")
+    p.add_argument("--distribution", type=_names, metavar="D1,D2,...",
+                   help=f"how the global sparsity is spread over the layers: {', '.join(DISTRIBUTIONS)} "
+                        f"(default {DEFAULT_DISTRIBUTION}); a sweep takes several")
     p.add_argument("--sweep", type=_floats, metavar="S1,S2,...",
-                   help="accuracy-vs-sparsity curve at these sparsities (rbgp4 vs unstructured)")
-    p.add_argument("--curve", action="store_true", help="same as --sweep 0.5,0.75,0.875,0.9375")
+                   help="accuracy-vs-sparsity curve at these global sparsities (--methods: the patterns, "
+                        "default rbgp4,unstructured)")
+    p.add_argument("--curve", action="store_true",
+                   help=f"same as --sweep {','.join(f'{s:g}' for s in CURVE_SPARSITIES)}")
     p.add_argument("--data-dir", help="Fashion-MNIST folder (default $RBGP_FASHION_MNIST or "
                                       "/usr/share/datasets/fashion-mnist)")
     p.add_argument("--out-dir", default="runs/demo", help="where the outputs go (default runs/demo)")
@@ -217,18 +229,24 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from rbgp.train.demo import CURVE_SPARSITIES, DemoSettings, run_demo, run_sweep
+    from rbgp.train.demo import DemoSettings, run_demo, run_sweep
 
     settings = DemoSettings(
         model=args.model, sparsity=args.sparsity, epochs=args.epochs, seeds=args.seeds,
         batch_size=args.batch_size, lr=args.lr, limit_train=args.limit_train,
         limit_test=args.limit_test, hidden=args.hidden, data_dir=args.data_dir,
         methods=args.methods, precision=args.precision, timing_rounds=args.timing_rounds,
+        distribution=(args.distribution or [DEFAULT_DISTRIBUTION])[0],
     )
     sweep = args.sweep or (list(CURVE_SPARSITIES) if args.curve else None)
+    if not sweep and args.distribution and len(args.distribution) > 1:
+        raise ValueError(f"--distribution {','.join(args.distribution)}: the demo table takes one distribution; "
+                         f"several are for a --sweep or --curve")
     command = "rbgp " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["demo"] else None
     if sweep:
-        run_sweep(settings, sweep, args.out_dir, quiet=args.quiet, command=command)
+        patterns = [m for m in args.methods or ("rbgp4", "unstructured") if m != "dense"]
+        run_sweep(settings, sweep, args.out_dir, quiet=args.quiet, patterns=patterns,
+                  distributions=args.distribution or [DEFAULT_DISTRIBUTION], command=command)
     else:
         run_demo(settings, args.out_dir, quiet=args.quiet, command=command)
     if not args.quiet:

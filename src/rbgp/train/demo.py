@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rbgp.nn import MaskedConv2d, MaskedLinear
+from rbgp.nn.distribution import DEFAULT_DISTRIBUTION
 from rbgp.precision import bf16_autocast
 
 from rbgp.train.data import LoadedDataset, get_dataset
@@ -62,7 +63,7 @@ def demo_methods(model: str) -> list[DemoMethod]:
 DEMO_METHODS: tuple[str, ...] = ("dense", "rbgp4", "unstructured", "block", "hbsnn")
 # The CNN's 32x144 conv matrix has no 0.9-sparse RBGP4 layout with 16-wide micro-blocks.
 DEFAULT_SPARSITY = {"mlp": 0.9, "cnn": 0.875}
-CURVE_SPARSITIES: tuple[float, ...] = (0.5, 0.75, 0.875, 0.9375)
+CURVE_SPARSITIES: tuple[float, ...] = (0.5, 0.75, 0.9, 0.95)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -178,6 +179,7 @@ class DemoSettings:
     methods: list[str] | None = None
     precision: str = "fp32"
     timing_rounds: int = 7
+    distribution: str = DEFAULT_DISTRIBUTION
 
     def base_config(self) -> TrainConfig:
         recipe = get_recipe("demo").with_overrides(
@@ -199,6 +201,7 @@ class DemoSettings:
             nesterov=recipe.nesterov, weight_decay=recipe.weight_decay, schedule=recipe.schedule,
             milestones=list(recipe.milestones), gamma=recipe.gamma, precision=self.precision,
             augment=False, limit_train=self.limit_train, limit_test=self.limit_test,
+            distribution=self.distribution,
         )
 
 
@@ -401,12 +404,20 @@ def _write_outputs(out: Path, stem: str, report: dict[str, Any], markdown: str, 
 
 def run_sweep(settings: DemoSettings, sparsities: Sequence[float], out_dir: str | Path = "runs/demo",
               quiet: bool = False, patterns: Sequence[str] = ("rbgp4", "unstructured"),
-              command: str | None = None) -> dict[str, Any]:
-    """Accuracy vs sparsity for ``patterns`` (plus dense); writes curve.json/.md/.png."""
+              distributions: Sequence[str] | None = None, command: str | None = None) -> dict[str, Any]:
+    """Accuracy vs global sparsity for every pattern and distribution (plus dense); writes
+    curve.json/.md/.png. `distributions` defaults to the settings' one."""
     if not sparsities or any(not 0 < s < 1 for s in sparsities):
         raise ValueError(f"sweep sparsities must be in (0, 1), got {list(sparsities)}")
+    distributions = list(distributions or [settings.distribution])
+    bad = [p for p in patterns if p not in DEMO_METHODS or p == "dense"]
+    if bad or not patterns:
+        raise ValueError(f"sweep patterns {bad or '(none)'}: valid are {', '.join(DEMO_METHODS[1:])}")
     t_start = time.perf_counter()
     base = settings.base_config()
+    for d in distributions:  # every name checked before hours of training
+        TrainConfig.from_dict({**base.to_dict(), "distribution": d})
+    kwargs = {m.pattern: m.kwargs for m in demo_methods(settings.model)}
     data = _load(settings)
     dense_accs = []
     for seed in range(settings.seeds):
@@ -414,23 +425,28 @@ def run_sweep(settings: DemoSettings, sparsities: Sequence[float], out_dir: str 
         dense_accs.append(_train_one(cfg, data, quiet, f"dense seed {seed}")[0].final["test_acc"])
     points = []
     for pattern in patterns:
-        for sp in sparsities:
-            accs, ms = [], []
-            for seed in range(settings.seeds):
-                cfg = TrainConfig.from_dict({**base.to_dict(), "pattern": pattern, "sparsity": sp,
-                                             "seed": seed})
-                res, _ = _train_one(cfg, data, quiet, f"{pattern} {sp:g} seed {seed}")
-                accs.append(res.final["test_acc"])
-                ms.append(statistics.median(h["train_ms_per_batch_median"] for h in res.history))
-            mean, std = _mean_std(accs)
-            points.append({"pattern": pattern, "sparsity": sp, "acc_mean": mean, "acc_std": std,
-                           "accs": accs, "loop_train_ms_per_batch": statistics.median(ms)})
+        for dist in distributions:
+            for sp in sparsities:
+                accs, ms, got = [], [], []
+                for seed in range(settings.seeds):
+                    cfg = TrainConfig.from_dict({**base.to_dict(), "pattern": pattern, "sparsity": sp, "seed": seed,
+                                                 "pattern_kwargs": kwargs[pattern], "distribution": dist})
+                    res, _ = _train_one(cfg, data, quiet, f"{pattern} {dist} {sp:g} seed {seed}")
+                    accs.append(res.final["test_acc"])
+                    ms.append(statistics.median(h["train_ms_per_batch_median"] for h in res.history))
+                    got.append(res.report.global_sparsity)
+                mean, std = _mean_std(accs)
+                points.append({"pattern": pattern, "distribution": dist, "sparsity": sp, "acc_mean": mean,
+                               "acc_std": std, "accs": accs, "global_sparsity": statistics.fmean(got),
+                               "layer_sparsity": {r.name: r.sparsity for r in res.report.layers},
+                               "loop_train_ms_per_batch": statistics.median(ms)})
     dmean, dstd = _mean_std(dense_accs)
     report = {
         "kind": "rbgp-demo-sweep",
         "command": command,
-        "settings": {**base.to_dict(), "pattern": None, "sparsity": None, "seeds": settings.seeds,
-                     "sparsities": list(sparsities), "patterns": list(patterns)},
+        "settings": {**base.to_dict(), "pattern": None, "sparsity": None, "distribution": None,
+                     "seeds": settings.seeds, "sparsities": list(sparsities), "patterns": list(patterns),
+                     "distributions": distributions},
         "environment": _environment(),
         "dense": {"acc_mean": dmean, "acc_std": dstd, "accs": dense_accs},
         "points": points,
@@ -442,24 +458,39 @@ def run_sweep(settings: DemoSettings, sparsities: Sequence[float], out_dir: str 
     return report
 
 
+def _curves(report: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(label, points by sparsity) per pattern and distribution of a sweep (older files: uniform)."""
+    s = report["settings"]
+    dists = s.get("distributions") or ["uniform"]
+    out = []
+    for pattern in s["patterns"]:
+        for dist in dists:
+            pts = [p for p in report["points"] if p["pattern"] == pattern and p.get("distribution", "uniform") == dist]
+            out.append((pattern if len(dists) == 1 else f"{pattern} {dist}", pts))
+    return out
+
+
 def sweep_markdown(report: dict[str, Any]) -> str:
     s = report["settings"]
     sps = s["sparsities"]
+    dists = s.get("distributions") or ["uniform"]
     lines = [f"Command: `{report['command']}`", ""] if report.get("command") else []
     lines += [
-        f"Fashion-MNIST, {s['model']}, test accuracy % (mean ± std over {s['seeds']} seed(s)) vs "
-        f"sparsity of the sparse layers; {s['epochs']} epochs, batch {s['batch_size']}, "
-        f"lr {s['lr']:g}. Dense: {report['dense']['acc_mean']:.2f} ± {report['dense']['acc_std']:.2f}.",
+        f"Fashion-MNIST, {s['model']}, test accuracy % (mean ± std over {s['seeds']} seed(s)) vs the global "
+        f"sparsity of the sparse layers, spread by distribution {', '.join(dists)}; {s['epochs']} epochs, "
+        f"batch {s['batch_size']}, lr {s['lr']:g}. Dense: {report['dense']['acc_mean']:.2f} ± "
+        f"{report['dense']['acc_std']:.2f}. In brackets: the global sparsity the layers really have.",
         "",
         "| pattern | " + " | ".join(f"{sp:g}" for sp in sps) + " |",
         "|---|" + "---|" * len(sps),
     ]
-    for pattern in s["patterns"]:
+    for label, pts in _curves(report):
         cells = []
         for sp in sps:
-            p = next(p for p in report["points"] if p["pattern"] == pattern and p["sparsity"] == sp)
-            cells.append(f"{p['acc_mean']:.2f} ± {p['acc_std']:.2f}")
-        lines.append(f"| {pattern} | " + " | ".join(cells) + " |")
+            p = next(p for p in pts if p["sparsity"] == sp)
+            got = f" ({p['global_sparsity']:.3f})" if "global_sparsity" in p else ""
+            cells.append(f"{p['acc_mean']:.2f} ± {p['acc_std']:.2f}{got}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", f"Total wall time: {report['wall_s']:.0f} s."]
     return "\n".join(lines)
 
@@ -471,12 +502,11 @@ def _plot_sweep(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    for pattern in report["settings"]["patterns"]:
-        pts = [p for p in report["points"] if p["pattern"] == pattern]
+    for label, pts in _curves(report):
         ax.errorbar([p["sparsity"] for p in pts], [p["acc_mean"] for p in pts],
-                    yerr=[p["acc_std"] for p in pts], marker="o", capsize=3, label=pattern)
+                    yerr=[p["acc_std"] for p in pts], marker="o", capsize=3, label=label)
     ax.axhline(report["dense"]["acc_mean"], color="gray", ls="--", label="dense")
-    ax.set_xlabel("sparsity of the sparse layers")
+    ax.set_xlabel("global sparsity of the sparse layers")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"Fashion-MNIST {report['settings']['model']}: accuracy vs sparsity")
     ax.grid(alpha=0.3)

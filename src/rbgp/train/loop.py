@@ -32,6 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from rbgp.nn import SPARSE_TYPES, MaskedConv2d, MaskedLinear, SparsifyReport, sparsify
+from rbgp.nn.distribution import DEFAULT_DISTRIBUTION, DISTRIBUTIONS
 from rbgp.nn.sparsify import INITS
 from rbgp.precision import bf16_autocast
 from rbgp.train import ddp
@@ -111,6 +112,7 @@ class TrainConfig:
     device: str = "auto"
     init: str = "kaiming"
     init_from: str | None = None
+    distribution: str = DEFAULT_DISTRIBUTION
 
     def __post_init__(self) -> None:
         self.pattern_kwargs = {k: _plain(v) for k, v in dict(self.pattern_kwargs).items()}
@@ -152,6 +154,8 @@ class TrainConfig:
             (self.device in ("auto", "cpu", "cuda"),
              f"unknown device {self.device!r}; valid: auto, cpu, cuda"),
             (self.init in INITS, f"unknown init {self.init!r}; valid: {', '.join(INITS)}"),
+            (self.distribution in DISTRIBUTIONS,
+             f"unknown distribution {self.distribution!r}; valid: {', '.join(DISTRIBUTIONS)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -230,7 +234,8 @@ def build_run_model(
     if config.pattern != "dense":  # with init_from and pattern dense: fine-tune the dense model
         report = sparsify(
             model, config.sparsity, config.pattern, exclude=tuple(config.exclude),
-            seed=config.seed, init=config.init, **_pattern_kwargs(config.pattern_kwargs),
+            seed=config.seed, init=config.init, distribution=config.distribution,
+            **_pattern_kwargs(config.pattern_kwargs),
         )
     return model, report
 
