@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from rbgp.ops import LayoutTensors, dense_weight, grouped_values, rbgp_linear
 from rbgp.patterns import RBGP4, GroupedLayout
@@ -68,7 +69,60 @@ def check_triton(layout: LayoutTensors, batch: int, dtype: torch.dtype, device="
     return out
 
 
+# (c_in, c_out, kernel, stride, padding, H x W, sparsity, group_rows): rows per group R and block width BW
+CONV_LAYOUTS = [
+    pytest.param((16, 16, 3, 1, 1, (5, 6), 0.75, 128), id="R2-bw9"),  # 64->64-like: 2-row groups, FMA tiles
+    pytest.param((16, 32, 3, 2, 1, (7, 5), 0.75, 4), id="R4-bw9-stride2"),
+    pytest.param((24, 32, 3, 1, 0, (6, 6), 0.5, 8), id="R8-bw9-valid"),
+    pytest.param((8, 48, 5, 1, 2, (4, 5), 0.5, 16), id="R16-bw25"),  # tl.dot tiles along R
+    pytest.param((32, 16, 1, 1, 0, (3, 5), 0.75, 4), id="1x1-R4"),
+]
+
+
+def pytest_generate_tests(metafunc) -> None:
+    """`conv_case` runs a test over CONV_LAYOUTS (in the interpreter and the GPU modules alike)."""
+    if "conv_case" in metafunc.fixturenames:
+        metafunc.parametrize("conv_case", CONV_LAYOUTS)
+
+
+def check_conv(case: tuple, device: str, dtype: torch.dtype) -> None:
+    """Forward, grad-input and grad-values of an RBGPConv2d (a CONV_LAYOUTS case) on backend "triton"
+    against fp64 F.conv2d with the masked weight; bound: 2x the error of F.conv2d itself in `dtype`,
+    plus eps(dtype) * max|ref|."""
+    from rbgp.nn import RBGPConv2d
+
+    cin, cout, k, stride, pad, hw, sparsity, group_rows = case
+    torch.manual_seed(0)
+    layer = RBGPConv2d(cin, cout, k, stride=stride, padding=pad, sparsity=sparsity, backend="triton",
+                       pattern=RBGP4(group_rows=group_rows), device=device)
+    assert layer.block_width % (k * k) == 0, "whole input channels per block"
+    x = torch.randn(3, cin, *hw, device=layer.values.device)
+    conv = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation)
+    w64 = layer.dense_weight().detach().double().requires_grad_()
+    x64 = x.double().requires_grad_()
+    y64 = F.conv2d(x64, w64, layer.bias.detach().double(), **conv)
+    gy = torch.randn(y64.shape, dtype=torch.float64, device=x.device,
+                     generator=torch.Generator(x.device).manual_seed(1))
+    y64.backward(gy)
+    wd = w64.detach().to(dtype).requires_grad_()
+    xd = x.to(dtype).requires_grad_()
+    yd = F.conv2d(xd, wd, layer.bias.detach().to(dtype), **conv)
+    yd.backward(gy.to(dtype))
+    layer = layer.to(dtype)
+    xk = x.to(dtype).requires_grad_()
+    y = layer(xk)
+    y.backward(gy.to(dtype))
+    as_values = lambda g: grouped_values(g.reshape(layer.structure.shape).double(), layer.layout)  # noqa: E731
+    eps = torch.finfo(dtype).eps
+    for name, got, own, ref in [("y", y, yd, y64), ("dx", xk.grad, xd.grad, x64.grad),
+                                ("dv", layer.values.grad, as_values(wd.grad), as_values(w64.grad))]:
+        assert got.dtype == dtype and got.shape == ref.shape, name
+        err = (got.double() - ref).abs().max().item()
+        bound = 2 * (own.double() - ref).abs().max().item() + eps * ref.abs().max().item()
+        assert err <= bound, f"{name} ({dtype}): kernel error {err:.3e} > bound {bound:.3e}"
+
+
 @pytest.fixture
 def tk() -> SimpleNamespace:
     """The helpers above, for test modules (importlib import mode: conftest is not importable)."""
-    return SimpleNamespace(check=check_triton, make_layout=make_layout, random_group_layout=random_group_layout)
+    return SimpleNamespace(check=check_triton, check_conv=check_conv, make_layout=make_layout, random_group_layout=random_group_layout)

@@ -97,3 +97,9 @@ def test_inductor_compile_fullgraph():
     y.sum().backward()
     assert torch.allclose(y, y_eager, atol=1e-4, rtol=1e-4)
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv_channel_layouts(tk, dtype, conv_case):
+    """Channel layouts with 2- to 16-row groups, compiled natively (FMA tiles below 16 rows)."""
+    tk.check_conv(conv_case, DEV, dtype)

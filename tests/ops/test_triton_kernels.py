@@ -240,15 +240,21 @@ _AOT_SCRIPT = textwrap.dedent("""
     TILES = {K.grouped_fwd_kernel: {"BLOCK_N": 64, "BLOCK_R": 32, "BLOCK_K": 32},
              K.grouped_bwd_input_kernel: {"BLOCK_N": 64, "BLOCK_C": 16, "BLOCK_R": 32},
              K.grouped_bwd_values_kernel: {"BLOCK_R": 32, "BLOCK_K": 32, "BLOCK_N": 64}}
-    for dt, prec, bw in (("fp16", "tf32", 16), ("bf16", "tf32", 4), ("fp32", "ieee", 16), ("fp32", "tf32", 1)):
+    # 2-row groups of 9-wide (3x3 channel) blocks: tiles below 16 along R, so FMAs, no tensor cores
+    SMALL = {K.grouped_fwd_kernel: {"BLOCK_N": 64, "BLOCK_R": 2, "BLOCK_K": 32},
+             K.grouped_bwd_input_kernel: {"BLOCK_N": 64, "BLOCK_C": 16, "BLOCK_R": 2},
+             K.grouped_bwd_values_kernel: {"BLOCK_R": 2, "BLOCK_K": 32, "BLOCK_N": 64}}
+    for dt, prec, bw, tiles in (("fp16", "tf32", 16, TILES), ("bf16", "tf32", 4, TILES), ("fp32", "ieee", 16, TILES),
+                                ("fp32", "tf32", 1, TILES), ("bf16", "tf32", 9, TILES), ("fp16", "tf32", 9, SMALL)):
         for fn, ptrs in PTRS.items():
-            consts = {"BW": bw, "INPUT_PRECISION": prec, "EMULATE_BF16": False, **TILES[fn]}
+            consts = {"BW": bw, "BW_ALIGN": bw & -bw, "INPUT_PRECISION": prec, "EMULATE_BF16": False, **tiles[fn]}
             sig = {a: ("constexpr" if a in consts else f"*{dt}" if a in ptrs[:3] else "*i32" if a in ptrs else "i32")
                    for a in fn.arg_names}
             k = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32),
                                options={"num_warps": 4, "num_stages": 3})
             tensor_cores = "wgmma" in k.asm["ptx"] or "mma.sync" in k.asm["ptx"]
-            assert tensor_cores == (prec == "tf32"), (fn.__name__, dt, prec)  # fp32 "ieee": FMA, no TF32
+            expected = prec == "tf32" and tiles is TILES  # fp32 "ieee": FMA, no TF32; small tiles: FMA
+            assert tensor_cores == expected, (fn.__name__, dt, prec, bw)
     print("compiled")
 """)
 
@@ -280,3 +286,23 @@ def test_rbgp_conv_layer_on_triton_matches_dense_conv():
     y.sum().backward()
     ref.sum().backward()
     assert torch.allclose(x.grad, xr.grad, atol=1e-4)
+
+
+# ---- convolutions: channel layouts (a block is one input channel's kh*kw taps), small row groups -----------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv_channel_layouts_on_triton(tk, dtype, conv_case):
+    """Channel layouts (a block is one input channel's kh*kw taps) with 2- to 16-row groups."""
+    tk.check_conv(conv_case, "cpu", dtype)
+
+
+def test_small_row_groups_are_not_padded_to_16():
+    """2-row groups launch 2-row tiles (FMA path), not 16-row tl.dot tiles."""
+    from rbgp.nn import RBGPConv2d
+
+    layer = RBGPConv2d(16, 16, 3, padding=1, sparsity=0.75, backend="triton")
+    assert layer.values.shape[1] == 2 and layer.block_width == 9
+    layer(torch.randn(2, 16, 4, 4, requires_grad=True)).sum().backward()
+    assert L._fwd.best_config.kwargs["BLOCK_R"] == 2
+    assert L._bwd_values.best_config.kwargs["BLOCK_R"] == 2
+    assert L._bwd_input.best_config.kwargs["BLOCK_R"] == 2

@@ -1,8 +1,8 @@
 """The grouped layout as torch tensors: one object per layer, built once, everything the compute reads.
 
 Besides the group index lists it holds the small tables of the Triton kernels, derived once here (not
-per call): BW is the widest power of two (<= 128) for which every group's columns are whole aligned
-runs of BW (RBGP4 micro-blocks; 1 when there are none), `col_blocks` (G, K // BW) gives each group's
+per call): BW is the widest width (<= 128) for which every group's columns are whole aligned runs of
+BW (RBGP4 micro-blocks, a conv's kh*kw taps; 1 when there are none), `col_blocks` (G, K // BW) gives each group's
 column blocks and `col_entries` (ceil(in / BW), D) lists, for every input block, the (group, block
 slot) pairs that read it (`g * (K // BW) + slot`, padded with -1), the transposed pattern.
 """
@@ -19,18 +19,17 @@ MAX_BLOCK_WIDTH = 128
 
 
 def detect_block_width(col_index: torch.Tensor, max_width: int = MAX_BLOCK_WIDTH) -> int:
-    """The widest power of two BW <= max_width such that every group's columns are aligned runs
-    [j * BW, j * BW + BW) (in any block order); 1 when there is none."""
+    """The widest BW <= max_width dividing K such that every group's columns are aligned runs
+    [j * BW, j * BW + BW) (in any block order); 1 when there is none. BW need not be a power of two:
+    a conv's channel micro-block is its kh*kw taps (9 for 3x3)."""
     g, k = col_index.shape
-    bw = 1
-    while bw * 2 <= max_width and k % (bw * 2) == 0:
-        bw *= 2
-    while bw > 1:
+    for bw in range(min(k, max_width), 1, -1):
+        if k % bw:
+            continue
         runs = col_index.reshape(g, k // bw, bw)
         first = runs[:, :, :1]
         if bool(((first % bw) == 0).all()) and torch.equal(runs, first + torch.arange(bw, device=col_index.device)):
             return bw
-        bw //= 2
     return 1
 
 

@@ -64,12 +64,25 @@ def _round_bf16(acc, EMULATE_BF16: tl.constexpr):
 
 
 @triton.jit
+def _mma(a, b, acc, INPUT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
+    """acc + a @ b for an (M, K) and a (K, N) tile: tl.dot (tensor cores) when every dim is at least
+    16, else fp32 FMAs over a broadcast product, so that small row groups (2-8 rows) or narrow blocks
+    are not padded to the 16 that tl.dot needs."""
+    if a.shape[0] < 16 or a.shape[1] < 16 or b.shape[1] < 16:
+        acc += tl.sum(a.to(tl.float32)[:, :, None] * b.to(tl.float32)[None, :, :], axis=1)
+    else:
+        acc = tl.dot(_dot_operand(a, EMULATE_BF16), _dot_operand(b, EMULATE_BF16), acc,
+                     input_precision=INPUT_PRECISION)
+    return acc
+
+
+@triton.jit
 def _block_columns(cblk_ptr, g, offs_k, mask_k, KB, BW: tl.constexpr, CONTIG: tl.constexpr):
     """Input columns col(g, k) of the positions `offs_k`, from the (G, K // BW) block table.
 
-    K is a multiple of BW, so each aligned run of CONTIG = min(BW, BLOCK_K) positions is either all
-    valid or all masked, and its columns are contiguous from a multiple of CONTIG: the hints let the
-    compiler vectorise the gathered loads.
+    K is a multiple of BW, so each aligned run of CONTIG positions (a power of two dividing BW, at most
+    BLOCK_K) is either all valid or all masked, and its columns are contiguous from a multiple of
+    CONTIG: the hints let the compiler vectorise the gathered loads.
     """
     blk = tl.load(cblk_ptr + g * KB + offs_k // BW, mask=mask_k, other=0)
     cols = blk.to(tl.int64) * BW + offs_k % BW
@@ -81,14 +94,14 @@ def grouped_fwd_kernel(
     x_ptr, v_ptr, y_ptr, rows_ptr, cblk_ptr,
     N, R, K, KB,
     stride_xn, stride_xi, stride_vg, stride_vr, stride_vk, stride_yn, stride_yo,
-    BW: tl.constexpr, INPUT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    BW: tl.constexpr, BW_ALIGN: tl.constexpr, INPUT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Y[n, row(g, r)] = X[n, col(g, :)] . V[g, r, :] for one (BLOCK_N, BLOCK_R) tile of group g."""
     pid_n = tl.program_id(0)
     pid_r = tl.program_id(1)
     g = tl.program_id(2).to(tl.int64)
-    CONTIG: tl.constexpr = BW if BW < BLOCK_K else BLOCK_K
+    CONTIG: tl.constexpr = BW_ALIGN if BW_ALIGN < BLOCK_K else BLOCK_K
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     mask_n = offs_n < N
@@ -102,8 +115,7 @@ def grouped_fwd_kernel(
         cols = _block_columns(cblk_ptr, g, offs_k, mask_k, KB, BW, CONTIG)
         xt = tl.load(x_rows + cols[None, :] * stride_xi, mask=mask_n[:, None] & mask_k[None, :], other=0.0)
         vt = tl.load(v_tile + offs_k[:, None] * stride_vk, mask=mask_k[:, None] & mask_r[None, :], other=0.0)
-        acc = tl.dot(_dot_operand(xt, EMULATE_BF16), _dot_operand(vt, EMULATE_BF16), acc,
-                     input_precision=INPUT_PRECISION)
+        acc = _mma(xt, vt, acc, INPUT_PRECISION, EMULATE_BF16)
     rows = tl.load(rows_ptr + g * R + offs_r, mask=mask_r, other=0)
     y_ptrs = y_ptr + offs_n.to(tl.int64)[:, None] * stride_yn + rows.to(tl.int64)[None, :] * stride_yo
     tl.store(y_ptrs, _round_bf16(acc, EMULATE_BF16).to(y_ptr.dtype.element_ty),
@@ -115,7 +127,7 @@ def grouped_bwd_input_kernel(
     dy_ptr, v_ptr, dx_ptr, rows_ptr, ent_ptr,
     N, R, KB, IN, D,
     stride_dyn, stride_dyo, stride_vg, stride_vr, stride_vk, stride_xn, stride_xi,
-    BW: tl.constexpr, INPUT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    BW: tl.constexpr, BW_ALIGN: tl.constexpr, INPUT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """dX[n, c] for BLOCK_C columns c of one input block b: sum over the (g, kb) reading b and over r."""
@@ -143,8 +155,7 @@ def grouped_bwd_input_kernel(
             dyt = tl.load(dy_rows + rows.to(tl.int64)[None, :] * stride_dyo, mask=mask_n[:, None] & mask_r[None, :],
                           other=0.0)
             vt = tl.load(v_cols + offs_r[:, None] * stride_vr, mask=mask_r[:, None] & mask_c[None, :], other=0.0)
-            acc = tl.dot(_dot_operand(dyt, EMULATE_BF16), _dot_operand(vt, EMULATE_BF16), acc,
-                         input_precision=INPUT_PRECISION)
+            acc = _mma(dyt, vt, acc, INPUT_PRECISION, EMULATE_BF16)
     dx_ptrs = dx_ptr + offs_n.to(tl.int64)[:, None] * stride_xn + cols[None, :] * stride_xi
     tl.store(dx_ptrs, _round_bf16(acc, EMULATE_BF16).to(dx_ptr.dtype.element_ty),
              mask=mask_n[:, None] & mask_c[None, :])
@@ -155,14 +166,14 @@ def grouped_bwd_values_kernel(
     dy_ptr, x_ptr, dv_ptr, rows_ptr, cblk_ptr,
     N, R, K, KB,
     stride_dyn, stride_dyo, stride_xn, stride_xi, stride_vg, stride_vr, stride_vk,
-    BW: tl.constexpr, INPUT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    BW: tl.constexpr, BW_ALIGN: tl.constexpr, INPUT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dV[g, r, k] = dY[:, row(g, r)] . X[:, col(g, k)] for one (BLOCK_R, BLOCK_K) tile of group g."""
     pid_k = tl.program_id(0)
     pid_r = tl.program_id(1)
     g = tl.program_id(2).to(tl.int64)
-    CONTIG: tl.constexpr = BW if BW < BLOCK_K else BLOCK_K
+    CONTIG: tl.constexpr = BW_ALIGN if BW_ALIGN < BLOCK_K else BLOCK_K
     offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     mask_r = offs_r < R
@@ -179,8 +190,7 @@ def grouped_bwd_values_kernel(
                       other=0.0)
         xt = tl.load(x_cols + offs_n.to(tl.int64)[:, None] * stride_xn, mask=mask_n[:, None] & mask_k[None, :],
                      other=0.0)
-        acc = tl.dot(_dot_operand(dyt, EMULATE_BF16), _dot_operand(xt, EMULATE_BF16), acc,
-                     input_precision=INPUT_PRECISION)
+        acc = _mma(dyt, xt, acc, INPUT_PRECISION, EMULATE_BF16)
     dv_ptrs = dv_ptr + g * stride_vg + offs_r[:, None] * stride_vr + offs_k[None, :] * stride_vk
     tl.store(dv_ptrs, _round_bf16(acc, EMULATE_BF16).to(dv_ptr.dtype.element_ty),
              mask=mask_r[:, None] & mask_k[None, :])

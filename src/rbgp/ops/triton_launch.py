@@ -26,26 +26,39 @@ _GRID_YZ_MAX = 65535  # CUDA limit on grid axes 1 and 2
 
 # ---- tile configs ------------------------------------------------------------------------------------------
 
-def _configs(names: tuple[str, str, str], tiles: list[tuple[int, int, int, int, int]]) -> list[triton.Config]:
-    """Autotune configs from (tile0, tile1, tile2, warps, stages); one small config under the interpreter."""
+SMALL = (1, 2, 4, 8)
+"""Tile sizes below tl.dot's 16 for the dims that can be small (rows per group, block width): such
+tiles run on FMAs (`triton_kernels._mma`) instead of padding to 16."""
+
+
+def _configs(names: tuple[str, str, str], tiles: list[tuple[int, int, int, int, int]],
+             small: tuple[int, ...] = ()) -> list[triton.Config]:
+    """Autotune configs from (tile0, tile1, tile2, warps, stages), plus, for each tile position in
+    `small`, copies of the tiles with that tile at each size in SMALL; under the interpreter one
+    config per size (16 and SMALL), so that CPU tests stay fast."""
     if K.INTERPRETED:
-        return [triton.Config(dict(zip(names, (16, 16, 16))), num_warps=4, num_stages=1)]
-    return [triton.Config(dict(zip(names, t[:3])), num_warps=t[3], num_stages=t[4]) for t in tiles]
+        tiles = [(16, 16, 16, 4, 1)]
+    tiles = list(tiles) + [(*t[:i], size, *t[i + 1:]) for i in small for size in SMALL for t in tiles]
+    unique = dict.fromkeys(tiles)
+    return [triton.Config(dict(zip(names, t[:3])), num_warps=t[3], num_stages=t[4]) for t in unique]
 
 
-def _cap(extent: int) -> int:
-    """The largest tile worth trying along a dim of this extent (tl.dot needs at least 16)."""
-    return max(16, triton.next_power_of_2(max(extent, 1)))
+def _tile_for(extent: int, small: bool) -> tuple[int, int]:
+    """The (smallest, largest) tile worth trying along a dim of this extent: from 16 (tl.dot) up to its
+    power of two; for a dim that may be `small`, exactly its power of two below 16 (no padding)."""
+    p2 = triton.next_power_of_2(max(extent, 1))
+    return (p2, p2) if small and p2 < 16 else (16, max(16, p2))
 
 
-def _pruner(dims: dict[str, str]):
-    """Drop configs whose tile along a dim exceeds that dim (rounded up to a power of two); keep >= 1."""
+def _pruner(dims: dict[str, str], small: tuple[str, ...] = ()):
+    """Keep the configs whose tile along each dim fits that dim (see `_tile_for`); keep >= 1."""
     def prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}
-        keep = [c for c in configs if all(c.kwargs[t] <= _cap(int(args[d])) for t, d in dims.items())]
+        bounds = {t: _tile_for(int(args[d]), t in small) for t, d in dims.items()}
+        keep = [c for c in configs if all(lo <= c.kwargs[t] <= hi for t, (lo, hi) in bounds.items())]
         if keep:
             return keep
-        smallest = min(configs, key=lambda c: sum(c.kwargs[t] for t in dims))
+        smallest = min(configs, key=lambda c: sum(abs(c.kwargs[t] - bounds[t][0]) for t in dims))
         return [smallest]
     return {"early_config_prune": prune}
 
@@ -64,14 +77,16 @@ _INPUT_TILES = [(128, 64, 32, 4, 4), (128, 128, 32, 8, 3), (64, 64, 64, 4, 3), (
 def autotuned(fwd_tiles: list, values_tiles: list, input_tiles: list) -> tuple:
     """The three kernels autotuned over the given tile lists (the launchers use the lists above;
     benchmarks/gpu_tune.py tries others)."""
-    fwd = triton.autotune(_configs(("BLOCK_N", "BLOCK_R", "BLOCK_K"), fwd_tiles), key=["N", "R", "K"],
-                          prune_configs_by=_pruner({"BLOCK_N": "N", "BLOCK_R": "R", "BLOCK_K": "K"}))(
+    fwd = triton.autotune(_configs(("BLOCK_N", "BLOCK_R", "BLOCK_K"), fwd_tiles, small=(1,)), key=["N", "R", "K"],
+                          prune_configs_by=_pruner({"BLOCK_N": "N", "BLOCK_R": "R", "BLOCK_K": "K"}, ("BLOCK_R",)))(
         K.grouped_fwd_kernel)
-    values = triton.autotune(_configs(("BLOCK_R", "BLOCK_K", "BLOCK_N"), values_tiles), key=["N", "R", "K"],
-                             prune_configs_by=_pruner({"BLOCK_R": "R", "BLOCK_K": "K"}))(
+    values = triton.autotune(_configs(("BLOCK_R", "BLOCK_K", "BLOCK_N"), values_tiles, small=(0,)),
+                             key=["N", "R", "K"], prune_configs_by=_pruner({"BLOCK_R": "R", "BLOCK_K": "K"}, ("BLOCK_R",)))(
         K.grouped_bwd_values_kernel)
-    grad_input = triton.autotune(_configs(("BLOCK_N", "BLOCK_C", "BLOCK_R"), input_tiles), key=["N", "R", "D", "BW"],
-                                 prune_configs_by=_pruner({"BLOCK_N": "N", "BLOCK_C": "BW", "BLOCK_R": "R"}))(
+    grad_input = triton.autotune(_configs(("BLOCK_N", "BLOCK_C", "BLOCK_R"), input_tiles, small=(1, 2)),
+                                 key=["N", "R", "D", "BW"],
+                                 prune_configs_by=_pruner({"BLOCK_N": "N", "BLOCK_C": "BW", "BLOCK_R": "R"},
+                                                          ("BLOCK_C", "BLOCK_R")))(
         K.grouped_bwd_input_kernel)
     return fwd, values, grad_input
 
@@ -138,7 +153,7 @@ def grouped_forward(x: torch.Tensor, values: torch.Tensor, row_index: torch.Tens
     grid = lambda m: (triton.cdiv(n, m["BLOCK_N"]), triton.cdiv(r, m["BLOCK_R"]), g)  # noqa: E731
     _fwd[grid](x, values, y, row_index, col_blocks, n, r, k, kb,
                x.stride(0), x.stride(1), *values.stride(), y.stride(0), y.stride(1),
-               BW=block_width, **flags)
+               BW=block_width, BW_ALIGN=block_width & -block_width, **flags)
     return y
 
 
@@ -162,7 +177,7 @@ def grouped_grad_input(grad_y: torch.Tensor, values: torch.Tensor, row_index: to
     _check_grid("batch tiles", triton.cdiv(n, 16))
     _bwd_input[grid](grad_y, values, dx, row_index, col_entries, n, r, kb, in_features, depth,
                      grad_y.stride(0), grad_y.stride(1), *values.stride(), dx.stride(0), dx.stride(1),
-                     BW=bw, **flags)
+                     BW=bw, BW_ALIGN=bw & -bw, **flags)
     return dx
 
 
@@ -187,5 +202,5 @@ def grouped_grad_values(grad_y: torch.Tensor, x: torch.Tensor, row_index: torch.
     grid = lambda m: (triton.cdiv(k, m["BLOCK_K"]), triton.cdiv(r, m["BLOCK_R"]), g)  # noqa: E731
     _bwd_values[grid](grad_y, x, dv, row_index, col_blocks, n, r, k, kb,
                       grad_y.stride(0), grad_y.stride(1), x.stride(0), x.stride(1), *dv.stride(),
-                      BW=block_width, **flags)
+                      BW=block_width, BW_ALIGN=block_width & -block_width, **flags)
     return dv
