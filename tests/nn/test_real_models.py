@@ -52,7 +52,7 @@ def test_transformers_sparsify_train_save_reload(name, tmp_path):
         report = sparsify(model, 0.9)
     assert len(report.layers) >= 6 and report.params_before == before
     assert report.params_after == count_parameters(model) < 0.6 * before
-    assert all(abs(r.density - 0.09375) < 1e-9 for r in report.layers)
+    assert abs(report.global_sparsity - 0.9) < 0.01  # the default distribution ("hw") meets the global budget
     assert model.config.rbgp["sparsity"] == 0.9
     ids = _ids()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)

@@ -78,10 +78,11 @@ def test_sparsify_errors():
     with pytest.raises(ValueError, match="no nn.Linear"):
         sparsify(nn.Sequential(nn.ReLU()), 0.5)
     with pytest.raises(ValueError, match="cannot sparsify layer '1'.*a 5x7 weight cannot be made 0.9 sparse"):
-        sparsify(nn.Sequential(nn.Linear(4, 7), nn.Linear(7, 5), nn.Linear(5, 2)), 0.9, on_infeasible="error")
-    report = sparsify(nn.Sequential(nn.Linear(4, 7), nn.Linear(7, 5), nn.Linear(5, 2)), 0.9)
+        sparsify(nn.Sequential(nn.Linear(4, 7), nn.Linear(7, 5), nn.Linear(5, 2)), 0.9, on_infeasible="error",
+                 distribution="uniform")
+    report = sparsify(nn.Sequential(nn.Linear(4, 7), nn.Linear(7, 5), nn.Linear(5, 2)), 0.9, distribution="uniform")
     assert dict(report.skipped)["1"].endswith("the nearest feasible sparsity is 0.5714, more than 0.1 away")
-    report = sparsify(nn.Sequential(nn.Linear(4, 7), nn.Linear(7, 1), nn.Linear(1, 2)), 0.9)
+    report = sparsify(nn.Sequential(nn.Linear(4, 7), nn.Linear(7, 1), nn.Linear(1, 2)), 0.9, distribution="uniform")
     assert dict(report.skipped)["1"] == "too small (no sparse rbgp4 structure fits a 1x7 weight)"
     with pytest.raises(ValueError, match="init"):
         sparsify(nn.Sequential(nn.Linear(4, 4)), 0.5, init="zeros")

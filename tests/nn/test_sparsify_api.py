@@ -199,7 +199,7 @@ def test_llama_intermediate_688_plans_and_trains():
                                              max_position_embeddings=64))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        report = sparsify(model, 0.9)
+        report = sparsify(model, 0.9, distribution="uniform")  # every layer at 0.9: the 688 shape planned
     names = {r.name: r for r in report.layers}
     for proj in ("gate_proj", "up_proj", "down_proj"):
         r = names[f"model.layers.0.mlp.{proj}"]
@@ -215,7 +215,7 @@ def test_gpt2_vocabularies_plan_and_train(vocab):
     torch.manual_seed(0)
     model = t.GPT2LMHeadModel(t.GPT2Config(vocab_size=vocab, n_positions=32, n_embd=64, n_layer=1, n_head=4,
                                            tie_word_embeddings=False))
-    report = sparsify(model, 0.9, keep_first_last=False)  # the head too, to plan its vocab-wide shape
+    report = sparsify(model, 0.9, keep_first_last=False, distribution="uniform")  # the head too, at 0.9
     head = {r.name: r for r in report.layers}["lm_head"]
     assert abs(head.sparsity - 0.9) <= 0.01 and head.weight_shape == [vocab, 64]
     assert model.lm_head.layout.padded_rows == (-vocab % head.rows_per_group)
@@ -228,7 +228,7 @@ def test_gpt2_vocabularies_plan_and_train(vocab):
 def test_pointwise_conv_32_to_128_converts_at_common_sparsities(sparsity):
     model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(32, 128, 1), nn.Conv2d(128, 32, 1),
                           nn.Conv2d(32, 10, 1))
-    report = sparsify(model, sparsity, init="kaiming")
+    report = sparsify(model, sparsity, init="kaiming", distribution="uniform")
     assert [r.name for r in report.layers] == ["1", "2"]
     for r in report.layers:
         assert abs(r.sparsity - sparsity) <= 0.05 and (r.note == "") == (abs(r.sparsity - sparsity) <= 0.01)

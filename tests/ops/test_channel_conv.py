@@ -65,19 +65,39 @@ def test_dtype_mismatch_is_refused():
         layer(torch.randn(1, 16, 4, 4, dtype=torch.float64))
 
 
-def test_tiny_groups_compute_as_a_masked_dense_conv():
-    from rbgp.nn.rbgp_layers import DENSE_COMPUTE_MAX_ROWS
+@pytest.mark.parametrize("cin,cout,sparsity,merge", [
+    (64, 64, 0.9, None),  # 2-row groups, merging 4 would do 0.4 of the dense work: the masked dense conv
+    (128, 128, 0.95, 4),  # 2-row groups merged by 4 (0.2 of the dense work)
+    (128, 128, 0.9, 2),  # 4-row groups merged by 2
+    (128, 256, 0.75, 1),  # 16-row groups: as they are
+])
+def test_small_groups_merge_or_run_dense(cin, cout, sparsity, merge):
+    from rbgp.nn.rbgp_layers import conv_merge
 
     torch.manual_seed(0)
-    layer = RBGPConv2d(64, 64, 3, padding=1, sparsity=0.9)  # a 64-channel layer at 90%: groups of 2 rows
-    assert layer.channels is not None and layer.values.shape[1] <= DENSE_COMPUTE_MAX_ROWS
-    x = torch.randn(2, 64, 6, 6, requires_grad=True)
+    layer = RBGPConv2d(cin, cout, 3, padding=1, sparsity=sparsity)
+    g, r, _ = layer.values.shape
+    assert layer.channels is not None and conv_merge(g, r, layer.density) == merge
+    x = torch.randn(2, cin, 6, 6, requires_grad=True)
     y = layer(x)
-    torch.testing.assert_close(y, F.conv2d(x, layer.dense_weight(), layer.bias, padding=1))
-    y.sum().backward()
-    grad = layer.values.grad.clone()
-    layer.values.grad = None
+    torch.testing.assert_close(y, F.conv2d(x, layer.dense_weight(), layer.bias, padding=1), rtol=1e-4, atol=1e-4)
+    y.square().sum().backward()
+    grads = layer.values.grad.clone(), x.grad.clone()
     ref = copy.deepcopy(layer)
     ref.backend = "reference"
-    ref(x).sum().backward()
-    torch.testing.assert_close(grad, ref.values.grad)
+    xr = x.detach().requires_grad_()
+    ref.values.grad = None
+    ref(xr).square().sum().backward()
+    torch.testing.assert_close(grads[0], ref.values.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(grads[1], xr.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_merged_weight_is_block_diagonal():
+    from rbgp.ops.channel_conv import merged_weight
+
+    values = torch.arange(1.0, 1 + 4 * 2 * 3).reshape(4, 2, 3)
+    w = merged_weight(values, 2)
+    assert w.shape == (2, 4, 6)
+    torch.testing.assert_close(w[0, :2, :3], values[0])
+    torch.testing.assert_close(w[0, 2:, 3:], values[1])
+    assert not w[0, :2, 3:].any() and not w[0, 2:, :3].any()

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from rbgp.nn.distribution import DEFAULT_DISTRIBUTION
+
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -28,8 +30,9 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=128, help="models suite: images per batch (default 128)")
     p.add_argument("--sparsity", type=float, default=0.9,
                    help="models suite: global sparsity of the converted layers")
-    p.add_argument("--distribution", default="uniform",
-                   help="models suite: comma-separated sparsity distributions (uniform, erk, hw)")
+    p.add_argument("--distribution", default=DEFAULT_DISTRIBUTION,
+                   help=f"models suite: comma-separated sparsity distributions (uniform, erk, hw; default "
+                        f"{DEFAULT_DISTRIBUTION})")
     p.add_argument("--per-layer", action="store_true", help="models suite: also time every converted layer alone")
     p.add_argument("--compile", choices=["no", "yes", "both"], default="no",
                    help="models suite: time eager, torch.compile (inductor) or both (default no)")

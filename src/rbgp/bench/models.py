@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rbgp.nn.distribution import DEFAULT_DISTRIBUTION
+
 MODELS = ("vgg19", "resnet18", "wrn40_4")
 PHASES = ("infer", "train")
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
@@ -43,7 +45,7 @@ def _timer(device: str, quick: bool) -> Callable[[Callable[[], Any]], dict[str, 
 
 
 def model_pair(name: str, sparsity: float, device: str, seed: int = 0,
-               distribution: str = "uniform") -> tuple[nn.Module, nn.Module, Any]:
+               distribution: str = DEFAULT_DISTRIBUTION) -> tuple[nn.Module, nn.Module, Any]:
     """(dense model, sparsified copy, sparsify report), both models on `device`; layers whose shape
     cannot meet the sparsity exactly take the nearest feasible one (the report says which)."""
     from rbgp.nn import sparsify
@@ -119,7 +121,7 @@ def step_functions(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 
 def bench_model(name: str, batch: int, dtype: str, device: str, sparsity: float, compiled: bool,
-                quick: bool = False, distribution: str = "uniform", per_layer: bool = False) -> dict[str, Any]:
+                quick: bool = False, distribution: str = DEFAULT_DISTRIBUTION, per_layer: bool = False) -> dict[str, Any]:
     """One result row: per variant (dense, rbgp) and phase, the timing or the reason it failed; with
     `per_layer`, every converted layer timed alone too."""
     dense, sparse, report = model_pair(name, sparsity, device, distribution=distribution)

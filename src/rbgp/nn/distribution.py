@@ -29,9 +29,17 @@ import math
 from collections.abc import Callable, Sequence
 
 DISTRIBUTIONS = ("uniform", "erk", "hw")
-DEFAULT_DISTRIBUTION = "uniform"
+DEFAULT_DISTRIBUTION = "hw"
 MIN_GROUP_ROWS = 8
 MIN_SPARSE_WIDTH = 128
+
+
+def hw_group_rows(out: int) -> int:
+    """Rows per group the hw rule asks the planner for: MIN_GROUP_ROWS, 16 for layers of 512 rows or
+    more (on the 2-core CPU, oneDNN's weight gradient of 8-row groups at 2x2 and 4x4 maps ran 3-6x
+    slower than of 16-row groups: a 512x512 3x3 conv at 89% trained 0.84x dense with 8-row groups,
+    4.9x with 16, `benchmarks/models-cpu.md`)."""
+    return min(2 * MIN_GROUP_ROWS, max(MIN_GROUP_ROWS, out // 32))
 
 
 def _fill(sizes: list[int], weights: list[float], floors: list[float], budget: float) -> list[float]:
@@ -92,6 +100,8 @@ def distribute(shapes: Sequence[tuple[int, ...]], sparsity: float, distribution:
         raise ValueError(f"distribute takes {DISTRIBUTIONS[1:]}, got {distribution!r}")
     sizes = [math.prod(s) for s in shapes]
     total = sum(sizes)
+    if not total:
+        return [(1.0, 1.0)] * len(shapes)
     weights, floors = _rule(shapes, (1.0 - sparsity) * total, distribution)
     order = sorted(range(len(shapes)), key=lambda i: (-sizes[i], i))
 

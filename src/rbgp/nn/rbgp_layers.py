@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from rbgp.ops import BACKENDS, LayoutTensors, dense_weight, grouped_values, rbgp_linear
-from rbgp.ops.channel_conv import channel_grouped_conv2d, channel_table
+from rbgp.ops.channel_conv import channel_grouped_conv2d, channel_table, padded_channels
 from rbgp.ops.im2col import im2col_feature_major
 from rbgp.patterns import (
     RBGP4,
@@ -265,19 +265,33 @@ class RBGPLinear(_RBGPBase):
 
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
-DENSE_COMPUTE_MAX_ROWS = 2
-"""Channel-layout convs with row groups this small compute as a dense conv of the masked weight: as
-grouped convs of 1-2 rows per group, 64-channel 3x3 convs at 90% ran 3-4x slower than dense on the
-2-core CPU; as masked dense convs they run at dense speed (`benchmarks/models-cpu.md`, uniform rows).
-A static rule, so the numbers never depend on a timing."""
+MERGE_ROWS = 8
+MAX_MERGED_DENSITY = 0.3
+"""How channel-layout convs with small row groups run (a static rule of the layer's shape, so the
+numbers never depend on a timing). Grouped convs of 2-4-row groups run slower than dense on oneDNN,
+so groups of fewer than MERGE_ROWS rows are merged, a few consecutive ones at a time, into groups of
+at least MERGE_ROWS rows with block-diagonal weights (`channel_grouped_conv2d(merge=...)`); when the
+merged work would exceed MAX_MERGED_DENSITY of the dense conv's, the dense conv of the masked weight
+runs instead. Measured on the 2-core CPU, batch 32, 3x3, fwd+bwd vs dense: 128->128 @16x16 at 90%
+(4-row groups) 1.06x unmerged, 1.42x merged by 2; at 95% (2-row groups) 0.56x unmerged, 1.63x merged
+by 4; 64->64 @32x32 at 90% (2-row groups) 0.35x unmerged, 0.78x merged by 4, 1.32x as a masked dense
+conv (`benchmarks/conv_merge.md`)."""
+
+
+def conv_merge(groups: int, rows: int, density: float) -> int | None:
+    """How many consecutive row groups a channel-layout conv runs as one (1: none), or None for the
+    dense conv of the masked weight (see MERGE_ROWS); `density`: the work of the grouped conv relative
+    to the dense one (channel padding included)."""
+    merge = next((m for m in range(1, groups + 1) if groups % m == 0 and m * rows >= MERGE_ROWS), groups)
+    return merge if merge == 1 or merge * density <= MAX_MERGED_DENSITY else None
 
 
 class RBGPConv2d(_RBGPBase):
     """A 2-D convolution (groups=1) whose (c_out, c_in*kh*kw) weight follows an RBGP pattern.
 
     When every row group reads whole input channels (RBGP4's default for convs), backends "auto" and
-    "grouped" run it as a gathered-channel grouped convolution (`rbgp.ops.channel_conv`), or, for
-    row groups of at most DENSE_COMPUTE_MAX_ROWS rows, as a dense conv of the masked weight; other
+    "grouped" run it as a gathered-channel grouped convolution (`rbgp.ops.channel_conv`), small row
+    groups merged or, when merging costs too much, as a dense conv of the masked weight (`conv_merge`); other
     layouts, and backends "triton" and "reference", use im2col and the grouped matmul.
 
     Padding as in nn.Conv2d: integers, "valid" or "same" (stride 1), with any `padding_mode`; what
@@ -320,7 +334,8 @@ class RBGPConv2d(_RBGPBase):
     def _set_structure(self, structure: SparseMask, device=None) -> None:
         super()._set_structure(structure, device)
         taps = self.kernel_size[0] * self.kernel_size[1]
-        self.register_buffer("channels", channel_table(self.col_index, taps), persistent=False)
+        channels = channel_table(self.col_index, taps)
+        self.register_buffer("channels", None if channels is None else padded_channels(channels), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -333,10 +348,15 @@ class RBGPConv2d(_RBGPBase):
             x = F.pad(x, self._pad, mode=mode)
             padding = (0, 0)
         if self.channels is not None and self.backend in ("auto", "grouped"):
-            if self.values.shape[1] <= DENSE_COMPUTE_MAX_ROWS:  # tiny groups: the masked dense conv is faster
+            g, r, k = self.values.shape
+            merge = conv_merge(g, r, self.density * self.channels.numel() / (g * k) * math.prod(self.kernel_size))
+            if merge is None:  # tiny groups: the masked dense conv is faster
+                if x.dtype != self.values.dtype and not torch.is_autocast_enabled(x.device.type):
+                    raise ValueError(f"input dtype {x.dtype} differs from the weight dtype {self.values.dtype}; "
+                                     f"cast one or use autocast")
                 return F.conv2d(x, self.dense_weight(), self.bias, self.stride, padding, self.dilation)
             return channel_grouped_conv2d(x, self.values, self.channels, self.row_order, self.out_channels,
-                                          self.kernel_size, self.stride, padding, self.dilation, self.bias)
+                                          self.kernel_size, self.stride, padding, self.dilation, self.bias, merge)
         cols, oh, ow = im2col_feature_major(x, self.kernel_size, self.stride, padding, self.dilation)
         # the feature-major matrix goes in as its transposed (N*L, C*kh*kw) view: the gather reads rows
         y = rbgp_linear(cols.t(), self.values, self.layout, self.bias, self.backend)  # (N*L, out)

@@ -34,7 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from rbgp.graphs import path_coverage
-from rbgp.nn.distribution import DEFAULT_DISTRIBUTION, DISTRIBUTIONS, MIN_GROUP_ROWS, distribute
+from rbgp.nn.distribution import DEFAULT_DISTRIBUTION, DISTRIBUTIONS, distribute, hw_group_rows
 from rbgp.nn.masked import MaskedConv2d, MaskedLinear
 from rbgp.nn.rbgp_layers import RBGPConv2d, RBGPLinear, is_hf_conv1d, linear_weight
 from rbgp.patterns import (
@@ -259,7 +259,7 @@ def sparsify(
     backend: str = "auto",
     on_infeasible: str = "nearest",
     inplace: bool = True,
-    distribution: str = DEFAULT_DISTRIBUTION,
+    distribution: str | None = None,
     **pattern_kwargs: Any,
 ) -> SparsifyReport:
     """Make `model` sparse and report what changed; on any error the model is untouched.
@@ -281,11 +281,12 @@ def sparsify(
     on_infeasible: when a layer cannot meet its sparsity within the pattern's tolerance, "nearest"
     takes the nearest feasible one (up to 0.1 away), "skip" leaves the layer dense, "error" raises.
     inplace: False leaves `model` as it is and converts a copy (`report.model`).
-    distribution: how a float `sparsity` is spread: "uniform" (every layer), or over all converted layers
-    together, "erk" (Erdős-Rényi-Kernel) or "hw" (hardware-aware: every layer keeps row groups large
-    enough to run fast; see `rbgp.nn.distribution`). Under "erk" and "hw" each layer takes the nearest
-    feasible density to what the rule asks, and the rule is re-solved over the layers left, so the
-    global budget is met (on_infeasible does not apply).
+    distribution: how a float `sparsity` is spread over the converted layers: "hw" (the default for a
+    float: hardware-aware, the global fraction of zeros over all converted layers, with every layer's
+    row groups large enough to run fast; see `rbgp.nn.distribution`), "erk" (Erdős-Rényi-Kernel, also
+    global) or "uniform" (every layer at `sparsity`; the default for a dict or callable). Under "erk"
+    and "hw" each layer takes the nearest feasible density to what the rule asks, and the rule is
+    re-solved over the layers left, so the global budget is met (on_infeasible does not apply).
 
     The same arguments on the same architecture give the same structure (`report.recipe` holds them;
     on a Hugging Face model they are also stored as `model.config.rbgp`, so `save_pretrained` keeps
@@ -293,9 +294,12 @@ def sparsify(
     are saved with the weights).
     """
     _check_spec(sparsity)
+    per_layer = callable(sparsity) or isinstance(sparsity, Mapping)
+    if distribution is None:
+        distribution = "uniform" if per_layer else DEFAULT_DISTRIBUTION
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
-    if distribution != "uniform" and (callable(sparsity) or isinstance(sparsity, Mapping)):
+    if distribution != "uniform" and per_layer:
         raise ValueError(f"distribution={distribution!r} spreads one global sparsity (a float); a dict or "
                          f"callable already gives every layer its own")
     if init not in INITS:
@@ -308,8 +312,6 @@ def sparsify(
     except TypeError as err:
         own = [p for p in inspect.signature(sparsify).parameters if p not in ("model", "pattern_kwargs")]
         raise TypeError(f"sparsify: {err}; sparsify's own keywords: {own}") from None
-    if distribution == "hw" and isinstance(base, RBGP4) and "min_group_rows" not in pattern_kwargs:
-        base = base.replace(min_group_rows=MIN_GROUP_ROWS)  # the groups the rule keeps large enough
     if not inplace:
         model = copy.deepcopy(model)
     candidates, skipped = _classify(model)
@@ -342,9 +344,16 @@ def sparsify(
             skipped.append((name, "no sparsity given for it"))
         else:
             chosen.append((index, name, module, requested))
+
+    def for_layer(module: nn.Module) -> Pattern:
+        """The pattern a layer is planned with: under "hw", RBGP4 asked for row groups that run fast."""
+        if distribution == "hw" and isinstance(base, RBGP4) and base.min_group_rows == 1:
+            return base.replace(min_group_rows=hw_group_rows(_shape(module)[0]))
+        return base
+
     if distribution != "uniform":
         densities = distribute([_shape(m) for _, _, m, _ in chosen], float(sparsity), distribution,
-                               lambda i, d: _realisable_density(chosen[i][2], d, base))
+                               lambda i, d: _realisable_density(chosen[i][2], d, for_layer(chosen[i][2])))
         for (_, name, module, _), (asked, built) in zip(chosen, densities):
             if built >= 1.0:
                 skipped.append((name, f"kept dense by distribution={distribution!r}" if asked >= 1.0 else
@@ -354,9 +363,9 @@ def sparsify(
     planned: list[tuple[str, nn.Module, nn.Module, float, str]] = []
     for index, name, module, requested in tqdm(chosen, desc="sparsify", unit="layer", leave=False,
                                                disable=None if len(chosen) > 8 else True):
-        layer_pattern = base
+        layer_pattern = for_layer(module)
         if isinstance(base, RBGP4) and shuffle and init != "magnitude" and len(planned) % 2 == 1:
-            layer_pattern = _shuffled(base)
+            layer_pattern = _shuffled(layer_pattern)
         target, note, why_not = _feasible_sparsity(module, requested, layer_pattern, on_infeasible, name)
         if target is None:
             skipped.append((name, why_not))

@@ -74,7 +74,7 @@ class ReproduceSettings:
             "nesterov": recipe.nesterov, "weight_decay": recipe.weight_decay,
             "schedule": recipe.schedule, "milestones": list(recipe.milestones),
             "gamma": recipe.gamma, "seed": self.seed, "precision": self.precision,
-            "max_steps": self.max_steps, **extra,
+            "max_steps": self.max_steps, "distribution": "uniform", **extra,  # the paper: every layer at one sparsity
         }
         if self.max_steps is not None:  # an explicit cap wins over the smoke default
             base["max_steps"] = self.max_steps
