@@ -101,3 +101,26 @@ def test_merged_weight_is_block_diagonal():
     torch.testing.assert_close(w[0, :2, :3], values[0])
     torch.testing.assert_close(w[0, 2:, 3:], values[1])
     assert not w[0, :2, 3:].any() and not w[0, 2:, :3].any()
+
+
+def test_channels_per_group_padded_to_a_multiple_of_8():
+    from rbgp.ops.channel_conv import CHANNEL_ALIGN, padded_channels
+
+    table = torch.tensor([[3, 5, 7], [0, 1, 2]])
+    padded = padded_channels(table, 4)
+    assert padded.tolist() == [[3, 5, 7, 3], [0, 1, 2, 0]] and padded_channels(padded, 4) is padded
+    torch.manual_seed(0)
+    layer = RBGPConv2d(24, 32, 3, padding=1, sparsity=0.75, pattern=RBGP4(group_rows=16))
+    cg = layer.values.shape[2] // 9
+    assert cg % CHANNEL_ALIGN and layer.channels.shape[1] % CHANNEL_ALIGN == 0  # 6 channels read, 8 gathered
+    x = torch.randn(2, 24, 5, 5, requires_grad=True)
+    y = layer(x)
+    torch.testing.assert_close(y, F.conv2d(x, layer.dense_weight(), layer.bias, padding=1), rtol=1e-4, atol=1e-4)
+    y.square().sum().backward()
+    ref = copy.deepcopy(layer)
+    ref.backend = "reference"
+    ref.values.grad = None
+    xr = x.detach().requires_grad_()
+    ref(xr).square().sum().backward()
+    torch.testing.assert_close(layer.values.grad, ref.values.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-4, atol=1e-4)

@@ -221,3 +221,23 @@ def test_baseline_magnitude_fits():
     assert b.array[4:, 4:].all() and b.nnz == 16
     n = NM(2, 4).fit(w, (8, 8), 0.5)
     assert (n.array.reshape(8, 2, 4).sum(axis=2) == 2).all()
+
+
+def test_rbgp4_min_group_rows_prefers_tall_groups():
+    """A 128x(64*9) conv at 0.766: the exact plan has 2-row groups; asked for 8, a plan of 8-row groups
+    (near-biregular) within tol is taken instead."""
+    shape = (128, 64, 3, 3)
+    plain = RBGP4().build(shape, 0.766).info["plan"]
+    tall = RBGP4(min_group_rows=8).build(shape, 0.766).info["plan"]
+    assert plain["rows_per_group"] < 8 <= tall["rows_per_group"]
+    assert abs(tall["sparsity"] - 0.766) <= 0.01
+    assert RBGP4(min_group_rows=8).replace(tol=0.02).min_group_rows == 8
+
+
+def test_achieved_sparsity_is_what_the_build_has():
+    for pattern, shape, asked in [(RBGP4(), (256, 256, 3, 3), 0.9139), (RBGP4(), (1000, 64), 0.9),
+                                  (Unstructured(), (30, 70), 0.9), (NM(2, 4), (8, 16), 0.3)]:
+        achieved = pattern.achieved_sparsity(shape, asked)
+        nearest = pattern.nearest_sparsity(shape, asked)
+        assert achieved == pytest.approx(pattern.build(shape, nearest).sparsity)
+    assert RBGP4().achieved_sparsity((1, 7), 0.9) is None

@@ -273,9 +273,9 @@ so groups of fewer than MERGE_ROWS rows are merged, a few consecutive ones at a 
 at least MERGE_ROWS rows with block-diagonal weights (`channel_grouped_conv2d(merge=...)`); when the
 merged work would exceed MAX_MERGED_DENSITY of the dense conv's, the dense conv of the masked weight
 runs instead. Measured on the 2-core CPU, batch 32, 3x3, fwd+bwd vs dense: 128->128 @16x16 at 90%
-(4-row groups) 1.06x unmerged, 1.42x merged by 2; at 95% (2-row groups) 0.56x unmerged, 1.63x merged
-by 4; 64->64 @32x32 at 90% (2-row groups) 0.35x unmerged, 0.78x merged by 4, 1.32x as a masked dense
-conv (`benchmarks/conv_merge.md`)."""
+(4-row groups) 0.98x as they are, 1.42x merged by 2; at 95% (2-row groups) 0.40x as they are, 1.39x
+merged by 4; 64->64 @32x32 at 90% (2-row groups) 0.22x as they are, 0.37x merged by 4, 0.83x as a
+masked dense conv (`benchmarks/conv_merge.md`)."""
 
 
 def conv_merge(groups: int, rows: int, density: float) -> int | None:
