@@ -320,8 +320,8 @@ def demo_markdown(report: dict[str, Any]) -> str:
     model = s["model"] + (f" {width}" if width else "")
     lines = [f"Command: `{report['command']}`", ""] if report.get("command") else []
     lines += [
-        f"Fashion-MNIST, {model}, sparse layers at {s['sparsity']:g} sparsity "
-        f"(first/last dense), {s['epochs']} epochs, batch {s['batch_size']}, SGD lr {s['lr']:g} "
+        f"Fashion-MNIST, {model}, sparse layers at {s['sparsity']:g} global sparsity, distribution "
+        f"{s.get('distribution', 'uniform')} (first/last dense), {s['epochs']} epochs, batch {s['batch_size']}, SGD lr {s['lr']:g} "
         f"({s['schedule']}), {s['seeds']} seed(s), {s['precision']}, "
         f"{report['environment']['threads']} CPU threads, torch {report['environment']['torch']}.",
         "",
