@@ -29,16 +29,30 @@ _GRID_YZ_MAX = 65535  # CUDA limit on grid axes 1 and 2
 SMALL = (1, 2, 4, 8)
 """Tile sizes below tl.dot's 16 for the dims that can be small (rows per group, block width): such
 tiles run on FMAs (`triton_kernels._mma`) instead of padding to 16."""
+FMA_TILE_MAX = 16384
+"""Largest product of the three tile sizes of an FMA tile: its broadcast product is held in registers
+(16384 fp32 values are 128 per thread at 4 warps)."""
+
+
+def _small_copy(tile: tuple[int, ...], at: int, size: int) -> tuple[int, ...]:
+    """`tile` with tile `at` set to `size`, the reduction tile (last of the three), then the first,
+    halved down to 16 until the FMA product fits FMA_TILE_MAX."""
+    t = list(tile)
+    t[at] = size
+    for i in (2, 0):
+        while t[0] * t[1] * t[2] > FMA_TILE_MAX and t[i] > 16 and i != at:
+            t[i] //= 2
+    return tuple(t)
 
 
 def _configs(names: tuple[str, str, str], tiles: list[tuple[int, int, int, int, int]],
              small: tuple[int, ...] = ()) -> list[triton.Config]:
-    """Autotune configs from (tile0, tile1, tile2, warps, stages), plus, for each tile position in
-    `small`, copies of the tiles with that tile at each size in SMALL; under the interpreter one
-    config per size (16 and SMALL), so that CPU tests stay fast."""
+    """Autotune configs from (tile0, tile1, tile2, warps, stages); the third tile is the reduction.
+    For each tile position in `small`, copies of the tiles with that tile at each size in SMALL
+    (`_small_copy`); under the interpreter one config per size (16 and SMALL), so CPU tests stay fast."""
     if K.INTERPRETED:
         tiles = [(16, 16, 16, 4, 1)]
-    tiles = list(tiles) + [(*t[:i], size, *t[i + 1:]) for i in small for size in SMALL for t in tiles]
+    tiles = list(tiles) + [_small_copy(t, i, size) for i in small for size in SMALL for t in tiles]
     unique = dict.fromkeys(tiles)
     return [triton.Config(dict(zip(names, t[:3])), num_warps=t[3], num_stages=t[4]) for t in unique]
 
