@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rbgp.bench.timing import write_atomic, write_json
+from rbgp.files import write_json, write_text
 from rbgp.nn import RBGPConv2d
 from rbgp.nn.rbgp_layers import conv_merge
 from rbgp.ops.channel_conv import channel_grouped_conv2d
@@ -71,7 +71,7 @@ def main() -> None:
         cells = [f"{r['vs_dense'][n]:.2f}x" if n in r["vs_dense"] else "-" for n in names]
         lines.append(f"| {r['layer']} | {r['sparsity']} | {r['groups']} x {r['rows']} | " + " | ".join(cells)
                      + f" | {r['rule']} |")
-    write_atomic(OUT / "conv_merge.md", "\n".join(lines) + "\n")
+    write_text(OUT / "conv_merge.md", "\n".join(lines) + "\n")
     plot(rows, names, OUT / "conv_merge.png")
 
 

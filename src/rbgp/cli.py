@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Sequence
 
+from rbgp.patterns import PATTERNS
+
 
 def _add_pattern(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pattern", help="build a sparsity pattern for one layer and describe it",
@@ -16,7 +18,7 @@ def _add_pattern(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--in", dest="inp", type=int, default=4608,
                    help="input features, or c_in*kh*kw for a conv (default 4608 = 512*3*3, a VGG19 layer)")
     p.add_argument("--sparsity", type=float, default=0.9, help="fraction of zero weights, in (0, 1)")
-    p.add_argument("--kind", default="rbgp4", choices=["rbgp4", "block", "unstructured", "hbsnn", "nm"])
+    p.add_argument("--kind", default="rbgp4", choices=list(PATTERNS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--block", type=int, nargs=2, metavar=("H", "W"), help="micro-block (rbgp4) or block size")
     p.add_argument("--group-rows", type=int, help="rbgp4: rows sharing one column set (default 128)")

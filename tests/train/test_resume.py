@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rbgp.train import loop
-from rbgp.train.loop import CHECKPOINT_NAME, TrainConfig, load_checkpoint, save_checkpoint, train
+from rbgp.train import CHECKPOINT_NAME, TrainConfig, load_checkpoint, save_checkpoint, train
 
 _NUMBERS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "steps", "epoch")
 

@@ -45,7 +45,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from rbgp.bench.kernels import default_cases, environment, run_case
     from rbgp.bench.report import markdown_table, plot_speedups
-    from rbgp.bench.timing import write_atomic, write_json
+    from rbgp.files import write_json, write_text
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device} asked for but torch sees no CUDA device; use --device cpu")
@@ -77,7 +77,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     out = Path(args.out_dir)
     write_json(out / f"{stem}.json", data)
     table = markdown_table(data)
-    write_atomic(out / f"{stem}.md", table)
+    write_text(out / f"{stem}.md", table)
     plot_speedups(data, out / f"{stem}.png")
     print(table)
     print(f"wrote {out / (stem + '.json')}, .md and .png")

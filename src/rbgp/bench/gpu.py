@@ -322,7 +322,7 @@ def plot_gpu(data: dict[str, Any], path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rbgp.tools.plots import save_figure
+    from rbgp.files import save_figure
 
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in data["results"]:
@@ -377,7 +377,7 @@ def run_gpu_bench(out_dir: str | Path = "benchmarks", dtype: str | torch.dtype =
     dtype: "fp32", "bf16", "fp16" or a torch dtype. Raises ValueError without CUDA or triton.
     """
     from rbgp.bench.kernels import environment
-    from rbgp.bench.timing import write_atomic, write_json
+    from rbgp.files import write_json, write_text
 
     if isinstance(dtype, str):
         if dtype not in DTYPES:
@@ -415,6 +415,6 @@ def run_gpu_bench(out_dir: str | Path = "benchmarks", dtype: str | torch.dtype =
             torch.cuda.empty_cache()
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old_tf32
-    write_atomic(out / f"{stem}.md", gpu_markdown_table(data))
+    write_text(out / f"{stem}.md", gpu_markdown_table(data))
     plot_gpu(data, out / f"{stem}.png")
     return data

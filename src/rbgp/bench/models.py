@@ -205,7 +205,7 @@ def plot_models(data: dict[str, Any], path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rbgp.tools.plots import save_figure
+    from rbgp.files import save_figure
 
     rows = data["results"]
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4))
@@ -233,7 +233,7 @@ def run_model_bench(out_dir: str | Path = "benchmarks", device: str = "cuda", dt
     """Benchmark every model in every compile mode; write <stem>.json, .md, .png (the JSON after each
     model, so an interrupted run keeps what it measured)."""
     from rbgp.bench.kernels import environment
-    from rbgp.bench.timing import write_atomic, write_json
+    from rbgp.files import write_json, write_text
 
     if dtype not in AUTOCAST:
         raise ValueError(f"dtype must be one of {sorted(AUTOCAST)}, got {dtype!r}")
@@ -265,6 +265,6 @@ def run_model_bench(out_dir: str | Path = "benchmarks", device: str = "cuda", dt
         if device.startswith("cuda"):
             torch._dynamo.reset()
             torch.cuda.empty_cache()
-    write_atomic(out / f"{stem}.md", markdown_table(data))
+    write_text(out / f"{stem}.md", markdown_table(data))
     plot_models(data, out / f"{stem}.png")
     return data

@@ -33,7 +33,7 @@ def plot_speedups(data: dict[str, Any], path: str | Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from rbgp.tools.plots import save_figure
+    from rbgp.files import save_figure
 
     kinds = sorted({r["kind"] for r in data["results"]})
     fig, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4.5), squeeze=False)

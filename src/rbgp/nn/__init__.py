@@ -8,9 +8,10 @@ from rbgp.nn.sparsify import (
            SPARSE_TYPES,
            LayerReport,
            SparsifyReport,
+           convertible_layers,
            count_parameters,
            sparsify,
 )
 
 __all__ = ["RBGPLinear", "RBGPConv2d", "MaskedLinear", "MaskedConv2d", "sparsify", "densify", "SparsifyReport",
-           "LayerReport", "SPARSE_TYPES", "count_parameters", "from_pretrained", "load_state"]
+           "LayerReport", "SPARSE_TYPES", "count_parameters", "convertible_layers", "from_pretrained", "load_state"]

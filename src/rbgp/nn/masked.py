@@ -57,6 +57,15 @@ class _MaskedMixin:
         return self.weight * self.mask
 
 
+@torch.no_grad()
+def rezero_masked_(model: nn.Module) -> None:
+    """Zero the stored weights off the mask in every masked layer of `model` (their forward already
+    multiplies by the mask; this keeps `.weight` itself exact whatever the optimizer does)."""
+    for m in model.modules():
+        if isinstance(m, _MaskedMixin):
+            m.weight.mul_(m.mask)
+
+
 class MaskedLinear(_MaskedMixin, nn.Linear):
     """nn.Linear with a fixed sparsity mask from `pattern` (unstructured by default)."""
 

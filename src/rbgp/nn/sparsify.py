@@ -211,6 +211,25 @@ def _dense_by_role(model: nn.Module, candidates: list[tuple[str, nn.Module]]) ->
             candidates[-1][0]: "last layer (kept dense, as in the paper)"}
 
 
+def _kept_dense(name: str, roles: dict[str, str], excludes: list[str]) -> str | None:
+    """Why layer `name` stays dense whatever its sparsity (its role, or an exclude glob), or None."""
+    if name in roles:
+        return roles[name]
+    if any(fnmatch.fnmatchcase(name, pat) for pat in excludes):
+        return "excluded"
+    return None
+
+
+def convertible_layers(model: nn.Module, exclude: str | tuple[str, ...] | list[str] = (),
+                       keep_first_last: bool = True) -> list[tuple[str, nn.Module]]:
+    """The (name, module) pairs `sparsify` would make sparse with the same `exclude` and `keep_first_last`,
+    in module order: for training methods that make their own masks on the same layers."""
+    excludes = [exclude] if isinstance(exclude, str) else list(exclude)
+    candidates, _ = _classify(model)
+    roles = _dense_by_role(model, candidates) if keep_first_last else {}
+    return [(name, m) for name, m in candidates if _kept_dense(name, roles, excludes) is None]
+
+
 def _sparsity_for(spec: SparsitySpec, name: str, module: nn.Module) -> float | None:
     """The sparsity `spec` gives layer `name` (None: leave it dense)."""
     if callable(spec):
@@ -336,10 +355,8 @@ def sparsify(
     chosen: list[tuple[int, str, nn.Module, float]] = []
     kept_by_distribution: list[int] = []  # sizes of the layers a distribution keeps dense
     for index, (name, module) in enumerate(candidates):
-        if name in roles:
-            skipped.append((name, roles[name]))
-        elif any(fnmatch.fnmatchcase(name, pat) for pat in excludes):
-            skipped.append((name, "excluded"))
+        if (why := _kept_dense(name, roles, excludes)) is not None:
+            skipped.append((name, why))
         elif (requested := _sparsity_for(sparsity, name, module)) is None:
             skipped.append((name, "no sparsity given for it"))
         else:

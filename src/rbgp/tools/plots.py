@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from rbgp.files import save_figure
 from rbgp.patterns import SparseMask
-
-
-def save_figure(fig, path: str | Path) -> None:
-    """Write a matplotlib figure atomically (temp file + rename), creating the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix or ".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def plot_mask(mask: SparseMask, path: str | Path, zoom: int = 64) -> None:

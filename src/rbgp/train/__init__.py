@@ -19,18 +19,10 @@ from rbgp.train.data import (
     random_crop_flip,
     synthetic,
 )
-from rbgp.train.loop import (
-    CHECKPOINT_NAME,
-    METRIC_FIELDS,
-    PATTERN_NAMES,
-    TrainConfig,
-    TrainResult,
-    build_run_model,
-    evaluate,
-    load_checkpoint,
-    save_checkpoint,
-    train,
-)
+from rbgp.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from rbgp.train.config import PATTERN_NAMES, TrainConfig
+from rbgp.train.loop import METRIC_FIELDS, TrainResult, build_run_model, evaluate, train
+from rbgp.train.methods import METHOD_NAMES, make_method
 from rbgp.train.models import (
     MLP,
     MODEL_NAMES,
@@ -56,6 +48,7 @@ __all__ = [
     "MODEL_NAMES",
     "VGG",
     "LoadedDataset",
+    "METHOD_NAMES",
     "METRIC_FIELDS",
     "PATTERN_NAMES",
     "RECIPE_NAMES",
@@ -71,6 +64,7 @@ __all__ = [
     "evaluate",
     "get_recipe",
     "load_checkpoint",
+    "make_method",
     "save_checkpoint",
     "train",
     "default_transform",

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from rbgp.nn.distribution import DEFAULT_DISTRIBUTION, DISTRIBUTIONS
+from rbgp.train.config import PATTERN_NAMES
 from rbgp.train.data import DATASET_NAMES
 from rbgp.train.demo import CURVE_SPARSITIES
+from rbgp.train.methods import METHOD_NAMES
 from rbgp.train.models import MODEL_NAMES
 from rbgp.train.recipes import RECIPE_NAMES, SCHEDULES, get_recipe
 
@@ -44,15 +46,13 @@ def add_train_parsers(sub: argparse._SubParsersAction) -> None:
     """Register the training commands on the `rbgp` parser's subcommands."""
     _add_train(sub)
     _add_demo(sub)
+    _add_methods(sub)
     _add_reproduce(sub)
 
 
 # ----------------------------------------------------------------------------------------------
 # rbgp train
 # ----------------------------------------------------------------------------------------------
-
-_PATTERNS = ("dense", "rbgp4", "unstructured", "block", "hbsnn", "nm")
-
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -66,8 +66,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", choices=DATASET_NAMES,
                    help="default fashion_mnist for mlp/cnn, cifar10 for vgg19/wrn40_4")
     p.add_argument("--data-dir", help="folder with the data set files")
-    p.add_argument("--pattern", choices=_PATTERNS, help="mask of the sparse layers (default dense)")
-    p.add_argument("--sparsity", type=float, help="fraction of zero weights (default 0.9)")
+    p.add_argument("--pattern", choices=PATTERN_NAMES, help="mask of the sparse layers (default dense)")
+    p.add_argument("--sparsity", type=float,
+                   help="fraction of zero weights (default 0.9); the final one for --method magnitude")
     p.add_argument("--block", type=int, nargs=2, metavar=("H", "W"),
                    help="block size (block, hbsnn) or micro-block (rbgp4)")
     p.add_argument("--sub-block", type=int, nargs=2, metavar=("H", "W"), help="hbsnn sub-block")
@@ -83,6 +84,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help=f"how --sparsity (global) is spread over the layers (default {DEFAULT_DISTRIBUTION})")
     p.add_argument("--hidden", type=_ints, metavar="W1,W2,...",
                    help="mlp hidden widths / cnn channel widths")
+    _add_method_flags(p)
     p.add_argument("--recipe", choices=RECIPE_NAMES, help="preset of the settings below")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -113,9 +115,68 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def _add_method_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "sparse training method",
+        "static: masks fixed at init by --pattern (default). magnitude: gradual magnitude pruning from "
+        "dense to --sparsity (Zhu-Gupta cubic schedule), then fine-tuning. autosparse: learnable "
+        "thresholds with Gradient Annealing (sparsity is learnt). budgeted: --pattern (rbgp4) at the "
+        "per-layer sparsities another run learnt (--budget-from).")
+    g.add_argument("--method", choices=METHOD_NAMES, help="default static")
+    g.add_argument("--prune-start", type=int, metavar="STEP", help="magnitude: first pruning step (default 0)")
+    g.add_argument("--prune-end", type=int, metavar="STEP",
+                   help="magnitude: step the final sparsity is reached (default 2/3 of the run; = start: one-shot)")
+    g.add_argument("--prune-every", type=int, metavar="STEPS", help="magnitude: steps between mask updates (default 50)")
+    g.add_argument("--prune-granularity", choices=("unstructured", "block"), help="magnitude: default unstructured")
+    g.add_argument("--prune-block", type=int, nargs=2, metavar=("H", "W"), help="magnitude: block size (default 4 4)")
+    g.add_argument("--prune-scope", choices=("layer", "global"),
+                   help="magnitude: one threshold per layer (default) or over all pruned layers")
+    g.add_argument("--alpha0", type=float, help="autosparse: initial Gradient Annealing alpha (default 0.5; 0 = STR)")
+    g.add_argument("--alpha-zero-epoch", type=int, metavar="E",
+                   help="autosparse: 0-based epoch from which alpha is 0 (default never)")
+    g.add_argument("--threshold-init", type=float, help="autosparse: initial threshold logit T (default -5)")
+    g.add_argument("--init-sparsity", type=float,
+                   help="autosparse: start the thresholds at the global |W| quantile of this sparsity instead")
+    g.add_argument("--per-channel", action="store_true", help="autosparse: one threshold per output channel")
+    g.add_argument("--threshold-decay", type=float, help="autosparse: weight decay on the thresholds (default 0)")
+    g.add_argument("--budget-from", metavar="RUN",
+                   help="budgeted: the out-dir of a finished autosparse or magnitude run")
+
+
+_METHOD_FLAGS = {
+    "magnitude": {"prune_start": "start_step", "prune_end": "end_step", "prune_every": "frequency",
+                  "prune_granularity": "granularity", "prune_block": "block", "prune_scope": "scope"},
+    "autosparse": {"alpha0": "alpha0", "alpha_zero_epoch": "alpha_zero_epoch", "threshold_init": "threshold_init",
+                   "init_sparsity": "init_sparsity", "per_channel": "per_channel",
+                   "threshold_decay": "threshold_decay"},
+    "budgeted": {},
+}
+
+
+def _method_kwargs(args: argparse.Namespace, method: str, saved: dict[str, Any]) -> dict[str, Any]:
+    """The method's options from its flags (on top of the checkpoint's when resuming); a flag of
+    another method is an error."""
+    kwargs = dict(saved) if saved else {}
+    for other, flags in _METHOD_FLAGS.items():
+        given = {opt: getattr(args, flag) for flag, opt in flags.items() if getattr(args, flag) not in (None, False)}
+        if given and other != method:
+            names = ", ".join("--" + f.replace("_", "-") for f, o in flags.items() if o in given)
+            raise ValueError(f"{names} appl{'ies' if len(given) == 1 else 'y'} to --method {other}, not {method}")
+        if other == method:
+            kwargs.update({k: list(v) if isinstance(v, tuple) else v for k, v in given.items()})
+    if args.budget_from is not None:
+        if method != "budgeted":
+            raise ValueError(f"--budget-from applies to --method budgeted, not {method}")
+        from rbgp.train.methods import budget_from_run
+
+        kwargs.update(budget=budget_from_run(args.budget_from), source=str(args.budget_from))
+    return kwargs
+
+
 def _train_config(args: argparse.Namespace) -> tuple[Any, Path]:
     """Resolve recipe < checkpoint (when resuming) < explicit flags into a TrainConfig."""
-    from rbgp.train.loop import CHECKPOINT_NAME, TrainConfig, load_checkpoint
+    from rbgp.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from rbgp.train.config import TrainConfig
 
     saved: dict[str, Any] = {}
     if args.resume and args.out_dir and (Path(args.out_dir) / CHECKPOINT_NAME).exists():
@@ -143,6 +204,14 @@ def _train_config(args: argparse.Namespace) -> tuple[Any, Path]:
         "distribution": args.distribution,
     }
     settings.update({k: v for k, v in flags.items() if v is not None})
+    method = args.method or settings.get("method", "static")
+    settings["method"] = method
+    settings["method_kwargs"] = _method_kwargs(args, method, settings.get("method_kwargs") or {})
+    if method == "budgeted":
+        if settings.get("pattern", "dense") == "dense" and args.pattern is None:
+            settings["pattern"] = "rbgp4"
+        if args.distribution is None:
+            settings["distribution"] = "uniform"  # the budget gives every layer its own sparsity
     if args.hidden:
         settings["model_kwargs"] = {"hidden" if model == "mlp" else "channels": args.hidden}
     pattern = settings.get("pattern", "dense")
@@ -164,9 +233,18 @@ def _train_config(args: argparse.Namespace) -> tuple[Any, Path]:
     settings["pattern_kwargs"] = pk
     config = TrainConfig.from_dict(settings)
     out = Path(args.out_dir) if args.out_dir else Path("runs") / (
-        f"{config.model}_{config.dataset}_{config.pattern}"
-        + ("" if config.pattern == "dense" else f"{config.sparsity:g}") + f"_s{config.seed}")
+        f"{config.model}_{config.dataset}_{_run_label(config)}_s{config.seed}")
     return config, out
+
+
+def _run_label(config: Any) -> str:
+    if config.method == "autosparse":
+        return "autosparse"
+    if config.method == "magnitude":
+        return f"magnitude{config.sparsity:g}"
+    if config.method == "budgeted":
+        return f"budgeted_{config.pattern}"
+    return config.pattern + ("" if config.pattern == "dense" else f"{config.sparsity:g}")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -251,6 +329,50 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         run_demo(settings, args.out_dir, quiet=args.quiet, command=command)
     if not args.quiet:
         print(f"\n[rbgp demo] wrote {'curve' if sweep else 'demo'}.json/.md/.png to {args.out_dir}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# rbgp methods
+# ----------------------------------------------------------------------------------------------
+
+
+def _add_methods(sub: argparse._SubParsersAction) -> None:
+    from rbgp.train.methods_table import METHOD_ROWS, TARGETS
+
+    p = sub.add_parser(
+        "methods", help="sparse training methods side by side on Fashion-MNIST (about 25 minutes, CPU)",
+        description="Train dense, static unstructured, gradual magnitude pruning, AutoSparse, RBGP4 "
+                    "uniform, RBGP4 ERK and RBGP4 at AutoSparse's learnt per-layer budget on Fashion-MNIST "
+                    "at each target sparsity (all rows of a seed at the sparsity AutoSparse learnt), and "
+                    "write methods.json, methods.md and methods.png: accuracy, global and per-layer "
+                    "sparsity, training and inference FLOPs against dense.")
+    p.add_argument("--model", choices=("mlp", "cnn"), default="cnn", help="default cnn")
+    p.add_argument("--targets", type=_floats, metavar="S1,S2,...",
+                   help=f"target sparsities (default {','.join(f'{t:g}' for t in TARGETS)})")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per cell (default 3)")
+    p.add_argument("--epochs", type=int, default=3, help="default 3")
+    p.add_argument("--limit-train", type=int, default=20000,
+                   help="training images (a fixed random subset; default 20000, 0 = all 60000)")
+    p.add_argument("--limit-test", type=int, help="test images (default all 10000)")
+    p.add_argument("--rows", type=_names, metavar="R1,R2,...", help=f"subset of {','.join(METHOD_ROWS)}")
+    p.add_argument("--data-dir", help="Fashion-MNIST folder")
+    p.add_argument("--out-dir", default="runs/methods", help="where the outputs go (default runs/methods)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_methods)
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from rbgp.train.methods_table import TARGETS, MethodsSettings, parse_rows, run_methods
+
+    settings = MethodsSettings(
+        model=args.model, targets=tuple(args.targets or TARGETS), seeds=args.seeds, epochs=args.epochs,
+        limit_train=args.limit_train or None, limit_test=args.limit_test, data_dir=args.data_dir,
+        rows=parse_rows(args.rows))
+    command = "rbgp " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["methods"] else None
+    run_methods(settings, args.out_dir, quiet=args.quiet, command=command)
+    if not args.quiet:
+        print(f"\n[rbgp methods] wrote methods.json/.md/.png to {args.out_dir}")
     return 0
 
 

@@ -11,7 +11,6 @@ RBGP4 and unstructured masks.
 
 from __future__ import annotations
 
-import json
 import platform
 import statistics
 import sys
@@ -25,12 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rbgp.nn import MaskedConv2d, MaskedLinear
+from rbgp.nn.masked import rezero_masked_
+from rbgp.files import save_figure, write_json, write_text
 from rbgp.nn.distribution import DEFAULT_DISTRIBUTION
 from rbgp.precision import bf16_autocast
 
 from rbgp.train.data import LoadedDataset, get_dataset
-from rbgp.train.loop import TrainConfig, TrainResult, atomic_write, sparse_layers, train
+from rbgp.train.config import TrainConfig
+from rbgp.train.loop import TrainResult, sparse_layers, train
 from rbgp.train.recipes import get_recipe
 
 __all__ = ["CURVE_SPARSITIES", "DEMO_METHODS", "DemoMethod", "DemoSettings",
@@ -112,7 +113,6 @@ def train_ms_per_batch(
 
     The model's weights change (by a tiny step); call it on a trained model or a copy.
     """
-    masked = [m for m in model.modules() if isinstance(m, (MaskedLinear, MaskedConv2d))]
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True)
     model.train()
     times = []
@@ -123,9 +123,7 @@ def train_ms_per_batch(
             loss = F.cross_entropy(model(x).float(), y)
         loss.backward()
         opt.step()
-        with torch.no_grad():
-            for m in masked:  # as the training loop does
-                m.weight.mul_(m.mask)
+        rezero_masked_(model)  # as the training loop does
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     return 1e3 * statistics.median(times)
@@ -383,17 +381,13 @@ def _plot_demo(report: dict[str, Any], path: Path) -> None:
     fig.suptitle(f"Fashion-MNIST {report['settings']['model']}, "
                  f"{report['settings']['sparsity']:g} sparsity")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
 def _write_outputs(out: Path, stem: str, report: dict[str, Any], markdown: str, plot) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out / f"{stem}.json", "w") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
-    with atomic_write(out / f"{stem}.md", "w") as f:
-        f.write(markdown + "\n")
+    write_json(out / f"{stem}.json", report)
+    write_text(out / f"{stem}.md", markdown + "\n")
     plot(report, out / f"{stem}.png")
 
 
@@ -512,5 +506,5 @@ def _plot_sweep(report: dict[str, Any], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)

@@ -10,20 +10,15 @@ Python values so it loads with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
-import math
-import os
 import random
 import sys
-import tempfile
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,162 +26,38 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from rbgp.nn import SPARSE_TYPES, MaskedConv2d, MaskedLinear, SparsifyReport, sparsify
-from rbgp.nn.distribution import DEFAULT_DISTRIBUTION, DISTRIBUTIONS
-from rbgp.nn.sparsify import INITS
+from rbgp.files import atomic_write, write_json
+from rbgp.nn import SPARSE_TYPES, SparsifyReport, sparsify
 from rbgp.precision import bf16_autocast
 from rbgp.train import ddp
-from rbgp.train.data import (
-    DATASET_NAMES,
-    LoadedDataset,
-    TensorLoader,
-    default_transform,
-    get_dataset,
+from rbgp.train.checkpoint import (
+    CHECKPOINT_NAME,
+    check_resumable,
+    checkpoint_state,
+    load_checkpoint,
+    restore,
+    save_checkpoint,
 )
-from rbgp.train.models import MLP, MODEL_NAMES, SmallCNN, build_model
-from rbgp.train.recipes import SCHEDULES
+from rbgp.train.config import TrainConfig
+from rbgp.train.data import LoadedDataset, TensorLoader, default_transform, get_dataset
+from rbgp.train.flops import flops, layer_positions
+from rbgp.train.methods import Method, make_method
+from rbgp.train.models import MLP, SmallCNN, build_model
 
 __all__ = [
-    "CHECKPOINT_NAME",
     "METRIC_FIELDS",
-    "PATTERN_NAMES",
-    "PRECISIONS",
-    "TrainConfig",
     "TrainResult",
     "build_run_model",
     "evaluate",
-    "load_checkpoint",
-    "atomic_write",
-    "save_checkpoint",
     "sparse_layers",
     "train",
 ]
 
-PATTERN_NAMES: tuple[str, ...] = ("dense", "rbgp4", "unstructured", "block", "hbsnn", "nm")
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
-CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_FORMAT = "rbgp-train-checkpoint"
-CHECKPOINT_VERSION = 1
 METRIC_FIELDS: tuple[str, ...] = (
     "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_time_s",
-    "train_ms_per_batch", "train_ms_per_batch_median", "steps",
+    "train_ms_per_batch", "train_ms_per_batch_median", "steps", "sparsity", "infer_flops",
+    "infer_flops_dense", "train_flops", "train_flops_dense",
 )  # fmt: skip
-# Fields that may change between a run and its resumption (they do not affect the numbers).
-_RESUME_FREE = frozenset({"epochs", "data_dir"})
-
-
-@dataclass
-class TrainConfig:
-    """Everything that determines a training run's numbers (the checkpoint's ``args``).
-
-    ``max_steps`` caps the optimizer steps per epoch and ``limit_train``/``limit_test`` take a
-    fixed random subset of a split (for quick runs). ``model_kwargs`` sizes the small models:
-    ``{"hidden": [...]}`` for ``mlp``, ``{"channels": [...]}`` for ``cnn``.
-    """
-
-    model: str = "mlp"
-    dataset: str = "fashion_mnist"
-    data_dir: str | None = None
-    pattern: str = "dense"
-    sparsity: float = 0.9
-    pattern_kwargs: dict[str, Any] = field(default_factory=dict)
-    exclude: list[str] = field(default_factory=list)
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 3
-    batch_size: int = 128
-    lr: float = 0.05
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
-    milestones: list[int] = field(default_factory=list)
-    gamma: float = 0.1
-    seed: int = 0
-    precision: str = "fp32"
-    augment: bool = True
-    limit_train: int | None = None
-    limit_test: int | None = None
-    max_steps: int | None = None
-    eval_batch_size: int = 1000
-    deterministic: bool = True
-    device: str = "auto"
-    init: str = "kaiming"
-    init_from: str | None = None
-    distribution: str = DEFAULT_DISTRIBUTION
-
-    def __post_init__(self) -> None:
-        self.pattern_kwargs = {k: _plain(v) for k, v in dict(self.pattern_kwargs).items()}
-        self.model_kwargs = {k: _plain(v) for k, v in dict(self.model_kwargs).items()}
-        self.exclude = [str(e) for e in self.exclude]
-        self.milestones = [int(m) for m in self.milestones]
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first bad field and its valid options."""
-        checks: list[tuple[bool, str]] = [
-            (self.model in MODEL_NAMES, f"unknown model {self.model!r}; valid: {', '.join(MODEL_NAMES)}"),
-            (self.dataset in DATASET_NAMES,
-             f"unknown dataset {self.dataset!r}; valid: {', '.join(DATASET_NAMES)}"),
-            (self.pattern in PATTERN_NAMES,
-             f"unknown pattern {self.pattern!r}; valid: {', '.join(PATTERN_NAMES)}"),
-            (self.precision in PRECISIONS,
-             f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}"),
-            (self.schedule in SCHEDULES,
-             f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}"),
-            (0.0 < self.sparsity < 1.0, f"sparsity must be in (0, 1), got {self.sparsity}"),
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
-            (self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}"),
-            (0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}"),
-            (not self.nesterov or self.momentum > 0, "nesterov needs momentum > 0"),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (self.gamma > 0, f"gamma must be > 0, got {self.gamma}"),
-            (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
-            (self.milestones == sorted(set(self.milestones)) and all(m >= 1 for m in self.milestones),
-             f"milestones must be increasing positive epochs, got {self.milestones}"),
-            (self.limit_train is None or self.limit_train >= 1,
-             f"limit_train must be >= 1, got {self.limit_train}"),
-            (self.limit_test is None or self.limit_test >= 1,
-             f"limit_test must be >= 1, got {self.limit_test}"),
-            (self.max_steps is None or self.max_steps >= 1,
-             f"max_steps must be >= 1, got {self.max_steps}"),
-            (self.device in ("auto", "cpu", "cuda"),
-             f"unknown device {self.device!r}; valid: auto, cpu, cuda"),
-            (self.init in INITS, f"unknown init {self.init!r}; valid: {', '.join(INITS)}"),
-            (self.distribution in DISTRIBUTIONS,
-             f"unknown distribution {self.distribution!r}; valid: {', '.join(DISTRIBUTIONS)}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-        allowed = {"mlp": {"hidden"}, "cnn": {"channels"}}.get(self.model, set())
-        extra = set(self.model_kwargs) - allowed
-        if extra:
-            raise ValueError(
-                f"model_kwargs {sorted(extra)} not supported for model {self.model!r}; "
-                f"valid: {sorted(allowed) or 'none'}"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: _plain(v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown config fields {sorted(unknown)}; valid: {sorted(names)}")
-        return cls(**d)
-
-
-def _plain(v: Any) -> Any:
-    """Tuples -> lists recursively, so configs store as plain JSON-like values."""
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    return v
 
 
 @dataclass
@@ -218,7 +89,9 @@ def _pattern_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 def build_run_model(
     config: TrainConfig, num_classes: int, input_shape: Sequence[int]
 ) -> tuple[nn.Module, SparsifyReport | None]:
-    """The model of ``config``, made sparse; a pure function of ``config`` (seeds included)."""
+    """The model of ``config`` with its static structure (``pattern``; for method "budgeted", at the
+    budget's per-layer sparsities); a pure function of ``config`` (seeds included). Methods that
+    make their own masks attach them afterwards (`Method.prepare`)."""
     cin, size = int(input_shape[0]), int(input_shape[-1])
     torch.manual_seed(config.seed)
     mk = config.model_kwargs
@@ -232,8 +105,9 @@ def build_run_model(
         _load_dense_start(model, config.init_from)
     report = None
     if config.pattern != "dense":  # with init_from and pattern dense: fine-tune the dense model
+        budget = config.method_kwargs.get("budget") if config.method == "budgeted" else None
         report = sparsify(
-            model, config.sparsity, config.pattern, exclude=tuple(config.exclude),
+            model, budget or config.sparsity, config.pattern, exclude=tuple(config.exclude),
             seed=config.seed, init=config.init, distribution=config.distribution,
             **_pattern_kwargs(config.pattern_kwargs),
         )
@@ -275,123 +149,6 @@ def load_data(
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints
-# ----------------------------------------------------------------------------------------------
-
-
-def _rng_state() -> dict[str, Any]:
-    """torch / CUDA / numpy / python RNG states as tensors and plain values."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, py_state, gauss_next = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)),
-                  "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
-        "python": {"version": int(version), "state": torch.tensor(py_state, dtype=torch.int64),
-                   "gauss_next": gauss_next},
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["cached"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
-
-
-def _plain_scheduler_state(state: dict[str, Any]) -> dict[str, Any]:
-    """Counters (MultiStepLR milestones) -> dicts, which ``weights_only`` loading accepts."""
-    return {k: dict(v) if isinstance(v, Counter) else v for k, v in state.items()}
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temp file next to ``path``; on success fsync it and ``os.replace`` it into place.
-
-    Readers see either the old file or the complete new one, never a partial write; on error
-    the temp file is removed.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; use the usual mode
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` atomically (temp file in the same folder, fsync, ``os.replace``)."""
-    with atomic_write(path, "wb") as f:
-        torch.save(state, f)
-
-
-_CHECKPOINT_KEYS = ("format", "version", "epoch", "args", "model", "optimizer", "scheduler",
-                    "rng", "history")
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load and sanity-check a checkpoint (``weights_only=True``); ValueError if it is unusable."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated zip, garbage bytes, disallowed globals, ...
-        raise ValueError(
-            f"{path}: corrupt or unreadable checkpoint ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); delete it to start over"
-        ) from exc
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not an rbgp training checkpoint (no {CHECKPOINT_FORMAT!r} marker)")
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(
-            f"{path}: checkpoint version {state.get('version')!r}, this rbgp reads {CHECKPOINT_VERSION}"
-        )
-    missing = [k for k in _CHECKPOINT_KEYS if k not in state]
-    if missing:
-        raise ValueError(f"{path}: checkpoint lacks {missing}")
-    return state
-
-
-def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
-    """Refuse to resume a checkpoint made with different settings (the numbers would differ)."""
-    mine = config.to_dict()
-    diffs = [
-        f"{k}: checkpoint {saved.get(k)!r} vs now {mine[k]!r}"
-        for k in mine
-        if k not in _RESUME_FREE and saved.get(k) != mine[k]
-    ]
-    if diffs:
-        raise ValueError(
-            f"{path}: checkpoint was made with different settings, cannot resume: " + "; ".join(diffs)
-        )
-    if config.schedule == "cosine" and saved.get("epochs") != config.epochs:
-        raise ValueError(
-            f"{path}: the cosine schedule depends on epochs; checkpoint has epochs="
-            f"{saved.get('epochs')}, now {config.epochs}"
-        )
-
-
-# ----------------------------------------------------------------------------------------------
 # Metrics files
 # ----------------------------------------------------------------------------------------------
 
@@ -403,7 +160,7 @@ def _write_metrics(out_dir: Path, history: list[dict[str, float]]) -> None:
             render(f, history)
 
 
-def _render_jsonl(f: Any, history: list[dict[str, float]]) -> None:
+def _render_jsonl(f: Any, history: list[dict[str, Any]]) -> None:
     for row in history:
         f.write(json.dumps(row) + "\n")
 
@@ -418,17 +175,6 @@ def _render_csv(f: Any, history: list[dict[str, float]]) -> None:
 # ----------------------------------------------------------------------------------------------
 # Steps
 # ----------------------------------------------------------------------------------------------
-
-
-def _masked_layers(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if isinstance(m, (MaskedLinear, MaskedConv2d))]
-
-
-@torch.no_grad()
-def _reapply_masks(layers: list[nn.Module]) -> None:
-    """Zero the stored weights off the mask (keeps them exact whatever the optimizer does)."""
-    for m in layers:
-        m.weight.mul_(m.mask)
 
 
 def _sync(device: torch.device) -> None:
@@ -486,7 +232,7 @@ def _train_epoch(
     optimizer: torch.optim.Optimizer,
     config: TrainConfig,
     info: ddp.DistInfo,
-    masked: list[nn.Module],
+    method: Method,
     epoch: int,
     show_progress: bool,
     on_batch: BatchHook | None,
@@ -510,8 +256,7 @@ def _train_epoch(
             loss = F.cross_entropy(out.float(), yb)
         loss.backward()
         optimizer.step()
-        if masked:
-            _reapply_masks(masked)
+        method.after_step(model, (epoch - 1) * steps + step + 1)
         _sync(device)
         dt = time.perf_counter() - t0
         if xb.shape[0] == config.batch_size:  # a short last batch would skew the per-batch time
@@ -601,7 +346,7 @@ def _run(
     saved = None
     if resume and ckpt_path is not None and ckpt_path.exists():
         saved = load_checkpoint(ckpt_path)  # fail on a bad file before any expensive work
-        _check_resumable(saved["args"], config, ckpt_path)
+        check_resumable(saved["args"], config, ckpt_path)
         if saved.get("world_size", 1) != info.world_size:
             raise ValueError(
                 f"{ckpt_path}: checkpoint was written by a run of {saved.get('world_size')} "
@@ -617,28 +362,34 @@ def _run(
         train_ds = train_ds._replace(x=train_ds.x.to(info.device), y=train_ds.y.to(info.device))
         test_ds = test_ds._replace(x=test_ds.x.to(info.device), y=test_ds.y.to(info.device))
     model, report = build_run_model(config, train_ds.num_classes, train_ds.input_shape)
+    loader = TensorLoader(train_ds.x, train_ds.y, config.batch_size, shuffle=True, seed=config.seed,
+                          transform=default_transform(config.dataset) if config.augment else None,
+                          rank=info.rank, world_size=info.world_size)
+    steps = len(loader) if config.max_steps is None else min(len(loader), config.max_steps)
+    method = make_method(config)
+    method.prepare(model, steps * config.epochs)
     model.to(info.device)
-    masked = _masked_layers(model)
+    positions = layer_positions(model, train_ds.input_shape, info.device)
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+        method.param_groups(model), lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
         weight_decay=config.weight_decay,
     )
     scheduler = _make_scheduler(config, optimizer)
     history: list[dict[str, float]] = []
     start_epoch = 1
     if saved is not None:
-        _restore(saved, model, optimizer, scheduler, ckpt_path)
+        restore(saved, model, optimizer, scheduler, ckpt_path)
         history = [dict(r) for r in saved["history"]]
         start_epoch = int(saved["epoch"]) + 1
 
     log = info.is_main and not quiet
     if out is not None and info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / "run.json", {"config": config.to_dict(), "world_size": info.world_size,
-                                       "sparsify": report.to_dict() if report else None})
+        write_json(out / "run.json", {"config": config.to_dict(), "world_size": info.world_size,
+                                      "sparsify": report.to_dict() if report else None})
         _write_metrics(out, history)
     if log:
-        what = "dense" if report is None else f"{config.pattern} at {config.sparsity:g} sparsity"
+        what = _describe(config, report)
         where = f", resuming after epoch {start_epoch - 1}" if saved is not None else ""
         print(f"[rbgp train] {config.model} on {config.dataset}, {what}, {config.precision}, "
               f"{info.world_size} process(es) on {info.device}{where}", flush=True)
@@ -648,19 +399,19 @@ def _run(
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None
         )
-    transform = default_transform(config.dataset) if config.augment else None
-    loader = TensorLoader(train_ds.x, train_ds.y, config.batch_size, shuffle=True, seed=config.seed,
-                          transform=transform, rank=info.rank, world_size=info.world_size)
     show_progress = log and sys.stderr.isatty()
     stopped = False
     for epoch in range(start_epoch, config.epochs + 1):
         loader.set_epoch(epoch - 1)
+        method.on_epoch_start(epoch)
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        row: dict[str, float] = {"epoch": epoch}
-        row.update(_train_epoch(net, loader, optimizer, config, info, masked, epoch, show_progress,
+        row: dict[str, Any] = {"epoch": epoch}
+        before = _sparsity_metrics(model, method, positions)
+        row.update(_train_epoch(net, loader, optimizer, config, info, method, epoch, show_progress,
                                 on_batch))
         scheduler.step()
+        row.update(_epoch_accounting(model, method, positions, before, history, row["steps"], config, info))
         row["test_loss"], row["test_acc"] = evaluate(
             model, test_ds.x, test_ds.y, config.eval_batch_size, info.device, config.precision, info
         )
@@ -668,7 +419,7 @@ def _run(
         row["epoch_time_s"] = time.perf_counter() - t0
         history.append(row)
         if out is not None and info.is_main:
-            state = _checkpoint_state(config, epoch, model, optimizer, scheduler, history)
+            state = checkpoint_state(config, epoch, model, optimizer, scheduler, history)
             state["world_size"] = info.world_size
             save_checkpoint(ckpt_path, state)
             _write_metrics(out, history)
@@ -676,61 +427,58 @@ def _run(
             print(f"[rbgp train] epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f} "
                   f"acc {row['train_acc']:.2f}% | test loss {row['test_loss']:.4f} acc "
                   f"{row['test_acc']:.2f}% | lr {lr:.4g} | {row['epoch_time_s']:.1f}s, "
-                  f"{row['train_ms_per_batch']:.2f} ms/batch", flush=True)
+                  f"{row['train_ms_per_batch']:.2f} ms/batch{_sparsity_note(row)}", flush=True)
         if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < config.epochs:
             stopped = True
             break
     return TrainResult(config, history, model, report, out, stopped)
 
 
-def _checkpoint_state(
-    config: TrainConfig,
-    epoch: int,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    history: list[dict[str, float]],
-) -> dict[str, Any]:
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "epoch": epoch,
-        "args": config.to_dict(),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": _plain_scheduler_state(scheduler.state_dict()),
-        "rng": _rng_state(),
-        "history": [dict(r) for r in history],
-    }
+def _describe(config: TrainConfig, report: SparsifyReport | None) -> str:
+    if config.method in ("magnitude", "autosparse"):
+        target = f" to {config.sparsity:g} sparsity" if config.method == "magnitude" else ""
+        return f"{config.method} pruning from dense{target}"
+    if report is None:
+        return "dense"
+    if config.method == "budgeted":
+        return f"{config.pattern} at a learnt per-layer budget (global {report.global_sparsity or 0:.3f})"
+    return f"{config.pattern} at {config.sparsity:g} sparsity"
 
 
-def _restore(
-    saved: dict[str, Any],
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    path: Path,
-) -> None:
-    try:
-        model.load_state_dict(saved["model"], strict=True)
-        optimizer.load_state_dict(saved["optimizer"])
-        sched_state = dict(saved["scheduler"])
-        for k, v in scheduler.state_dict().items():
-            if isinstance(v, Counter) and isinstance(sched_state.get(k), dict):
-                sched_state[k] = Counter(sched_state[k])
-        scheduler.load_state_dict(sched_state)
-        _set_rng_state(saved["rng"])
-    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(
-            f"{path}: checkpoint does not fit the model built from its settings "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-        ) from exc
+def _sparsity_note(row: dict[str, Any]) -> str:
+    return f" | sparsity {row['sparsity']:.3f}" if row.get("sparsity") else ""
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    with atomic_write(path, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
+def _sparsity_metrics(model: nn.Module, method: Method, positions: dict[str, int]) -> dict[str, Any]:
+    """Global and per-layer sparsity of the method's layers, and the model's per-sample FLOPs."""
+    layers = method.sparse_layers(model)
+    with torch.no_grad():
+        counts = {name: (int(torch.count_nonzero(_effective_weight(m))), _effective_weight(m).numel())
+                  for name, m in layers.items()}
+    total = sum(n for _, n in counts.values())
+    dense_grad = layers if method.dense_weight_grad() else ()
+    return {"sparsity": 1 - sum(k for k, _ in counts.values()) / total if total else 0.0,
+            "layer_sparsity": {name: 1 - k / n for name, (k, n) in counts.items()},
+            **flops(model, positions, dense_grad)}
+
+
+def _effective_weight(m: nn.Module) -> torch.Tensor:
+    return m.dense_weight() if hasattr(m, "dense_weight") else m.weight
+
+
+def _epoch_accounting(model: nn.Module, method: Method, positions: dict[str, int], before: dict[str, Any],
+                      history: list[dict[str, Any]], steps: int, config: TrainConfig, info: ddp.DistInfo
+                      ) -> dict[str, Any]:
+    """The epoch's metrics beyond loss and time: sparsity now, inference FLOPs per sample now, and
+    the run's training FLOPs so far (this epoch's steps at the mean of its start and end costs)."""
+    after = _sparsity_metrics(model, method, positions)
+    samples = steps * config.batch_size * info.world_size
+    done = history[-1] if history else {}
+    row = {k: after[k] for k in ("sparsity", "layer_sparsity", "infer_flops", "infer_flops_dense")}
+    for key in ("train_flops", "train_flops_dense"):
+        row[key] = done.get(key, 0.0) + samples * (before[key] + after[key]) / 2
+    row.update(method.epoch_metrics())
+    return row
 
 
 def sparse_layers(model: nn.Module) -> list[nn.Module]:

@@ -18,7 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rbgp.train.loop import CHECKPOINT_NAME, TrainConfig, atomic_write, train
+from rbgp.files import write_json, write_text
+from rbgp.train.checkpoint import CHECKPOINT_NAME
+from rbgp.train.config import TrainConfig
+from rbgp.train.loop import train
 from rbgp.train.recipes import get_recipe
 
 __all__ = ["PAPER_SPARSITIES", "REPRODUCE_PATTERNS", "ReproduceSettings", "run_reproduce"]
@@ -129,7 +132,7 @@ def run_reproduce(settings: ReproduceSettings, out_dir: str | Path, quiet: bool 
                 "wall_s": time.perf_counter() - t0, "config": cfg.to_dict(),
             }
             if is_main and not settings.smoke:
-                _write_json(run_dir / RESULT_NAME, done)
+                write_json(run_dir / RESULT_NAME, done)
                 if not settings.keep_checkpoints:
                     (run_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
         _log(f"[rbgp reproduce] {name}: final test acc {done['final_acc']:.2f}%", quiet)
@@ -143,18 +146,11 @@ def run_reproduce(settings: ReproduceSettings, out_dir: str | Path, quiet: bool 
     }
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / "reproduce.json", report)
-        with atomic_write(out / "reproduce.md", "w") as f:
-            f.write(reproduce_markdown(report) + "\n")
+        write_json(out / "reproduce.json", report)
+        write_text(out / "reproduce.md", reproduce_markdown(report) + "\n")
         if not quiet:
             print(reproduce_markdown(report))
     return report
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    with atomic_write(path, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
 
 
 def reproduce_markdown(report: dict[str, Any]) -> str:

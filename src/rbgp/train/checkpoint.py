@@ -1,0 +1,155 @@
+"""Training checkpoints: what a run saves after every epoch, and how it is read back exactly.
+
+A checkpoint holds only tensors and plain Python values, so it loads with
+``torch.load(weights_only=True)`` (no pickle payload can run); it is written atomically.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rbgp.files import atomic_write
+from rbgp.train.config import LEGACY_DEFAULTS, TrainConfig
+
+__all__ = ["CHECKPOINT_NAME", "check_resumable", "checkpoint_state", "load_checkpoint", "restore",
+           "save_checkpoint"]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = "rbgp-train-checkpoint"
+CHECKPOINT_VERSION = 1
+# Fields that may change between a run and its resumption (they do not affect the numbers).
+_RESUME_FREE = frozenset({"epochs", "data_dir"})
+
+
+def _rng_state() -> dict[str, Any]:
+    """torch / CUDA / numpy / python RNG states as tensors and plain values."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, py_state, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {"version": int(version), "state": torch.tensor(py_state, dtype=torch.int64),
+                   "gauss_next": gauss_next},
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
+
+
+def _plain_scheduler_state(state: dict[str, Any]) -> dict[str, Any]:
+    """Counters (MultiStepLR milestones) -> dicts, which ``weights_only`` loading accepts."""
+    return {k: dict(v) if isinstance(v, Counter) else v for k, v in state.items()}
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write ``state`` atomically (temp file in the same folder, fsync, ``os.replace``)."""
+    with atomic_write(path, "wb") as f:
+        torch.save(state, f)
+
+
+_CHECKPOINT_KEYS = ("format", "version", "epoch", "args", "model", "optimizer", "scheduler",
+                    "rng", "history")
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and sanity-check a checkpoint (``weights_only=True``); ValueError if it is unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, garbage bytes, disallowed globals, ...
+        raise ValueError(
+            f"{path}: corrupt or unreadable checkpoint ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); delete it to start over"
+        ) from exc
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not an rbgp training checkpoint (no {CHECKPOINT_FORMAT!r} marker)")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(
+            f"{path}: checkpoint version {state.get('version')!r}, this rbgp reads {CHECKPOINT_VERSION}"
+        )
+    missing = [k for k in _CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"{path}: checkpoint lacks {missing}")
+    return state
+
+
+def check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    """Refuse to resume a checkpoint made with different settings (the numbers would differ)."""
+    mine = config.to_dict()
+    diffs = [
+        f"{k}: checkpoint {saved.get(k, LEGACY_DEFAULTS.get(k))!r} vs now {mine[k]!r}"
+        for k in mine
+        if k not in _RESUME_FREE and saved.get(k, LEGACY_DEFAULTS.get(k)) != mine[k]
+    ]
+    if diffs:
+        raise ValueError(
+            f"{path}: checkpoint was made with different settings, cannot resume: " + "; ".join(diffs)
+        )
+    if config.schedule == "cosine" and saved.get("epochs") != config.epochs:
+        raise ValueError(
+            f"{path}: the cosine schedule depends on epochs; checkpoint has epochs="
+            f"{saved.get('epochs')}, now {config.epochs}"
+        )
+
+
+def checkpoint_state(
+    config: TrainConfig,
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    history: list[dict[str, float]],
+) -> dict[str, Any]:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "epoch": epoch,
+        "args": config.to_dict(),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": _plain_scheduler_state(scheduler.state_dict()),
+        "rng": _rng_state(),
+        "history": [dict(r) for r in history],
+    }
+
+
+def restore(
+    saved: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    path: Path,
+) -> None:
+    try:
+        model.load_state_dict(saved["model"], strict=True)
+        optimizer.load_state_dict(saved["optimizer"])
+        sched_state = dict(saved["scheduler"])
+        for k, v in scheduler.state_dict().items():
+            if isinstance(v, Counter) and isinstance(sched_state.get(k), dict):
+                sched_state[k] = Counter(sched_state[k])
+        scheduler.load_state_dict(sched_state)
+        _set_rng_state(saved["rng"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"{path}: checkpoint does not fit the model built from its settings "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
