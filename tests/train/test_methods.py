@@ -16,6 +16,7 @@ from rbgp.cli import main
 from rbgp.train import TrainConfig, build_run_model, make_method, train
 from rbgp.train.flops import flops, layer_positions
 from rbgp.train.methods import alpha_schedule, bake, budget_from_run, cubic_sparsity, ga_threshold
+from rbgp.train.methods.budgeted import budget_from_layers
 from rbgp.train.methods.magnitude import is_prune_step
 
 _NUMBERS = ("train_loss", "train_acc", "test_loss", "test_acc", "sparsity", "train_flops", "epoch")
@@ -268,8 +269,41 @@ def test_methods_table_runs_every_row(tmp_path, fake_fashion):
     for row in ("unstructured", "magnitude", "rbgp4-erk"):  # compared at AutoSparse's learnt budget
         assert rows[row, 0.8]["sparsity"] == pytest.approx(learnt, abs=0.02)
     budget = report["runs"][-1]["config"]["method_kwargs"]["budget"]
-    assert budget == {k: round(v, 6) for k, v in rows["autosparse", 0.8]["layer_sparsity"].items() if v >= 0.05}
+    assert budget == budget_from_layers(rows["autosparse", 0.8]["layer_sparsity"])
     assert all(0 < e["infer_flops_ratio"] <= 1 and 0 < e["train_flops_ratio"] <= 1 for e in rows.values())
     assert (out / "methods.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| rbgp4-budgeted | 0.8 |" in (out / "methods.md").read_text()
     assert main(["methods", "--rows", "dense,rbgp4", "--out-dir", str(out)]) == 2
+
+
+def test_methods_on_models_we_did_not_write():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64,
+                                                                n_positions=16))
+    encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 2, 64, batch_first=True), 2)
+    cnn = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 32, 3), nn.ReLU(), nn.Conv2d(32, 32, 3),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+    cases = [(gpt2, lambda m: m(torch.randint(0, 64, (2, 8))).logits),
+             (encoder, lambda m: m(torch.randn(2, 5, 32))),
+             (cnn, lambda m: m(torch.randn(2, 3, 12, 12)))]
+    for model, run in cases:
+        for name, options in (("magnitude", {"sparsity": 0.8}), ("autosparse", {"init_sparsity": 0.5})):
+            twin = __import__("copy").deepcopy(model)
+            method = make_method(name, **options)
+            method.prepare(twin, 10)
+            opt = torch.optim.SGD(method.param_groups(twin), lr=0.01)
+            method.on_epoch_start(1)
+            run(twin).float().pow(2).mean().backward()
+            opt.step()
+            for step in range(1, 11):  # the whole (10-step) magnitude schedule: ends at the final sparsity
+                method.after_step(twin, step)
+            layers = method.sparse_layers(twin)
+            assert layers and all(hasattr(m, "parametrizations") for m in layers.values())
+            zeros = sum(int((m.weight == 0).sum()) for m in layers.values())
+            total = sum(m.weight.numel() for m in layers.values())
+            expected = 0.8 if name == "magnitude" else 0.3  # AutoSparse: at least part of its start
+            assert zeros / total >= expected - 0.01, (type(model).__name__, name, zeros / total)
+            assert torch.isfinite(run(twin)).all()
+            bake(twin)
+            assert torch.isfinite(run(twin)).all()

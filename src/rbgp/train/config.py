@@ -28,7 +28,8 @@ class TrainConfig:
 
     ``max_steps`` caps the optimizer steps per epoch and ``limit_train``/``limit_test`` take a
     fixed random subset of a split (for quick runs). ``model_kwargs`` sizes the small models:
-    ``{"hidden": [...]}`` for ``mlp``, ``{"channels": [...]}`` for ``cnn``.
+    ``{"hidden": [...]}`` for ``mlp``, ``{"channels": [...]}`` for ``cnn``. ``method`` is the sparse
+    training method (`rbgp.train.methods`) and ``method_kwargs`` its options.
     """
 
     model: str = "mlp"

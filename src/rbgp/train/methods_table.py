@@ -22,6 +22,7 @@ from rbgp.train.config import TrainConfig
 from rbgp.train.demo import DemoSettings, _environment, _load, _log, _mean_std, _write_outputs
 from rbgp.train.flops import layer_nnz
 from rbgp.train.loop import TrainResult, build_run_model, train
+from rbgp.train.methods.budgeted import budget_from_layers
 
 __all__ = ["METHOD_ROWS", "MethodsSettings", "methods_markdown", "run_methods"]
 
@@ -88,7 +89,7 @@ def _configs(base: TrainConfig, row: str, target: float, learnt: dict[str, Any] 
     if row == "rbgp4-erk":
         return TrainConfig(**{**common, "pattern": "rbgp4", "sparsity": s, "distribution": "erk"})
     if row == "rbgp4-budgeted":
-        budget = {k: round(v, 6) for k, v in learnt["layer_sparsity"].items() if v >= 0.05}
+        budget = budget_from_layers(learnt["layer_sparsity"])
         return TrainConfig(**{**common, "pattern": "rbgp4", "method": "budgeted",
                               "method_kwargs": {"budget": budget, "source": "autosparse"}})
     raise ValueError(f"unknown row {row!r}")

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
@@ -29,7 +30,7 @@ METHODS: dict[str, type[Method]] = {
 }
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
 
-__all__ = ["METHODS", "METHOD_NAMES", "Method", "alpha_schedule", "bake", "budget_from_run", "check_method",
+__all__ = ["METHODS", "METHOD_NAMES", "Method", "MethodSettings", "alpha_schedule", "bake", "budget_from_run", "check_method",
            "cubic_sparsity", "ga_threshold", "make_method"]
 
 
@@ -40,7 +41,31 @@ def check_method(config: Any) -> None:
     METHODS[config.method].check_config(config)
 
 
-def make_method(config: Any) -> Method:
+@dataclass
+class MethodSettings:
+    """What a method reads of a training config, for use outside `rbgp train` (see `make_method`)."""
+
+    method: str
+    sparsity: float = 0.9
+    epochs: int = 1
+    exclude: list[str] = field(default_factory=list)
+    method_kwargs: dict[str, Any] = field(default_factory=dict)
+    pattern: str = "dense"
+    distribution: str = "uniform"
+
+
+def make_method(config: Any, **options: Any) -> Method:
+    """The method object of a `TrainConfig`, or of a method name with its settings and options, e.g.
+    `make_method("autosparse", epochs=10, init_sparsity=0.9)` or `make_method("magnitude", sparsity=0.95,
+    end_step=5000)`; then `prepare(model, total_steps)`, build the optimizer on `param_groups(model)`,
+    and call `on_epoch_start(epoch)` and `after_step(model, step)` from your loop."""
+    if isinstance(config, str):
+        own = {k: options.pop(k) for k in ("sparsity", "epochs", "exclude", "pattern", "distribution")
+               if k in options}
+        config = MethodSettings(config, method_kwargs=options, **own)
+        check_method(config)
+    elif options:
+        raise TypeError("options go in the config's method_kwargs when a config is given")
     return METHODS[config.method](config)
 
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from rbgp.nn import convertible_layers
 from rbgp.nn.rbgp_layers import is_hf_conv1d
-from rbgp.train.methods.base import Method, Options, attach_parametrization, needs_dense_start
+from rbgp.train.methods.base import DenseStartMethod, Options, attach_parametrization
 
 
 class _GradientAnnealedReLU(torch.autograd.Function):
@@ -100,14 +100,9 @@ class LearnedThreshold(nn.Module):
         return ga_threshold(weight, self.threshold.to(weight.dtype), float(self.alpha))
 
 
-class AutoSparse(Method):
+class AutoSparse(DenseStartMethod):
     name = "autosparse"
     options_type = AutoSparseOptions
-
-    @classmethod
-    def check_config(cls, config) -> None:
-        super().check_config(config)
-        needs_dense_start(cls.name, config)
 
     def prepare(self, model: nn.Module, total_steps: int) -> None:
         super().prepare(model, total_steps)
@@ -130,9 +125,6 @@ class AutoSparse(Method):
         self.alpha = alpha_schedule(epoch - 1, o.alpha0, horizon, o.alpha_zero_epoch)
         for m in self.layers.values():
             m.parametrizations.weight[0].alpha.fill_(self.alpha)
-
-    def sparse_layers(self, model: nn.Module) -> dict[str, nn.Module]:
-        return dict(self.layers)
 
     def dense_weight_grad(self) -> bool:
         return self.alpha > 0  # GA sends gradient to every weight until alpha reaches 0

@@ -82,12 +82,6 @@ class Method:
         return {}
 
 
-def needs_dense_start(method: str, config) -> None:
-    if config.pattern != "dense":
-        raise ValueError(f"method {method!r} makes its own masks on a dense start: use pattern 'dense' "
-                         f"(got {config.pattern!r})")
-
-
 def attach_parametrization(model: nn.Module, config, make: Callable[[nn.Module], nn.Module]) -> dict[str, nn.Module]:
     """Register `make(module)` as the weight parametrization of every layer `sparsify` would convert."""
     layers = dict(convertible_layers(model, exclude=tuple(config.exclude)))
@@ -97,3 +91,19 @@ def attach_parametrization(model: nn.Module, config, make: Callable[[nn.Module],
     for module in layers.values():
         parametrize.register_parametrization(module, "weight", make(module))
     return layers
+
+
+class DenseStartMethod(Method):
+    """A method that starts from the dense model and attaches its own masks or thresholds."""
+
+    layers: dict[str, nn.Module]
+
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        super().check_config(config)
+        if config.pattern != "dense":
+            raise ValueError(f"method {cls.name!r} makes its own masks on a dense start: use pattern 'dense' "
+                             f"(got {config.pattern!r})")
+
+    def sparse_layers(self, model: nn.Module) -> dict[str, nn.Module]:
+        return dict(self.layers)

@@ -45,10 +45,6 @@ class Budgeted(Method):
             raise ValueError(f"method {cls.name!r} gives every layer its own sparsity: distribution must be "
                              f"'uniform', got {config.distribution!r}")
 
-    def sparsity_spec(self) -> dict[str, float]:
-        """What `sparsify` is given: the budget as exact-name globs."""
-        return dict(self.options.budget)
-
 
 def budget_from_run(run_dir: str | Path) -> dict[str, float]:
     """The final per-layer sparsities of a finished run (its metrics.jsonl), layers nearly dense left out."""
@@ -60,4 +56,9 @@ def budget_from_run(run_dir: str | Path) -> dict[str, float]:
     layers = rows[-1].get("layer_sparsity") if rows else None
     if not layers:
         raise ValueError(f"{path}: its last epoch has no per-layer sparsities (not a sparse run?)")
-    return {name: round(float(s), 6) for name, s in layers.items() if s >= MIN_BUDGET_SPARSITY}
+    return budget_from_layers(layers)
+
+
+def budget_from_layers(layer_sparsity: dict[str, float]) -> dict[str, float]:
+    """A budget from learnt per-layer sparsities (rounded; layers nearly dense left out: they stay dense)."""
+    return {name: round(float(s), 6) for name, s in layer_sparsity.items() if s >= MIN_BUDGET_SPARSITY}

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rbgp.train.methods.base import Method, Options, attach_parametrization, needs_dense_start
+from rbgp.train.methods.base import DenseStartMethod, Options, attach_parametrization
 
 GRANULARITIES = ("unstructured", "block")
 SCOPES = ("layer", "global")
@@ -82,14 +82,9 @@ class WeightMask(nn.Module):
         return weight * self.mask
 
 
-class MagnitudePruning(Method):
+class MagnitudePruning(DenseStartMethod):
     name = "magnitude"
     options_type = MagnitudeOptions
-
-    @classmethod
-    def check_config(cls, config) -> None:
-        super().check_config(config)
-        needs_dense_start(cls.name, config)
 
     def prepare(self, model: nn.Module, total_steps: int) -> None:
         super().prepare(model, total_steps)
@@ -97,9 +92,6 @@ class MagnitudePruning(Method):
         self.end = o.end_step if o.end_step is not None else max(1, round(DEFAULT_END_FRACTION * total_steps))
         self.start = min(o.start_step, self.end)
         self.layers = attach_parametrization(model, self.config, lambda m: WeightMask(m.weight.shape, m.weight.device))
-
-    def sparse_layers(self, model: nn.Module) -> dict[str, nn.Module]:
-        return dict(self.layers)
 
     def target(self, step: int) -> float:
         return cubic_sparsity(step, self.config.sparsity, self.start, self.end, self.options.initial_sparsity)
