@@ -1,0 +1,197 @@
+"""The compressed model file: exact round trips, quantisation error bounds, and refusal of bad files."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import rbgp
+from rbgp.compress.format import CompressedFileError, load, save
+from rbgp.compress.quantize import QUANTIZERS, dequantize, quantize
+
+
+def _net(pattern: str = "rbgp4", seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1),
+                          nn.Flatten(), nn.Linear(64 * 36, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
+                          nn.Linear(128, 10))
+    rbgp.sparsify(model, 0.9, pattern, init="kaiming", distribution="uniform", seed=seed)
+    return model.eval()
+
+
+def _blank(pattern: str = "rbgp4", seed: int = 0) -> nn.Module:
+    model = _net(pattern, seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(0.5)
+    return model
+
+
+X = torch.randn(3, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("pattern", ["rbgp4", "unstructured"])
+def test_round_trip_is_bit_exact(tmp_path, pattern):
+    model = _net(pattern)
+    model[1].running_mean.uniform_()
+    header = save(model, tmp_path / "m.rbgp")
+    kinds = {e["kind"] for e in header["entries"].values()}
+    assert kinds == ({"raw", "csr", "mask"} if pattern == "unstructured" else {"raw"})
+    twin = load(tmp_path / "m.rbgp", _blank(pattern))
+    for (k, a), b in zip(model.state_dict().items(), twin.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert torch.equal(twin(X), model(X))
+
+
+def test_rbgp_file_stores_values_not_indices(tmp_path):
+    model = _net("rbgp4")
+    header = save(model, tmp_path / "m.rbgp")
+    assert any(isinstance(m, rbgp.RBGPConv2d) for m in model.modules())
+    stored = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    dense = sum(m.weight.numel() * 4 for m in _dense_twin().modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+    assert header["file_bytes"] < stored + 16_000  # values, biases, structure ids and the header
+    assert header["file_bytes"] * 8 < dense  # 90% sparse layers: the zeros are not stored
+
+
+def _dense_twin() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 64, 3), nn.Conv2d(64, 64, 3), nn.Linear(64 * 36, 128),
+                         nn.Linear(128, 128), nn.Linear(128, 10))
+
+
+@pytest.mark.parametrize("kind", list(QUANTIZERS))
+@pytest.mark.parametrize("huffman", [False, True])
+def test_quantised_round_trip_within_the_bound(tmp_path, kind, huffman):
+    model = _net("unstructured")
+    header = save(model, tmp_path / "q.rbgp", quantize=kind, huffman=huffman)
+    twin = load(tmp_path / "q.rbgp", _blank("unstructured"))
+    for key, a in model.state_dict().items():
+        b = twin.state_dict()[key]
+        entry = header["entries"][key]
+        if "max_error" in entry:
+            assert (a - b).abs().max().item() <= entry["max_error"] * (1 + 1e-5) + 1e-7, key
+        elif a.is_floating_point():
+            assert torch.equal(a, b), key  # biases and norms are not quantised
+    masked = [m for m in twin.modules() if isinstance(m, rbgp.MaskedLinear)]
+    assert masked and all((m.weight[m.mask == 0] == 0).all() for m in masked)  # off the mask: exact zeros
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.sampled_from(["int8", "int4"]), st.integers(1, 40), st.integers(1, 60), st.integers(0, 2**31))
+def test_uniform_quantisation_bound(kind, rows, cols, seed):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(rows, cols)) * rng.uniform(0.01, 3, size=(rows, 1))
+    ids = np.repeat(np.arange(rows), cols)
+    q = quantize(w.reshape(-1), ids, rows, kind)
+    restored = dequantize(kind, q.symbols, q.table, ids).reshape(rows, cols)
+    step = np.abs(w).max(axis=1, keepdims=True) / QUANTIZERS[kind][0]
+    assert (np.abs(restored - w) <= step / 2 * (1 + 1e-5) + 1e-7).all()
+
+
+def test_kmeans_codebook_error_bound():
+    w = np.random.default_rng(0).standard_t(3, size=5000)
+    q = quantize(w, np.zeros(5000, dtype=np.int64), 1, "kmeans16")
+    c = np.sort(q.table.astype(np.float64))
+    bound = max(np.diff(c).max() / 2, w.max() - c[-1], c[0] - w.min())
+    assert q.max_error <= bound + 1e-6 and len(np.unique(q.symbols)) == 16
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad files
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def saved(tmp_path):
+    path = tmp_path / "m.rbgp"
+    save(_net("unstructured"), path, quantize="int8", huffman=True)
+    return path
+
+
+def _header_len(data: bytes) -> int:
+    return struct.unpack("<Q", data[:8])[0]
+
+
+def _rewrite_header(path, change) -> None:
+    data = path.read_bytes()
+    n = _header_len(data)
+    head = json.loads(data[8 : 8 + n])
+    meta = json.loads(head["__metadata__"]["rbgp"])
+    change(meta)
+    head["__metadata__"]["rbgp"] = json.dumps(meta, sort_keys=True)
+    raw = json.dumps(head).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
+
+
+def test_bad_files_are_refused(saved, tmp_path):
+    good = saved.read_bytes()
+    cases = {
+        "truncated": (good[: len(good) // 2], "truncated|corrupt tensor data"),
+        "too short": (good[:5], "too short"),
+        "huge header": (struct.pack("<Q", 2**60) + good[8:], "header claims"),
+        "not ours": (b"\x10\x00\x00\x00\x00\x00\x00\x00" + b'{"a": 1}        ' + b"x" * 64, "not an rbgp compressed"),
+        "flipped": (good[:-100] + bytes([good[-100] ^ 0x04]) + good[-99:], "checksum mismatch"),
+    }
+    for name, (data, message) in cases.items():
+        path = tmp_path / f"{name}.rbgp"
+        path.write_bytes(data)
+        with pytest.raises(CompressedFileError, match=message):
+            load(path, _blank("unstructured"))
+    for change, message in ((lambda m: m.update(version=2), "version 2, this rbgp reads version 1"),
+                            (lambda m: m.update(format="zip"), "format 'zip'"),
+                            (lambda m: m["entries"]["0.weight"].update(shape=[9]), "checksum mismatch")):
+        path = tmp_path / "edited.rbgp"
+        path.write_bytes(good)
+        _rewrite_header(path, change)
+        with pytest.raises(CompressedFileError, match=message):
+            load(path, _blank("unstructured"))
+
+
+def test_a_model_that_does_not_match_is_refused(tmp_path):
+    path = tmp_path / "m.rbgp"
+    save(_net("rbgp4"), path)
+    with pytest.raises(CompressedFileError, match="structure"):
+        load(path, _blank("rbgp4", seed=1))  # another seed, another structure
+    with pytest.raises(CompressedFileError, match="does not match the model: missing"):
+        load(path, _blank("unstructured"))
+    save(_net("unstructured"), path)
+    with pytest.raises(CompressedFileError, match="mask differs"):
+        load(path, _blank("unstructured", seed=1))
+    with pytest.raises(ValueError, match="huffman=True codes quantised symbols"):
+        save(_net(), path, huffman=True)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_fuzzed_files_load_identically_or_are_refused(saved, tmp_path_factory, data):
+    good = saved.read_bytes()
+    buf = bytearray(good)
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(buf) - 1))
+        op = data.draw(st.sampled_from(["flip", "set", "cut"]))
+        if op == "flip":
+            buf[i] ^= 1 << data.draw(st.integers(0, 7))
+        elif op == "set":
+            buf[i] = data.draw(st.integers(0, 255))
+        else:
+            del buf[i:]
+            break
+        if not buf:
+            break
+    path = tmp_path_factory.mktemp("fuzz") / "f.rbgp"
+    path.write_bytes(bytes(buf))
+    reference = load(saved, _blank("unstructured"))
+    try:
+        twin = load(path, _blank("unstructured"))
+    except CompressedFileError:
+        return
+    assert torch.equal(twin(X), reference(X))  # a change that left the content intact (header spaces)
