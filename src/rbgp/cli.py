@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_parser(sub)
     from rbgp.train.cli import add_train_parsers; add_train_parsers(sub)
+    from rbgp.compress.cli import add_compress_parser
+
+    add_compress_parser(sub)
     return parser
 
 

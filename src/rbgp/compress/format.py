@@ -33,7 +33,7 @@ from rbgp.compress.quantize import quantize as quantize_values
 from rbgp.files import atomic_write
 from rbgp.nn import MaskedConv2d, MaskedLinear, RBGPConv2d, RBGPLinear
 
-__all__ = ["FORMAT", "VERSION", "load", "read", "save"]
+__all__ = ["FORMAT", "VERSION", "CompressedFileError", "load", "read", "save"]
 
 FORMAT = "rbgp-compressed"
 VERSION = 1

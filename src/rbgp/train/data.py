@@ -591,6 +591,15 @@ class LoadedDataset(NamedTuple):
 SYNTHETIC_SIZES = {"train": 1024, "test": 256}
 
 
+def dataset_shape(name: str) -> tuple[int, tuple[int, int, int]]:
+    """(classes, input shape) of data set `name`, without loading it."""
+    if name not in DATASET_NAMES:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
+    if name == "fashion_mnist":
+        return 10, (1, 28, 28)
+    return (100 if name == "cifar100" else 10), (3, 32, 32)
+
+
 def get_dataset(
     name: str, data_dir: str | Path | None = None, split: str = "train"
 ) -> LoadedDataset:
