@@ -195,3 +195,20 @@ def test_fuzzed_files_load_identically_or_are_refused(saved, tmp_path_factory, d
     except CompressedFileError:
         return
     assert torch.equal(twin(X), reference(X))  # a change that left the content intact (header spaces)
+
+
+def test_fashion_mnist_accuracy_after_quantisation(tmp_path, fake_fashion):
+    from rbgp.train import TrainConfig, build_run_model, evaluate, get_dataset, train
+
+    config = TrainConfig(model="mlp", dataset="fashion_mnist", model_kwargs={"hidden": [256, 256, 256]},
+                         pattern="rbgp4", sparsity=0.9, epochs=2, batch_size=32)
+    trained = train(config, None, quiet=True).model.eval()
+    test = get_dataset("fashion_mnist", None, "test")
+    _, base = evaluate(trained, test.x, test.y)
+    assert base > 80  # the tiny stand-in is easy: the model really learnt it
+    for kind, max_drop in (("int8", 1.0), ("int4", 5.0), ("kmeans16", 5.0)):
+        path = tmp_path / f"{kind}.rbgp"
+        save(trained, path, quantize=kind, huffman=True)
+        twin, _ = build_run_model(config, test.num_classes, test.input_shape)
+        _, acc = evaluate(load(path, twin).eval(), test.x, test.y)
+        assert acc >= base - max_drop, (kind, base, acc)

@@ -1,4 +1,4 @@
-"""Fixtures of the training tests: a tiny Fashion-MNIST stand-in."""
+"""Shared fixtures: a tiny Fashion-MNIST stand-in."""
 
 from __future__ import annotations
 
