@@ -175,7 +175,7 @@ def _numbers(history):
     ("autosparse", {"init_sparsity": 0.5, "per_channel": True, "threshold_decay": 1e-3}),
 ])
 def test_resume_mid_method_is_exact(tmp_path, method, kwargs):
-    config = _cfg(method=method, method_kwargs=kwargs)
+    config = _cfg(method=method, method_kwargs=kwargs, schedule="constant")
     full = train(config, tmp_path / "full", quiet=True)
     first = train(config, tmp_path / "cut", quiet=True, stop_after_epoch=1)
     assert first.stopped_early
@@ -189,6 +189,9 @@ def test_resume_mid_method_is_exact(tmp_path, method, kwargs):
     else:
         assert [h["alpha"] for h in full.history] == [alpha_schedule(e, 0.5, 3) for e in range(3)]
         assert 0 < sparsities[-1] < 1
+    longer = TrainConfig(**{**config.to_dict(), "epochs": 4})  # the schedule would move: refused
+    with pytest.raises(ValueError, match=f"the {method} schedule depends on epochs"):
+        train(longer, tmp_path / "cut", resume=True, quiet=True)
     row = json.loads((tmp_path / "full" / "metrics.jsonl").read_text().splitlines()[-1])
     assert set(row["layer_sparsity"]) == {"net.3", "net.5"}
     assert row["infer_flops"] < row["infer_flops_dense"] and row["train_flops"] < row["train_flops_dense"]

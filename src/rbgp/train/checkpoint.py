@@ -104,9 +104,11 @@ def check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> N
         raise ValueError(
             f"{path}: checkpoint was made with different settings, cannot resume: " + "; ".join(diffs)
         )
-    if config.schedule == "cosine" and saved.get("epochs") != config.epochs:
+    if saved.get("epochs") != config.epochs and (config.schedule == "cosine"
+                                                 or config.method in ("magnitude", "autosparse")):
+        what = "the cosine schedule" if config.schedule == "cosine" else f"the {config.method} schedule"
         raise ValueError(
-            f"{path}: the cosine schedule depends on epochs; checkpoint has epochs="
+            f"{path}: {what} depends on epochs; checkpoint has epochs="
             f"{saved.get('epochs')}, now {config.epochs}"
         )
 
