@@ -24,7 +24,7 @@ def run(tmp_path_factory):
 
 
 def test_size_table_counts(run):
-    model = model_from_checkpoint(run)
+    model, _ = model_from_checkpoint(run)
     table = size_table(model, "int4")
     rows = {r["representation"]: r for r in table["rows"]}
     dense, csr, rbgp = rows["dense fp32"], rows["CSR"], rows["RBGP succinct"]
@@ -43,8 +43,8 @@ def test_cli_compress_writes_a_loadable_file(run, tmp_path, capsys):
     assert "| RBGP succinct |" in text and f"wrote {out}" in text
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["file_bytes"] == out.stat().st_size
-    model = model_from_checkpoint(run)
-    twin = model_from_checkpoint(run)
+    model, _ = model_from_checkpoint(run)
+    twin, _ = model_from_checkpoint(run)
     with torch.no_grad():
         for p in twin.parameters():
             p.zero_()

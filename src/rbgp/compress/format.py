@@ -49,8 +49,10 @@ class CompressedFileError(ValueError):
 # ----------------------------------------------------------------------------------------------
 
 
-def save(model: nn.Module, path: str | Path, *, quantize: str | None = None, huffman: bool = False) -> dict[str, Any]:
-    """Write `model`'s state to `path` atomically; returns the header (entries and sizes)."""
+def save(model: nn.Module, path: str | Path, *, quantize: str | None = None, huffman: bool = False,
+         extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write `model`'s state to `path` atomically; returns the header (entries and sizes). `extra`
+    (JSON-able, e.g. the training config that rebuilds the model) is kept in the checksummed header."""
     if quantize is not None and quantize not in QUANTIZERS:
         raise ValueError(f"unknown quantize {quantize!r}; valid: None, {', '.join(QUANTIZERS)}")
     if huffman and quantize is None:
@@ -76,7 +78,8 @@ def save(model: nn.Module, path: str | Path, *, quantize: str | None = None, huf
             entry["kind"] = "raw"
             tensors[key] = t.contiguous().clone()  # a copy: tied weights must not share memory in the file
         entries[key] = entry
-    header = {"format": FORMAT, "version": VERSION, "quantize": quantize, "huffman": huffman, "entries": entries}
+    header = {"format": FORMAT, "version": VERSION, "quantize": quantize, "huffman": huffman, "entries": entries,
+              "extra": extra or {}}
     header["checksum"] = _checksum(header, tensors)
     from safetensors.torch import save as st_save
 
@@ -215,7 +218,7 @@ def load(path: str | Path, model: nn.Module) -> nn.Module:
     new_state = {}
     for key, target in state.items():
         try:
-            new_state[key] = _decode(key, entries[key], tensors, target)
+            new_state[key] = decode_entry(key, entries[key], tensors, target)
         except (KeyError, TypeError, ValueError) as err:
             raise CompressedFileError(f"{path}: tensor {key!r}: {err}") from None
     try:
@@ -226,7 +229,7 @@ def load(path: str | Path, model: nn.Module) -> nn.Module:
     return model
 
 
-def _decode(key: str, entry: dict[str, Any], tensors: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+def decode_entry(key: str, entry: dict[str, Any], tensors: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
     if list(entry["shape"]) != list(target.shape) or entry["dtype"] != str(target.dtype).removeprefix("torch."):
         raise ValueError(f"the file has {entry['dtype']} {entry['shape']}, the model {target.dtype} "
                          f"{list(target.shape)}")

@@ -17,7 +17,7 @@ import numpy as np
 __all__ = ["CHUNK", "MAX_CODE_LENGTH", "HuffmanStream", "code_lengths", "decode", "encode"]
 
 MAX_CODE_LENGTH = 16
-CHUNK = 4096
+CHUNK = 512
 
 
 def code_lengths(counts: np.ndarray, limit: int = MAX_CODE_LENGTH) -> np.ndarray:
