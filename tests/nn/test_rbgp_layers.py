@@ -104,3 +104,20 @@ def test_masked_layers_stay_exact_after_steps(cls, args, pattern):
         layer(x).square().mean().backward()
         opt.step()
     assert torch.all(layer.dense_weight()[~layer.mask] == 0)
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda: RBGPLinear(64, 64, 0.75), (0, 64)),
+    (lambda: RBGPLinear(96, 40, 0.5), (0, 5, 96)),
+    (lambda: RBGPConv2d(16, 32, 3, padding=1, sparsity=0.75), (0, 16, 8, 8)),
+    (lambda: RBGPConv2d(6, 32, 3, padding=1, sparsity=0.5), (0, 6, 8, 8)),
+])
+def test_empty_batch_forward_and_backward_match_dense(make, shape):
+    layer = make()
+    x = torch.randn(shape, requires_grad=True)
+    y = layer(x)
+    y.sum().backward()
+    dense_out = (torch.nn.functional.linear(x, layer.dense_weight()) if isinstance(layer, RBGPLinear) else
+                 torch.nn.functional.conv2d(x, layer.dense_weight(), padding=1))
+    assert y.shape == dense_out.shape
+    assert x.grad.shape == x.shape and torch.equal(layer.values.grad, torch.zeros_like(layer.values))

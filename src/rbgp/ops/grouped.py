@@ -54,7 +54,7 @@ def grouped_backward(dyt: torch.Tensor, xt: torch.Tensor, values: torch.Tensor, 
             torch.bmm(dyg, xg.transpose(1, 2), out=dv[c])
         if need_input:
             dxg = torch.bmm(values[c].transpose(1, 2), dyg)  # (cs, K, N)
-            dxt.index_add_(0, cols.reshape(-1), dxg.view(-1, n))
+            dxt.index_add_(0, cols.reshape(-1), dxg.view(cols.numel(), n))
     return dxt, dv
 
 
