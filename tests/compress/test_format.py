@@ -212,3 +212,24 @@ def test_fashion_mnist_accuracy_after_quantisation(tmp_path, fake_fashion):
         twin, _ = build_run_model(config, test.num_classes, test.input_shape)
         _, acc = evaluate(load(path, twin).eval(), test.x, test.y)
         assert acc >= base - max_drop, (kind, base, acc)
+
+
+def test_round_trip_of_a_transformers_model_with_tied_weights(tmp_path):
+    transformers = pytest.importorskip("transformers")
+
+    def make():
+        torch.manual_seed(0)
+        config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=128, n_positions=16)
+        model = transformers.GPT2LMHeadModel(config)
+        rbgp.sparsify(model, 0.75, init="kaiming")
+        return model.eval()
+
+    model, ids = make(), torch.randint(0, 128, (2, 8))
+    save(model, tmp_path / "g.rbgp")
+    twin = make()
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.zero_()
+    load(tmp_path / "g.rbgp", twin)
+    assert torch.equal(twin(ids).logits, model(ids).logits)
+    assert twin.lm_head.weight.data_ptr() == twin.transformer.wte.weight.data_ptr()  # still tied

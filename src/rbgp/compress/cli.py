@@ -63,10 +63,8 @@ def _seconds(text: str | None) -> float | None:
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:
-    import torch
-
     from rbgp.compress.format import read
-    from rbgp.compress.infer import CompressedRunner, _status, parse_bytes, run_all
+    from rbgp.compress.infer import CompressedRunner, parse_bytes, process_memory, run_all
     from rbgp.files import write_json
     from rbgp.train.data import dataset_shape, get_dataset, synthetic
 
@@ -77,7 +75,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         raise ValueError(f"--fixed-batch {args.fixed_batch!r}: expected comma-separated integers") from None
     if args.samples < 1 or not fixed_batches or min(fixed_batches) < 1:
         raise ValueError(f"--samples and --fixed-batch must be >= 1, got {args.samples} and {args.fixed_batch}")
-    baseline = _status("VmRSS")
+    baseline = process_memory("VmRSS")
     header, _ = read(args.file)
     config = header.get("extra", {}).get("train_config")
     if not isinstance(config, dict):
@@ -88,7 +86,6 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         x = synthetic(args.samples, shape, classes, seed=0)[0]
     else:
         x = get_dataset(config["dataset"], args.data_dir, "test").x[: args.samples]
-    torch.manual_seed(0)
     plan = run.plan(x, budget, latency)
     chosen = run_all(run, x, plan.batch_size)
     fixed: dict[int, dict | None] = {}

@@ -28,7 +28,7 @@ from torch import nn
 
 from rbgp.compress.format import decode_entry, read
 
-__all__ = ["BudgetPlan", "CompressedRunner", "parse_bytes"]
+__all__ = ["BudgetPlan", "CompressedRunner", "parse_bytes", "peak_rss", "process_memory", "run_all"]
 
 _UNITS = {"b": 1, "kb": 1 << 10, "k": 1 << 10, "mb": 1 << 20, "m": 1 << 20, "gb": 1 << 30, "g": 1 << 30}
 
@@ -74,6 +74,7 @@ class CompressedRunner:
                                         for ps in self._params.values()), default=0)
         self.mode = "resident"
         self._hooks: list[Any] = []
+        self._per_sample: dict[tuple[int, ...], int] = {}
         self._decode_all()
 
     # -- decoding ---------------------------------------------------------------------------------
@@ -123,7 +124,9 @@ class CompressedRunner:
 
     @torch.no_grad()
     def activation_bytes_per_sample(self, sample_shape: tuple[int, ...]) -> int:
-        """Peak bytes of one layer's input plus output per sample (a probe forward at batch 1)."""
+        """Peak bytes of one layer's input plus output per sample (a probe forward at batch 1, once per shape)."""
+        if sample_shape in self._per_sample:
+            return self._per_sample[sample_shape]
         peak = 0
 
         def record(module: nn.Module, inputs: tuple, output: Any) -> None:
@@ -137,6 +140,7 @@ class CompressedRunner:
         finally:
             for h in handles:
                 h.remove()
+        self._per_sample[sample_shape] = peak
         return peak
 
     def estimate(self, mode: str, batch: int, per_sample: int) -> int:
@@ -209,10 +213,11 @@ def peak_rss() -> Iterator[dict[str, int]]:
         ok = False
     yield result
     if ok:
-        result["peak_rss_bytes"] = _status("VmHWM")
+        result["peak_rss_bytes"] = process_memory("VmHWM")
 
 
-def _status(field: str) -> int:
+def process_memory(field: str) -> int:
+    """A memory figure of this process from /proc/self/status ("VmRSS", "VmHWM"), in bytes."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):

@@ -10,6 +10,7 @@ activations and pooling are not counted. "Actual" is what a kernel that skips th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -18,7 +19,7 @@ from torch import nn
 from rbgp.nn import SPARSE_TYPES
 from rbgp.nn.rbgp_layers import is_hf_conv1d
 
-__all__ = ["flops", "layer_positions", "weight_layers"]
+__all__ = ["flops", "layer_nnz", "layer_positions", "weight_layers"]
 
 
 def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -54,12 +55,13 @@ def layer_positions(model: nn.Module, input_shape: Sequence[int], device: torch.
 
 @torch.no_grad()
 def layer_nnz(module: nn.Module) -> tuple[int, int]:
-    """(non-zero weights, all weights) of a weight layer."""
-    density = getattr(module, "density", None)  # RBGP and masked layers know theirs
-    w = module.dense_weight() if hasattr(module, "dense_weight") else module.weight
-    numel = w.numel()
-    nnz = round(density * numel) if density is not None else int(torch.count_nonzero(w))
-    return nnz, numel
+    """(non-zero weights, all weights) of a weight layer: RBGP and masked layers from their structure
+    (no dense weight is built), others by counting their (possibly parametrized) weight."""
+    structure = getattr(module, "structure", None)
+    if structure is not None:
+        numel = math.prod(structure.weight_shape)
+        return round(structure.density * numel), numel
+    return int(torch.count_nonzero(module.weight)), module.weight.numel()
 
 
 def flops(model: nn.Module, positions: dict[str, int], dense_grad: Iterable[str] = ()) -> dict[str, float]:

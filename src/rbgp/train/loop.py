@@ -40,7 +40,7 @@ from rbgp.train.checkpoint import (
 )
 from rbgp.train.config import TrainConfig
 from rbgp.train.data import LoadedDataset, TensorLoader, default_transform, get_dataset
-from rbgp.train.flops import flops, layer_positions
+from rbgp.train.flops import flops, layer_nnz, layer_positions
 from rbgp.train.methods import Method, make_method
 from rbgp.train.models import MLP, SmallCNN, build_model
 
@@ -452,18 +452,12 @@ def _sparsity_note(row: dict[str, Any]) -> str:
 def _sparsity_metrics(model: nn.Module, method: Method, positions: dict[str, int]) -> dict[str, Any]:
     """Global and per-layer sparsity of the method's layers, and the model's per-sample FLOPs."""
     layers = method.sparse_layers(model)
-    with torch.no_grad():
-        counts = {name: (int(torch.count_nonzero(_effective_weight(m))), _effective_weight(m).numel())
-                  for name, m in layers.items()}
+    counts = {name: layer_nnz(m) for name, m in layers.items()}
     total = sum(n for _, n in counts.values())
     dense_grad = layers if method.dense_weight_grad() else ()
     return {"sparsity": 1 - sum(k for k, _ in counts.values()) / total if total else 0.0,
             "layer_sparsity": {name: 1 - k / n for name, (k, n) in counts.items()},
             **flops(model, positions, dense_grad)}
-
-
-def _effective_weight(m: nn.Module) -> torch.Tensor:
-    return m.dense_weight() if hasattr(m, "dense_weight") else m.weight
 
 
 def _epoch_accounting(model: nn.Module, method: Method, positions: dict[str, int], before: dict[str, Any],
