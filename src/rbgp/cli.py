@@ -31,15 +31,21 @@ def _cmd_pattern(args: argparse.Namespace) -> int:
     from rbgp.tools.describe import build_and_describe, format_description
     from rbgp.tools.plots import plot_mask
 
+    from rbgp.files import check_output_file
+
     kwargs = {}
-    if args.block:
+    if args.block is not None:
+        if args.kind not in ("rbgp4", "block", "hbsnn"):
+            raise ValueError(f"--block applies to --kind rbgp4, block and hbsnn, not {args.kind}")
         kwargs["block"] = tuple(args.block)
-    if args.group_rows:
+    if args.group_rows is not None:
         if args.kind != "rbgp4":
-            raise ValueError("--group-rows applies to --kind rbgp4 only")
+            raise ValueError(f"--group-rows applies to --kind rbgp4 only, not {args.kind}")
         kwargs["group_rows"] = args.group_rows
     if args.kind == "nm":
         kwargs = {"n": 2, "m": 4}
+    if args.plot:
+        check_output_file(args.plot, "--plot")
     mask, desc = build_and_describe(args.kind, args.out, args.inp, args.sparsity, args.seed, **kwargs)
     if args.plot:
         plot_mask(mask, args.plot)
@@ -48,11 +54,24 @@ def _cmd_pattern(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only_pattern: bool = False) -> argparse.ArgumentParser:
+    """The `rbgp` parser; `only_pattern` registers just `rbgp pattern`, whose modules do not import
+    torch (so that it starts, and refuses what will not fit, in about a second)."""
     parser = argparse.ArgumentParser(prog="rbgp", description="Fast sparse neural networks from Ramanujan "
                                                                "bipartite graph products.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (by default a user error is one line)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_pattern(sub)
+    if not only_pattern:
+        _add_torch_commands(sub)
+    for command in sub.choices.values():  # also accepted after the command: `rbgp train ... --debug`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the full traceback of an error")
+    return parser
+
+
+def _add_torch_commands(sub: argparse._SubParsersAction) -> None:
     from rbgp.bench.cli import add_bench_parser
 
     add_bench_parser(sub)
@@ -60,17 +79,40 @@ def build_parser() -> argparse.ArgumentParser:
     from rbgp.compress.cli import add_compress_parser
 
     add_compress_parser(sub)
-    return parser
+
+
+USER_ERRORS = (ValueError, OSError, MemoryError)
+"""What a user's input or machine can cause (bad values, paths, files, too little memory): one line
+and exit code 2. Anything else is a bug: its traceback, exit code 1."""
+
+
+def _user_error_line(err: BaseException) -> str:
+    if isinstance(err, MemoryError):
+        return f"out of memory ({str(err) or 'the request needs more memory than this machine has'})"
+    if isinstance(err, OSError) and err.strerror and err.filename is not None:
+        return f"{err.filename}: {err.strerror}"
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    """Run the `rbgp` command. User errors: one line on stderr and exit code 2 (argparse's too);
+    `--debug` shows their traceback instead."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(only_pattern=command == "pattern")
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"rbgp {args.command}: error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        if args.debug:
+            raise
+        print(f"rbgp {args.command}: error: {_user_error_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"rbgp {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

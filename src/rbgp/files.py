@@ -8,6 +8,7 @@ Files get the usual mode (0666 less the umask), not mkstemp's 0600.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -15,7 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "save_figure", "write_json", "write_text"]
+__all__ = ["atomic_write", "check_output_dir", "check_output_file", "remove_stale_temps", "save_figure",
+           "write_json", "write_text"]
 
 
 def _umask() -> int:
@@ -27,9 +29,12 @@ def _umask() -> int:
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temp file next to `path` (creating the folder); on success fsync it and rename it to `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    path = check_output_file(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # name the file asked for, not a temp file
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as f:
@@ -58,3 +63,47 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> None:
     fmt = path.suffix.lstrip(".") or "png"
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight")
+
+
+def _first_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_output_dir(path: str | Path, what: str = "output folder") -> Path:
+    """`path` as a Path if it is, or can be created as, a writable folder; else ValueError naming it."""
+    path = Path(path)
+    base = _first_existing(path)
+    if not base.is_dir():
+        where = "is an existing file" if base == path else f"is under {base}, which is a file"
+        raise ValueError(f"{what} {str(path)!r} {where}; give a folder path")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {str(path)!r}: no permission to write in {base}")
+    return path
+
+
+def check_output_file(path: str | Path, what: str = "output file") -> Path:
+    """`path` as a Path if a file can be written there; else ValueError naming it."""
+    path = Path(path)
+    if str(path) in ("", ".") or path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is a folder; give a file path (e.g. {path / 'out'}{path.suffix})")
+    base = _first_existing(path.parent)
+    if not base.is_dir():
+        raise ValueError(f"{what} {str(path)!r}: {base} is a file, so nothing can be written under it")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {str(path)!r}: no permission to write in {base}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{what} {str(path)!r}: no permission to overwrite it")
+    return path
+
+
+def remove_stale_temps(folder: str | Path, names: tuple[str, ...]) -> list[Path]:
+    """Delete the temp files `atomic_write` left in `folder` for `names` (a killed writer's); the
+    caller must be the folder's only writer."""
+    folder = Path(folder)
+    stale = [p for name in names for p in folder.glob(f".{glob.escape(name)}.*.tmp") if p.is_file()]
+    for p in stale:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    return stale

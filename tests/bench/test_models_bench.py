@@ -31,7 +31,7 @@ def test_model_bench_rejects_bad_arguments(tmp_path, capsys):
         run_model_bench(tmp_path, device="cpu", models=("alexnet",))
     assert main(["bench", "--suite", "models", "--device", "cpu", "--dtype", "fp32", "--models", "vgg",
                  "--out-dir", str(tmp_path)]) == 2
-    assert "unknown models" in capsys.readouterr().err
+    assert "--models 'vgg': valid names are vgg19, resnet18, wrn40_4" in capsys.readouterr().err
     assert main(["bench", "--suite", "models", "--device", "cpu", "--models", "resnet18", "--distribution", "erk,x",
                  "--out-dir", str(tmp_path)]) == 2
     assert "valid names are uniform, erk, hw" in capsys.readouterr().err

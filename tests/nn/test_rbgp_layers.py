@@ -75,7 +75,7 @@ def test_from_dense_keeps_weights_on_pattern():
 
 def test_wrong_inputs_give_clear_errors():
     layer = RBGPLinear(64, 32, 0.75)
-    with pytest.raises(ValueError, match="expects 64"):
+    with pytest.raises(ValueError, match=r"expected input \(\.\.\., 64\).*got shape \(2, 65\)"):
         layer(torch.randn(2, 65))
     conv = RBGPConv2d(16, 32, 3, sparsity=0.75)
     with pytest.raises(ValueError, match=r"\(N, 16, H, W\)"):
@@ -106,18 +106,80 @@ def test_masked_layers_stay_exact_after_steps(cls, args, pattern):
     assert torch.all(layer.dense_weight()[~layer.mask] == 0)
 
 
-@pytest.mark.parametrize("make, shape", [
-    (lambda: RBGPLinear(64, 64, 0.75), (0, 64)),
-    (lambda: RBGPLinear(96, 40, 0.5), (0, 5, 96)),
-    (lambda: RBGPConv2d(16, 32, 3, padding=1, sparsity=0.75), (0, 16, 8, 8)),
-    (lambda: RBGPConv2d(6, 32, 3, padding=1, sparsity=0.5), (0, 6, 8, 8)),
-])
-def test_empty_batch_forward_and_backward_match_dense(make, shape):
+def _conv_path(layer) -> str:
+    """Which compute path an RBGPConv2d's forward takes (mirrors RBGPConv2d._forward)."""
+    import math
+
+    from rbgp.nn.rbgp_layers import conv_merge
+
+    if layer.channels is None or layer.backend not in ("auto", "grouped"):
+        return "im2col"
+    g, r, k = layer.values.shape
+    merge = conv_merge(g, r, layer.density * layer.channels.numel() / (g * k) * math.prod(layer.kernel_size))
+    return "masked-dense" if merge is None else f"channel-merge{merge}"
+
+
+def _block_conv(*args, **kw):
+    from rbgp.patterns import RBGP4
+
+    return RBGPConv2d(*args, pattern=RBGP4(conv_block="block"), **kw)
+
+
+LAYERS = {  # name: (make, input shape after the batch dim, compute path for RBGP convs)
+    "linear": (lambda: RBGPLinear(64, 64, 0.75), (64,), None),
+    "linear-3d": (lambda: RBGPLinear(96, 40, 0.5), (5, 96), None),
+    "linear-reference": (lambda: RBGPLinear(64, 32, 0.75, backend="reference"), (64,), None),
+    "conv-masked-dense": (lambda: RBGPConv2d(16, 32, 3, padding=1, sparsity=0.75), (16, 6, 6), "masked-dense"),
+    "conv-channel": (lambda: RBGPConv2d(6, 32, 3, padding=1, sparsity=0.5), (6, 6, 6), "channel-merge1"),
+    "conv-channel-merged": (lambda: RBGPConv2d(128, 128, 3, padding=1, sparsity=0.9), (128, 4, 4), "channel-merge2"),
+    "conv-im2col": (lambda: _block_conv(16, 32, 3, stride=2, padding=1, sparsity=0.75), (16, 7, 7), "im2col"),
+    "conv-1x1": (lambda: RBGPConv2d(16, 32, 1, sparsity=0.75), (16, 5, 5), "im2col"),
+    "conv-reference": (lambda: RBGPConv2d(16, 32, 3, sparsity=0.75, backend="reference"), (16, 6, 6), "im2col"),
+    "conv-reflect": (lambda: RBGPConv2d(6, 32, 3, padding=(1, 2), dilation=2, sparsity=0.5, padding_mode="reflect"),
+                     (6, 7, 8), "channel-merge1"),
+    "masked-linear": (lambda: MaskedLinear(64, 32, 0.75), (64,), None),
+    "masked-conv": (lambda: MaskedConv2d(8, 16, 3, stride=2, padding=1, sparsity=0.75), (8, 7, 7), None),
+}
+
+
+def _dense_twin(layer) -> nn.Module:
+    """The dense nn.Linear / nn.Conv2d with the layer's masked weight and bias."""
+    if isinstance(layer, (RBGPLinear, MaskedLinear)):
+        dense = nn.Linear(layer.in_features, layer.out_features)
+    else:
+        dense = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                          layer.dilation, padding_mode=layer.padding_mode)
+    with torch.no_grad():
+        dense.weight.copy_(layer.dense_weight())
+        dense.bias.copy_(layer.bias)
+    return dense
+
+
+@pytest.mark.parametrize("batch", [0, 3])
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_forward_and_backward_match_the_dense_layer_empty_batches_included(name, batch):
+    torch.manual_seed(0)
+    make, shape, path = LAYERS[name]
     layer = make()
-    x = torch.randn(shape, requires_grad=True)
-    y = layer(x)
-    y.sum().backward()
-    dense_out = (torch.nn.functional.linear(x, layer.dense_weight()) if isinstance(layer, RBGPLinear) else
-                 torch.nn.functional.conv2d(x, layer.dense_weight(), padding=1))
-    assert y.shape == dense_out.shape
-    assert x.grad.shape == x.shape and torch.equal(layer.values.grad, torch.zeros_like(layer.values))
+    if path is not None:
+        assert _conv_path(layer) == path
+    dense = _dense_twin(layer)
+    x = torch.randn(batch, *shape)
+    xs, xd = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y, yd = layer(xs), dense(xd)
+    assert y.shape == yd.shape and y.shape[0] == batch
+    torch.testing.assert_close(y, yd, atol=1e-4, rtol=1e-4)
+    g = torch.randn_like(yd)
+    y.backward(g)
+    yd.backward(g)
+    torch.testing.assert_close(xs.grad, xd.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(layer.bias.grad, dense.bias.grad, atol=1e-4, rtol=1e-4)
+    if isinstance(layer, (RBGPLinear, RBGPConv2d)):
+        from rbgp.ops import grouped_values
+
+        expected = grouped_values(dense.weight.grad.reshape(layer.structure.shape), layer.layout)
+        torch.testing.assert_close(layer.values.grad, expected, atol=1e-3, rtol=1e-4)
+    else:
+        torch.testing.assert_close(layer.weight.grad, dense.weight.grad * layer.mask, atol=1e-4, rtol=1e-4)
+    if batch == 0:
+        assert not (layer.values.grad if hasattr(layer, "values") else layer.weight.grad).any()

@@ -107,6 +107,46 @@ def test_rbgp4_impossible_plan_lists_nearest():
         RBGP4.plan(7, 5, 0.9)
 
 
+def _plan_error(*args, **kwargs) -> str:
+    with pytest.raises(ValueError) as err:
+        RBGP4.plan(*args, **kwargs)
+    message = str(err.value)
+    assert "\n" not in message and "[" not in message  # one line, plain numbers (no Python lists)
+    assert "larger tol" not in message and "tol=0.01" not in message  # nothing the CLI cannot change
+    return message
+
+
+def test_rbgp4_plan_message_suggests_what_a_user_can_change():
+    message = _plan_error(24, 48, 0.9, tol=0.001)
+    assert "RBGP4 cannot make a 24x48 weight 0.9 sparse within tol=0.001" in message  # tol: as the caller set it
+    assert "nearest feasible sparsities: 0.8958, 0.9167, 0.8333, 0.6667, 0.3333;" in message
+    assert "ask for one of them (sparsity, --sparsity)" in message
+    assert "block=(1, 16), group_rows=128 and every halving of them" in message  # already tried: no use to change
+    message = _plan_error(7, 5, 0.9)
+    assert message.endswith("nearest feasible sparsities: 0.6; ask for one of them (sparsity, --sparsity)")
+
+
+def test_rbgp4_plan_message_never_suggests_zero():
+    """A 4 x 10^7 weight has plans up to sparsity 0.5, and plans with c = n - 1 (sparsity 1e-7) that the old
+    message listed as 0.0; those are not offered, in the message or as the nearest sparsity."""
+    message = _plan_error(4, 10**7, 0.9)
+    assert message.endswith("nearest feasible sparsities: 0.5; ask for one of them (sparsity, --sparsity)")
+    message = _plan_error(3, 10**6, 1e-7, tol=0.0)  # every plan near the request shows as 0: others are offered
+    near = message.split("nearest feasible sparsities: ")[1].split(";")[0].split(", ")
+    assert near == ["0.3333"]
+    assert RBGP4(tol=0.0).achieved_sparsity((3, 10**6), 1e-7) == pytest.approx(1 / 3, abs=1e-5)
+    assert RBGP4(tol=0.0).nearest_sparsity((4, 10**7), 0.9) == pytest.approx(0.5)
+
+
+def test_rbgp4_plan_message_for_shapes_without_any_plan():
+    message = _plan_error(1, 7, 0.9)
+    assert "no sparse RBGP4 plan fits a 1x7 weight at all" in message and "leave this layer dense" in message
+    message = _plan_error(2, 10**7, 0.5)
+    assert "needs at least 3 rows and 3 input columns" in message
+    message = _plan_error(100, 100, 0.9, outer_sparsity=0.5, tile=(32, 32))
+    assert "outer_sparsity=0.5, tile=(32, 32)" in message and "outer_sparsity=0 (a complete outer graph) reaches it" in message
+
+
 def test_rbgp4_outer_sparsity_skips_tiles():
     m = RBGP4(outer_sparsity=0.5, tile=(64, 64), group_rows=16).build((256, 256), 0.875, seed=0)
     tiles = m.array.reshape(4, 64, 4, 64).any(axis=(1, 3))

@@ -71,6 +71,7 @@ def test_fashion_missing_dir_message(tmp_path):
     msg = str(info.value)
     assert str(missing) in msg and "apt-get install dataset-fashion-mnist" in msg
     assert "RBGP_FASHION_MNIST" in msg
+    assert "--data-dir DIR (root= in Python)" in msg  # the CLI flag and the Python argument
 
 
 def test_fashion_truncated_refused(tmp_path):
@@ -261,9 +262,10 @@ class _Evil:
         return (os.system, (f"touch {self.target}",))
 
 
-def test_cifar_malicious_pickle_refused(tmp_path):
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
+def test_cifar_malicious_pickle_refused(tmp_path, protocol):
     canary = tmp_path / "pwned"
-    payload = pickle.dumps({"data": _Evil(str(canary)), "labels": []}, protocol=4)
+    payload = pickle.dumps({"data": _Evil(str(canary)), "labels": []}, protocol=protocol)
     _write_tar(tmp_path / "cifar-10-python.tar.gz", "cifar-10-batches-py",
                {"test_batch": payload})
     with pytest.raises(D.UnsafePickleError, match="system") as info:
@@ -272,12 +274,56 @@ def test_cifar_malicious_pickle_refused(tmp_path):
     assert not canary.exists()
 
 
-def test_cifar_other_globals_refused(tmp_path):
-    # Protocol 2 encodes bytes through _codecs.encode: not an array constructor, so refused.
-    payload = pickle.dumps(_batch(2, b"labels", 10, 0), protocol=2)
-    (tmp_path / "cifar-10-batches-py").mkdir()
-    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(payload)
-    with pytest.raises(D.UnsafePickleError, match="_codecs.encode"):
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_cifar_python3_pickles_of_any_protocol_load(tmp_path, protocol):
+    # Python 3 writes bytes through _codecs.encode(str, "latin1") (and bytes() when empty) at
+    # protocols 0-2, and numpy writes arrays through _frombuffer at protocol 5: all accepted
+    batch = _batch(3, b"labels", 10, 0)
+    batch[b"batch_label"] = b""
+    payload = pickle.dumps(batch, protocol=protocol)
+    if protocol <= 2:
+        assert b"_codecs" in payload
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "test_batch").write_bytes(payload)
+    x, y = D.load_cifar(tmp_path, "cifar10", "test")
+    assert np.array_equal(x.numpy(), batch[b"data"].reshape(3, 3, 32, 32))
+    assert y.tolist() == batch[b"labels"]
+
+
+class _Reduce:
+    """Pickles as call(*args): to forge pickles that use an allowed global with other arguments."""
+
+    def __init__(self, call, args) -> None:
+        self.call, self.args = call, args
+
+    def __reduce__(self):
+        return (self.call, self.args)
+
+
+def _np_frombuffer():
+    core = getattr(np, "_core", None)
+    return core.numeric._frombuffer if core is not None else np.core.numeric._frombuffer
+
+
+@pytest.mark.parametrize(
+    "forged, message",
+    [
+        (_Reduce(__import__("codecs").encode, (b"x" * 100, "zlib")), r"_codecs\.encode.*only \(str, 'latin1'\)"),
+        (_Reduce(__import__("codecs").encode, ("abc", "rot13")), r"_codecs\.encode.*only \(str, 'latin1'\)"),
+        (_Reduce(bytes, (10**12,)), r"bytes\(1000000000000,\): only bytes\(\) \(empty\)"),
+        (_Reduce(_np_frombuffer(), (b"\0" * 8, np.dtype(object), (1,), "C")), "_frombuffer"),
+        (_Reduce(eval, ("1+1",)), "eval"),
+        (_Reduce(np.load, ("x.npy",)), "refusing to load global numpy.*load"),
+    ],
+)
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_cifar_allowed_globals_only_with_their_safe_arguments(tmp_path, forged, message, protocol):
+    payload = pickle.dumps({b"data": forged, b"labels": []}, protocol=protocol)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "test_batch").write_bytes(payload)
+    with pytest.raises(D.UnsafePickleError, match=message):
         D.load_cifar(tmp_path, "cifar10", "test")
 
 
@@ -330,6 +376,7 @@ def test_cifar_missing_message(tmp_path):
         D.load_cifar(tmp_path / "absent", "cifar100")
     assert str(tmp_path / "absent") in str(info.value)
     assert "cifar-100-python.tar.gz" in str(info.value)
+    assert "--data-dir DIR (root= in Python)" in str(info.value) and "RBGP_CIFAR" in str(info.value)
 
 
 def test_cifar_bad_name():

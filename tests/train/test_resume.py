@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import random
 
 import pytest
 import torch
@@ -77,6 +79,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / CHECKPOINT_NAME
     save_checkpoint(path, {"a": torch.ones(2)})
     assert _files(tmp_path) == [CHECKPOINT_NAME]
+    before = path.read_bytes()
 
     def broken_save(obj, f, *a, **k):
         f.write(b"partial")
@@ -87,7 +90,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
         save_checkpoint(path, {"a": torch.zeros(2)})
     monkeypatch.undo()
     assert _files(tmp_path) == [CHECKPOINT_NAME]  # no temp file left behind
-    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(2))  # old file intact
+    assert path.read_bytes() == before  # old file intact
 
 
 def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path, uninterrupted):
@@ -95,22 +98,60 @@ def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path, uninterrupted):
     good = (out / CHECKPOINT_NAME).read_bytes()
     path = tmp_path / CHECKPOINT_NAME
     path.write_bytes(good[: len(good) // 2])  # truncated, as by a crash without atomic writes
-    with pytest.raises(ValueError, match="corrupt or unreadable checkpoint"):
+    with pytest.raises(ValueError, match="checksum mismatch, the checkpoint is corrupt"):
         train(_cfg(), tmp_path, resume=True, quiet=True)
     path.write_bytes(b"\x00garbage" * 10)
-    with pytest.raises(ValueError, match="corrupt or unreadable checkpoint"):
-        load_checkpoint(path)
-    torch.save({"model": {}}, path)
     with pytest.raises(ValueError, match="not an rbgp training checkpoint"):
+        load_checkpoint(path)
+    save_checkpoint(path, {"model": {}})
+    with pytest.raises(ValueError, match="not an rbgp training checkpoint"):
+        load_checkpoint(path)
+    torch.save({"model": {}}, path)  # a bare torch archive: read as version 1 (no checksum)
+    with pytest.warns(UserWarning, match="no checksum"), pytest.raises(ValueError, match="not an rbgp"):
         load_checkpoint(path)
 
     class Evil:
         def __reduce__(self):
             return (print, ("pwned",))
 
-    torch.save({"format": "x", "evil": Evil()}, path)
-    with pytest.raises(ValueError, match="corrupt or unreadable"):
-        load_checkpoint(path)  # weights_only refuses arbitrary globals
+    for legacy in (True, False):
+        evil = {"format": "x", "evil": Evil()}
+        torch.save(evil, path) if legacy else save_checkpoint(path, evil)
+        with pytest.warns(UserWarning) if legacy else contextlib.nullcontext(), \
+                pytest.raises(ValueError, match="refused") as err:
+            load_checkpoint(path)  # weights_only refuses arbitrary globals
+        assert "weights_only" not in str(err.value)  # torch's advice to drop it is not relayed
+
+
+def test_bit_flip_anywhere_is_refused(tmp_path, uninterrupted):
+    _, out = uninterrupted
+    good = (out / CHECKPOINT_NAME).read_bytes()
+    path = tmp_path / CHECKPOINT_NAME
+    rng = random.Random(0)
+    positions = [0, 5, 9, 10, 41, 42, 100, len(good) // 2, len(good) - 1]
+    positions += rng.sample(range(len(good)), 40)
+    for pos in positions:
+        bad = bytearray(good)
+        bad[pos] ^= 1 << rng.randrange(8)
+        path.write_bytes(bytes(bad))
+        with pytest.raises(ValueError):
+            load_checkpoint(path)
+    path.write_bytes(good)
+    assert load_checkpoint(path)["epoch"] == 3
+
+
+def test_non_finite_state_is_refused(tmp_path, uninterrupted):
+    _, out = uninterrupted
+    state = load_checkpoint(out / CHECKPOINT_NAME)
+    key = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][key] = state["model"][key].clone()
+    state["model"][key].view(-1)[0] = float("nan")
+    path = tmp_path / CHECKPOINT_NAME
+    with pytest.raises(ValueError, match=f"model tensor '{key}' holds 1 non-finite"):
+        save_checkpoint(path, state)
+    torch.save({**state, "version": 1}, path)  # written around the check (version 1): refused on load
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=f"'{key}' holds 1 non-finite"):
+        load_checkpoint(path)
 
 
 def test_mismatched_checkpoint_is_refused(tmp_path, uninterrupted):
@@ -120,15 +161,15 @@ def test_mismatched_checkpoint_is_refused(tmp_path, uninterrupted):
         train(_cfg(pattern="unstructured"), tmp_path, resume=True, quiet=True)
     with pytest.raises(ValueError, match="seed"):
         train(_cfg(seed=1), tmp_path, resume=True, quiet=True)
-    state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
     assert state["world_size"] == 1
-    torch.save({**state, "world_size": 2}, tmp_path / CHECKPOINT_NAME)
+    save_checkpoint(tmp_path / CHECKPOINT_NAME, {**state, "world_size": 2})
     with pytest.raises(ValueError, match="run of 2 process"):
         train(_cfg(), tmp_path, resume=True, quiet=True)
     # Same settings but a tampered model state: the RBGP structure fingerprint no longer fits.
     key = next(k for k in state["model"] if k.endswith("structure_id"))
     state["model"][key] = torch.zeros_like(state["model"][key])
-    torch.save(state, tmp_path / CHECKPOINT_NAME)
+    save_checkpoint(tmp_path / CHECKPOINT_NAME, state)
     with pytest.raises(ValueError, match="does not fit the model"):
         train(_cfg(), tmp_path, resume=True, quiet=True)
 
@@ -156,3 +197,59 @@ def test_cli_resume_takes_settings_from_checkpoint(tmp_path, capsys):
     assert _numbers(rows) == _numbers(ref_rows) and len(rows) == 2
     assert main(["train", "--out-dir", str(run), "--resume", "--lr", "0.2", "--quiet"]) == 2
     assert "lr: checkpoint 0.05 vs now 0.2" in capsys.readouterr().err
+
+
+def test_resume_without_checkpoint(tmp_path):
+    cfg = _cfg(epochs=1, limit_train=64)
+    with pytest.raises(ValueError, match="--resume: no checkpoint at"):
+        train(cfg, tmp_path / "run", resume=True, quiet=True)
+    assert not (tmp_path / "run").exists()
+    res = train(cfg, tmp_path / "run", resume="if-present", quiet=True)  # starts fresh
+    assert [h["epoch"] for h in res.history] == [1]
+    again = train(_cfg(epochs=2, limit_train=64), tmp_path / "run", resume="if-present", quiet=True)
+    assert [h["epoch"] for h in again.history] == [1, 2] and again.history[0] == res.history[0]
+
+
+def test_stale_temps_removed_and_metrics_level_on_resume(tmp_path, capsys):
+    cfg = _cfg(epochs=2, limit_train=64)
+    train(cfg, tmp_path, quiet=True, stop_after_epoch=1)
+    stale = [tmp_path / f".{CHECKPOINT_NAME}.abc12345.tmp", tmp_path / ".metrics.jsonl.x_y9.tmp"]
+    for p in stale:
+        p.write_bytes(b"partial")
+    keep = tmp_path / "notes.tmp"  # not one of ours
+    keep.write_text("mine")
+    # metrics one epoch ahead of the checkpoint (as if killed between the two writes)
+    rows = (tmp_path / "metrics.jsonl").read_text()
+    (tmp_path / "metrics.jsonl").write_text(rows + rows.replace('"epoch": 1', '"epoch": 2'))
+    res = train(cfg, tmp_path, resume=True)
+    assert "removed .checkpoint.pt.abc12345.tmp" in capsys.readouterr().err
+    assert not any(p.exists() for p in stale) and keep.exists()
+    saved = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert _numbers(saved) == _numbers(res.history) and len(saved) == 2
+
+
+def test_divergence_stops_and_keeps_last_checkpoint(tmp_path):
+    cfg = _cfg(epochs=3, limit_train=64)
+
+    def poison(epoch, step, loss):
+        if epoch == 2 and step == 0:
+            with torch.no_grad():
+                next(p for p in res_model[0].parameters()).fill_(float("nan"))
+
+    res_model = []
+    orig = loop.build_run_model
+
+    def capture(*a, **k):
+        model, report = orig(*a, **k)
+        res_model.append(model)
+        return model, report
+
+    loop_build = pytest.MonkeyPatch()
+    loop_build.setattr(loop, "build_run_model", capture)
+    try:
+        with pytest.raises(loop.TrainingDiverged, match=r"epoch 2, step 2: the loss is nan.*epoch 1 .* is kept"):
+            train(cfg, tmp_path, quiet=True, on_batch=poison)
+    finally:
+        loop_build.undo()
+    assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["epoch"] == 1
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1

@@ -36,6 +36,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-layer", action="store_true", help="models suite: also time every converted layer alone")
     p.add_argument("--compile", choices=["no", "yes", "both"], default="no",
                    help="models suite: time eager, torch.compile (inductor) or both (default no)")
+    p.add_argument("--dry-run", action="store_true", help="check the settings, print what would run, and stop")
     p.set_defaults(func=_cmd_bench)
 
 
@@ -54,8 +55,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     args.dtype = args.dtype or ("fp32" if args.device == "cpu" else "bf16")
     if args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    from rbgp.files import check_output_dir, check_output_file
+
+    check_output_dir(args.out_dir, "--out-dir")
+    if args.name is not None and (not args.name.strip() or Path(args.name).name != args.name):
+        raise ValueError(f"--name {args.name!r} must be a plain file stem (no folders); use --out-dir for the folder")
+    if args.name is not None:
+        check_output_file(Path(args.out_dir) / f"{args.name}.json", "--name")
     if args.suite == "models":
         return _cmd_models(args)
+    if args.dry_run:
+        print(f"[dry run] settings checked; would run the layer benchmarks on {args.device} ({args.dtype}) "
+              f"into {args.out_dir}")
+        return 0
     command = (f"rbgp bench --device {args.device} --dtype {args.dtype} --repeats {args.repeats}"
                + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only else ""))
     if args.device.startswith("cuda"):
@@ -95,9 +107,20 @@ def _cmd_models(args: argparse.Namespace) -> int:
     bad = [d for d in dists if d not in DISTRIBUTIONS]
     if bad or not dists:
         raise ValueError(f"--distribution {args.distribution!r}: valid names are {', '.join(DISTRIBUTIONS)}")
+    from rbgp.bench.models import MODELS
+
+    if not models or any(m not in MODELS for m in models):
+        raise ValueError(f"--models {args.models!r}: valid names are {', '.join(MODELS)}")
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    if not 0 < args.sparsity < 1:
+        raise ValueError(f"--sparsity must be in (0, 1), got {args.sparsity}")
     command = (f"rbgp bench --suite models --device {args.device} --dtype {args.dtype} --models {','.join(models)} "
                f"--batch {args.batch} --sparsity {args.sparsity} --distribution {','.join(dists)} "
                f"--compile {args.compile}" + (" --per-layer" if args.per_layer else "") + (" --quick" if args.quick else ""))
+    if args.dry_run:
+        print(f"[dry run] settings checked; would run: {command}")
+        return 0
     data = run_model_bench(args.out_dir, args.device, args.dtype, models, args.batch, args.sparsity, modes,
                            args.quick, args.name, command, dists, args.per_layer)
     print(markdown_table(data))

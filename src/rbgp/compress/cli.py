@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from torch import nn
 
 from rbgp.compress.quantize import QUANTIZERS
+from rbgp.files import check_output_file
+from rbgp.resources import check_memory
 
 __all__ = ["add_compress_parser", "model_from_checkpoint", "model_from_config"]
 
@@ -46,6 +49,8 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fixed-batch", default="1,16", metavar="B1,B2,...",
                    help="fixed batch sizes to compare with (default 1,16)")
     p.add_argument("--json", metavar="PATH", help="also write the result as JSON")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the file, the budgets and the data, print what would run, and stop")
     p.set_defaults(func=_cmd_infer)
 
 
@@ -75,6 +80,10 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         raise ValueError(f"--fixed-batch {args.fixed_batch!r}: expected comma-separated integers") from None
     if args.samples < 1 or not fixed_batches or min(fixed_batches) < 1:
         raise ValueError(f"--samples and --fixed-batch must be >= 1, got {args.samples} and {args.fixed_batch}")
+    if args.json:
+        check_output_file(args.json, "--json")
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise ValueError(f"--data-dir {args.data_dir!r} is not a folder")
     baseline = process_memory("VmRSS")
     header, _ = read(args.file)
     config = header.get("extra", {}).get("train_config")
@@ -83,9 +92,14 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     run = CompressedRunner(args.file, model_from_config(config))
     classes, shape = dataset_shape(config["dataset"])
     if args.data == "synthetic":
+        check_memory(args.samples * math.prod(shape) * 4, f"--samples {args.samples} synthetic inputs")
         x = synthetic(args.samples, shape, classes, seed=0)[0]
     else:
         x = get_dataset(config["dataset"], args.data_dir, "test").x[: args.samples]
+    if args.dry_run:
+        print(f"[dry run] {args.file} and the settings checked; would run {x.shape[0]} inputs of shape "
+              f"{tuple(shape)} under a {budget:,} B memory budget, compared with fixed batches {fixed_batches}")
+        return 0
     plan = run.plan(x, budget, latency)
     chosen = run_all(run, x, plan.batch_size)
     fixed: dict[int, dict | None] = {}
@@ -149,6 +163,10 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from rbgp.compress.format import save
     from rbgp.compress.report import size_report, size_table
     from rbgp.files import write_json
+
+    check_output_file(args.out, "OUT")
+    if args.json:
+        check_output_file(args.json, "--json")
 
     model, config = model_from_checkpoint(args.checkpoint)
     header = save(model, args.out, quantize=args.quantize, huffman=args.huffman, extra={"train_config": config})

@@ -41,8 +41,8 @@ def parse_bytes(text: str) -> int:
         value = float(t[: len(t) - len(unit)] if unit else t) * _UNITS.get(unit, 1)
     except ValueError:
         raise ValueError(f"memory size {text!r}: expected a number with an optional unit (B, KB, MB, GB)") from None
-    if not value > 0:
-        raise ValueError(f"memory size {text!r} must be positive")
+    if not 0 < value < 2**63:
+        raise ValueError(f"memory size {text!r} must be a positive size below 8 EB")
     return int(value)
 
 

@@ -5,6 +5,9 @@ Every q x q block is a translation (permutation) matrix, so the graph is a q-lif
 shape (k q) x (l q), degrees (l, k), density 1/q. Its nontrivial singular values are those of the
 character matrices [psi(alpha_i beta_j)], hence sigma2 <= sqrt(q) (research notes 2.3a), about
 half the Ramanujan bound, and two rows share at most one column (no 4-cycles).
+
+The lift itself has no seed; `ramanujan(..., method="algebraic")` relabels its rows and columns by
+seeded random permutations (`constructions.relabel_neighbors`), which keeps all of the above.
 """
 
 from __future__ import annotations

@@ -3,6 +3,14 @@
 `ramanujan` is a pure function of its arguments: try t draws from np.random.default_rng([seed, t])
 only, so the same call gives the same graph on every machine. Every result is checked with
 `is_ramanujan()`; failures are retried with the next derived seed.
+
+Every method honours the seed: the random method and the lifts draw their edges from it, and the
+algebraic (affine-lift) graph, deterministic by itself, is relabelled by a random permutation of its
+rows and one of its columns drawn from the same generator. A relabelling keeps the degrees and every
+singular value (B -> P B Q with permutation matrices P, Q), so Ramanujan-ness and sigma2 do not
+depend on the seed, while different seeds give different graphs (with overwhelming probability:
+two seeds agree only when their relabellings differ by an automorphism of the graph). Complete
+graphs have a single labelling and ignore the seed.
 """
 
 from __future__ import annotations
@@ -118,12 +126,26 @@ def _random_builder(m: int, n: int, c: int) -> Callable[[np.random.Generator, in
     return build
 
 
+def relabel_neighbors(neighbors: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """The neighbour lists (m, c) of the same graph with its m rows and n columns relabelled by
+    random permutations drawn from `rng` (rows first, then columns): row i becomes row
+    rows[i] and column j column cols[j]. Degrees and singular values are unchanged."""
+    nb = np.asarray(neighbors, dtype=np.int64)
+    rows = rng.permutation(nb.shape[0])
+    cols = rng.permutation(n)
+    out = np.empty_like(nb)
+    out[rows] = cols[nb]
+    return out
+
+
 def _algebraic_builder(m: int, n: int, c: int) -> Callable[[np.random.Generator, int],
                                                            BipartiteGraph]:
     def build(rng: np.random.Generator, t: int) -> BipartiteGraph:
-        # Try 0 uses the canonical multipliers; later tries draw random distinct ones.
+        # Try 0 uses the canonical multipliers; later tries draw random distinct ones. Either way
+        # the graph is then relabelled from the same generator, so the seed picks the labelling.
         nb, q = affine_lift(m, n, c, None if t == 0 else rng)
-        return BipartiteGraph.from_neighbors(n, nb, name=f"ramanujan-algebraic(q={q})")
+        return BipartiteGraph.from_neighbors(n, relabel_neighbors(nb, n, rng),
+                                             name=f"ramanujan-algebraic(q={q})")
     return build
 
 
@@ -154,6 +176,12 @@ def ramanujan(m: int, n: int, left_degree: int, seed: int = 0, method: str = "au
     GF(q), q = n/c prime or 2^e, shape (k q) x (l q), k, l <= q), "lift" (certified 2-lifts of
     K_{k,l}, shape (k 2^L) x (l 2^L)), or "auto" (algebraic when it fits and is Ramanujan, else
     random). left_degree == n gives the complete graph for every method.
+
+    Seeding: try t draws from np.random.default_rng([seed, t]), so the result is a pure function
+    of the arguments. The random method and the lifts draw their edges from it; the algebraic
+    graph is a seeded random relabelling of both sides of the affine lift (same degrees, same
+    spectrum, so the same sigma2 for every seed). Different seeds give different graphs wherever
+    the shape has more than one biregular graph; only the complete graph ignores the seed.
 
     Raises ValueError for bad arguments and RamanujanError (a ValueError) when max_tries
     verified draws all fail; with strict=False it warns (RamanujanWarning) and returns the draw

@@ -2,17 +2,25 @@
 
 They make comparisons fair (same training code, any pattern: unstructured, block, N:M, HBsNN) and
 compute as dense; the masked entries stay exactly zero in `dense_weight()` whatever the optimizer does.
+
+The mask is saved with the state (buffer `mask`). Loading a state adopts its mask (a mask fitted to
+trained weights is not a function of the layer's arguments); a state with `weight` but no `mask` is
+refused, even with strict=False, so weights never land on another mask.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rbgp.nn.checks import check_conv_input, check_linear_input, conv_args, layer_size
 from rbgp.patterns import Pattern, SparseMask, Unstructured, get_pattern
+from rbgp.patterns.base import bsr_bytes, csr_bytes
 
 
 class _MaskedMixin:
@@ -52,6 +60,47 @@ class _MaskedMixin:
     def density(self) -> float:
         return self.structure.density
 
+    def _describe_mask(self, mask: torch.Tensor | None = None) -> str:
+        mask = self.mask if mask is None else mask
+        return f"{int(mask.sum())} of {mask.numel()} weights kept"
+
+    def _adopt_saved_mask(self, saved, name: str) -> str | None:
+        """Take the mask a state carries (this layer's `structure` follows it); an error message, or None."""
+        if not isinstance(saved, torch.Tensor) or tuple(saved.shape) != tuple(self.mask.shape):
+            shape = tuple(saved.shape) if isinstance(saved, torch.Tensor) else type(saved).__name__
+            return f"layer {name!r}: the saved mask is {shape}, this layer's {tuple(self.mask.shape)}"
+        saved = saved.detach()
+        if saved.dtype != torch.bool:
+            if saved.is_complex() or not bool(((saved == 0) | (saved == 1)).all()):
+                return f"layer {name!r}: the saved mask holds values other than 0 and 1 ({saved.dtype})"
+            saved = saved != 0
+        saved = saved.to(self.mask.device)
+        if torch.equal(saved, self.mask):
+            return None
+        array = saved.cpu().numpy().reshape(self.structure.shape)
+        s = self.structure
+        size = {"unstructured": lambda: csr_bytes(array), "block": lambda: bsr_bytes(array, s.bsr_block)}
+        self.structure = dataclasses.replace(
+            s, dense=np.ascontiguousarray(array), layout=None, graph=None, info={**s.info, "fitted": "loaded"},
+            structure_bytes=size.get(s.kind, lambda: s.structure_bytes)())
+        return None
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        key, name = prefix + "mask", prefix[:-1] or type(self).__name__
+        if key in state_dict:
+            error = self._adopt_saved_mask(state_dict[key], name)
+            if error:
+                error_msgs.append(error)
+                return
+        elif prefix + "weight" in state_dict:  # refused even with strict=False
+            error_msgs.append(f"layer {name!r}: the state has {prefix}weight but no {key}, so the weights cannot be "
+                              f"matched to this layer's mask ({self._describe_mask()}); load a state saved whole "
+                              f"(state_dict() keeps {key})")
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     def dense_weight(self) -> torch.Tensor:
         """The masked dense weight (exact zeros off the pattern)."""
         return self.weight * self.mask
@@ -72,10 +121,12 @@ class MaskedLinear(_MaskedMixin, nn.Linear):
     def __init__(self, in_features: int, out_features: int, sparsity: float = 0.9, *,
                  pattern: str | Pattern | None = None, seed: int = 0, bias: bool = True,
                  device=None, dtype=None, structure: SparseMask | None = None) -> None:
-        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        super().__init__(layer_size("in_features", in_features), layer_size("out_features", out_features), bias,
+                         device=device, dtype=dtype)
         self._attach_mask(sparsity, pattern, seed, structure)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_linear_input(x, self.in_features)
         return F.linear(x, self.dense_weight(), self.bias)
 
     @classmethod
@@ -103,11 +154,15 @@ class MaskedConv2d(_MaskedMixin, nn.Conv2d):
                  sparsity: float = 0.9, *, pattern: str | Pattern | None = None, seed: int = 0,
                  bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None,
                  structure: SparseMask | None = None) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups=1, bias=bias,
-                         padding_mode=padding_mode, device=device, dtype=dtype)
+        kernel_size, stride, padding, dilation = conv_args(kernel_size, stride, padding, dilation)
+        super().__init__(layer_size("in_channels", in_channels), layer_size("out_channels", out_channels), kernel_size,
+                         stride, padding, dilation, groups=1, bias=bias, padding_mode=padding_mode, device=device,
+                         dtype=dtype)
         self._attach_mask(sparsity, pattern, seed, structure)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, in_channels, H, W), or unbatched (in_channels, H, W) as nn.Conv2d takes it."""
+        check_conv_input(x, self.in_channels)
         return self._conv_forward(x, self.dense_weight(), self.bias)
 
     @classmethod

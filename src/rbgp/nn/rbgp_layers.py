@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.utils import _pair
 
+from rbgp.nn.checks import check_conv_input, check_linear_input, conv_args, layer_size
 from rbgp.ops import BACKENDS, LayoutTensors, dense_weight, grouped_values, rbgp_linear
 from rbgp.ops.channel_conv import channel_grouped_conv2d, channel_table, padded_channels
 from rbgp.ops.im2col import im2col_feature_major
@@ -26,7 +26,6 @@ from rbgp.patterns import (
     Pattern,
     SparseMask,
     get_pattern,
-    matrix_shape,
 )
 
 
@@ -50,8 +49,10 @@ class _RBGPBase(nn.Module):
     sparsity structure (values shape, micro-block width and a sha256 of the index lists), so
     `safetensors` and `save_pretrained` take the state as it is. The structure itself is rebuilt from
     the layer's arguments (shape, sparsity, pattern, seed), which are pure functions; loading a state
-    saved from another structure is refused with both structures named. The layout (index lists and
-    kernel tables, built once) lives in non-persistent buffers, so it moves with `.to()`.
+    saved from another structure is refused with both structures named, and so are values without a
+    structure entry (even with strict=False: they would land on whatever structure this layer has).
+    The layout (index lists and kernel tables, built once) lives in non-persistent buffers, so it
+    moves with `.to()`.
 
     A structure fitted to trained weights (sparsify's init="magnitude") is not a function of those
     arguments: its `row_index` and `col_index` are then saved too, and a layer of the same plan that
@@ -172,7 +173,8 @@ class _RBGPBase(nn.Module):
                               error_msgs) -> None:
         key = prefix + "structure_id"
         name = prefix[:-1] or type(self).__name__
-        if prefix + "row_index" in state_dict and prefix + "col_index" in state_dict:
+        indexed = prefix + "row_index" in state_dict and prefix + "col_index" in state_dict
+        if indexed:  # a fitted structure saved with its indices: adopted (it then is this layer's structure)
             error = self._adopt_saved_structure(state_dict[prefix + "row_index"], state_dict[prefix + "col_index"], name)
             if error:
                 error_msgs.append(error)
@@ -186,9 +188,10 @@ class _RBGPBase(nn.Module):
                     f"(saved {_describe_id(saved)}, this layer {_describe_id(self.structure_id)}); build the "
                     f"model and sparsify it with the same shape, sparsity, pattern and seed before loading")
                 return
-        elif prefix + "values" in state_dict:
+        elif prefix + "values" in state_dict and not indexed:  # refused even with strict=False
             error_msgs.append(f"layer {name!r}: the state has {prefix}values but no {key}, so the values cannot be "
-                              f"matched to this layer's structure ({_describe_id(self.structure_id)})")
+                              f"matched to this layer's structure ({_describe_id(self.structure_id)}); load a state "
+                              f"saved whole (state_dict() keeps {key})")
             return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
@@ -239,10 +242,13 @@ class RBGPLinear(_RBGPBase):
                  pattern: str | Pattern | None = None, seed: int = 0, bias: bool = True,
                  backend: str = "auto", device=None, dtype=None, structure: SparseMask | None = None) -> None:
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self._setup((out_features, in_features), sparsity, pattern, seed, bias, backend, device, dtype, structure)
+        self.in_features = layer_size("in_features", in_features)
+        self.out_features = layer_size("out_features", out_features)
+        self._setup((self.out_features, self.in_features), sparsity, pattern, seed, bias, backend, device, dtype,
+                    structure)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_linear_input(x, self.in_features)
         return rbgp_linear(x, self.values, self.layout, self.bias, self.backend)
 
     def dense_weight(self) -> torch.Tensor:
@@ -294,8 +300,10 @@ class RBGPConv2d(_RBGPBase):
     groups merged or, when merging costs too much, as a dense conv of the masked weight (`conv_merge`); other
     layouts, and backends "triton" and "reference", use im2col and the grouped matmul.
 
-    Padding as in nn.Conv2d: integers, "valid" or "same" (stride 1), with any `padding_mode`; what
-    nn.Conv2d would pad is padded the same way before the im2col.
+    Arguments and inputs as in nn.Conv2d, checked at construction (ValueError naming the bad value):
+    kernel_size, stride and dilation integers >= 1 or pairs of them; padding integers >= 0, "valid" or
+    "same" (stride 1), with any `padding_mode` (what nn.Conv2d would pad is padded the same way before
+    the im2col); input (N, C, H, W) or unbatched (C, H, W).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
@@ -303,31 +311,25 @@ class RBGPConv2d(_RBGPBase):
                  bias: bool = True, padding_mode: str = "zeros", backend: str = "auto", device=None,
                  dtype=None, structure: SparseMask | None = None) -> None:
         super().__init__()
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
-        self.dilation = _pair(dilation)
+        self.in_channels = layer_size("in_channels", in_channels)
+        self.out_channels = layer_size("out_channels", out_channels)
+        self.kernel_size, self.stride, self.padding, self.dilation = conv_args(kernel_size, stride, padding, dilation)
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
         self.padding_mode = padding_mode
-        self.padding = padding if isinstance(padding, str) else _pair(padding)
         self._pad = self._explicit_padding(self.padding)  # (left, right, top, bottom)
-        shape = (out_channels, in_channels, *self.kernel_size)
-        matrix_shape(shape)
+        shape = (self.out_channels, self.in_channels, *self.kernel_size)
         self._setup(shape, sparsity, pattern, seed, bias, backend, device, dtype, structure)
 
     def _explicit_padding(self, padding) -> tuple[int, int, int, int]:
         if padding == "valid":
             return (0, 0, 0, 0)
-        if padding == "same":
-            if self.stride != (1, 1):
-                raise ValueError(f"padding='same' needs stride 1 (as in nn.Conv2d), got stride={self.stride}")
+        if padding == "same":  # stride 1 (checked by conv_args)
             pads = []
             for d, k in zip(reversed(self.dilation), reversed(self.kernel_size)):  # width first, like F.pad
                 total = d * (k - 1)
                 pads += [total // 2, total - total // 2]
             return tuple(pads)
-        if isinstance(padding, str):
-            raise ValueError(f"padding must be integers, 'valid' or 'same', got {padding!r}")
         ph, pw = padding
         return (pw, pw, ph, ph)
 
@@ -338,8 +340,12 @@ class RBGPConv2d(_RBGPBase):
         self.register_buffer("channels", None if channels is None else padded_channels(channels), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        """x: (N, in_channels, H, W), or unbatched (in_channels, H, W) as nn.Conv2d takes it."""
+        if not check_conv_input(x, self.in_channels):
+            return self._forward(x.unsqueeze(0)).squeeze(0)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         left, right, top, bottom = self._pad
         if self.padding_mode == "zeros" and left == right and top == bottom:
             padding = (top, left)  # the conv (or im2col) pads with zeros itself

@@ -9,6 +9,7 @@ from rbgp.patterns.baselines import NM, Block, HBsNN, Unstructured
 from rbgp.patterns.layout import GroupedLayout
 from rbgp.patterns.rbgp import RBGP, stride_permutation
 from rbgp.patterns.rbgp4 import RBGP4, RBGP4Plan
+from rbgp.patterns.resources import ResourceError
 
 PATTERNS: dict[str, type[Pattern]] = {
     "rbgp4": RBGP4,
@@ -36,5 +37,5 @@ def get_pattern(pattern: str | Pattern, **kwargs) -> Pattern:
 
 __all__ = [
     "PATTERNS", "Pattern", "SparseMask", "GroupedLayout", "Unstructured", "Block", "NM", "HBsNN",
-    "RBGP", "RBGP4", "RBGP4Plan", "get_pattern", "check_sparsity", "matrix_shape", "stride_permutation",
+    "RBGP", "RBGP4", "RBGP4Plan", "ResourceError", "get_pattern", "check_sparsity", "matrix_shape", "stride_permutation",
 ]

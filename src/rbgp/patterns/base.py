@@ -16,7 +16,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from rbgp.graphs.bipartite import require_int
+from rbgp.patterns import resources
 from rbgp.patterns.layout import GroupedLayout
+from rbgp.patterns.resources import Cost
 
 INDEX_BYTES = 4  # int32 indices, as torch/cuSPARSE store CSR/BSR on the GPU
 
@@ -147,14 +149,44 @@ class SparseMask:
         }
 
 
+def describe_request(kind: str, weight_shape: tuple[int, ...], sparsity: float | None) -> str:
+    """'a 1000000000 x 64 rbgp4 mask at sparsity 0.5' (with the weight shape of a conv), for messages."""
+    m, n = matrix_shape(weight_shape)
+    conv = f" (weight {'x'.join(map(str, weight_shape))})" if len(tuple(weight_shape)) > 2 else ""
+    at = f" at sparsity {sparsity:g}" if sparsity is not None else ""
+    return f"a {m} x {n}{conv} {kind} mask{at}"
+
+
 class Pattern(ABC):
-    """A sparsity recipe: `build(weight_shape, sparsity, seed)` gives a `SparseMask`."""
+    """A sparsity recipe: `build(weight_shape, sparsity, seed)` gives a `SparseMask`.
+
+    Every `build` checks its arguments, then `estimate`s the memory and time it needs and refuses
+    (`check_resources`: a `resources.ResourceError`, a ValueError) what would not fit in the memory
+    limit, before allocating anything large; see `rbgp.patterns.resources`.
+    """
 
     kind: ClassVar[str]
 
     @abstractmethod
     def build(self, weight_shape: tuple[int, ...], sparsity: float, seed: int = 0) -> SparseMask:
-        """The mask for `weight_shape` at `sparsity`; a pure function of the arguments."""
+        """The mask for `weight_shape` at `sparsity`; a pure function of the arguments (different
+        seeds give different masks wherever the pattern has more than one)."""
+
+    def estimate(self, weight_shape: tuple[int, ...], sparsity: float) -> Cost:
+        """Rough peak memory (bytes) and time (s) `build(weight_shape, sparsity)` needs, from closed
+        forms: nothing large is allocated. Default: a builder working on the dense mask."""
+        m, n = matrix_shape(weight_shape)
+        check_sparsity(sparsity)
+        return resources.dense_mask_cost(m, n, 9, 1e-7)
+
+    def check_resources(self, weight_shape: tuple[int, ...], sparsity: float, estimate: Cost | None = None,
+                        extra: Cost | None = None, action: str = "to build") -> Cost:
+        """`estimate` (default: `self.estimate(...)`) plus `extra`, or a ResourceError (a ValueError) naming
+        the shape, the estimate and the limit when it needs more memory than the limit."""
+        total = self.estimate(weight_shape, sparsity) if estimate is None else estimate
+        if extra is not None:
+            total = total + extra
+        return resources.check(describe_request(self.kind, tuple(weight_shape), sparsity), total, action)
 
     def fit(self, weight: np.ndarray, weight_shape: tuple[int, ...], sparsity: float, seed: int = 0) -> SparseMask:
         """The mask of this pattern that keeps the most |weight| mass (`weight` as the (out, in) matrix),
@@ -167,6 +199,8 @@ class Pattern(ABC):
         None when the pattern cannot make this shape sparse at all."""
         try:
             self.build(tuple(weight_shape), sparsity, 0)
+        except resources.ResourceError:
+            raise  # too big to build is not "cannot be made sparse"
         except ValueError:
             return None
         return sparsity

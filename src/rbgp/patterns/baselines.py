@@ -1,13 +1,17 @@
 """Baseline patterns to compare RBGP against: unstructured, block, N:M and two-level (HBsNN) blocks.
 
-All are random static masks (a pure function of shape, sparsity and seed); magnitude-based choices
-come with training. Counts are exact: a layer at sparsity s keeps round((1-s)*size) units.
+All are random static masks (a pure function of shape, sparsity and seed: every seed draws its own
+mask from np.random.default_rng([seed, pattern tag])); magnitude-based choices come with training.
+Counts are exact: a layer at sparsity s keeps round((1-s)*size) units. Each build refuses, before
+allocating, a shape whose dense mask and temporaries would not fit in memory (`estimate`, measured
+peaks per mask cell).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from rbgp.patterns import resources
 from rbgp.patterns.base import (
     INDEX_BYTES,
     Pattern,
@@ -55,9 +59,15 @@ class Unstructured(Pattern):
 
     kind = "unstructured"
 
+    def estimate(self, weight_shape, sparsity) -> resources.Cost:
+        m, n = matrix_shape(weight_shape)
+        check_sparsity(sparsity)
+        return resources.dense_mask_cost(m, n, 9, 1e-7)  # the mask and an int64 permutation of its cells
+
     def build(self, weight_shape, sparsity, seed=0) -> SparseMask:
         density = 1.0 - check_sparsity(sparsity)
         m, n = matrix_shape(weight_shape)
+        self.check_resources(weight_shape, sparsity)
         mask = _keep(_rng(seed, self.kind), m * n, density).reshape(m, n)
         return SparseMask(self.kind, tuple(weight_shape), mask, csr_bytes(mask))
 
@@ -75,10 +85,17 @@ class Block(Pattern):
     def __init__(self, block: tuple[int, int] = (16, 16)) -> None:
         self.block = _block_shape("block", block)
 
+    def estimate(self, weight_shape, sparsity) -> resources.Cost:
+        m, n = matrix_shape(weight_shape)
+        check_sparsity(sparsity)
+        blocks = (m // self.block[0]) * (n // self.block[1])
+        return resources.dense_mask_cost(m, n, 2, 5e-9) + resources.cost(9 * blocks, 1e-7 * blocks)
+
     def build(self, weight_shape, sparsity, seed=0) -> SparseMask:
         density = 1.0 - check_sparsity(sparsity)
         m, n = matrix_shape(weight_shape)
         _check_tiles((m, n), self.block, "block")
+        self.check_resources(weight_shape, sparsity)
         grid = (m // self.block[0], n // self.block[1])
         blocks = _keep(_rng(seed, self.kind), grid[0] * grid[1], density).reshape(grid)
         mask = _expand(blocks, self.block)
@@ -108,6 +125,11 @@ class NM(Pattern):
     def nearest_sparsity(self, weight_shape, sparsity: float) -> float | None:
         return super().nearest_sparsity(weight_shape, 1.0 - self.n / self.m)
 
+    def estimate(self, weight_shape, sparsity) -> resources.Cost:
+        rows, cols = matrix_shape(weight_shape)
+        check_sparsity(sparsity)
+        return resources.dense_mask_cost(rows, cols, 17, 1e-7)  # float64 keys and int64 ranks per cell
+
     def build(self, weight_shape, sparsity, seed=0) -> SparseMask:
         sparsity = check_sparsity(sparsity)
         implied = 1.0 - self.n / self.m
@@ -116,6 +138,7 @@ class NM(Pattern):
         rows, cols = matrix_shape(weight_shape)
         if cols % self.m:
             raise ValueError(f"in features {cols} must be a multiple of m={self.m} for {self.n}:{self.m} sparsity")
+        self.check_resources(weight_shape, sparsity)
         rng = _rng(seed, self.kind)
         ranks = rng.random((rows, cols // self.m, self.m)).argsort(axis=2).argsort(axis=2)
         mask = (ranks < self.n).reshape(rows, cols)
@@ -157,6 +180,14 @@ class HBsNN(Pattern):
             raise ValueError(f"outer_density must be in (0, 1], got {outer_density!r}")
         self.outer_density = outer_density
 
+    def estimate(self, weight_shape, sparsity) -> resources.Cost:
+        m, n = matrix_shape(weight_shape)
+        check_sparsity(sparsity)
+        blocks = (m // self.block[0]) * (n // self.block[1])
+        subs = (m // self.sub_block[0]) * (n // self.sub_block[1])
+        return (resources.dense_mask_cost(m, n, 2, 1e-8) + resources.cost(9 * blocks, 1e-7 * blocks)
+                + resources.cost(18 * subs, 5e-8 * subs))
+
     def build(self, weight_shape, sparsity, seed=0) -> SparseMask:
         density = 1.0 - check_sparsity(sparsity)
         m, n = matrix_shape(weight_shape)
@@ -164,14 +195,21 @@ class HBsNN(Pattern):
         outer = self.outer_density if self.outer_density is not None else float(np.sqrt(density))
         if outer < density:
             raise ValueError(f"outer_density={outer!r} is below the target density {density:g}")
+        self.check_resources(weight_shape, sparsity)
         rng = _rng(seed, self.kind)
         grid = (m // self.block[0], n // self.block[1])
         sub_grid = (self.block[0] // self.sub_block[0], self.block[1] // self.sub_block[1])
         kept = _keep(rng, grid[0] * grid[1], outer)
         inner = density * kept.size / kept.sum()  # keep the overall density on target after rounding
-        subs = np.zeros((grid[0] * grid[1], *sub_grid), dtype=bool)
-        for b in np.flatnonzero(kept):
-            subs[b] = _keep(rng, sub_grid[0] * sub_grid[1], min(1.0, inner)).reshape(sub_grid)
+        # Each kept block keeps the first `per_block` entries of its own random permutation of its
+        # sub-blocks (one permutation per block, in block order, drawn in one call).
+        kept_ids = np.flatnonzero(kept)
+        per_sub = sub_grid[0] * sub_grid[1]
+        per_block = max(1, round(min(1.0, inner) * per_sub))
+        perms = rng.permuted(np.tile(np.arange(per_sub), (kept_ids.size, 1)), axis=1)
+        subs = np.zeros((grid[0] * grid[1], per_sub), dtype=bool)
+        subs[kept_ids[:, None], perms[:, :per_block]] = True
+        subs = subs.reshape(grid[0] * grid[1], *sub_grid)
         fine = subs.reshape(*grid, *sub_grid).transpose(0, 2, 1, 3).reshape(grid[0] * sub_grid[0], -1)
         mask = _expand(fine, self.sub_block)
         # two-level BSR: one index per kept block plus one per kept sub-block

@@ -8,11 +8,13 @@ kernels, which read inputs through the column index lists anyway.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
 
 from rbgp.graphs import BipartiteGraph, ProductGraph, product
+from rbgp.patterns import resources
 from rbgp.patterns.base import Pattern, SparseMask, check_int, matrix_shape
 from rbgp.patterns.layout import GroupedLayout
 
@@ -32,11 +34,25 @@ def stride_permutation(n: int, stride: int, inner: int = 1) -> np.ndarray:
     return (unit_perm[:, None] * inner + np.arange(inner)[None, :]).ravel()
 
 
+def largest_divisor(n: int, at_most: int) -> int:
+    """The largest divisor of n that is <= at_most (>= 1), by trial division up to sqrt(n)."""
+    if n % at_most == 0 or at_most >= n:
+        return min(n, at_most)
+    best = 1
+    for d in range(1, math.isqrt(n) + 1):
+        if n % d == 0:
+            for x in (d, n // d):
+                if best < x <= at_most:
+                    best = x
+    return best
+
+
 class RBGP(Pattern):
     """A mask equal to the product of `factors` (Kronecker product of their biadjacency matrices).
 
     input_shuffle: stride of a perfect shuffle of the input micro-blocks; when it does not divide
     their number, the largest divisor below it is used (the mask's info reports the one used).
+    The factors are given, so the mask does not depend on the seed.
     """
 
     kind = "rbgp"
@@ -47,8 +63,16 @@ class RBGP(Pattern):
         self.factors = tuple(factors)
         self.input_shuffle = check_int("input_shuffle", input_shuffle)
 
+    def estimate(self, weight_shape, sparsity=None) -> resources.Cost:
+        """The product's neighbour lists and grouped layout (the factors exist already)."""
+        matrix_shape(weight_shape)
+        rows = math.prod(f.m for f in self.factors)
+        per_row = math.prod(int(f.left_degrees().max(initial=0)) for f in self.factors)
+        return resources.product_layout_cost(rows, per_row)
+
     def build(self, weight_shape, sparsity=None, seed=0) -> SparseMask:
         graph = product(*self.factors)
+        self.check_resources(weight_shape, sparsity)
         return product_mask(self.kind, tuple(weight_shape), graph, sparsity, self.input_shuffle)
 
 
@@ -73,7 +97,7 @@ def product_mask(
     block = _trailing_block(graph)
     if input_shuffle > 1:  # move whole micro-blocks so they stay contiguous
         units = n // block[1]
-        input_shuffle = max(t for t in range(1, input_shuffle + 1) if units % t == 0)
+        input_shuffle = largest_divisor(units, input_shuffle)
         neighbors = stride_permutation(n, input_shuffle, block[1])[neighbors]
     layout = GroupedLayout.from_neighbors(n, neighbors, _row_groups(graph), out_features=m)
     facts = {

@@ -10,6 +10,14 @@
 Rows that share one column set (same u_o and u_i) form one dense sub-GEMM of `m_o' * r_h * b_h` rows
 (m_o' = m_o when G_o is complete): the planner's `group_rows` sets it, trading speed (big dense
 sub-GEMMs, 64+ rows for tensor cores and CPUs) against granularity (more distinct row patterns).
+
+Seeding: `build(..., seed)` draws G_o from `seed` and G_i from `seed + 1` (see `RBGP4Plan.factors`);
+every Ramanujan construction honours its seed (the algebraic one by a seeded relabelling of both
+sides), so different seeds give different masks with the same degrees and spectrum class, and the
+same seed always gives the same mask. Planning is arithmetic (closed-form degrees over a few
+halvings of the block width and group size), so any shape is planned in milliseconds; `build` then
+estimates the memory of the factors, the product's index lists and the grouped layout and refuses
+(before building them) a request that does not fit the limit (`rbgp.patterns.resources`).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from rbgp.graphs import complete, near_biregular, product, ramanujan
+from rbgp.patterns import resources
 from rbgp.patterns.base import (
     Pattern,
     SparseMask,
@@ -49,6 +58,13 @@ def _pair(name: str, value) -> tuple[int, int]:
 EXACT_TOL = 0.01
 """Plans this close to the requested sparsity are preferred to coarser ones further away (a larger
 `tol` widens what is accepted, not what is preferred)."""
+
+DEFAULT_TOL = 0.01
+"""RBGP4's default `tol` (the CLI has no flag for it, so messages mention tol only when it differs)."""
+
+MIN_SPARSITY = 5e-5
+"""Plans with a sparsity above 0 but below this (0.0000 at four decimals: c = n - 1 on a huge side) are never
+offered as the nearest feasible sparsity."""
 
 MAX_PADDED_ROWS = 1 / 16
 """Largest fraction of padding rows a plan may add to complete its row groups (that much extra work)."""
@@ -94,11 +110,22 @@ class RBGP4Plan:
         return (mo * do) % no == 0 and (mi * di) % ni == 0
 
     def factors(self, seed: int = 0):
-        """The four factor graphs [G_o, G_r, G_i, G_b]; the Ramanujan ones drawn from `seed`."""
+        """The four factor graphs [G_o, G_r, G_i, G_b]: G_o drawn from `seed`, G_i from `seed + 1`
+        (complete factors have no seed). A pure function of the plan and the seed; different seeds give
+        different graphs (at least one factor is sparse, and every construction honours its seed)."""
         (mo, no, do), (mi, ni, di) = self.outer, self.inner
         g_o = complete(mo, no) if do == no else ramanujan(mo, no, do, seed=seed, strict=False)
         g_i = complete(mi, ni) if di == ni else near_biregular(mi, ni, di, seed=seed + 1)
         return [g_o, complete(*self.repeat), g_i, complete(*self.block)]
+
+    def cost(self) -> resources.Cost:
+        """Rough peak memory and time of building this plan's mask: its sparse factor graphs, then the
+        product's neighbour lists and the grouped layout (`rbgp.patterns.resources`)."""
+        (mo, no, do), (mi, ni, di) = self.outer, self.inner
+        total = resources.graph_cost(mi, ni, di, draws=1 if (mi * di) % ni == 0 else 4)
+        if do < no:
+            total = total + resources.graph_cost(mo, no, do)
+        return total + resources.product_layout_cost(self.out_features + self.padded_rows, self.nnz_per_row)
 
     def describe(self) -> dict:
         return {**asdict(self), "density": self.density, "sparsity": self.sparsity,
@@ -163,6 +190,32 @@ def _preference(plan: RBGP4Plan, sparsity: float, exact: float, min_group_rows: 
             -plan.rows_per_group, plan.padded_rows, miss)
 
 
+def _plain(sparsity: float) -> str:
+    """A sparsity as a plain decimal with four places, more where four would show 0 or 1."""
+    for places in range(4, 13):
+        text = f"{sparsity:.{places}f}".rstrip("0").rstrip(".")
+        if 0.0 < float(text) < 1.0:
+            return text
+    return repr(sparsity)
+
+
+def _plain_sparsities(plans: list[RBGP4Plan], sparsity: float, count: int = 5) -> list[str]:
+    """The `count` distinct plan sparsities nearest to `sparsity`, plainly formatted."""
+    out: list[str] = []
+    for s in sorted({p.sparsity for p in plans}, key=lambda s: (abs(s - sparsity), s)):
+        text = _plain(s)
+        if text not in out:
+            out.append(text)
+        if len(out) == count:
+            break
+    return out
+
+
+FALLBACK_DENSITIES = (0.5, 0.25, 0.125, 0.0625)
+"""Targets whose plans stand in when every plan near the request is below MIN_SPARSITY (a request for a
+sparsity close to 0): the nearest of those are then offered."""
+
+
 class RBGP4(Pattern):
     """The paper's pattern, G_o (x) G_r (x) G_i (x) G_b, with factor sizes chosen by `plan`.
 
@@ -186,7 +239,7 @@ class RBGP4(Pattern):
         group_rows: int = 128,
         outer_sparsity: float = 0.0,
         tile: tuple[int, int] = (128, 128),
-        tol: float = 0.01,
+        tol: float = DEFAULT_TOL,
         input_shuffle: int = 1,
         conv_block: str = "channel",
         min_group_rows: int = 1,
@@ -225,9 +278,11 @@ class RBGP4(Pattern):
 
     def _plan(self, out_features: int, in_features: int, sparsity: float, nearest: bool = False) -> RBGP4Plan:
         """The preferred plan (see `_preference`) whose sparsity is within `tol` of the request; with
-        `nearest`, the plan nearest to it when none is.
+        `nearest`, the plan nearest to it when none is (plans that are not measurably sparse, below
+        MIN_SPARSITY, are never taken as nearest).
 
-        Raises ValueError that lists the nearest feasible sparsities when there is no plan.
+        Raises ValueError that lists the nearest feasible sparsities when there is no plan (see
+        `_no_plan_message`).
         """
         out = check_int("out_features", out_features)
         inp = check_int("in_features", in_features)
@@ -237,18 +292,50 @@ class RBGP4(Pattern):
         plans = _plan_candidates(out, inp, density, self.block, self.group_rows,
                                  1.0 - self.outer_sparsity, self.tile)
         within = [p for p in plans if abs(p.sparsity - sparsity) <= self.tol + 1e-12]
-        if within or (nearest and plans):
-            pool = within or [min(plans, key=lambda p: abs(p.sparsity - sparsity))]
+        sparse = [p for p in plans if p.sparsity >= MIN_SPARSITY]
+        if not within and not sparse:
+            sparse = [p for d in FALLBACK_DENSITIES
+                      for p in _plan_candidates(out, inp, d, self.block, self.group_rows,
+                                                1.0 - self.outer_sparsity, self.tile)
+                      if p.sparsity >= MIN_SPARSITY and p.sparsity > self.outer_sparsity]
+        if within or (nearest and sparse):
+            pool = within or [min(sparse, key=lambda p: abs(p.sparsity - sparsity))]
             miss = abs(pool[0].sparsity - sparsity)
-            pool = within or [p for p in plans if abs(abs(p.sparsity - sparsity) - miss) < 1e-12]
+            pool = within or [p for p in sparse if abs(abs(p.sparsity - sparsity) - miss) < 1e-12]
             return min(pool, key=lambda p: _preference(p, sparsity, min(self.tol, EXACT_TOL), self.min_group_rows))
-        near = sorted({round(p.sparsity, 6) for p in plans}, key=lambda s: abs(s - sparsity))[:5]
-        hint = (f"nearest feasible sparsities: {near}" if near else
-                f"no sparse RBGP4 plan fits a {out}x{inp} weight at all (too small)")
-        raise ValueError(
-            f"RBGP4 cannot make a {out}x{inp} weight {sparsity:g} sparse within tol={self.tol:g} "
-            f"(block={self.block}, group_rows<={self.group_rows}); {hint}"
-        )
+        raise ValueError(self._no_plan_message(out, inp, sparsity, sparse))
+
+    def _no_plan_message(self, out: int, inp: int, sparsity: float, plans: list[RBGP4Plan]) -> str:
+        """Why no plan meets the request and the nearest sparsities that can be had. Only the sparsity is
+        worth changing: the planner already tries every halving of `block` and `group_rows` down to 1,
+        and the finest plans reach every sparsity any other block or group size would (block and
+        group_rows trade speed, not feasibility); a sparse outer graph (outer_sparsity > 0) narrows the
+        choice, so its removal is suggested when it would help."""
+        tol = f" within tol={self.tol:g}" if self.tol != DEFAULT_TOL else ""
+        head = (f"RBGP4 cannot make a {out}x{inp} weight {sparsity:g} sparse{tol} (tried block={self.block}, "
+                f"group_rows={self.group_rows} and every halving of them")
+        head += f", outer_sparsity={self.outer_sparsity:g}, tile={self.tile})" if self.outer_sparsity else ")"
+        near = _plain_sparsities(plans, sparsity)
+        dense_outer = ""
+        if self.outer_sparsity:
+            try:
+                self.replace(outer_sparsity=0.0)._plan(out, inp, sparsity)
+                dense_outer = "outer_sparsity=0 (a complete outer graph) reaches it"
+            except ValueError:
+                pass
+        if near:
+            return (f"{head}; nearest feasible sparsities: {', '.join(near)}; ask for one of them (sparsity, "
+                    f"--sparsity)" + (f", or use {dense_outer}" if dense_outer else ""))
+        if dense_outer:
+            return f"{head}; no sparse plan with these settings; {dense_outer}"
+        return (f"{head}; no sparse RBGP4 plan fits a {out}x{inp} weight at all (its sparse inner graph "
+                f"needs at least 3 rows and 3 input columns); leave this layer dense or use "
+                f"another pattern")
+
+    def estimate(self, weight_shape, sparsity) -> resources.Cost:
+        """Rough peak memory and time of `build`, from the plan alone (see `RBGP4Plan.cost`)."""
+        m, n = matrix_shape(weight_shape)
+        return self._for_shape(weight_shape)._plan(m, n, sparsity).cost()
 
     def fit(self, weight, weight_shape, sparsity, seed=0) -> SparseMask:
         """The plan's structure fitted to |weight|: row groups and inner graph chosen to keep the most
@@ -289,8 +376,13 @@ class RBGP4(Pattern):
             return None
 
     def build(self, weight_shape, sparsity, seed=0) -> SparseMask:
+        """The mask of the preferred plan, its factors drawn from `seed` (see `RBGP4Plan.factors`);
+        refused with a ResourceError (a ValueError) before any graph is built when the plan's estimated
+        memory is above the limit."""
         m, n = matrix_shape(weight_shape)
         plan = self._for_shape(weight_shape)._plan(m, n, sparsity)
-        graph = product(*plan.factors(check_int("seed", seed, 0)))
+        seed = check_int("seed", seed, 0)
+        self.check_resources(weight_shape, sparsity, estimate=plan.cost())
+        graph = product(*plan.factors(seed))
         return product_mask(self.kind, tuple(weight_shape), graph, None, self.input_shuffle,
                             {"plan": plan.describe()}, plan.padded_rows)

@@ -1,19 +1,32 @@
-"""Describe a layer's mask: factors, expansion, load balance and storage, for `rbgp pattern`."""
+"""Describe a layer's mask: factors, expansion, load balance and storage, for `rbgp pattern`.
+
+Describing costs more than building: the storage comparison materialises the dense mask, and a mask
+without factor graphs gets its spectrum from a CSR copy of itself. Both are estimated with the build
+and refused together, before anything is built, when they do not fit the memory limit
+(`rbgp.patterns.resources`).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from rbgp.graphs import BipartiteGraph
-from rbgp.patterns import SparseMask, get_pattern
+from rbgp.patterns import RBGP, RBGP4, Pattern, SparseMask, get_pattern
+from rbgp.patterns.resources import Cost, cost
 
 FACTOR_NAMES = ("G_o (outer)", "G_r (repeat)", "G_i (inner)", "G_b (block)")
 
 
 def build_and_describe(kind: str, out: int, inp: int, sparsity: float, seed: int = 0,
                        **pattern_kwargs: Any) -> tuple[SparseMask, dict[str, Any]]:
-    """Build the mask of an (out, inp) weight and a plain-data description of it."""
-    mask = get_pattern(kind, **pattern_kwargs).build((out, inp), sparsity, seed)
+    """Build the mask of an (out, inp) weight and a plain-data description of it.
+
+    Raises ValueError for bad arguments, and a ResourceError (a ValueError) before building anything
+    when building and describing the mask would need more memory than the limit."""
+    pattern = get_pattern(kind, **pattern_kwargs)
+    pattern.check_resources((out, inp), sparsity, extra=describe_cost(pattern, out, inp, sparsity),
+                            action="to build and describe")
+    mask = pattern.build((out, inp), sparsity, seed)
     desc: dict[str, Any] = {
         "kind": kind, "shape": [out, inp], "requested_sparsity": sparsity, "seed": seed,
         **{k: v for k, v in mask.summary().items() if k not in ("factors", "kind", "weight_shape", "matrix_shape")},
@@ -28,6 +41,16 @@ def build_and_describe(kind: str, out: int, inp: int, sparsity: float, seed: int
         rows = mask.array.sum(axis=1)
         desc["nnz_per_row_range"] = [int(rows.min()), int(rows.max())]
     return mask, desc
+
+
+def describe_cost(pattern: Pattern, out: int, inp: int, sparsity: float) -> Cost:
+    """What describing costs on top of building: the dense mask (BSR count) and, for masks without
+    factor graphs, a CSR graph of the mask and its Lanczos spectrum (about 40 bytes a non-zero)."""
+    cells = out * inp
+    if isinstance(pattern, (RBGP4, RBGP)):
+        return cost(cells, 2e-9 * cells)
+    nnz = (1.0 - sparsity) * cells if isinstance(sparsity, (int, float)) else cells
+    return cost(cells + 40 * nnz, 2e-9 * cells + 3e-7 * nnz)
 
 
 def _fmt_factor(f: dict[str, Any]) -> str:

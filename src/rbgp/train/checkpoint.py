@@ -1,12 +1,20 @@
 """Training checkpoints: what a run saves after every epoch, and how it is read back exactly.
 
-A checkpoint holds only tensors and plain Python values, so it loads with
-``torch.load(weights_only=True)`` (no pickle payload can run); it is written atomically.
+On disk a checkpoint is ``MAGIC`` (format and version), the SHA-256 of the payload, then the
+payload: a ``torch.save`` archive of tensors and plain Python values only, read with
+``torch.load(weights_only=True)`` (no pickle payload can run). The digest is checked before the
+payload is parsed, so a flipped bit anywhere in the file is refused; weights or optimizer state
+that are not finite are refused too, naming the tensor. Files are written atomically.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import math
+import pickle
 import random
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -18,12 +26,15 @@ from torch import nn
 from rbgp.files import atomic_write
 from rbgp.train.config import LEGACY_DEFAULTS, TrainConfig
 
-__all__ = ["CHECKPOINT_NAME", "check_resumable", "checkpoint_state", "load_checkpoint", "restore",
+__all__ = ["CHECKPOINT_NAME", "check_finite", "check_resumable", "checkpoint_state", "load_checkpoint", "restore",
            "save_checkpoint"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "rbgp-train-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+MAGIC = b"RBGPCKPT\x00\x02"  # format marker and version of the file layout
+_DIGEST_BYTES = 32  # SHA-256
+_ZIP_MAGIC = b"PK\x03\x04"  # version-1 checkpoints: a bare torch.save archive, no digest
 # Fields that may change between a run and its resumption (they do not affect the numbers).
 _RESUME_FREE = frozenset({"epochs", "data_dir"})
 
@@ -59,9 +70,43 @@ def _plain_scheduler_state(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` atomically (temp file in the same folder, fsync, ``os.replace``)."""
+    """Write ``state`` atomically (temp file in the same folder, fsync, ``os.replace``), after
+    checking that its weights and optimizer state are finite."""
+    check_finite(state, Path(path))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getbuffer()
     with atomic_write(path, "wb") as f:
-        torch.save(state, f)
+        f.write(MAGIC)
+        f.write(hashlib.sha256(payload).digest())
+        f.write(payload)
+
+
+def _tensors(obj: Any, name: str) -> Any:
+    """(name, tensor) for every tensor in nested dicts / lists / tuples."""
+    if isinstance(obj, torch.Tensor):
+        yield name, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _tensors(v, f"{name}.{k}" if name else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, f"{name}[{i}]")
+
+
+def check_finite(state: dict[str, Any], path: Path) -> None:
+    """ValueError naming the first weight or optimizer tensor (or history value) that holds NaN or inf."""
+    for part in ("model", "optimizer"):
+        for name, t in _tensors(state.get(part, {}), ""):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                bad = int((~torch.isfinite(t)).sum())
+                raise ValueError(f"{path}: {part} tensor {name!r} holds {bad} non-finite value(s) (NaN or inf); "
+                                 f"refusing it (resume from an earlier copy or start over with --overwrite)")
+    for row in state.get("history", []):
+        for key in ("train_loss", "test_loss"):
+            value = row.get(key)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{path}: epoch {row.get('epoch')} has {key} = {value}; refusing it")
 
 
 _CHECKPOINT_KEYS = ("format", "version", "epoch", "args", "model", "optimizer", "scheduler",
@@ -72,23 +117,39 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Load and sanity-check a checkpoint (``weights_only=True``); ValueError if it is unusable."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        raise FileNotFoundError(f"no checkpoint at {path}" + (" (a directory)" if path.is_dir() else ""))
+    data = path.read_bytes()
+    if data.startswith(MAGIC):
+        digest, payload = data[len(MAGIC):len(MAGIC) + _DIGEST_BYTES], memoryview(data)[len(MAGIC) + _DIGEST_BYTES:]
+        if hashlib.sha256(payload).digest() != digest:
+            raise ValueError(f"{path}: checksum mismatch, the checkpoint is corrupt (changed after it was "
+                             f"written); delete it, or start over with --overwrite")
+        expected_version = CHECKPOINT_VERSION
+    elif data.startswith(_ZIP_MAGIC):
+        payload, expected_version = memoryview(data), 1
+        warnings.warn(f"{path}: a version-1 checkpoint (no checksum): its contents cannot be verified",
+                      stacklevel=2)
+    else:
+        raise ValueError(f"{path}: not an rbgp training checkpoint (it does not start with the "
+                         f"checkpoint marker); corrupt, or another kind of file")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated zip, garbage bytes, disallowed globals, ...
-        raise ValueError(
-            f"{path}: corrupt or unreadable checkpoint ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); delete it to start over"
-        ) from exc
+        state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:  # torch's weights_only refusal: never retry without it
+        raise ValueError(f"{path}: the checkpoint holds objects other than tensors and plain values; refused "
+                         f"(loading them could run code)") from None
+    except Exception as exc:  # truncated zip, garbage bytes, ...
+        reason = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise ValueError(f"{path}: corrupt or unreadable checkpoint ({type(exc).__name__}"
+                         f"{': ' + reason if reason else ''}); delete it to start over") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not an rbgp training checkpoint (no {CHECKPOINT_FORMAT!r} marker)")
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(
-            f"{path}: checkpoint version {state.get('version')!r}, this rbgp reads {CHECKPOINT_VERSION}"
-        )
+    if state.get("version") != expected_version:
+        raise ValueError(f"{path}: checkpoint version {state.get('version')!r}, this rbgp reads "
+                         f"{', '.join(map(str, range(1, CHECKPOINT_VERSION + 1)))}")
     missing = [k for k in _CHECKPOINT_KEYS if k not in state]
     if missing:
         raise ValueError(f"{path}: checkpoint lacks {missing}")
+    check_finite(state, path)
     return state
 
 

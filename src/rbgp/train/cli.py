@@ -7,6 +7,8 @@ the checkpoint's own settings, then the flags the user actually gave.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import shlex
 import sys
@@ -21,7 +23,7 @@ from rbgp.train.methods import METHOD_NAMES
 from rbgp.train.models import MODEL_NAMES
 from rbgp.train.recipes import RECIPE_NAMES, SCHEDULES, get_recipe
 
-__all__ = ["add_train_parsers"]
+__all__ = ["add_dry_run_flag", "add_train_parsers", "check_paths"]
 
 
 def _floats(text: str) -> list[float]:
@@ -40,6 +42,26 @@ def _ints(text: str) -> list[int]:
 
 def _names(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def add_dry_run_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dry-run", action="store_true",
+                   help="check every setting, path and input file, print what would run, and stop")
+
+
+def check_paths(data_dir: str | None = None, out_dir: str | None = None) -> None:
+    """A given data folder exists and the output folder can be written (ValueError naming them)."""
+    from rbgp.files import check_output_dir
+
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise ValueError(f"--data-dir {data_dir!r} is not a folder" + (" (no such path)" if not Path(data_dir).exists() else ""))
+    if out_dir is not None:
+        check_output_dir(out_dir, "--out-dir")
+
+
+def _dry_run(what: str, settings: dict[str, Any]) -> int:
+    print(f"[dry run] settings checked; would run {what} with:\n{json.dumps(settings, indent=2, default=str)}")
+    return 0
 
 
 def add_train_parsers(sub: argparse._SubParsersAction) -> None:
@@ -108,10 +130,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.use_deterministic_algorithms (default on)")
     p.add_argument("--out-dir", help="run folder (default runs/<model>_<dataset>_<pattern>_s<seed>)")
-    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from RUN/checkpoint.pt (an error if there is none)")
+    p.add_argument("--resume-if-present", action="store_true",
+                   help="continue from RUN/checkpoint.pt if there is one, else start a new run (for restarted jobs)")
     p.add_argument("--overwrite", action="store_true", help="start over even if RUN has a checkpoint")
     p.add_argument("--stop-after-epoch", type=int, help="stop after this epoch (as if killed)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    add_dry_run_flag(p)
     p.set_defaults(func=_cmd_train)
 
 
@@ -179,7 +205,7 @@ def _train_config(args: argparse.Namespace) -> tuple[Any, Path]:
     from rbgp.train.config import TrainConfig
 
     saved: dict[str, Any] = {}
-    if args.resume and args.out_dir and (Path(args.out_dir) / CHECKPOINT_NAME).exists():
+    if (args.resume or args.resume_if_present) and args.out_dir and (Path(args.out_dir) / CHECKPOINT_NAME).exists():
         saved = dict(load_checkpoint(Path(args.out_dir) / CHECKPOINT_NAME)["args"])
     model = args.model or saved.get("model", "mlp")
     settings: dict[str, Any] = dict(saved)
@@ -216,15 +242,15 @@ def _train_config(args: argparse.Namespace) -> tuple[Any, Path]:
         settings["model_kwargs"] = {"hidden" if model == "mlp" else "channels": args.hidden}
     pattern = settings.get("pattern", "dense")
     pk = dict(settings.get("pattern_kwargs") or {})
-    if args.block:
+    if args.block is not None:
         if pattern not in ("block", "hbsnn", "rbgp4"):
             raise ValueError(f"--block applies to block, hbsnn and rbgp4, not pattern {pattern!r}")
         pk["block"] = list(args.block)
-    if args.sub_block:
+    if args.sub_block is not None:
         if pattern != "hbsnn":
             raise ValueError(f"--sub-block applies to hbsnn only, not pattern {pattern!r}")
         pk["sub_block"] = list(args.sub_block)
-    if args.group_rows:
+    if args.group_rows is not None:
         if pattern != "rbgp4":
             raise ValueError(f"--group-rows applies to rbgp4 only, not pattern {pattern!r}")
         pk["group_rows"] = args.group_rows
@@ -250,8 +276,22 @@ def _run_label(config: Any) -> str:
 def _cmd_train(args: argparse.Namespace) -> int:
     from rbgp.train.loop import train
 
+    if args.resume and args.resume_if_present:
+        raise ValueError("--resume and --resume-if-present: give one of them")
+    if (args.resume or args.resume_if_present) and args.overwrite:
+        raise ValueError("--overwrite starts over, --resume continues: give one of them")
+    if args.stop_after_epoch is not None and args.stop_after_epoch < 1:
+        raise ValueError(f"--stop-after-epoch must be >= 1, got {args.stop_after_epoch}")
     config, out = _train_config(args)
-    result = train(config, out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
+    resume = "if-present" if args.resume_if_present else args.resume
+    if args.dry_run:
+        from rbgp.train.loop import preflight
+
+        check_paths(config.data_dir)
+        saved = preflight(config, out, resume, args.overwrite)
+        where = f"resuming after epoch {saved['epoch']}" if saved else "a new run"
+        return _dry_run(f"rbgp train ({where}) into {out}", config.to_dict())
+    result = train(config, out, resume=resume, overwrite=args.overwrite, quiet=args.quiet,
                    stop_after_epoch=args.stop_after_epoch)
     if not args.quiet and result.history and os.environ.get("RANK", "0") == "0":
         f = result.final
@@ -303,6 +343,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                                       "/usr/share/datasets/fashion-mnist)")
     p.add_argument("--out-dir", default="runs/demo", help="where the outputs go (default runs/demo)")
     p.add_argument("--quiet", action="store_true")
+    add_dry_run_flag(p)
     p.set_defaults(func=_cmd_demo)
 
 
@@ -321,8 +362,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         raise ValueError(f"--distribution {','.join(args.distribution)}: the demo table takes one distribution; "
                          f"several are for a --sweep or --curve")
     command = "rbgp " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["demo"] else None
+    patterns = [m for m in args.methods or ("rbgp4", "unstructured") if m != "dense"]
+    check_paths(args.data_dir, args.out_dir)
+    settings.check(sweep, patterns, args.distribution or [])
+    if args.dry_run:
+        return _dry_run(f"rbgp demo ({'sweep ' + str(sweep) if sweep else 'table'}) into {args.out_dir}",
+                        dataclasses.asdict(settings))
     if sweep:
-        patterns = [m for m in args.methods or ("rbgp4", "unstructured") if m != "dense"]
         run_sweep(settings, sweep, args.out_dir, quiet=args.quiet, patterns=patterns,
                   distributions=args.distribution or [DEFAULT_DISTRIBUTION], command=command)
     else:
@@ -359,6 +405,7 @@ def _add_methods(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="Fashion-MNIST folder")
     p.add_argument("--out-dir", default="runs/methods", help="where the outputs go (default runs/methods)")
     p.add_argument("--quiet", action="store_true")
+    add_dry_run_flag(p)
     p.set_defaults(func=_cmd_methods)
 
 
@@ -370,6 +417,10 @@ def _cmd_methods(args: argparse.Namespace) -> int:
         limit_train=args.limit_train or None, limit_test=args.limit_test, data_dir=args.data_dir,
         rows=parse_rows(args.rows))
     command = "rbgp " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["methods"] else None
+    check_paths(args.data_dir, args.out_dir)
+    settings.check()
+    if args.dry_run:
+        return _dry_run(f"rbgp methods into {args.out_dir}", dataclasses.asdict(settings))
     run_methods(settings, args.out_dir, quiet=args.quiet, command=command)
     if not args.quiet:
         print(f"\n[rbgp methods] wrote methods.json/.md/.png to {args.out_dir}")
@@ -406,6 +457,7 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
                    help="keep each finished run's checkpoint (deleted by default to save disk)")
     p.add_argument("--out-dir", help="default runs/reproduce_<model>[_smoke]")
     p.add_argument("--quiet", action="store_true")
+    add_dry_run_flag(p)
     p.set_defaults(func=_cmd_reproduce)
 
 
@@ -427,5 +479,9 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         precision=args.precision, smoke=args.smoke, keep_checkpoints=args.keep_checkpoints,
     )
     out = args.out_dir or f"runs/reproduce_{args.model}{'_smoke' if args.smoke else ''}"
+    check_paths(args.data_dir, out)
+    runs = settings.configs()
+    if args.dry_run:
+        return _dry_run(f"rbgp reproduce ({len(runs)} runs) into {out}", {name: c.to_dict() for name, c in runs})
     run_reproduce(settings, out, quiet=args.quiet)
     return 0

@@ -8,7 +8,7 @@ from typing import Any
 
 from rbgp.nn.distribution import DEFAULT_DISTRIBUTION, DISTRIBUTIONS
 from rbgp.nn.sparsify import INITS
-from rbgp.patterns import PATTERNS
+from rbgp.patterns import PATTERNS, get_pattern
 from rbgp.train.data import DATASET_NAMES
 from rbgp.train.methods import METHOD_NAMES, check_method
 from rbgp.train.models import MODEL_NAMES
@@ -91,9 +91,9 @@ class TrainConfig:
             (self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}"),
             (0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}"),
             (not self.nesterov or self.momentum > 0, "nesterov needs momentum > 0"),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (self.gamma > 0, f"gamma must be > 0, got {self.gamma}"),
-            (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
+            (0 <= self.weight_decay < math.inf, f"weight_decay must be a number >= 0, got {self.weight_decay}"),
+            (0 < self.gamma < math.inf, f"gamma must be a positive number, got {self.gamma}"),
+            (0 <= self.seed < 2**63, f"seed must be in [0, 2**63), got {self.seed}"),
             (self.milestones == sorted(set(self.milestones)) and all(m >= 1 for m in self.milestones),
              f"milestones must be increasing positive epochs, got {self.milestones}"),
             (self.limit_train is None or self.limit_train >= 1,
@@ -120,6 +120,17 @@ class TrainConfig:
                 f"model_kwargs {sorted(extra)} not supported for model {self.model!r}; "
                 f"valid: {sorted(allowed) or 'none'}"
             )
+        for key, widths in self.model_kwargs.items():
+            flag = "hidden widths" if key == "hidden" else "channel widths"
+            if not (isinstance(widths, list) and widths
+                    and all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths)):
+                raise ValueError(f"{flag} (--hidden) must be a non-empty list of integers >= 1, got {widths!r}")
+        if self.pattern != "dense":  # block sizes, group rows, ... checked by the pattern itself
+            kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in self.pattern_kwargs.items()}
+            try:
+                get_pattern(self.pattern, **kwargs)
+            except TypeError as err:
+                raise ValueError(str(err)) from None
         check_method(self)
 
     def to_dict(self) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Every dataset used here (Fashion-MNIST, CIFAR-10/100) fits in memory, so instead
 ``Dataset``/``DataLoader`` pair we load whole splits as tensors once and slice batches from
 them. Files on disk are parsed defensively: sizes are checked against their headers before
 anything is returned, and the CIFAR pickles go through an unpickler that can build nothing but
-numpy arrays, so a corrupt, truncated or malicious file is refused rather than half-read.
+plain containers, bytes and numpy arrays (protocols 0-5, written by Python 2 or 3), so a corrupt,
+truncated or malicious file is refused rather than half-read.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ _FASHION_MAX_ITEMS = 10_000_000
 def _fashion_root(root: str | Path | None) -> tuple[Path, str]:
     """Resolve the Fashion-MNIST folder and say where the choice came from (for errors)."""
     if root is not None:
-        return Path(root), "the root argument"
+        return Path(root), "--data-dir / the root argument"
     env = os.environ.get(FASHION_MNIST_ENV)
     if env:
         return Path(env), f"${FASHION_MNIST_ENV}"
@@ -104,8 +105,8 @@ def _find_idx_file(root: Path, stem: str, origin: str) -> Path:
     raise FileNotFoundError(
         f"Fashion-MNIST file {stem}(.gz) not found in {root} ({origin}); looked for {looked}. "
         f"Install the data with `sudo apt-get install dataset-fashion-mnist` (it goes to "
-        f"{FASHION_MNIST_DEFAULT_DIR}), or pass root=... or set ${FASHION_MNIST_ENV} to a folder "
-        f"holding the four IDX files (gzipped or raw)."
+        f"{FASHION_MNIST_DEFAULT_DIR}), or pass --data-dir DIR (root= in Python) or set "
+        f"${FASHION_MNIST_ENV} to a folder holding the four IDX files (gzipped or raw)."
     )
 
 
@@ -186,7 +187,7 @@ def load_fashion_mnist(
 
 
 class UnsafePickleError(pickle.UnpicklingError, ValueError):
-    """A pickle asked for something other than a plain numpy array; nothing was executed."""
+    """A pickle asked for something other than plain data and numpy arrays; nothing was executed."""
 
 
 def _numpy_reconstruct() -> Callable[..., Any]:
@@ -198,16 +199,65 @@ def _numpy_reconstruct() -> Callable[..., Any]:
     return multiarray._reconstruct  # pragma: no cover
 
 
+def _numpy_frombuffer() -> Callable[..., Any]:
+    core = getattr(np, "_core", None)
+    if core is not None and hasattr(core, "numeric"):
+        return core.numeric._frombuffer
+    from numpy.core import numeric  # pragma: no cover - numpy 1.x
+
+    return numeric._frombuffer  # pragma: no cover
+
+
+def _latin1_bytes(*args: Any) -> bytes:
+    """``_codecs.encode(text, "latin1")``: how Python 3 writes a bytes object at protocols 0-2 (the
+    array data and dict keys of a CIFAR batch re-saved with protocol 2). No other codec is run."""
+    if len(args) != 2 or not isinstance(args[0], str) or args[1] not in ("latin1", "latin-1"):
+        raise UnsafePickleError(f"refusing _codecs.encode{_short(args)}: only (str, 'latin1') is allowed")
+    return args[0].encode("latin-1")
+
+
+def _empty_bytes(*args: Any) -> bytes:
+    """``bytes()``: how Python 3 writes an empty bytes object at protocols 0-2; nothing else."""
+    if args:
+        raise UnsafePickleError(f"refusing bytes{_short(args)}: only bytes() (empty) is allowed")
+    return b""
+
+
+def _frombuffer(*args: Any) -> np.ndarray:
+    """numpy's ``_frombuffer(buf, dtype, shape, order[, axis_order])``, how numpy writes an array at
+    protocol 5, for plain (non-object) dtypes only."""
+    buf, dtype, shape, order = args[:4] if 4 <= len(args) <= 5 else (None, None, None, None)
+    if not isinstance(buf, (bytes, bytearray, pickle.PickleBuffer)) or not isinstance(dtype, np.dtype) \
+            or dtype.hasobject or not isinstance(shape, tuple) \
+            or not all(isinstance(d, int) and d >= 0 for d in shape) or order not in ("C", "F", "K"):
+        raise UnsafePickleError(f"refusing numpy _frombuffer{_short(args)}: only a buffer, a plain dtype, a shape "
+                                f"and an order are allowed")
+    return _numpy_frombuffer()(*args)
+
+
+def _short(args: tuple) -> str:
+    text = repr(args)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# Each allowed global maps to a factory of what it resolves to. The numpy ones rebuild arrays
+# (protocols 0-4: _reconstruct + ndarray.__setstate__; 5: _frombuffer); _codecs.encode and bytes are
+# how Python 3 writes bytes at protocols 0-2, accepted only with the arguments it writes.
 _ALLOWED_GLOBALS: dict[tuple[str, str], Callable[[], Any]] = {
     ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
     ("numpy", "ndarray"): lambda: np.ndarray,
     ("numpy", "dtype"): lambda: np.dtype,
+    ("numpy.core.numeric", "_frombuffer"): lambda: _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): lambda: _frombuffer,
+    ("_codecs", "encode"): lambda: _latin1_bytes,
+    ("__builtin__", "bytes"): lambda: _empty_bytes,
+    ("builtins", "bytes"): lambda: _empty_bytes,
 }
 
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only the globals needed to rebuild numpy arrays."""
+    """Unpickler that resolves only the globals needed to rebuild bytes and numpy arrays."""
 
     def find_class(self, module: str, name: str) -> Any:
         factory = _ALLOWED_GLOBALS.get((module, name))
@@ -352,7 +402,8 @@ def _cifar_payloads(
     raise FileNotFoundError(
         f"CIFAR data not found in {root}: looked for the folder {folder} and the archive "
         f"{archive}. Download {spec.archive} from https://www.cs.toronto.edu/~kriz/cifar.html "
-        f"into that folder (no need to extract it), or pass root=... / set ${CIFAR_ENV}."
+        f"into that folder (no need to extract it), or pass --data-dir DIR (root= in Python) or set "
+        f"${CIFAR_ENV}."
     )
 
 

@@ -179,6 +179,22 @@ class DemoSettings:
     timing_rounds: int = 7
     distribution: str = DEFAULT_DISTRIBUTION
 
+    def check(self, sweep: Sequence[float] | None = None, patterns: Sequence[str] = (),
+              distributions: Sequence[str] = ()) -> TrainConfig:
+        """Every setting checked before minutes of training (a table, or a sweep over `sweep` with
+        `patterns` and `distributions`); the base config. ValueError naming the first bad value."""
+        base = self.base_config()
+        _select_methods(self.model, self.methods)
+        if sweep is not None:
+            if not sweep or any(not 0 < s < 1 for s in sweep):
+                raise ValueError(f"sweep sparsities must be in (0, 1), got {list(sweep)}")
+            bad = [p for p in patterns if p not in DEMO_METHODS or p == "dense"]
+            if bad or not patterns:
+                raise ValueError(f"sweep patterns {bad or '(none)'}: valid are {', '.join(DEMO_METHODS[1:])}")
+        for d in distributions:
+            TrainConfig.from_dict({**base.to_dict(), "distribution": d})
+        return base
+
     def base_config(self) -> TrainConfig:
         recipe = get_recipe("demo").with_overrides(
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
@@ -244,7 +260,7 @@ def run_demo(settings: DemoSettings, out_dir: str | Path = "runs/demo",
              quiet: bool = False, command: str | None = None) -> dict[str, Any]:
     """Train every method for every seed; write demo.json, demo.md and demo.png to ``out_dir``."""
     t_start = time.perf_counter()
-    base = settings.base_config()
+    base = settings.check()
     methods = _select_methods(settings.model, settings.methods)
     data = _load(settings)
     per_method: dict[str, dict[str, Any]] = {}
@@ -401,16 +417,9 @@ def run_sweep(settings: DemoSettings, sparsities: Sequence[float], out_dir: str 
               distributions: Sequence[str] | None = None, command: str | None = None) -> dict[str, Any]:
     """Accuracy vs global sparsity for every pattern and distribution (plus dense); writes
     curve.json/.md/.png. `distributions` defaults to the settings' one."""
-    if not sparsities or any(not 0 < s < 1 for s in sparsities):
-        raise ValueError(f"sweep sparsities must be in (0, 1), got {list(sparsities)}")
     distributions = list(distributions or [settings.distribution])
-    bad = [p for p in patterns if p not in DEMO_METHODS or p == "dense"]
-    if bad or not patterns:
-        raise ValueError(f"sweep patterns {bad or '(none)'}: valid are {', '.join(DEMO_METHODS[1:])}")
+    base = settings.check(sparsities, patterns, distributions)  # before hours of training
     t_start = time.perf_counter()
-    base = settings.base_config()
-    for d in distributions:  # every name checked before hours of training
-        TrainConfig.from_dict({**base.to_dict(), "distribution": d})
     kwargs = {m.pattern: m.kwargs for m in demo_methods(settings.model)}
     data = _load(settings)
     dense_accs = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import random
 import sys
 import time
@@ -26,8 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from rbgp.files import atomic_write, write_json
+from rbgp.files import atomic_write, check_output_dir, remove_stale_temps, write_json
 from rbgp.nn import SPARSE_TYPES, SparsifyReport, sparsify
+from rbgp.resources import check_memory
 from rbgp.precision import bf16_autocast
 from rbgp.train import ddp
 from rbgp.train.checkpoint import (
@@ -47,8 +49,10 @@ from rbgp.train.models import MLP, SmallCNN, build_model
 __all__ = [
     "METRIC_FIELDS",
     "TrainResult",
+    "TrainingDiverged",
     "build_run_model",
     "evaluate",
+    "preflight",
     "sparse_layers",
     "train",
 ]
@@ -93,14 +97,21 @@ def build_run_model(
     budget's per-layer sparsities); a pure function of ``config`` (seeds included). Methods that
     make their own masks attach them afterwards (`Method.prepare`)."""
     cin, size = int(input_shape[0]), int(input_shape[-1])
-    torch.manual_seed(config.seed)
     mk = config.model_kwargs
-    if config.model == "mlp" and "hidden" in mk:
-        model: nn.Module = MLP(cin * size * size, [int(h) for h in mk["hidden"]], num_classes)
-    elif config.model == "cnn" and "channels" in mk:
-        model = SmallCNN(cin, num_classes, [int(c) for c in mk["channels"]])
-    else:
-        model = build_model(config.model, num_classes, cin, size)
+
+    def build() -> nn.Module:
+        if config.model == "mlp" and "hidden" in mk:
+            return MLP(cin * size * size, [int(h) for h in mk["hidden"]], num_classes)
+        if config.model == "cnn" and "channels" in mk:
+            return SmallCNN(cin, num_classes, [int(c) for c in mk["channels"]])
+        return build_model(config.model, num_classes, cin, size)
+
+    with torch.device("meta"):  # parameters counted without allocating them
+        params = sum(p.numel() for p in build().parameters())
+    # weights, gradients, momentum, masks and a checkpoint copy: about 5 fp32 copies
+    check_memory(20 * params, f"model {config.model!r} with {params:,} parameters")
+    torch.manual_seed(config.seed)
+    model = build()
     if config.init_from is not None:
         _load_dense_start(model, config.init_from)
     report = None
@@ -224,6 +235,11 @@ def _make_scheduler(
 
 
 BatchHook = Callable[[int, int, float], None]
+_RUN_FILES = (CHECKPOINT_NAME, "metrics.jsonl", "metrics.csv", "run.json")
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or inf: the run stops, keeping the last checkpoint (of a finite epoch)."""
 
 
 def _train_epoch(
@@ -254,6 +270,8 @@ def _train_epoch(
         with bf16_autocast(device, config.precision == "bf16"):
             out = model(xb)
             loss = F.cross_entropy(out.float(), yb)
+        if not info.distributed:  # ranks must stop together: distributed runs check the epoch's mean
+            _check_finite_loss(float(loss.detach()), epoch, f"step {step + 1}")
         loss.backward()
         optimizer.step()
         method.after_step(model, (epoch - 1) * steps + step + 1)
@@ -273,6 +291,7 @@ def _train_epoch(
             on_batch(epoch, step, loss_value)
     bar.close()
     loss_sum, correct, count = ddp.all_reduce_sums([loss_sum, correct, count], info)
+    _check_finite_loss(loss_sum, epoch, "the epoch's mean")
     times = step_times or [float("nan")]
     return {
         "train_loss": loss_sum / max(count, 1.0),
@@ -281,6 +300,12 @@ def _train_epoch(
         "train_ms_per_batch_median": 1e3 * float(np.median(times)),
         "steps": steps,
     }
+
+
+def _check_finite_loss(value: float, epoch: int, where: str) -> None:
+    if not math.isfinite(value):
+        raise TrainingDiverged(f"training diverged: epoch {epoch}, {where}: the loss is {value}; "
+                               f"try a smaller --lr, or --precision fp32")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -292,7 +317,7 @@ def train(
     config: TrainConfig,
     out_dir: str | Path | None = None,
     *,
-    resume: bool = False,
+    resume: bool | str = False,
     overwrite: bool = False,
     quiet: bool = False,
     stop_after_epoch: int | None = None,
@@ -301,8 +326,10 @@ def train(
 ) -> TrainResult:
     """Train ``config`` and return its history; write metrics and checkpoints under ``out_dir``.
 
-    ``resume`` continues from ``out_dir/checkpoint.pt`` when it exists (settings must match);
-    without it an existing checkpoint is an error unless ``overwrite``. ``stop_after_epoch``
+    ``resume`` continues from ``out_dir/checkpoint.pt`` (settings must match; no checkpoint is an
+    error, unless ``resume="if-present"``, which then starts fresh); without it an existing
+    checkpoint is an error unless ``overwrite``. Temp files of an interrupted write are removed. A
+    loss that becomes NaN or inf stops the run with `TrainingDiverged`, keeping the last checkpoint. ``stop_after_epoch``
     ends the run after that epoch's checkpoint (as if killed there). ``on_batch(epoch, step,
     loss)`` is called after every optimizer step. ``data`` skips loading the dataset.
     Under torchrun (``WORLD_SIZE > 1``) the model is wrapped in DistributedDataParallel, data is
@@ -323,11 +350,37 @@ def train(
         ddp.cleanup(info)
 
 
+def preflight(config: TrainConfig, out_dir: str | Path | None, resume: bool | str = False,
+              overwrite: bool = False) -> dict[str, Any] | None:
+    """The checks `train` makes before any work: the run folder can be written, ``resume`` and
+    ``overwrite`` fit what it holds, a checkpoint to resume is sound and made with the same settings.
+    Returns that checkpoint (None when starting fresh); ValueError otherwise."""
+    out = check_output_dir(out_dir, "out_dir (--out-dir)") if out_dir is not None else None
+    ckpt_path = out / CHECKPOINT_NAME if out is not None else None
+    if resume not in (False, True, "if-present"):
+        raise ValueError(f"resume must be True, False or 'if-present', got {resume!r}")
+    if ckpt_path is not None and ckpt_path.exists() and not (resume or overwrite):
+        raise ValueError(
+            f"{out} already holds a checkpoint; pass --resume to continue it, --overwrite to "
+            f"start over, or choose another --out-dir"
+        )
+    if resume and out is None:
+        raise ValueError("resume needs an out_dir holding the checkpoint")
+    if resume is True and not ckpt_path.exists():
+        raise ValueError(f"--resume: no checkpoint at {ckpt_path}, nothing to continue; drop --resume to start "
+                         f"a new run there, or pass --resume-if-present to start fresh when there is none")
+    if not resume or not ckpt_path.exists():
+        return None
+    saved = load_checkpoint(ckpt_path)  # fail on a bad file before any expensive work
+    check_resumable(saved["args"], config, ckpt_path)
+    return saved
+
+
 def _run(
     config: TrainConfig,
     info: ddp.DistInfo,
     out_dir: str | Path | None,
-    resume: bool,
+    resume: bool | str,
     overwrite: bool,
     quiet: bool,
     stop_after_epoch: int | None,
@@ -336,23 +389,18 @@ def _run(
 ) -> TrainResult:
     out = Path(out_dir) if out_dir is not None else None
     ckpt_path = out / CHECKPOINT_NAME if out is not None else None
-    if ckpt_path is not None and ckpt_path.exists() and not (resume or overwrite):
+    saved = preflight(config, out, resume, overwrite)
+    if saved is not None and saved.get("world_size", 1) != info.world_size:
         raise ValueError(
-            f"{out} already holds a checkpoint; pass --resume to continue it, --overwrite to "
-            f"start over, or choose another --out-dir"
+            f"{ckpt_path}: checkpoint was written by a run of {saved.get('world_size')} "
+            f"process(es), this one has {info.world_size}; the data shards (and numbers) "
+            f"would differ, so resume with the same number of processes"
         )
-    if resume and out is None:
-        raise ValueError("resume needs an out_dir holding the checkpoint")
-    saved = None
-    if resume and ckpt_path is not None and ckpt_path.exists():
-        saved = load_checkpoint(ckpt_path)  # fail on a bad file before any expensive work
-        check_resumable(saved["args"], config, ckpt_path)
-        if saved.get("world_size", 1) != info.world_size:
-            raise ValueError(
-                f"{ckpt_path}: checkpoint was written by a run of {saved.get('world_size')} "
-                f"process(es), this one has {info.world_size}; the data shards (and numbers) "
-                f"would differ, so resume with the same number of processes"
-            )
+    if out is not None and info.is_main and out.is_dir():
+        for stale in remove_stale_temps(out, _RUN_FILES):
+            if not quiet:
+                print(f"[rbgp train] removed {stale.name}, a temp file left by an interrupted write",
+                      file=sys.stderr)
 
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
@@ -408,8 +456,13 @@ def _run(
         lr = optimizer.param_groups[0]["lr"]
         row: dict[str, Any] = {"epoch": epoch}
         before = _sparsity_metrics(model, method, positions)
-        row.update(_train_epoch(net, loader, optimizer, config, info, method, epoch, show_progress,
-                                on_batch))
+        try:
+            row.update(_train_epoch(net, loader, optimizer, config, info, method, epoch, show_progress,
+                                    on_batch))
+        except TrainingDiverged as err:
+            kept = (f"the checkpoint of epoch {epoch - 1} in {out} is kept" if out is not None and epoch > 1
+                    else "no checkpoint was written")
+            raise TrainingDiverged(f"{err}; {kept}") from None
         scheduler.step()
         row.update(_epoch_accounting(model, method, positions, before, history, row["steps"], config, info))
         row["test_loss"], row["test_acc"] = evaluate(

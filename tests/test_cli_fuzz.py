@@ -1,0 +1,118 @@
+"""Fuzz the `rbgp` command line: whatever the arguments, exit code 0 or 2 and, for an error, one line
+on stderr; never a traceback (an exception escaping `main`).
+
+Every flag of every subcommand is drawn with values that are valid, out of range, non-finite,
+malformed, or paths of every kind (folder, file, garbage file, a real checkpoint and compressed
+model, a path under a file, a missing one). The commands that train or time for minutes run with
+`--dry-run` (all settings, paths and input files are still checked); `pattern` and `compress` run
+for real, under a 256 MB memory limit so that no draw builds a large mask.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rbgp.cli import build_parser, main
+
+_PARSER = build_parser()
+_SUB = next(a for a in _PARSER._actions if isinstance(a, argparse._SubParsersAction))
+_COMMANDS = dict(_SUB.choices)
+_DRY_RUN = ("train", "demo", "methods", "reproduce", "bench", "infer")
+_SKIP = {"help", "debug", "dry_run", "quiet"}
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    """Path strings of every kind, including a real tiny checkpoint and a compressed model."""
+    from rbgp.compress.cli import model_from_checkpoint
+    from rbgp.compress.format import save
+    from rbgp.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("fuzz")
+    run = root / "run"
+    train(TrainConfig(model="mlp", dataset="synthetic_cifar10", model_kwargs={"hidden": [32]}, pattern="rbgp4",
+                      sparsity=0.75, epochs=1, batch_size=16, limit_train=32, limit_test=16, max_steps=1),
+          run, quiet=True)
+    model, config = model_from_checkpoint(run)
+    save(model, root / "model.rbgp", extra={"train_config": config})
+    (root / "garbage.pt").write_bytes(b"\x00not a checkpoint" * 8)
+    (root / "folder").mkdir()
+    return [str(p) for p in (run, run / "checkpoint.pt", root / "model.rbgp", root / "garbage.pt",
+                             root / "folder", root / "missing" / "x", root / "garbage.pt" / "under",
+                             root / "new" / "out.png", root / "new2")] + ["", "."]
+
+
+_TEXT = st.sampled_from(["", "x", "-1", "0", "1", "0.5", "1e9", "nan", "inf", "-inf", "a,b", ",", "1,0", "0,0",
+                         "64MB", "0KB", "-5MB", "infGB", "50ms", "0s", "1,16", "vgg19", "uniform,erk", "rbgp4",
+                         "dense", "--", "é", "1" * 30])
+_INTS = st.one_of(st.integers(-3, 5), st.integers(-(10**20), 10**20), st.sampled_from([0, 1, 16, 64, 10**9]))
+_FLOATS = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+                    st.sampled_from([0.0, 0.5, 0.9, 0.999999, 1.0, -0.5, 1e308]))
+
+
+def _value(action: argparse.Action, path_list: list[str]) -> st.SearchStrategy[str]:
+    if action.choices is not None:
+        return st.one_of(st.sampled_from([str(c) for c in action.choices]), _TEXT)
+    name = getattr(action.type, "__name__", "")
+    if action.type is int:
+        return st.one_of(_INTS.map(str), _TEXT)
+    if action.type is float:
+        return st.one_of(_FLOATS.map(repr), _TEXT)
+    if name in ("_ints", "_floats"):
+        nums = _INTS.map(str) if name == "_ints" else _FLOATS.map(repr)
+        return st.one_of(st.lists(nums, min_size=1, max_size=3).map(",".join), _TEXT)
+    return st.one_of(st.sampled_from(path_list), _TEXT)
+
+
+@st.composite
+def _argv(draw, path_list: list[str]) -> list[str]:
+    command = draw(st.sampled_from(sorted(_COMMANDS)))
+    parser = _COMMANDS[command]
+    argv = [command]
+    optional = [a for a in parser._actions if a.option_strings and a.dest not in _SKIP]
+    for action in draw(st.lists(st.sampled_from(optional), max_size=6, unique_by=lambda a: a.dest)):
+        argv.append(draw(st.sampled_from(action.option_strings)))
+        if action.nargs == 0:
+            continue
+        count = action.nargs if isinstance(action.nargs, int) else 1
+        argv += [draw(_value(action, path_list)) for _ in range(count)]
+    for action in parser._actions:
+        if not action.option_strings and action.dest not in _SKIP:  # positionals: paths
+            argv.append(draw(st.sampled_from(path_list)))
+    if command in _DRY_RUN:
+        argv.append("--dry-run")
+    if any(a.dest == "quiet" for a in parser._actions):
+        argv.append("--quiet")
+    return argv
+
+
+@settings(max_examples=250, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_no_traceback_and_exit_0_or_2(data, paths, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("RBGP_MEMORY_LIMIT", "256M")
+    monkeypatch.chdir(tmp_path)  # default output folders (runs/...) land in a temp folder
+    argv = data.draw(_argv(paths))
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse: usage error (2) or --help (0)
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code in (0, 2), (argv, code, err)
+    if code == 2 and not err.startswith("usage:"):
+        lines = [ln for ln in err.strip().splitlines() if "Warning" not in ln and not ln.startswith("  warnings")]
+        assert len(lines) == 1 and lines[0].startswith(f"rbgp {argv[0]}: error: "), (argv, err)
+
+
+def test_debug_shows_the_traceback(capsys):
+    assert main(["train", "--hidden=-4", "--dry-run"]) == 2
+    assert capsys.readouterr().err.startswith("rbgp train: error: hidden widths")
+    with pytest.raises(ValueError, match="hidden widths"):
+        main(["train", "--hidden=-4", "--dry-run", "--debug"])
+    with pytest.raises(ValueError, match="hidden widths"):
+        main(["--debug", "train", "--hidden=-4", "--dry-run"])
+
