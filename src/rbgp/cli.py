@@ -28,10 +28,9 @@ def _add_pattern(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_pattern(args: argparse.Namespace) -> int:
+    from rbgp.files import check_output_file
     from rbgp.tools.describe import build_and_describe, format_description
     from rbgp.tools.plots import plot_mask
-
-    from rbgp.files import check_output_file
 
     kwargs = {}
     if args.block is not None:

@@ -23,7 +23,7 @@ from rbgp.train.methods import METHOD_NAMES
 from rbgp.train.models import MODEL_NAMES
 from rbgp.train.recipes import RECIPE_NAMES, SCHEDULES, get_recipe
 
-__all__ = ["add_dry_run_flag", "add_train_parsers", "check_paths"]
+__all__ = ["add_train_parsers"]
 
 
 def _floats(text: str) -> list[float]:
@@ -44,12 +44,12 @@ def _names(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def add_dry_run_flag(p: argparse.ArgumentParser) -> None:
+def _add_dry_run_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="check every setting, path and input file, print what would run, and stop")
 
 
-def check_paths(data_dir: str | None = None, out_dir: str | None = None) -> None:
+def _check_paths(data_dir: str | None = None, out_dir: str | None = None) -> None:
     """A given data folder exists and the output folder can be written (ValueError naming them)."""
     from rbgp.files import check_output_dir
 
@@ -137,7 +137,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="start over even if RUN has a checkpoint")
     p.add_argument("--stop-after-epoch", type=int, help="stop after this epoch (as if killed)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
-    add_dry_run_flag(p)
+    _add_dry_run_flag(p)
     p.set_defaults(func=_cmd_train)
 
 
@@ -287,7 +287,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.dry_run:
         from rbgp.train.loop import preflight
 
-        check_paths(config.data_dir)
+        _check_paths(config.data_dir)
         saved = preflight(config, out, resume, args.overwrite)
         where = f"resuming after epoch {saved['epoch']}" if saved else "a new run"
         return _dry_run(f"rbgp train ({where}) into {out}", config.to_dict())
@@ -343,7 +343,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                                       "/usr/share/datasets/fashion-mnist)")
     p.add_argument("--out-dir", default="runs/demo", help="where the outputs go (default runs/demo)")
     p.add_argument("--quiet", action="store_true")
-    add_dry_run_flag(p)
+    _add_dry_run_flag(p)
     p.set_defaults(func=_cmd_demo)
 
 
@@ -363,7 +363,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                          f"several are for a --sweep or --curve")
     command = "rbgp " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["demo"] else None
     patterns = [m for m in args.methods or ("rbgp4", "unstructured") if m != "dense"]
-    check_paths(args.data_dir, args.out_dir)
+    _check_paths(args.data_dir, args.out_dir)
     settings.check(sweep, patterns, args.distribution or [])
     if args.dry_run:
         return _dry_run(f"rbgp demo ({'sweep ' + str(sweep) if sweep else 'table'}) into {args.out_dir}",
@@ -405,7 +405,7 @@ def _add_methods(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="Fashion-MNIST folder")
     p.add_argument("--out-dir", default="runs/methods", help="where the outputs go (default runs/methods)")
     p.add_argument("--quiet", action="store_true")
-    add_dry_run_flag(p)
+    _add_dry_run_flag(p)
     p.set_defaults(func=_cmd_methods)
 
 
@@ -417,7 +417,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
         limit_train=args.limit_train or None, limit_test=args.limit_test, data_dir=args.data_dir,
         rows=parse_rows(args.rows))
     command = "rbgp " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["methods"] else None
-    check_paths(args.data_dir, args.out_dir)
+    _check_paths(args.data_dir, args.out_dir)
     settings.check()
     if args.dry_run:
         return _dry_run(f"rbgp methods into {args.out_dir}", dataclasses.asdict(settings))
@@ -457,7 +457,7 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
                    help="keep each finished run's checkpoint (deleted by default to save disk)")
     p.add_argument("--out-dir", help="default runs/reproduce_<model>[_smoke]")
     p.add_argument("--quiet", action="store_true")
-    add_dry_run_flag(p)
+    _add_dry_run_flag(p)
     p.set_defaults(func=_cmd_reproduce)
 
 
@@ -479,7 +479,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         precision=args.precision, smoke=args.smoke, keep_checkpoints=args.keep_checkpoints,
     )
     out = args.out_dir or f"runs/reproduce_{args.model}{'_smoke' if args.smoke else ''}"
-    check_paths(args.data_dir, out)
+    _check_paths(args.data_dir, out)
     runs = settings.configs()
     if args.dry_run:
         return _dry_run(f"rbgp reproduce ({len(runs)} runs) into {out}", {name: c.to_dict() for name, c in runs})

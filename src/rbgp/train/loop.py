@@ -4,8 +4,7 @@ One :class:`TrainConfig` describes a run completely; everything structural (mode
 data order, augmentation) is a pure function of it, so a run killed after epoch ``k`` and resumed
 from its checkpoint ends with the same metrics as an uninterrupted one (on CPU, in deterministic
 mode). Per-epoch metrics go to ``metrics.jsonl`` and ``metrics.csv``; the checkpoint is written
-atomically (temp file in the same folder, then ``os.replace``) and holds only tensors and plain
-Python values so it loads with ``torch.load(weights_only=True)``.
+atomically and checksummed (`rbgp.train.checkpoint`).
 """
 
 from __future__ import annotations
@@ -329,9 +328,9 @@ def train(
     ``resume`` continues from ``out_dir/checkpoint.pt`` (settings must match; no checkpoint is an
     error, unless ``resume="if-present"``, which then starts fresh); without it an existing
     checkpoint is an error unless ``overwrite``. Temp files of an interrupted write are removed. A
-    loss that becomes NaN or inf stops the run with `TrainingDiverged`, keeping the last checkpoint. ``stop_after_epoch``
-    ends the run after that epoch's checkpoint (as if killed there). ``on_batch(epoch, step,
-    loss)`` is called after every optimizer step. ``data`` skips loading the dataset.
+    loss that becomes NaN or inf stops the run with `TrainingDiverged`, keeping the last checkpoint.
+    ``stop_after_epoch`` ends the run after that epoch's checkpoint (as if killed there).
+    ``on_batch(epoch, step, loss)`` is called after every optimizer step. ``data`` skips loading the dataset.
     Under torchrun (``WORLD_SIZE > 1``) the model is wrapped in DistributedDataParallel, data is
     sharded by rank and only rank 0 writes files or prints.
     """
