@@ -16,12 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rbgp.cli import build_parser, main
+from rbgp.cli import DRY_RUN_COMMANDS, build_parser, main
 
 _PARSER = build_parser()
 _SUB = next(a for a in _PARSER._actions if isinstance(a, argparse._SubParsersAction))
 _COMMANDS = dict(_SUB.choices)
-_DRY_RUN = ("train", "demo", "methods", "reproduce", "bench", "infer")
 _SKIP = {"help", "debug", "dry_run", "quiet"}
 
 
@@ -83,7 +82,7 @@ def _argv(draw, path_list: list[str]) -> list[str]:
     for action in parser._actions:
         if not action.option_strings and action.dest not in _SKIP:  # positionals: paths
             argv.append(draw(st.sampled_from(path_list)))
-    if command in _DRY_RUN:
+    if command in DRY_RUN_COMMANDS:
         argv.append("--dry-run")
     if any(a.dest == "quiet" for a in parser._actions):
         argv.append("--quiet")

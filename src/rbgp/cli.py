@@ -53,6 +53,10 @@ def _cmd_pattern(args: argparse.Namespace) -> int:
     return 0
 
 
+DRY_RUN_COMMANDS = ("train", "demo", "methods", "reproduce", "bench", "infer")
+"""The commands that take minutes: `--dry-run` checks their arguments and stops."""
+
+
 def build_parser(only_pattern: bool = False) -> argparse.ArgumentParser:
     """The `rbgp` parser; `only_pattern` registers just `rbgp pattern`, whose modules do not import
     torch (so that it starts, and refuses what will not fit, in about a second)."""
@@ -64,9 +68,12 @@ def build_parser(only_pattern: bool = False) -> argparse.ArgumentParser:
     _add_pattern(sub)
     if not only_pattern:
         _add_torch_commands(sub)
-    for command in sub.choices.values():  # also accepted after the command: `rbgp train ... --debug`
+    for name, command in sub.choices.items():  # also accepted after the command: `rbgp train ... --debug`
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="show the full traceback of an error")
+        if name in DRY_RUN_COMMANDS:
+            command.add_argument("--dry-run", action="store_true",
+                                 help="check every setting, path and input file, print what would run, and stop")
     return parser
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "check_output_dir", "check_output_file", "remove_stale_temps", "save_figure",
+__all__ = ["atomic_write", "check_input_dir", "check_output_dir", "check_output_file", "remove_stale_temps", "save_figure",
            "write_json", "write_text"]
 
 
@@ -80,6 +80,14 @@ def check_output_dir(path: str | Path, what: str = "output folder") -> Path:
         raise ValueError(f"{what} {str(path)!r} {where}; give a folder path")
     if not os.access(base, os.W_OK | os.X_OK):
         raise ValueError(f"{what} {str(path)!r}: no permission to write in {base}")
+    return path
+
+
+def check_input_dir(path: str | Path, what: str = "input folder") -> Path:
+    """`path` as a Path if it is an existing folder; else ValueError naming it."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is not a folder" + ("" if path.exists() else " (no such path)"))
     return path
 
 

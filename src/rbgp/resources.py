@@ -79,8 +79,8 @@ def parse_size(text: str) -> int | None:
         raise ValueError(f"{ENV_VAR} must be a number of bytes with an optional K, M, G or T suffix "
                          f"(e.g. 2G), or 'unlimited'; got {text!r}")
     value = float(match.group(1)) * _UNITS[match.group(2).upper()]
-    if value < 1:
-        raise ValueError(f"{ENV_VAR} must be at least 1 byte, got {text!r}")
+    if not 1 <= value < 2**63:
+        raise ValueError(f"{ENV_VAR} must be at least 1 byte and below 8 EiB, got {text!r}")
     return int(value)
 
 

@@ -36,7 +36,6 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-layer", action="store_true", help="models suite: also time every converted layer alone")
     p.add_argument("--compile", choices=["no", "yes", "both"], default="no",
                    help="models suite: time eager, torch.compile (inductor) or both (default no)")
-    p.add_argument("--dry-run", action="store_true", help="check the settings, print what would run, and stop")
     p.set_defaults(func=_cmd_bench)
 
 

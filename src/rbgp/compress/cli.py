@@ -9,7 +9,7 @@ from pathlib import Path
 from torch import nn
 
 from rbgp.compress.quantize import QUANTIZERS
-from rbgp.files import check_output_file
+from rbgp.files import check_input_dir, check_output_file
 from rbgp.resources import check_memory
 
 __all__ = ["add_compress_parser", "model_from_checkpoint", "model_from_config"]
@@ -49,8 +49,6 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fixed-batch", default="1,16", metavar="B1,B2,...",
                    help="fixed batch sizes to compare with (default 1,16)")
     p.add_argument("--json", metavar="PATH", help="also write the result as JSON")
-    p.add_argument("--dry-run", action="store_true",
-                   help="check the file, the budgets and the data, print what would run, and stop")
     p.set_defaults(func=_cmd_infer)
 
 
@@ -82,8 +80,8 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         raise ValueError(f"--samples and --fixed-batch must be >= 1, got {args.samples} and {args.fixed_batch}")
     if args.json:
         check_output_file(args.json, "--json")
-    if args.data_dir is not None and not Path(args.data_dir).is_dir():
-        raise ValueError(f"--data-dir {args.data_dir!r} is not a folder")
+    if args.data_dir is not None:
+        check_input_dir(args.data_dir, "--data-dir")
     baseline = process_memory("VmRSS")
     header, _ = read(args.file)
     config = header.get("extra", {}).get("train_config")

@@ -27,23 +27,21 @@ import torch
 from torch import nn
 
 from rbgp.compress.format import decode_entry, read
+from rbgp.resources import parse_size
 
 __all__ = ["BudgetPlan", "CompressedRunner", "parse_bytes", "peak_rss", "process_memory", "run_all"]
 
-_UNITS = {"b": 1, "kb": 1 << 10, "k": 1 << 10, "mb": 1 << 20, "m": 1 << 20, "gb": 1 << 30, "g": 1 << 30}
-
-
 def parse_bytes(text: str) -> int:
-    """'64MB', '512k', '1.5GB' or a plain number of bytes -> bytes (ValueError naming the text)."""
-    t = str(text).strip().lower()
-    unit = next((u for u in sorted(_UNITS, key=len, reverse=True) if t.endswith(u)), "")
+    """'64MB', '512k', '1.5GB' or a plain number of bytes -> bytes (`rbgp.resources.parse_size`'s
+    syntax, without 'unlimited'; ValueError naming the text)."""
     try:
-        value = float(t[: len(t) - len(unit)] if unit else t) * _UNITS.get(unit, 1)
+        value = parse_size(str(text))
     except ValueError:
-        raise ValueError(f"memory size {text!r}: expected a number with an optional unit (B, KB, MB, GB)") from None
-    if not 0 < value < 2**63:
+        raise ValueError(f"memory size {text!r}: expected a positive number with an optional unit "
+                         f"(B, KB, MB, GB)") from None
+    if value is None:
         raise ValueError(f"memory size {text!r} must be a positive size below 8 EB")
-    return int(value)
+    return value
 
 
 @dataclass(frozen=True)

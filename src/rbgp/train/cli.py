@@ -44,17 +44,12 @@ def _names(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def _add_dry_run_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dry-run", action="store_true",
-                   help="check every setting, path and input file, print what would run, and stop")
-
-
 def _check_paths(data_dir: str | None = None, out_dir: str | None = None) -> None:
     """A given data folder exists and the output folder can be written (ValueError naming them)."""
-    from rbgp.files import check_output_dir
+    from rbgp.files import check_input_dir, check_output_dir
 
-    if data_dir is not None and not Path(data_dir).is_dir():
-        raise ValueError(f"--data-dir {data_dir!r} is not a folder" + (" (no such path)" if not Path(data_dir).exists() else ""))
+    if data_dir is not None:
+        check_input_dir(data_dir, "--data-dir")
     if out_dir is not None:
         check_output_dir(out_dir, "--out-dir")
 
@@ -137,7 +132,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="start over even if RUN has a checkpoint")
     p.add_argument("--stop-after-epoch", type=int, help="stop after this epoch (as if killed)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
-    _add_dry_run_flag(p)
     p.set_defaults(func=_cmd_train)
 
 
@@ -343,7 +337,6 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                                       "/usr/share/datasets/fashion-mnist)")
     p.add_argument("--out-dir", default="runs/demo", help="where the outputs go (default runs/demo)")
     p.add_argument("--quiet", action="store_true")
-    _add_dry_run_flag(p)
     p.set_defaults(func=_cmd_demo)
 
 
@@ -405,7 +398,6 @@ def _add_methods(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="Fashion-MNIST folder")
     p.add_argument("--out-dir", default="runs/methods", help="where the outputs go (default runs/methods)")
     p.add_argument("--quiet", action="store_true")
-    _add_dry_run_flag(p)
     p.set_defaults(func=_cmd_methods)
 
 
@@ -457,7 +449,6 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
                    help="keep each finished run's checkpoint (deleted by default to save disk)")
     p.add_argument("--out-dir", help="default runs/reproduce_<model>[_smoke]")
     p.add_argument("--quiet", action="store_true")
-    _add_dry_run_flag(p)
     p.set_defaults(func=_cmd_reproduce)
 
 

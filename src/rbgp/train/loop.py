@@ -269,8 +269,6 @@ def _train_epoch(
         with bf16_autocast(device, config.precision == "bf16"):
             out = model(xb)
             loss = F.cross_entropy(out.float(), yb)
-        if not info.distributed:  # ranks must stop together: distributed runs check the epoch's mean
-            _check_finite_loss(float(loss.detach()), epoch, f"step {step + 1}")
         loss.backward()
         optimizer.step()
         method.after_step(model, (epoch - 1) * steps + step + 1)
@@ -279,6 +277,8 @@ def _train_epoch(
         if xb.shape[0] == config.batch_size:  # a short last batch would skew the per-batch time
             step_times.append(dt)
         loss_value = float(loss.detach())
+        if not info.distributed:  # ranks must stop together: distributed runs check the epoch's mean
+            _check_finite_loss(loss_value, epoch, f"step {step + 1}")
         n = float(yb.shape[0])
         loss_sum += loss_value * n
         correct += float((out.detach().argmax(1) == yb).sum())
