@@ -24,6 +24,7 @@ _LAZY = {
     "ramanujan": "rbgp.graphs",
     "product": "rbgp.graphs",
     "complete": "rbgp.graphs",
+    "tune_cpu_allocator": "rbgp.allocator",
 }
 
 

@@ -36,7 +36,23 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-layer", action="store_true", help="models suite: also time every converted layer alone")
     p.add_argument("--compile", choices=["no", "yes", "both"], default="no",
                    help="models suite: time eager, torch.compile (inductor) or both (default no)")
+    p.add_argument("--allocator", choices=["tuned", "default"], default="tuned",
+                   help="tuned (default): keep freed memory for reuse (rbgp.tune_cpu_allocator), so that timings "
+                        "do not depend on page faults; default: the C library's own settings")
     p.set_defaults(func=_cmd_bench)
+
+
+def _set_allocator(choice: str) -> None:
+    """Tune the process's allocator for timing (see rbgp.allocator), or say why it could not be."""
+    from rbgp.allocator import tune_cpu_allocator
+
+    if choice == "tuned" and not tune_cpu_allocator():
+        print("[bench] note: the allocator could not be tuned (not glibc); timings use the C library's defaults",
+              file=sys.stderr)
+
+
+def _allocator_flag(choice: str) -> str:
+    return "" if choice == "tuned" else f" --allocator {choice}"
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -67,8 +83,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(f"[dry run] settings checked; would run the layer benchmarks on {args.device} ({args.dtype}) "
               f"into {args.out_dir}")
         return 0
+    _set_allocator(args.allocator)
     command = (f"rbgp bench --device {args.device} --dtype {args.dtype} --repeats {args.repeats}"
-               + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only else ""))
+               + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only else "")
+               + _allocator_flag(args.allocator))
     if args.device.startswith("cuda"):
         from rbgp.bench.gpu import run_gpu_bench
 
@@ -116,10 +134,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
         raise ValueError(f"--sparsity must be in (0, 1), got {args.sparsity}")
     command = (f"rbgp bench --suite models --device {args.device} --dtype {args.dtype} --models {','.join(models)} "
                f"--batch {args.batch} --sparsity {args.sparsity} --distribution {','.join(dists)} "
-               f"--compile {args.compile}" + (" --per-layer" if args.per_layer else "") + (" --quick" if args.quick else ""))
+               f"--compile {args.compile}" + (" --per-layer" if args.per_layer else "") + (" --quick" if args.quick else "")
+               + _allocator_flag(args.allocator))
     if args.dry_run:
         print(f"[dry run] settings checked; would run: {command}")
         return 0
+    _set_allocator(args.allocator)
     data = run_model_bench(args.out_dir, args.device, args.dtype, models, args.batch, args.sparsity, modes,
                            args.quick, args.name, command, dists, args.per_layer)
     print(markdown_table(data))

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rbgp.allocator import allocator_state
 from rbgp.bench.timing import time_fn
 from rbgp.nn import RBGPConv2d, RBGPLinear
 from rbgp.patterns import Block
@@ -149,7 +150,7 @@ def environment(device: str) -> dict[str, Any]:
     """Machine, versions and date, recorded with every result file."""
     env = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "python": platform.python_version(),
            "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-           "threads": torch.get_num_threads(), "device": device}
+           "threads": torch.get_num_threads(), "device": device, "allocator": allocator_state()}
     if device.startswith("cuda") and torch.cuda.is_available():
         env["device_name"] = torch.cuda.get_device_name()
     return env

@@ -2,7 +2,8 @@
 
 For each model (VGG19-bn, ResNet-18, WRN-40-4, shaped for 32x32 inputs) and synthetic data, times
 inference (eval mode, no grad) and one full training step (forward, cross-entropy, backward, SGD
-Nesterov step) of the dense model and of its sparsified copy, in the same run, interleaved per model.
+Nesterov step) of the dense model and of its sparsified copy, in the same run: on the CPU the two
+alternate within every repeat, so that the machine's slow spells hit both alike.
 Mixed precision through `torch.autocast` (bf16 by default on CUDA: fp32 master weights, bf16 GEMM
 inputs), optionally also under `torch.compile` (inductor); a variant that fails is recorded as
 "unsupported: <reason>" rather than stopping the run.
@@ -29,19 +30,20 @@ def _unsupported(e: BaseException) -> str:
     return f"unsupported: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
 
 
-def _timer(device: str, quick: bool) -> Callable[[Callable[[], Any]], dict[str, float]]:
-    """do_bench (CUDA events) on a GPU, wall clock with a sync on the CPU; both give medians in ms."""
+def _timer(device: str, quick: bool) -> Callable[[dict[str, Callable[[], Any]]], dict[str, dict[str, float]]]:
+    """Medians in ms of each of a dict of functions: do_bench (CUDA events) one after the other on a
+    GPU; on the CPU wall clock, the functions run in turn within every repeat (`time_interleaved`)."""
     if device.startswith("cuda"):
         from triton.testing import do_bench
 
-        def bench(fn):
+        def one(fn):
             med, q20, q80 = do_bench(fn, warmup=50 if quick else 200, rep=200 if quick else 1000,
                                      quantiles=[0.5, 0.2, 0.8])
             return {"median_ms": float(med), "q20_ms": float(q20), "q80_ms": float(q80)}
-        return bench
-    from rbgp.bench.timing import time_fn
+        return lambda fns: {name: one(fn) for name, fn in fns.items()}
+    from rbgp.bench.timing import time_interleaved
 
-    return lambda fn: time_fn(fn, repeats=3 if quick else 10, warmup=1)
+    return lambda fns: time_interleaved(fns, repeats=3 if quick else 10, warmup=1)
 
 
 def model_pair(name: str, sparsity: float, device: str, seed: int = 0,
@@ -59,7 +61,7 @@ def model_pair(name: str, sparsity: float, device: str, seed: int = 0,
 
 
 def layer_breakdown(dense: nn.Module, sparse: nn.Module, report: Any, x: torch.Tensor,
-                    bench: Callable[[Callable[[], Any]], dict[str, float]]) -> list[dict[str, Any]]:
+                    bench: Callable[[dict[str, Callable[[], Any]]], dict[str, dict[str, float]]]) -> list[dict[str, Any]]:
     """Every converted layer timed alone on its input shape in the model (captured with forward hooks):
     the dense layer against its sparse replacement, forward and forward+backward (input and weight
     gradients)."""
@@ -80,6 +82,7 @@ def layer_breakdown(dense: nn.Module, sparse: nn.Module, report: Any, x: torch.T
         xi = torch.randn(shapes[r.name], device=x.device, requires_grad=True)
         row = {"name": r.name, "weight_shape": r.weight_shape, "sparsity": r.sparsity, "rows_per_group": r.rows_per_group,
                "input_shape": list(shapes[r.name])}
+        fns: dict[str, dict[str, Callable[[], Any]]] = {"fwd_ms": {}, "fwd_bwd_ms": {}}
         for variant, layer in (("dense", dense.get_submodule(r.name)), ("rbgp", sparse.get_submodule(r.name))):
             weight = layer.values if hasattr(layer, "values") else layer.weight
             with torch.no_grad():
@@ -89,10 +92,13 @@ def layer_breakdown(dense: nn.Module, sparse: nn.Module, report: Any, x: torch.T
                 with torch.no_grad():
                     return layer(xi)
 
-            def fwd_bwd(layer=layer, weight=weight):
+            def fwd_bwd(layer=layer, weight=weight, dy=dy):
                 return torch.autograd.grad(layer(xi), (xi, weight), dy)
 
-            row[variant] = {"fwd_ms": bench(fwd)["median_ms"], "fwd_bwd_ms": bench(fwd_bwd)["median_ms"]}
+            fns["fwd_ms"][variant], fns["fwd_bwd_ms"][variant] = fwd, fwd_bwd
+        times = {phase: bench(f) for phase, f in fns.items()}
+        for variant in ("dense", "rbgp"):
+            row[variant] = {phase: times[phase][variant]["median_ms"] for phase in fns}
         for phase in ("fwd_ms", "fwd_bwd_ms"):
             row[f"speedup_{phase[:-3]}"] = row["dense"][phase] / row["rbgp"][phase]
         rows.append(row)
@@ -129,20 +135,24 @@ def bench_model(name: str, batch: int, dtype: str, device: str, sparsity: float,
     x = torch.randn(batch, 3, 32, 32, generator=gen, device=device)
     y = torch.randint(0, 10, (batch,), generator=gen, device=device)
     bench = _timer(device, quick)
-    timings: dict[str, dict[str, Any]] = {}
-    for variant, model in (("dense", dense), ("rbgp", sparse)):
-        run = torch.compile(model) if compiled else model
-        fns = step_functions(run, x, y, AUTOCAST[dtype])
-        timings[variant] = {}
-        for phase in PHASES:
+    models = {"dense": dense, "rbgp": sparse}
+    runs = {v: torch.compile(m) if compiled else m for v, m in models.items()}
+    fns = {v: step_functions(run, x, y, AUTOCAST[dtype]) for v, run in runs.items()}
+    timings: dict[str, dict[str, Any]] = {v: {} for v in models}
+    for phase in PHASES:
+        working = {}
+        for variant, model in models.items():
             model.train(phase == "train")
             try:
-                timings[variant][phase] = bench(fns[phase])
-            except Exception as e:  # noqa: BLE001 - one variant failing must not stop the run
+                fns[variant][phase]()  # a first run (and compilation): one variant failing must not stop the run
+                working[variant] = fns[variant][phase]
+            except Exception as e:  # noqa: BLE001
                 timings[variant][phase] = _unsupported(e)
-        del run, fns
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
+        for variant, t in bench(working).items():
+            timings[variant][phase] = t
+    del runs, fns
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
     row: dict[str, Any] = {"model": name, "batch": batch, "compiled": compiled, "timings": timings,
                            "distribution": distribution, "converted_layers": len(report.layers),
                            "global_sparsity": report.global_sparsity,
@@ -163,8 +173,10 @@ def markdown_table(data: dict[str, Any]) -> str:
     env = data["environment"]
     lines = [f"Command: `{data['command']}`  ",
              f"Device: {env.get('device_name', env['device'])}, torch {env['torch']}, "
-             f"triton {env.get('triton', '-')}, autocast {data['dtype']}, global sparsity {data['sparsity']} over "
-             f"the converted layers (RBGP4; first and last layers dense), date {env['date']}; medians", "",
+             f"triton {env.get('triton', '-')}, autocast {data['dtype']}, allocator {env.get('allocator', 'default')}, "
+             f"global sparsity {data['sparsity']} over the converted layers (RBGP4; first and last layers dense), "
+             f"date {env['date']}; medians{' of dense and RBGP timed alternately' if env.get('interleaved') else ''}",
+             "",
              "| model | distribution | batch | global sparsity | compiled | phase | dense ms | RBGP ms | RBGP vs dense |",
              "|---|---|---|---|---|---|---|---|---|"]
     reasons, breakdowns = [], []
@@ -243,6 +255,7 @@ def run_model_bench(out_dir: str | Path = "benchmarks", device: str = "cuda", dt
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     env = environment(device)
+    env["interleaved"] = not device.startswith("cuda")
     if device.startswith("cuda"):
         import triton
 

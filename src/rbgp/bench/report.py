@@ -11,7 +11,7 @@ def markdown_table(data: dict[str, Any]) -> str:
     env = data["environment"]
     lines = [f"Command: `{data['command']}`  ",
              f"Machine: {env.get('device_name', env['processor'])}, {env['threads']} threads, torch {env['torch']}, "
-             f"dtype {data['dtype']}, date {env['date']}", ""]
+             f"dtype {data['dtype']}, allocator {env.get('allocator', 'default')}, date {env['date']}", ""]
     methods = [m for m in data["results"][0]["timings"]]
     header = "| case | phase | " + " | ".join(f"{m} ms" for m in methods) + " | RBGP speedup vs dense | x ideal (1/density) | RBGP vs CSR | RBGP vs BSR |"
     lines += [header, "|" + "---|" * (4 + len(methods) + 2)]

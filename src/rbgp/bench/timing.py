@@ -24,3 +24,23 @@ def time_fn(fn: Callable[[], Any], repeats: int = 10, warmup: int = 2, device: s
     q20, med, q80 = np.quantile(times, [0.2, 0.5, 0.8])
     return {"median_ms": float(med), "q20_ms": float(q20), "q80_ms": float(q80), "repeats": repeats}
 
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int = 10, warmup: int = 2) -> dict[str, dict[str, float]]:
+    """`time_fn`'s statistics for each of `fns` (CPU), run in turn within every repeat: a slow spell of
+    the machine (another process, page faults, frequency) then hits all of them alike, so their ratios
+    hold better than those of back-to-back runs."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    out = {}
+    for name, t in times.items():
+        q20, med, q80 = np.quantile(t, [0.2, 0.5, 0.8])
+        out[name] = {"median_ms": float(med), "q20_ms": float(q20), "q80_ms": float(q80), "repeats": repeats}
+    return out
