@@ -3,13 +3,15 @@
 By default glibc returns freed memory above a few hundred KiB to the OS (munmap, heap trimming); the
 next tensor of that size gets fresh pages, and the kernel faults and zeroes every 4 KiB of them on
 first touch. A sparse model allocates more short-lived tensors than the dense one (the gathered
-inputs of its grouped convs), so it pays more: on the 2-core development VM a VGG19-bn forward at
-batch 32 took 200-19,000 faults depending on the process's heap history, at about 4 us each, and the
-same RBGP model ran anywhere from 49 to 104 ms (dense 118-137 ms); with the allocator tuned, 0 faults
-and 48-54 ms (`benchmarks/allocator.md`). This is what jemalloc or tcmalloc (LD_PRELOAD), which
-PyTorch's CPU tuning guide recommends, would do; `tune_cpu_allocator` does it from inside the process
-with three `mallopt` settings: no eager trimming (up to `keep_bytes` kept), 64 MiB of padding on heap
-growth, and blocks up to 32 MiB served from the heap rather than by mmap.
+inputs of its grouped convs), so it pays more: on the 2-core development VM, in four fresh processes
+each, a VGG19-bn forward at batch 32 took 8,700-20,000 page faults (dense: 5,600-9,300), how many
+depending on the process's heap history, and ran 1.46-1.90x faster than dense; with the allocator
+tuned, 0 faults and 2.10-2.32x (`benchmarks/allocator.md`). This is what jemalloc or tcmalloc
+(LD_PRELOAD), which PyTorch's CPU tuning guide recommends, would do; `tune_cpu_allocator` does it
+from inside the process with three `mallopt` settings: no eager trimming (up to `keep_bytes` kept),
+64 MiB of padding on heap growth, and blocks up to 32 MiB served from the heap rather than by mmap.
+Larger blocks are still mapped afresh each time (glibc's cap), and a heap fragmented by mixed sizes
+can still fault now and then: it makes faults rare, not impossible.
 
 It changes the whole process, so the library never calls it on import: a training script calls it
 once at start, and `rbgp bench` calls it unless `--allocator default` is given.
