@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from rbgp.allocator import ALLOCATORS
 from rbgp.nn.distribution import DEFAULT_DISTRIBUTION
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -36,7 +37,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-layer", action="store_true", help="models suite: also time every converted layer alone")
     p.add_argument("--compile", choices=["no", "yes", "both"], default="no",
                    help="models suite: time eager, torch.compile (inductor) or both (default no)")
-    p.add_argument("--allocator", choices=["tuned", "default"], default="tuned",
+    p.add_argument("--allocator", choices=ALLOCATORS, default="tuned",
                    help="tuned (default): keep freed memory for reuse (rbgp.tune_cpu_allocator), so that timings "
                         "do not depend on page faults; default: the C library's own settings")
     p.set_defaults(func=_cmd_bench)

@@ -21,9 +21,12 @@ def time_fn(fn: Callable[[], Any], repeats: int = 10, warmup: int = 2, device: s
         fn()
         sync()
         times.append((time.perf_counter() - start) * 1e3)
-    q20, med, q80 = np.quantile(times, [0.2, 0.5, 0.8])
-    return {"median_ms": float(med), "q20_ms": float(q20), "q80_ms": float(q80), "repeats": repeats}
+    return _summary(times)
 
+
+def _summary(times: list[float]) -> dict[str, float]:
+    q20, med, q80 = np.quantile(times, [0.2, 0.5, 0.8])
+    return {"median_ms": float(med), "q20_ms": float(q20), "q80_ms": float(q80), "repeats": len(times)}
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int = 10, warmup: int = 2) -> dict[str, dict[str, float]]:
@@ -39,8 +42,4 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int = 10, warmu
             start = time.perf_counter()
             fn()
             times[name].append((time.perf_counter() - start) * 1e3)
-    out = {}
-    for name, t in times.items():
-        q20, med, q80 = np.quantile(t, [0.2, 0.5, 0.8])
-        out[name] = {"median_ms": float(med), "q20_ms": float(q20), "q80_ms": float(q80), "repeats": repeats}
-    return out
+    return {name: _summary(t) for name, t in times.items()}
