@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rbgp.allocator import ALLOCATORS
+from rbgp.allocator import ALLOCATORS, tune_cpu_allocator
 from rbgp.nn.distribution import DEFAULT_DISTRIBUTION
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -45,8 +45,6 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
 
 def _set_allocator(choice: str) -> None:
     """Tune the process's allocator for timing (see rbgp.allocator), or say why it could not be."""
-    from rbgp.allocator import tune_cpu_allocator
-
     if choice == "tuned" and not tune_cpu_allocator():
         print("[bench] note: the allocator could not be tuned (not glibc); timings use the C library's defaults",
               file=sys.stderr)
