@@ -14,7 +14,7 @@ def _layout(out, inp, sparsity, seed=0, **kw):
     return LayoutTensors.from_layout(RBGP4(**kw).build((out, inp), sparsity, seed).layout)
 
 
-def _check(dtype, out, inp, batch, sparsity, **kw):
+def _check(dtype, out, inp, batch, sparsity, feature_major=False, **kw):
     torch.manual_seed(0)
     layout = _layout(out, inp, sparsity, **kw)
     values = torch.randn(layout.values_shape, dtype=torch.float64)
@@ -26,23 +26,27 @@ def _check(dtype, out, inp, batch, sparsity, **kw):
     y_ref.backward(gy)
     # path under test in dtype
     xt, vt = x.to(dtype).requires_grad_(), values.to(dtype).requires_grad_()
-    y = rbgp_linear(xt, vt, layout, backend="grouped")
+    # a row-major input (micro-blocks gathered as rows when wide enough) or, as another RBGP layer hands
+    # it on, the transposed view of a feature-major buffer
+    y = rbgp_linear(xt.t().contiguous().t() if feature_major else xt, vt, layout, backend="grouped")
     y.backward(gy.to(dtype))
     for got, ref in ((y, y_ref), (xt.grad, x64.grad), (vt.grad, v64.grad)):
         err = (got.double() - ref).abs().max().item()
         assert err <= TOL[dtype] * ref.abs().max().item() + 1e-12, (dtype, err)
 
 
+@pytest.mark.parametrize("feature_major", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("out,inp,batch,sparsity,kw", [
     (64, 128, 5, 0.75, {}),
+    (56, 96, 9, 0.75, {"block": (1, 8), "group_rows": 8}),  # 8-column micro-blocks: gathered as rows
     (96, 48, 7, 0.5, {"block": (1, 4), "group_rows": 8}),
     (48, 80, 3, 0.75, {"block": (2, 4), "group_rows": 4}),
     (256, 256, 33, 0.875, {}),
     (40, 24, 1, 0.5, {"block": (1, 1), "group_rows": 2}),
 ])
-def test_grouped_matches_reference(dtype, out, inp, batch, sparsity, kw):
-    _check(dtype, out, inp, batch, sparsity, **kw)
+def test_grouped_matches_reference(dtype, out, inp, batch, sparsity, kw, feature_major):
+    _check(dtype, out, inp, batch, sparsity, feature_major, **kw)
 
 
 def test_dense_weight_roundtrip():

@@ -1,10 +1,12 @@
 """The generic torch path: gather the inputs each group reads, then batched GEMMs.
 
 Every group of R rows shares its K input columns, so the sparse product is G dense (R x K) GEMMs:
-y[:, rows_g] = x[:, cols_g] @ V_g^T. Activations are handled feature-major ((features, N), so a
-gather copies whole contiguous rows) and groups are processed in chunks whose gathered inputs fit in
-cache (~2 MB): one big gathered buffer would cost more in memory traffic and page faults than the
-GEMMs themselves. Backward: grad-input is the same GEMMs transposed plus a scatter-add, grad-weight
+y[:, rows_g] = x[:, cols_g] @ V_g^T. Outputs are feature-major ((features, N), handed on as a
+transposed view), and an input that comes from another RBGP layer is one: its gather copies whole
+contiguous rows, in chunks whose gathered inputs fit in cache (~2 MB). A row-major input with
+micro-blocks of ROW_GATHER_MIN_WIDTH columns or more is not transposed first: its (N x BW)
+micro-blocks are gathered as rows of BW values, in few big chunks, and the GEMM reads them
+transposed (`benchmarks/linear_fixed_costs.md` times both against the pieces). Backward: grad-input is the same GEMMs transposed plus a scatter-add, grad-weight
 is computed on the non-zeros only; both re-gather the input chunk instead of keeping G*K*N values.
 """
 
@@ -15,6 +17,8 @@ import torch
 from rbgp.ops.layout import LayoutTensors
 
 CHUNK_BYTES = 2 << 20
+ROW_CHUNK_BYTES = 16 << 20  # the micro-block gather runs best in few big calls
+ROW_GATHER_MIN_WIDTH = 8
 
 
 def feature_major(t: torch.Tensor) -> torch.Tensor:
@@ -22,21 +26,30 @@ def feature_major(t: torch.Tensor) -> torch.Tensor:
     return t.t().contiguous()
 
 
-def _chunks(layout: LayoutTensors, n: int, itemsize: int) -> list[slice]:
+def _chunks(layout: LayoutTensors, n: int, itemsize: int, limit: int = CHUNK_BYTES) -> list[slice]:
     g, k = layout.col_index.shape
-    per = max(1, CHUNK_BYTES // max(1, k * n * itemsize))
+    per = max(1, limit // max(1, k * n * itemsize))
     return [slice(s, min(s + per, g)) for s in range(0, g, per)]
 
 
-def grouped_forward(xt: torch.Tensor, values: torch.Tensor, layout: LayoutTensors) -> torch.Tensor:
-    """yt (out, N) = W x for feature-major xt (in, N)."""
-    n = xt.shape[1]
-    g, r, _ = values.shape
-    yg = xt.new_empty(g, r, n)  # group-major rows
-    for c in _chunks(layout, n, xt.element_size()):
-        cols = layout.col_index[c]
-        xg = xt.index_select(0, cols.reshape(-1)).view(cols.shape[0], cols.shape[1], n)
-        torch.bmm(values[c], xg, out=yg[c])
+def grouped_forward(x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors) -> torch.Tensor:
+    """yt (out, N) = W x^T for x (N, in), row-major or a transposed view of a feature-major buffer."""
+    n = x.shape[0]
+    g, r, k = values.shape
+    yg = x.new_empty(g, r, n)  # group-major rows
+    bw = layout.block_width
+    if x.is_contiguous() and bw >= ROW_GATHER_MIN_WIDTH and x.shape[1] % bw == 0:
+        blocks = x.view(-1, bw)  # row n's micro-block j is blocks[n * in / bw + j]
+        first = torch.arange(n, device=x.device)[:, None] * (x.shape[1] // bw)
+        for c in _chunks(layout, n, x.element_size(), ROW_CHUNK_BYTES):
+            xg = blocks.index_select(0, (first + layout.col_blocks[c].reshape(1, -1)).reshape(-1))
+            torch.bmm(values[c], xg.view(n, c.stop - c.start, k).permute(1, 2, 0), out=yg[c])
+    else:
+        xt = feature_major(x)
+        for c in _chunks(layout, n, x.element_size()):
+            cols = layout.col_index[c]
+            xg = xt.index_select(0, cols.reshape(-1)).view(cols.shape[0], cols.shape[1], n)
+            torch.bmm(values[c], xg, out=yg[c])
     return yg.view(g * r, n).index_select(0, layout.row_order)
 
 
@@ -67,14 +80,13 @@ class GroupedLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors) -> torch.Tensor:
-        xt = feature_major(x)
-        ctx.save_for_backward(xt, values)
+        ctx.save_for_backward(x, values)
         ctx.layout = layout
-        return grouped_forward(xt, values, layout).t()
+        return grouped_forward(x, values, layout).t()
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
-        xt, values = ctx.saved_tensors
-        dxt, dv = grouped_backward(feature_major(grad_y), xt, values, ctx.layout,
+        x, values = ctx.saved_tensors
+        dxt, dv = grouped_backward(feature_major(grad_y), feature_major(x), values, ctx.layout,
                                    ctx.needs_input_grad[0], ctx.needs_input_grad[1])
         return (dxt.t() if dxt is not None else None), dv, None
