@@ -11,10 +11,10 @@ density per layer whose non-zeros add up to that budget:
   form row groups of at most d * out / 2 rows (every input block is read by at least two groups),
   and groups under 8 rows run slower than dense. So each layer gets the density floor
   2 * MIN_GROUP_ROWS / out; layers narrower than MIN_SPARSE_WIDTH outputs stay dense (a 32-row
-  layer's 8-row groups would read half its inputs each: no gain; a 64-row layer at its floor of 0.25
-  density runs faster than dense, and ResNet-18 and VGG19-bn at global 0.9 ran faster with their
-  64-channel convs sparse than dense in all 8 interleaved comparisons on the 2-core CPU, batch 32
-  and 64, inference and training: `benchmarks/models-cpu.md` has them layer by layer); the
+  layer's 8-row groups would each read half its inputs; a 64-channel 3x3 conv at 32x32 and its floor
+  of 0.25 density ran 1.2-1.4x faster than dense forward and 1.6x forward+backward on the 2-core CPU,
+  `benchmarks/models-cpu.md`, and ResNet-18, where such convs carry the most FLOPs, went from 1.44x
+  to 1.56x dense inference at batch 64 when they stopped being kept dense); the
   budget left is spread as one common density over the others, never below their floors. Big layers,
   where sparsity pays, take the sparsity that the narrow ones cannot. When the budget is too small
   for that (a small model at a high sparsity), the narrow layers are made sparse too, and then the

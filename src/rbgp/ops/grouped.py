@@ -6,8 +6,9 @@ transposed view), and an input that comes from another RBGP layer is one: its ga
 contiguous rows, in chunks whose gathered inputs fit in cache (~2 MB). A row-major input with
 micro-blocks of ROW_GATHER_MIN_WIDTH columns or more is not transposed first: its (N x BW)
 micro-blocks are gathered as rows of BW values, in few big chunks, and the GEMM reads them
-transposed (`benchmarks/linear_fixed_costs.md` times both against the pieces). Backward: grad-input is the same GEMMs transposed plus a scatter-add, grad-weight
-is computed on the non-zeros only; both re-gather the input chunk instead of keeping G*K*N values.
+transposed (`benchmarks/linear_fixed_costs.md` times both against the pieces). Backward: grad-input
+is the same GEMMs transposed plus a scatter-add, grad-weight is computed on the non-zeros only; both
+re-gather the input chunk instead of keeping G*K*N values.
 """
 
 from __future__ import annotations
