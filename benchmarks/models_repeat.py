@@ -1,5 +1,5 @@
 """Whole-model speed-ups over several fresh processes: one `rbgp bench --suite models` run says little
-on a shared 2-core VM, where the same command moves by 10-20% from process to process.
+on a shared 2-core VM, where the same command's ratio moves from process to process (see the table).
 
 Runs the models suite PROCESSES times for each batch (hw distribution, global sparsity 0.9, fp32,
 eager, tuned allocator, dense and RBGP timed alternately in every process) and tabulates each
