@@ -18,14 +18,17 @@ TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 3e-2}
 @pytest.mark.parametrize("dtype", list(TOL))
 @pytest.mark.parametrize("cin,cout,k,s,p,d,mode,hw,sparsity", [
     (16, 32, 3, 1, 1, 1, "zeros", (8, 8), 0.75),
-    (24, 100, 3, 2, 1, 1, "zeros", (9, 7), 0.875),  # 100 outputs: padding rows complete the groups
+    (24, 100, 3, 2, 1, 1, "zeros", (9, 7), 0.875),
+    (64, 100, 3, 1, 1, 1, "zeros", (5, 6), 0.75),  # 13 groups of 8 rows: 4 padding rows complete the last
     (32, 48, (3, 1), 1, (1, 0), 1, "reflect", (6, 5), 0.75),
     (16, 32, 5, 1, "same", 2, "circular", (11, 9), 0.75),
 ])
 def test_channel_path_matches_dense(dtype, cin, cout, k, s, p, d, mode, hw, sparsity):
     torch.manual_seed(0)
-    layer = RBGPConv2d(cin, cout, k, s, p, d, sparsity=sparsity, padding_mode=mode).double()
+    pattern = RBGP4(min_group_rows=8) if cout == 100 and cin == 64 else None
+    layer = RBGPConv2d(cin, cout, k, s, p, d, sparsity=sparsity, padding_mode=mode, pattern=pattern).double()
     assert layer.channels is not None  # whole input channels per group: the grouped-conv path runs
+    assert pattern is None or layer.structure.layout.padded_rows == 4
     dense = torch.nn.Conv2d(cin, cout, k, s, p, d, padding_mode=mode).double()
     with torch.no_grad():
         dense.weight.copy_(layer.dense_weight())
@@ -114,6 +117,51 @@ def test_channels_per_group_padded_to_a_multiple_of_8():
     cg = layer.values.shape[2] // 9
     assert cg % CHANNEL_ALIGN and layer.channels.shape[1] % CHANNEL_ALIGN == 0  # 6 channels read, 8 gathered
     x = torch.randn(2, 24, 5, 5, requires_grad=True)
+    y = layer(x)
+    torch.testing.assert_close(y, F.conv2d(x, layer.dense_weight(), layer.bias, padding=1), rtol=1e-4, atol=1e-4)
+    y.square().sum().backward()
+    ref = copy.deepcopy(layer)
+    ref.backend = "reference"
+    ref.values.grad = None
+    xr = x.detach().requires_grad_()
+    ref(xr).square().sum().backward()
+    torch.testing.assert_close(layer.values.grad, ref.values.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_rows_are_labelled_group_by_group():
+    """RBGP4 conv masks list each group's rows as consecutive channels (no output reorder), and are the
+    paper-order product with its rows relabelled; linear masks keep the paper's order."""
+    import numpy as np
+
+    conv = RBGP4().build((64, 32, 3, 3), 0.75, seed=3)
+    g, r = conv.layout.row_index.shape
+    assert r > 1 and np.array_equal(conv.layout.row_index.ravel(), np.arange(g * r))
+    paper = _paper_product(conv, 3)
+    relabel = (np.arange(g * r).reshape(r, g).T).ravel()  # paper row g + G*r -> channel g*R + r
+    assert np.array_equal(conv.array, paper[relabel]) and not np.array_equal(conv.array, paper)
+    linear = RBGP4().build((256, 512), 0.75, seed=3)
+    assert np.array_equal(linear.array, _paper_product(linear, 3))
+
+
+def _paper_product(mask, seed):
+    """The biadjacency of the mask's plan in the paper's factor order G_o (x) G_r (x) G_i (x) G_b."""
+    from rbgp.graphs import product
+    from rbgp.patterns.rbgp4 import RBGP4Plan
+
+    plan = RBGP4Plan(**{k: mask.info["plan"][k] for k in RBGP4Plan.__dataclass_fields__})
+    return product(*plan.factors(seed)).biadjacency()
+
+
+def test_a_fitted_conv_structure_keeps_its_row_order():
+    """A magnitude-fitted structure groups rows freely: the channel path then reorders its outputs."""
+    torch.manual_seed(0)
+    w = torch.randn(64, 32, 3, 3)
+    structure = RBGP4(group_rows=8).fit(w.numpy(), tuple(w.shape), 0.75, seed=0)
+    layer = RBGPConv2d(32, 64, 3, padding=1, sparsity=0.75, structure=structure)
+    assert layer.channels is not None
+    assert not torch.equal(layer.row_index.flatten(), torch.arange(64))
+    x = torch.randn(2, 32, 6, 6, requires_grad=True)
     y = layer(x)
     torch.testing.assert_close(y, F.conv2d(x, layer.dense_weight(), layer.bias, padding=1), rtol=1e-4, atol=1e-4)
     y.square().sum().backward()

@@ -338,6 +338,7 @@ class RBGPConv2d(_RBGPBase):
         taps = self.kernel_size[0] * self.kernel_size[1]
         channels = channel_table(self.col_index, taps)
         self.register_buffer("channels", None if channels is None else padded_channels(channels), persistent=False)
+        self._rows_in_order = bool(torch.equal(self.row_order.cpu(), torch.arange(self.row_order.numel())))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, in_channels, H, W), or unbatched (in_channels, H, W) as nn.Conv2d takes it."""
@@ -361,7 +362,8 @@ class RBGPConv2d(_RBGPBase):
                     raise ValueError(f"input dtype {x.dtype} differs from the weight dtype {self.values.dtype}; "
                                      f"cast one or use autocast")
                 return F.conv2d(x, self.dense_weight(), self.bias, self.stride, padding, self.dilation)
-            return channel_grouped_conv2d(x, self.values, self.channels, self.row_order, self.out_channels,
+            order = None if self._rows_in_order else self.row_order
+            return channel_grouped_conv2d(x, self.values, self.channels, order, self.out_channels,
                                           self.kernel_size, self.stride, padding, self.dilation, self.bias, merge)
         cols, oh, ow = im2col_feature_major(x, self.kernel_size, self.stride, padding, self.dilation)
         # the feature-major matrix goes in as its transposed (N*L, C*kh*kw) view: the gather reads rows

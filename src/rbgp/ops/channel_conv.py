@@ -4,9 +4,10 @@ When every row group of a conv's layout reads whole input channels (each with al
 RBGP4's default micro-block for convs), the sparse conv is G small dense convs: group g's R output
 channels see only its input channels. So the input channels of all groups are gathered once
 (`index_select` on the channel dim), one `F.conv2d(..., groups=G)` computes every group, and the
-group-major outputs are put back in channel order. Nothing is 9x-expanded as in im2col, the dense
-convs run on the conv library's kernels (oneDNN on CPU), and the backward is the library's grouped
-conv backward plus an `index_add` over channel planes (whole contiguous H x W planes, not im2col
+group-major outputs are put back in channel order (nothing to do for RBGP4, which labels a conv's
+rows group by group). Nothing is 9x-expanded as in im2col, the dense convs run on the conv library's
+kernels (oneDNN on CPU), and the backward is the library's grouped conv backward plus an `index_add`
+over channel planes (whole contiguous H x W planes, not im2col
 rows; 2-4% of a layer's forward+backward in a profile of 128-512-channel layers at 90%). Two
 adjustments keep oneDNN on its fast kernels: channel lists padded to a multiple of CHANNEL_ALIGN
 (`padded_channels`), and small row groups merged into taller ones (`merge`, block-diagonal weights).
@@ -54,12 +55,13 @@ def merged_weight(values: torch.Tensor, merge: int) -> torch.Tensor:
     return (values.view(g // merge, merge, r, 1, k) * eye).reshape(g // merge, merge * r, merge * k)
 
 
-def channel_grouped_conv2d(x: torch.Tensor, values: torch.Tensor, channels: torch.Tensor, row_order: torch.Tensor,
+def channel_grouped_conv2d(x: torch.Tensor, values: torch.Tensor, channels: torch.Tensor, row_order: torch.Tensor | None,
                            out_channels: int, kernel_size: tuple[int, int], stride: tuple[int, int],
                            padding: tuple[int, int], dilation: tuple[int, int],
                            bias: torch.Tensor | None = None, merge: int = 1) -> torch.Tensor:
     """The RBGP conv of x (N, C, H, W) with (G, R, K) `values` whose group g reads input `channels[g]`;
-    `row_order` puts the G*R group-major outputs in channel order (padding rows last, dropped).
+    `row_order` puts the G*R group-major outputs in channel order (padding rows last, dropped); None
+    when they are in channel order already (RBGP4's conv labelling), which saves a copy of the output.
     `channels` may be longer than K / (kh * kw) (`padded_channels`): the extra ones get zero weights.
 
     merge: run every `merge` consecutive groups as one group of the grouped conv, with a block-diagonal
@@ -77,5 +79,8 @@ def channel_grouped_conv2d(x: torch.Tensor, values: torch.Tensor, channels: torc
     weight = (merged_weight(values, merge) if merge > 1 else values).reshape(g * r, merge * (k + pad) // (kh * kw),
                                                                               kh, kw)
     y = F.conv2d(x.index_select(1, channels.reshape(-1)), weight, None, stride, padding, dilation, g // merge)
-    y = y.index_select(1, row_order[:out_channels])
+    if row_order is not None:
+        y = y.index_select(1, row_order[:out_channels])
+    elif y.shape[1] > out_channels:
+        y = y[:, :out_channels].contiguous()
     return y if bias is None else y + bias.to(y.dtype).view(1, -1, 1, 1)

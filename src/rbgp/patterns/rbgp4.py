@@ -11,6 +11,15 @@ Rows that share one column set (same u_o and u_i) form one dense sub-GEMM of `m_
 (m_o' = m_o when G_o is complete): the planner's `group_rows` sets it, trading speed (big dense
 sub-GEMMs, 64+ rows for tensor cores and CPUs) against granularity (more distinct row patterns).
 
+Row labels of conv weights: with channel micro-blocks (`conv_block="channel"`), `build` takes the
+product in the order G_o (x) G_i (x) G_r (x) G_b. G_r has one column (the planner's repeat is r_h x 1),
+so this is the same graph with only its rows relabelled, such that each row group's rows are
+consecutive output channels: the grouped conv's group-major outputs are then already in channel
+order and need no reorder (one copy of every conv output saved, forward and backward). A linear
+weight keeps the paper's order, whose groups are strided (row g + G*r): there the next layer's
+micro-blocks (BW consecutive rows) then mix BW groups, whereas for convs each micro-block is one
+channel, so the labelling changes nothing but the names.
+
 Seeding: `build(..., seed)` draws G_o from `seed` and G_i from `seed + 1` (see `RBGP4Plan.factors`);
 every Ramanujan construction honours its seed (the algebraic one by a seeded relabelling of both
 sides), so different seeds give different masks with the same degrees and spectrum class, and the
@@ -383,6 +392,9 @@ class RBGP4(Pattern):
         plan = self._for_shape(weight_shape)._plan(m, n, sparsity)
         seed = check_int("seed", seed, 0)
         self.check_resources(weight_shape, sparsity, estimate=plan.cost())
-        graph = product(*plan.factors(seed))
+        factors = plan.factors(seed)
+        if self._for_shape(weight_shape) is not self:  # a conv with channel micro-blocks: rows group-major
+            factors = [factors[0], factors[2], factors[1], factors[3]]
+        graph = product(*factors)
         return product_mask(self.kind, tuple(weight_shape), graph, None, self.input_shuffle,
                             {"plan": plan.describe()}, plan.padded_rows)
