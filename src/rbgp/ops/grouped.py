@@ -41,7 +41,9 @@ def grouped_forward(x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors
     bw = layout.block_width
     if x.is_contiguous() and bw >= ROW_GATHER_MIN_WIDTH and x.shape[1] % bw == 0:
         blocks = x.view(-1, bw)  # row n's micro-block j is blocks[n * in / bw + j]
-        first = torch.arange(n, device=x.device)[:, None] * (x.shape[1] // bw)
+        per_row = x.shape[1] // bw  # int32 indices where they fit: half the index bytes to build and read
+        index_type = torch.int32 if blocks.shape[0] < 2 ** 31 else torch.int64
+        first = torch.arange(0, n * per_row, per_row, dtype=index_type, device=x.device)[:, None]
         for c in _chunks(layout, n, x.element_size(), ROW_CHUNK_BYTES):
             xg = blocks.index_select(0, (first + layout.col_blocks[c].reshape(1, -1)).reshape(-1))
             torch.bmm(values[c], xg.view(n, c.stop - c.start, k).permute(1, 2, 0), out=yg[c])
