@@ -106,17 +106,24 @@ def test_masked_layers_stay_exact_after_steps(cls, args, pattern):
     assert torch.all(layer.dense_weight()[~layer.mask] == 0)
 
 
-def _conv_path(layer) -> str:
-    """Which compute path an RBGPConv2d's forward takes (mirrors RBGPConv2d._forward)."""
-    import math
+def _conv_path(layer, x, monkeypatch) -> str:
+    """Which compute path an RBGPConv2d's forward takes on x, seen by spying on the three it can call."""
+    import rbgp.nn.rbgp_layers as layers
 
-    from rbgp.nn.rbgp_layers import conv_merge
+    seen = []
 
-    if layer.channels is None or layer.backend not in ("auto", "grouped"):
-        return "im2col"
-    g, r, k = layer.values.shape
-    merge = conv_merge(g, r, layer.density * layer.channels.numel() / (g * k) * math.prod(layer.kernel_size))
-    return "masked-dense" if merge is None else f"channel-merge{merge}"
+    def spy(name, fn):
+        def call(*args, **kwargs):
+            seen.append(f"channel-merge{args[10]}" if name == "channel" else name)
+            return fn(*args, **kwargs)
+        return call
+
+    with monkeypatch.context() as m:
+        m.setattr(layers, "channel_grouped_conv2d", spy("channel", layers.channel_grouped_conv2d))
+        m.setattr(layers, "rbgp_linear", spy("im2col", layers.rbgp_linear))
+        m.setattr(layers.F, "conv2d", spy("masked-dense", layers.F.conv2d))
+        layer(x)
+    return seen[0]
 
 
 def _block_conv(*args, **kw):
@@ -134,6 +141,7 @@ LAYERS = {  # name: (make, input shape after the batch dim, compute path for RBG
     "conv-channel-merged": (lambda: RBGPConv2d(128, 128, 3, padding=1, sparsity=0.9), (128, 4, 4), "channel-merge2"),
     "conv-im2col": (lambda: _block_conv(16, 32, 3, stride=2, padding=1, sparsity=0.75), (16, 7, 7), "im2col"),
     "conv-1x1": (lambda: RBGPConv2d(16, 32, 1, sparsity=0.75), (16, 5, 5), "im2col"),
+    "conv-1x1-half-dense": (lambda: RBGPConv2d(16, 32, 1, sparsity=0.5), (16, 5, 5), "masked-dense"),
     "conv-reference": (lambda: RBGPConv2d(16, 32, 3, sparsity=0.75, backend="reference"), (16, 6, 6), "im2col"),
     "conv-reflect": (lambda: RBGPConv2d(6, 32, 3, padding=(1, 2), dilation=2, sparsity=0.5, padding_mode="reflect"),
                      (6, 7, 8), "channel-merge1"),
@@ -157,14 +165,14 @@ def _dense_twin(layer) -> nn.Module:
 
 @pytest.mark.parametrize("batch", [0, 3])
 @pytest.mark.parametrize("name", list(LAYERS))
-def test_forward_and_backward_match_the_dense_layer_empty_batches_included(name, batch):
+def test_forward_and_backward_match_the_dense_layer_empty_batches_included(name, batch, monkeypatch):
     torch.manual_seed(0)
     make, shape, path = LAYERS[name]
     layer = make()
-    if path is not None:
-        assert _conv_path(layer) == path
     dense = _dense_twin(layer)
     x = torch.randn(batch, *shape)
+    if path is not None:
+        assert _conv_path(layer, x, monkeypatch) == path
     xs, xd = x.clone().requires_grad_(), x.clone().requires_grad_()
     y, yd = layer(xs), dense(xd)
     assert y.shape == yd.shape and y.shape[0] == batch

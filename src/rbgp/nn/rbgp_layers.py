@@ -284,6 +284,15 @@ merged by 4; 64->64 @32x32 at 90% (2-row groups) 0.22x as they are, 0.37x merged
 masked dense conv (`benchmarks/conv_merge.md`)."""
 
 
+def im2col_runs_dense(density: float) -> bool:
+    """Whether an im2col-path conv (1x1 kernels, conv_block="block") runs as the dense conv of its
+    masked weight: when its density is above MAX_MERGED_DENSITY, as for merged groups. The grouped
+    GEMM copies each input row once per group that reads it, which at such densities costs more than
+    the dense conv saves (ResNet-18's 1x1 shortcuts that ERK makes 0.77 and 0.99 dense ran 0.36x and
+    0.18x dense forward+backward on it; `benchmarks/models-cpu.md`, 2026-12-04)."""
+    return density > MAX_MERGED_DENSITY
+
+
 def conv_merge(groups: int, rows: int, density: float) -> int | None:
     """How many consecutive row groups a channel-layout conv runs as one (1: none), or None for the
     dense conv of the masked weight (see MERGE_ROWS); `density`: the work of the grouped conv relative
@@ -298,7 +307,8 @@ class RBGPConv2d(_RBGPBase):
     When every row group reads whole input channels (RBGP4's default for convs), backends "auto" and
     "grouped" run it as a gathered-channel grouped convolution (`rbgp.ops.channel_conv`), small row
     groups merged or, when merging costs too much, as a dense conv of the masked weight (`conv_merge`); other
-    layouts, and backends "triton" and "reference", use im2col and the grouped matmul.
+    layouts, and backends "triton" and "reference", use im2col and the grouped matmul ("auto" runs the
+    masked dense conv there too when the layer is more than MAX_MERGED_DENSITY dense: `im2col_runs_dense`).
 
     Arguments and inputs as in nn.Conv2d, checked at construction (ValueError naming the bad value):
     kernel_size, stride and dilation integers >= 1 or pairs of them; padding integers >= 0, "valid" or
@@ -358,17 +368,22 @@ class RBGPConv2d(_RBGPBase):
             g, r, k = self.values.shape
             merge = conv_merge(g, r, self.density * self.channels.numel() / (g * k) * math.prod(self.kernel_size))
             if merge is None:  # tiny groups: the masked dense conv is faster
-                if x.dtype != self.values.dtype and not torch.is_autocast_enabled(x.device.type):
-                    raise ValueError(f"input dtype {x.dtype} differs from the weight dtype {self.values.dtype}; "
-                                     f"cast one or use autocast")
-                return F.conv2d(x, self.dense_weight(), self.bias, self.stride, padding, self.dilation)
+                return self._masked_dense_conv(x, padding)
             order = None if self._rows_in_order else self.row_order
             return channel_grouped_conv2d(x, self.values, self.channels, order, self.out_channels,
                                           self.kernel_size, self.stride, padding, self.dilation, self.bias, merge)
+        if self.backend == "auto" and im2col_runs_dense(self.density):
+            return self._masked_dense_conv(x, padding)
         cols, oh, ow = im2col_feature_major(x, self.kernel_size, self.stride, padding, self.dilation)
         # the feature-major matrix goes in as its transposed (N*L, C*kh*kw) view: the gather reads rows
         y = rbgp_linear(cols.t(), self.values, self.layout, self.bias, self.backend)  # (N*L, out)
         return y.t().reshape(self.out_channels, x.shape[0], oh, ow).transpose(0, 1)
+
+    def _masked_dense_conv(self, x: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
+        if x.dtype != self.values.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(f"input dtype {x.dtype} differs from the weight dtype {self.values.dtype}; "
+                             f"cast one or use autocast")
+        return F.conv2d(x, self.dense_weight(), self.bias, self.stride, padding, self.dilation)
 
     def dense_weight(self) -> torch.Tensor:
         """The masked dense (c_out, c_in, kh, kw) weight."""
