@@ -284,13 +284,15 @@ merged by 4; 64->64 @32x32 at 90% (2-row groups) 0.22x as they are, 0.37x merged
 masked dense conv (`benchmarks/conv_merge.md`)."""
 
 
-def im2col_runs_dense(density: float) -> bool:
+def im2col_runs_dense(rows: int, density: float) -> bool:
     """Whether an im2col-path conv (1x1 kernels, conv_block="block") runs as the dense conv of its
-    masked weight: when its density is above MAX_MERGED_DENSITY, as for merged groups. The grouped
-    GEMM copies each input row once per group that reads it, which at such densities costs more than
-    the dense conv saves (ResNet-18's 1x1 shortcuts that ERK makes 0.77 and 0.99 dense ran 0.36x and
-    0.18x dense forward+backward on it; `benchmarks/models-cpu.md`, 2026-12-04)."""
-    return density > MAX_MERGED_DENSITY
+    masked weight: when its row groups are under MERGE_ROWS rows (its GEMMs are then too thin to
+    beat the dense one, and this path has no merging), or its density is above MAX_MERGED_DENSITY
+    (the grouped GEMM copies each input row once per group that reads it, which then costs more than
+    the dense conv saves). On the 2-core CPU, batch 32: ResNet-18's 1x1 shortcuts that ERK makes 0.77
+    and 0.99 dense ran 0.36x and 0.18x dense forward+backward on the grouped GEMM
+    (`benchmarks/models-cpu.md`); 1x1 convs of 2-4-row groups in a bottleneck ResNet, 0.50-0.96x."""
+    return rows < MERGE_ROWS or density > MAX_MERGED_DENSITY
 
 
 def conv_merge(groups: int, rows: int, density: float) -> int | None:
@@ -308,7 +310,7 @@ class RBGPConv2d(_RBGPBase):
     "grouped" run it as a gathered-channel grouped convolution (`rbgp.ops.channel_conv`), small row
     groups merged or, when merging costs too much, as a dense conv of the masked weight (`conv_merge`); other
     layouts, and backends "triton" and "reference", use im2col and the grouped matmul ("auto" runs the
-    masked dense conv there too when the layer is more than MAX_MERGED_DENSITY dense: `im2col_runs_dense`).
+    masked dense conv there too for small row groups or dense layers: `im2col_runs_dense`).
 
     Arguments and inputs as in nn.Conv2d, checked at construction (ValueError naming the bad value):
     kernel_size, stride and dilation integers >= 1 or pairs of them; padding integers >= 0, "valid" or
@@ -372,7 +374,7 @@ class RBGPConv2d(_RBGPBase):
             order = None if self._rows_in_order else self.row_order
             return channel_grouped_conv2d(x, self.values, self.channels, order, self.out_channels,
                                           self.kernel_size, self.stride, padding, self.dilation, self.bias, merge)
-        if self.backend == "auto" and im2col_runs_dense(self.density):
+        if self.backend == "auto" and im2col_runs_dense(self.values.shape[1], self.density):
             return self._masked_dense_conv(x, padding)
         cols, oh, ow = im2col_feature_major(x, self.kernel_size, self.stride, padding, self.dilation)
         # the feature-major matrix goes in as its transposed (N*L, C*kh*kw) view: the gather reads rows
