@@ -56,6 +56,21 @@ def test_hw_relaxes_its_floors_until_the_budget_is_met():
     assert layer_densities([(128, 128), (128, 128)], 0.999, "hw") == [pytest.approx(2 / 128)] * 2
 
 
+def test_hw_halves_the_narrowest_layers_groups_first():
+    """A bottleneck ResNet's shapes at 0.9: 8-row groups everywhere need more than the budget; the
+    64-row layers drop to 4-row groups and the wider layers keep 8 (all of them halving together
+    would leave the 128-row layers under their 8-row floor)."""
+    shapes = ([(64, 64, 1, 1), (64, 64, 3, 3), (64, 256, 1, 1), (64, 64, 3, 3)] + [(256, 64, 1, 1)] * 3
+              + [(128, 256, 1, 1), (128, 128, 3, 3), (128, 512, 1, 1), (128, 128, 3, 3)]
+              + [(512, 128, 1, 1), (512, 128, 1, 1), (512, 256, 1, 1)])
+    d = layer_densities(shapes, 0.9, "hw")
+    assert _used(shapes, d) == pytest.approx(0.1)
+    for shape, x in zip(shapes, d):
+        rows = MIN_GROUP_ROWS // 2 if shape[0] == 64 else MIN_GROUP_ROWS
+        assert x >= 2 * rows / shape[0] - 1e-12, (shape, x)
+    assert min(x for shape, x in zip(shapes, d) if shape[0] == 64) < 2 * MIN_GROUP_ROWS / 64
+
+
 @pytest.mark.parametrize("name", ["vgg19", "resnet18"])
 @pytest.mark.parametrize("kind", ["erk", "hw"])
 def test_sparsify_meets_the_global_budget_after_rounding(name, kind):

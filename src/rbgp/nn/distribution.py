@@ -17,8 +17,9 @@ density per layer whose non-zeros add up to that budget:
   to 1.56x dense inference at batch 64 when they stopped being kept dense); the
   budget left is spread as one common density over the others, never below their floors. Big layers,
   where sparsity pays, take the sparsity that the narrow ones cannot. When the budget is too small
-  for that (a small model at a high sparsity), the narrow layers are made sparse too, and then the
-  group floor is halved (8, 4, 2, 1 rows) until the budget is met.
+  for that (a small model at a high sparsity, a bottleneck ResNet), the narrow layers are made sparse
+  too, and then the group floor is halved (4, 2, 1 rows) one layer width at a time, narrowest first,
+  until the budget is met.
 
 `distribute` realises a rule layer by layer: each layer is planned at the density the rule gives it,
 the pattern rounds it to a feasible one, and the rule is solved again over the layers left with the
@@ -61,13 +62,22 @@ def _fill(sizes: list[int], weights: list[float], floors: list[float], budget: f
 
 
 def _hw_floors(shapes: Sequence[tuple[int, ...]], sizes: list[int], budget: float) -> list[float]:
-    """The first hw floors (narrow layers dense, then sparse; group floor 8, 4, 2, 1 rows) the budget meets."""
-    def floors(narrow_dense: bool, rows: int) -> list[float]:
-        return [1.0 if narrow_dense and s[0] < MIN_SPARSE_WIDTH else min(1.0, 2 * rows / s[0]) for s in shapes]
+    """The first hw floors the budget meets: narrow layers dense and 8-row groups elsewhere; then the
+    narrow layers sparse too; then the group floor halved (4, 2, 1 rows) one layer width at a time,
+    narrowest first, so that wide layers keep their fast groups as long as the budget allows (a narrow
+    3x3 conv's halved groups run merged, at the work of its 8-row plan; a 1x1's run as the masked
+    dense conv)."""
+    widths = sorted({s[0] for s in shapes})
 
-    steps = [(True, MIN_GROUP_ROWS)] + [(False, MIN_GROUP_ROWS >> i) for i in range(MIN_GROUP_ROWS.bit_length())]
-    for narrow_dense, rows in steps:
-        f = floors(narrow_dense, rows)
+    def floors(narrow_dense: bool, rows_of: Callable[[int], int]) -> list[float]:
+        return [1.0 if narrow_dense and s[0] < MIN_SPARSE_WIDTH else min(1.0, 2 * rows_of(s[0]) / s[0])
+                for s in shapes]
+
+    steps = [(True, lambda w: MIN_GROUP_ROWS), (False, lambda w: MIN_GROUP_ROWS)]
+    for k in range(1, MIN_GROUP_ROWS.bit_length()):
+        steps += [(False, lambda w, k=k, cut=cut: MIN_GROUP_ROWS >> (k if w <= cut else k - 1)) for cut in widths]
+    for narrow_dense, rows_of in steps:
+        f = floors(narrow_dense, rows_of)
         if sum(x * n for x, n in zip(f, sizes)) <= budget * (1 + 1e-12):
             return f
     return f  # even one-row groups need more than the budget: the floors (the budget is missed, and reported)
