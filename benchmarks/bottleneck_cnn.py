@@ -94,7 +94,8 @@ def main() -> None:
     lines = ["# A bottleneck ResNet written the usual way: dense vs `rbgp.sparsify(model, 0.9)`", "",
              f"`{data['command']}`, {data['date']}, {data['machine']}, allocator {data['allocator']}, batch "
              f"{BATCH}, fp32, eager; medians of {REPEATS} rounds, dense and RBGP alternating.", "",
-             "| init | global sparsity | inference dense / RBGP ms | vs dense | training step dense / RBGP ms | vs dense |",
+             "| init | global sparsity | inference dense / RBGP ms | vs dense | training step dense / RBGP ms "
+             "| vs dense |",
              "|---|---|---|---|---|---|"]
     for r in runs:
         i, t = r["phases"]["infer"], r["phases"]["train"]

@@ -106,6 +106,21 @@ def test_merged_weight_is_block_diagonal():
     assert not w[0, :2, 3:].any() and not w[0, 2:, :3].any()
 
 
+def _matches_dense_and_reference(layer, x):
+    """Forward against F.conv2d of the masked weight (padding 1); the values' and input's gradients
+    against the same layer on the im2col reference backend."""
+    y = layer(x)
+    torch.testing.assert_close(y, F.conv2d(x, layer.dense_weight(), layer.bias, padding=1), rtol=1e-4, atol=1e-4)
+    y.square().sum().backward()
+    ref = copy.deepcopy(layer)
+    ref.backend = "reference"
+    ref.values.grad = None
+    xr = x.detach().requires_grad_()
+    ref(xr).square().sum().backward()
+    torch.testing.assert_close(layer.values.grad, ref.values.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-4, atol=1e-4)
+
+
 def test_channels_per_group_padded_to_a_multiple_of_8():
     from rbgp.ops.channel_conv import CHANNEL_ALIGN, padded_channels
 
@@ -117,16 +132,7 @@ def test_channels_per_group_padded_to_a_multiple_of_8():
     cg = layer.values.shape[2] // 9
     assert cg % CHANNEL_ALIGN and layer.channels.shape[1] % CHANNEL_ALIGN == 0  # 6 channels read, 8 gathered
     x = torch.randn(2, 24, 5, 5, requires_grad=True)
-    y = layer(x)
-    torch.testing.assert_close(y, F.conv2d(x, layer.dense_weight(), layer.bias, padding=1), rtol=1e-4, atol=1e-4)
-    y.square().sum().backward()
-    ref = copy.deepcopy(layer)
-    ref.backend = "reference"
-    ref.values.grad = None
-    xr = x.detach().requires_grad_()
-    ref(xr).square().sum().backward()
-    torch.testing.assert_close(layer.values.grad, ref.values.grad, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-4, atol=1e-4)
+    _matches_dense_and_reference(layer, x)
 
 
 def test_conv_rows_are_labelled_group_by_group():
@@ -162,13 +168,4 @@ def test_a_fitted_conv_structure_keeps_its_row_order():
     assert layer.channels is not None
     assert not torch.equal(layer.row_index.flatten(), torch.arange(64))
     x = torch.randn(2, 32, 6, 6, requires_grad=True)
-    y = layer(x)
-    torch.testing.assert_close(y, F.conv2d(x, layer.dense_weight(), layer.bias, padding=1), rtol=1e-4, atol=1e-4)
-    y.square().sum().backward()
-    ref = copy.deepcopy(layer)
-    ref.backend = "reference"
-    ref.values.grad = None
-    xr = x.detach().requires_grad_()
-    ref(xr).square().sum().backward()
-    torch.testing.assert_close(layer.values.grad, ref.values.grad, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-4, atol=1e-4)
+    _matches_dense_and_reference(layer, x)

@@ -7,8 +7,8 @@ channels see only its input channels. So the input channels of all groups are ga
 group-major outputs are put back in channel order (nothing to do for RBGP4, which labels a conv's
 rows group by group). Nothing is 9x-expanded as in im2col, the dense convs run on the conv library's
 kernels (oneDNN on CPU), and the backward is the library's grouped conv backward plus an `index_add`
-over channel planes (whole contiguous H x W planes, not im2col
-rows; 2-4% of a layer's forward+backward in a profile of 128-512-channel layers at 90%). Two
+over channel planes (whole contiguous H x W planes, not im2col rows; 2-4% of a layer's
+forward+backward in a profile of 128-512-channel layers at 90%). Two
 adjustments keep oneDNN on its fast kernels: channel lists padded to a multiple of CHANNEL_ALIGN
 (`padded_channels`), and small row groups merged into taller ones (`merge`, block-diagonal weights).
 Measured against dense and the other paths in `benchmarks/cpu.md` and `benchmarks/conv_merge.md`.
@@ -55,8 +55,8 @@ def merged_weight(values: torch.Tensor, merge: int) -> torch.Tensor:
     return (values.view(g // merge, merge, r, 1, k) * eye).reshape(g // merge, merge * r, merge * k)
 
 
-def channel_grouped_conv2d(x: torch.Tensor, values: torch.Tensor, channels: torch.Tensor, row_order: torch.Tensor | None,
-                           out_channels: int, kernel_size: tuple[int, int], stride: tuple[int, int],
+def channel_grouped_conv2d(x: torch.Tensor, values: torch.Tensor, channels: torch.Tensor,
+                           row_order: torch.Tensor | None, out_channels: int, kernel_size: tuple[int, int], stride: tuple[int, int],
                            padding: tuple[int, int], dilation: tuple[int, int],
                            bias: torch.Tensor | None = None, merge: int = 1) -> torch.Tensor:
     """The RBGP conv of x (N, C, H, W) with (G, R, K) `values` whose group g reads input `channels[g]`;

@@ -15,10 +15,13 @@ Row labels of conv weights: with channel micro-blocks (`conv_block="channel"`), 
 product in the order G_o (x) G_i (x) G_r (x) G_b. G_r has one column (the planner's repeat is r_h x 1),
 so this is the same graph with only its rows relabelled, such that each row group's rows are
 consecutive output channels: the grouped conv's group-major outputs are then already in channel
-order and need no reorder (one copy of every conv output saved, forward and backward). A linear
-weight keeps the paper's order, whose groups are strided (row g + G*r): there the next layer's
-micro-blocks (BW consecutive rows) then mix BW groups, whereas for convs each micro-block is one
-channel, so the labelling changes nothing but the names.
+order and need no reorder (one copy of every conv output saved, forward and backward). The price is
+between layers: a layer whose micro-blocks are BW consecutive inputs now reads each of them from one
+or two groups of the layer before instead of BW groups. For a 3x3 conv after a 3x3 conv (one channel
+per micro-block) that changes nothing but the names; for a 1x1 conv after one (16-channel blocks, as
+in bottleneck ResNets) the stack's input-output path coverage (sparsify's report) drops a little.
+A linear weight, whose successor is nearly always a linear layer, keeps the paper's order with its
+strided groups (row g + G*r), so that each next-layer micro-block mixes BW groups.
 
 Seeding: `build(..., seed)` draws G_o from `seed` and G_i from `seed + 1` (see `RBGP4Plan.factors`);
 every Ramanujan construction honours its seed (the algebraic one by a seeded relabelling of both
