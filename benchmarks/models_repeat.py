@@ -23,7 +23,7 @@ import torch
 
 from rbgp.files import write_json, write_text
 
-MODELS, BATCHES, PROCESSES = "vgg19,resnet18", (32, 64), 3
+MODELS, BATCHES, PROCESSES = "vgg19,resnet18", (32, 64), 5
 
 
 def one_run(batch: int, out: Path) -> list[dict]:
