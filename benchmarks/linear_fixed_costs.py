@@ -6,16 +6,21 @@ with the older path (transpose the input to feature-major, then gather whole row
 transposed view of a feature-major buffer (what a previous RBGP layer hands on); then the pieces: the
 micro-block gather, the transpose and row gather of the older path, the batched GEMM alone and the
 group-major -> row-order output copy. `per_ideal` = (dense / 16) / time. The allocator is tuned
-(`rbgp.tune_cpu_allocator`), as `rbgp bench` does.
+(`rbgp.tune_cpu_allocator`), as `rbgp bench` does. All this in PROCESSES fresh processes (ratios
+move from process to process on a shared VM); the tables give each ratio's min / median / max.
 
     python benchmarks/linear_fixed_costs.py   # writes benchmarks/linear_fixed_costs.{json,md}
 """
 
 from __future__ import annotations
 
+import json
+import os
 import platform
 import random
 import statistics
+import subprocess
+import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -27,7 +32,8 @@ from rbgp.allocator import tune_cpu_allocator
 from rbgp.files import write_json, write_text
 from rbgp.nn import RBGPLinear
 
-OUT, IN, BATCHES, DENSITY, ROUNDS = 4096, 4096, (256, 64), 1 / 16, 31
+OUT, IN, BATCHES, DENSITY, ROUNDS, PROCESSES = 4096, 4096, (256, 64), 1 / 16, 31, 5
+CHILD_ENV = "RBGP_LINEAR_FIXED_COSTS_CHILD"
 
 
 def _old_path(layer: RBGPLinear, x: torch.Tensor) -> torch.Tensor:
@@ -83,28 +89,56 @@ def time_batch(layer: RBGPLinear, batch: int) -> dict:
             "rows": [{"what": name, "ms": med[name], "per_ideal": ideal / med[name]} for name in fns]}
 
 
-def main() -> None:
+def measure() -> dict:
+    """One process's timings of every batch (what a child process prints)."""
     tuned = tune_cpu_allocator()
     torch.manual_seed(0)
     layer = RBGPLinear(IN, OUT, sparsity=1 - DENSITY, bias=False).eval()
     g, r, k = layer.values.shape
-    runs = [time_batch(layer, b) for b in BATCHES]
+    return {"allocator": "tuned" if tuned else "default", "groups": g, "rows_per_group": r, "cols_per_group": k,
+            "block_width": layer.layout.block_width, "runs": [time_batch(layer, b) for b in BATCHES]}
+
+
+def main() -> None:
+    if os.environ.get(CHILD_ENV):
+        print(json.dumps(measure()))
+        return
+    children = []
+    for i in range(PROCESSES):  # one process says little on a shared VM: its ratios move from process to process
+        out = subprocess.run([sys.executable, __file__], env={**os.environ, CHILD_ENV: "1"}, check=True,
+                             capture_output=True, text=True).stdout
+        children.append(json.loads(out.strip().splitlines()[-1]))
+        print(f"process {i}: " + ", ".join(f"batch {run['batch']}: {run['rows'][1]['per_ideal']:.2f} of ideal"
+                                           for run in children[-1]["runs"]), flush=True)
+    first = children[0]
+    runs = []
+    for j, batch in enumerate(BATCHES):
+        per = [c["runs"][j] for c in children]
+        rows = []
+        for i, row in enumerate(per[0]["rows"]):
+            ratios = sorted(p["rows"][i]["per_ideal"] for p in per)
+            rows.append({"what": row["what"], "ms": statistics.median(p["rows"][i]["ms"] for p in per),
+                         "per_ideal": {"min": ratios[0], "median": statistics.median(ratios), "max": ratios[-1]}})
+        runs.append({"batch": batch, "ideal_ms": statistics.median(p["ideal_ms"] for p in per), "rows": rows,
+                     "processes": per})
     data = {"command": "python benchmarks/linear_fixed_costs.py", "date": date.today().isoformat(),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-            "allocator": "tuned" if tuned else "default", "shape": [OUT, IN], "density": DENSITY, "groups": g,
-            "rows_per_group": r, "cols_per_group": k, "block_width": layer.layout.block_width, "rounds": ROUNDS,
-            "runs": runs}
+            "allocator": first["allocator"], "shape": [OUT, IN], "density": DENSITY, "groups": first["groups"],
+            "rows_per_group": first["rows_per_group"], "cols_per_group": first["cols_per_group"],
+            "block_width": first["block_width"], "rounds": ROUNDS, "processes": PROCESSES, "runs": runs}
     here = Path(__file__).parent
     write_json(here / "linear_fixed_costs.json", data)
     lines = [f"# Linear {OUT}x{IN}, density 1/16, forward: where the time goes",
-             "", f"`{data['command']}`, {data['date']}, {data['machine']}, allocator {data['allocator']}; medians of "
-             f"{ROUNDS} interleaved rounds; ideal = dense / 16; {g} groups of {r} rows x {k} columns "
-             f"(micro-blocks of {data['block_width']} columns)."]
+             "", f"`{data['command']}`, {data['date']}, {data['machine']}, allocator {data['allocator']}; "
+             f"{PROCESSES} fresh processes, each the medians of {ROUNDS} interleaved rounds; ideal = dense / 16 "
+             f"in the same process; {data['groups']} groups of {data['rows_per_group']} rows x "
+             f"{data['cols_per_group']} columns (micro-blocks of {data['block_width']} columns)."]
     for run in runs:
-        lines += ["", f"Batch {run['batch']}, ideal {run['ideal_ms']:.2f} ms:", "",
-                  "| what | ms | ideal / time |", "|---|---|---|"]
+        lines += ["", f"Batch {run['batch']}, ideal {run['ideal_ms']:.2f} ms (median over the processes):", "",
+                  "| what | ms (median) | ideal / time: min / median / max over the processes |", "|---|---|---|"]
         lines += [f"| {x['what'].strip()}{' (piece)' if x['what'].startswith('  ') else ''} | {x['ms']:.2f} | "
-                  f"{x['per_ideal']:.2f} |" for x in run["rows"]]
+                  f"{x['per_ideal']['min']:.2f} / {x['per_ideal']['median']:.2f} / {x['per_ideal']['max']:.2f} |"
+                  for x in run["rows"]]
     write_text(here / "linear_fixed_costs.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
