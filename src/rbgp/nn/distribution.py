@@ -12,9 +12,10 @@ density per layer whose non-zeros add up to that budget:
   and groups under 8 rows run slower than dense. So each layer gets the density floor
   2 * MIN_GROUP_ROWS / out; layers narrower than MIN_SPARSE_WIDTH outputs stay dense (a 32-row
   layer's 8-row groups would each read half its inputs; a 64-channel 3x3 conv at 32x32 and its floor
-  of 0.25 density ran 1.2-1.4x faster than dense forward and 1.6x forward+backward on the 2-core CPU,
-  `benchmarks/models-cpu.md`, and ResNet-18, where such convs carry the most FLOPs, went from 1.44x
-  to 1.56x dense inference at batch 64 when they stopped being kept dense); the
+  of 0.25 density runs 1.3-1.5x faster than dense forward and 1.5-1.7x forward+backward on the 2-core
+  CPU, `benchmarks/models-cpu.md` of 2026-12-04, and ResNet-18, where such convs carry the most FLOPs,
+  went from 1.44x to 1.56x dense inference at batch 64 when they stopped being kept dense, in the
+  benchmarks of that day before the conv relabelling); the
   budget left is spread as one common density over the others, never below their floors. Big layers,
   where sparsity pays, take the sparsity that the narrow ones cannot. When the budget is too small
   for that (a small model at a high sparsity, a bottleneck ResNet), the narrow layers are made sparse
