@@ -11,8 +11,9 @@ tuned, 0 faults and 2.10-2.32x (`benchmarks/allocator.md`). This is what jemallo
 from inside the process with three `mallopt` settings: no eager trimming (up to `keep_bytes` kept),
 64 MiB of padding on heap growth, and every block served from the heap, never by mmap. (glibc caps
 the mmap threshold at 32 MiB, so until 2026-12-04, when mmap was switched off, larger blocks were
-mapped and faulted afresh on every call: a 32 MiB gathered input, e.g. a 3x3 conv reading 128
-channels at 32x32 with 16 groups at batch 32, took 20 ms to gather instead of 3.) A heap fragmented
+mapped and faulted afresh on every call, 8,192 faults per 32 MiB: VGG19-bn's gathered 64-channel
+input is that big at batch 64, and its inference there went from 2.08x to 2.49x dense with the
+change, `benchmarks/models-cpu-b64.json` at commits 1b99ed0 and 3ce6526.) A heap fragmented
 by mixed sizes can still fault now and then: it makes faults rare, not impossible; and memory freed
 below the heap's top stays with the process until it exits.
 

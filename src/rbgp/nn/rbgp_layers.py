@@ -291,7 +291,8 @@ def im2col_runs_dense(rows: int, density: float) -> bool:
     (the grouped GEMM copies each input row once per group that reads it, which then costs more than
     the dense conv saves). On the 2-core CPU, batch 32: ResNet-18's 1x1 shortcuts that ERK makes 0.77
     and 0.99 dense ran 0.36x and 0.18x dense forward+backward on the grouped GEMM
-    (`benchmarks/models-cpu.md`); 1x1 convs of 2-4-row groups in a bottleneck ResNet, 0.50-0.96x."""
+    (`benchmarks/models-cpu.md` at commit 1b99ed0); 1x1 convs of 2-4-row groups (a bottleneck ResNet's,
+    `benchmarks/bottleneck_cnn.py`) also ran under dense speed on it."""
     return rows < MERGE_ROWS or density > MAX_MERGED_DENSITY
 
 
