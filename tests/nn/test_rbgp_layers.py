@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from rbgp.nn import MaskedConv2d, MaskedLinear, RBGPConv2d, RBGPLinear
+from rbgp.patterns import RBGP4
 
 
 def test_linear_matches_masked_dense_and_kaiming_scale():
@@ -107,7 +108,7 @@ def test_masked_layers_stay_exact_after_steps(cls, args, pattern):
 
 
 def _conv_path(layer, x, monkeypatch) -> str:
-    """Which compute path an RBGPConv2d's forward takes on x, seen by spying on the three it can call."""
+    """Which compute path an RBGPConv2d's forward takes on x, seen by spying on the four it can call."""
     import rbgp.nn.rbgp_layers as layers
 
     seen = []
@@ -121,14 +122,13 @@ def _conv_path(layer, x, monkeypatch) -> str:
     with monkeypatch.context() as m:
         m.setattr(layers, "channel_grouped_conv2d", spy("channel", layers.channel_grouped_conv2d))
         m.setattr(layers, "rbgp_linear", spy("im2col", layers.rbgp_linear))
+        m.setattr(layers, "pointwise_conv2d", spy("pointwise", layers.pointwise_conv2d))
         m.setattr(layers.F, "conv2d", spy("masked-dense", layers.F.conv2d))
         layer(x)
     return seen[0]
 
 
 def _block_conv(*args, **kw):
-    from rbgp.patterns import RBGP4
-
     return RBGPConv2d(*args, pattern=RBGP4(conv_block="block"), **kw)
 
 
@@ -140,9 +140,12 @@ LAYERS = {  # name: (make, input shape after the batch dim, compute path for RBG
     "conv-channel": (lambda: RBGPConv2d(6, 32, 3, padding=1, sparsity=0.5), (6, 6, 6), "channel-merge1"),
     "conv-channel-merged": (lambda: RBGPConv2d(128, 128, 3, padding=1, sparsity=0.9), (128, 4, 4), "channel-merge2"),
     "conv-im2col": (lambda: _block_conv(16, 64, 3, stride=2, padding=1, sparsity=0.75), (16, 7, 7), "im2col"),
-    "conv-1x1": (lambda: RBGPConv2d(32, 64, 1, sparsity=0.75), (32, 5, 5), "im2col"),
-    "conv-1x1-small-groups": (lambda: RBGPConv2d(32, 32, 1, sparsity=0.75), (32, 5, 5), "masked-dense"),
-    "conv-1x1-half-dense": (lambda: RBGPConv2d(32, 64, 1, sparsity=0.5), (32, 5, 5), "masked-dense"),
+    "conv-1x1": (lambda: RBGPConv2d(32, 64, 1, sparsity=0.875), (32, 5, 5), "pointwise"),
+    "conv-1x1-stride": (lambda: RBGPConv2d(32, 64, 1, stride=(2, 3), sparsity=0.875), (32, 7, 8), "pointwise"),
+    "conv-1x1-padded": (lambda: RBGPConv2d(64, 128, 1, padding=1, sparsity=0.875), (64, 5, 5), "im2col"),
+    "conv-1x1-small-groups": (lambda: RBGPConv2d(32, 32, 1, sparsity=0.875, pattern=RBGP4(group_rows=2)), (32, 5, 5),
+                              "masked-dense"),
+    "conv-1x1-quarter-dense": (lambda: RBGPConv2d(32, 64, 1, sparsity=0.75), (32, 5, 5), "masked-dense"),
     "conv-reference": (lambda: RBGPConv2d(16, 32, 3, sparsity=0.75, backend="reference"), (16, 6, 6), "im2col"),
     "conv-reflect": (lambda: RBGPConv2d(6, 32, 3, padding=(1, 2), dilation=2, sparsity=0.5, padding_mode="reflect"),
                      (6, 7, 8), "channel-merge1"),

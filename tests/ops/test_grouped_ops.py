@@ -49,6 +49,15 @@ def test_grouped_matches_reference(dtype, out, inp, batch, sparsity, kw, feature
     _check(dtype, out, inp, batch, sparsity, feature_major, **kw)
 
 
+@pytest.mark.parametrize("feature_major", [False, True])
+def test_grouped_matches_reference_in_many_chunks(feature_major, monkeypatch):
+    import rbgp.ops.grouped as grouped
+
+    monkeypatch.setattr(grouped, "CHUNK_BYTES", 1)  # one group per chunk, forward and backward
+    monkeypatch.setattr(grouped, "ROW_CHUNK_BYTES", 3000)  # the micro-block gather: a few groups per chunk
+    _check(torch.float32, 56, 96, 9, 0.75, feature_major, block=(1, 8), group_rows=8)
+
+
 def test_dense_weight_roundtrip():
     layout = _layout(64, 128, 0.75)
     values = torch.randn(layout.values_shape)

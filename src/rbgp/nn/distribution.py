@@ -66,8 +66,8 @@ def _hw_floors(shapes: Sequence[tuple[int, ...]], sizes: list[int], budget: floa
     """The first hw floors the budget meets: narrow layers dense and 8-row groups elsewhere; then the
     narrow layers sparse too; then the group floor halved (4, 2, 1 rows) one layer width at a time,
     narrowest first, so that wide layers keep their fast groups as long as the budget allows (a narrow
-    3x3 conv's halved groups run merged, at the work of its 8-row plan; a 1x1's run as the masked
-    dense conv)."""
+    3x3 conv's halved groups run merged, at the work of its 8-row plan; a 1x1's of 4 rows still run
+    sparse, of fewer as the masked dense conv)."""
     widths = sorted({s[0] for s in shapes})
 
     def floors(narrow_dense: bool, rows_of: Callable[[int], int]) -> list[float]:

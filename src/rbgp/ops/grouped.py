@@ -27,8 +27,10 @@ def feature_major(t: torch.Tensor) -> torch.Tensor:
     return t.t().contiguous()
 
 
-def _chunks(layout: LayoutTensors, n: int, itemsize: int, limit: int = CHUNK_BYTES) -> list[slice]:
+def _chunks(layout: LayoutTensors, n: int, itemsize: int, limit: int | None = None) -> list[slice]:
+    """Slices of groups whose gathered inputs fit in `limit` bytes (default CHUNK_BYTES), at least one group each."""
     g, k = layout.col_index.shape
+    limit = CHUNK_BYTES if limit is None else limit
     per = max(1, limit // max(1, k * n * itemsize))
     return [slice(s, min(s + per, g)) for s in range(0, g, per)]
 
