@@ -1,5 +1,6 @@
-"""1x1 RBGP convs: the chunked grouped-matmul path (`rbgp.ops.pointwise_conv`) against the im2col path it
-replaces and the dense conv, on every 1x1 conv of two CNNs written the usual way after
+"""1x1 RBGP convs as `RBGPConv2d` runs them (stride 1: the chunked grouped matmuls of
+`rbgp.ops.pointwise_conv`; strided: im2col) against the im2col path and the dense conv, on every 1x1
+conv of two CNNs written the usual way after
 `rbgp.sparsify(model, 0.9)` (default init and distribution): the bottleneck ResNet of
 `benchmarks/bottleneck_cnn.py` and ResNet-18's shortcuts. Batch 32, fp32, each layer alone on its input
 shape, forward and forward+backward (input and weight gradients), the three paths timed interleaved
@@ -29,7 +30,7 @@ from rbgp.patterns import RBGP4
 from rbgp.train.models import build_model
 
 BATCH, SPARSITY, REPEATS = 32, 0.9, 9
-PATHS = ("dense", "pointwise", "im2col")
+PATHS = ("dense", "layer", "im2col")
 
 
 def im2col_path(layer: RBGPConv2d, x: torch.Tensor) -> torch.Tensor:
@@ -62,12 +63,12 @@ def pointwise_layers(model: torch.nn.Module) -> list[tuple[str, RBGPConv2d, torc
 
 def time_layer(layer: RBGPConv2d, dense: torch.nn.Conv2d, shape: tuple[int, ...]) -> dict:
     x = torch.randn(shape, requires_grad=True)
-    calls = {"dense": dense, "pointwise": layer, "im2col": lambda t: im2col_path(layer, t)}
+    calls = {"dense": dense, "layer": layer, "im2col": lambda t: im2col_path(layer, t)}
     with torch.no_grad():
         ref = im2col_path(layer, x)
         torch.testing.assert_close(layer(x), ref, atol=1e-4, rtol=1e-4)
     dy = torch.randn_like(ref)
-    weights = {"dense": dense.weight, "pointwise": layer.values, "im2col": layer.values}
+    weights = {"dense": dense.weight, "layer": layer.values, "im2col": layer.values}
 
     def fwd(f):
         def run():
@@ -123,9 +124,9 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     ys = range(len(rows))
     for ax, phase in zip(axes, ("fwd", "fwd_bwd")):
-        for k, (p, color) in enumerate((("pointwise", "tab:green"), ("im2col", "tab:gray"))):
+        for k, (p, label, color) in enumerate((("layer", "RBGPConv2d", "tab:green"), ("im2col", "im2col path", "tab:gray"))):
             ax.barh([y + 0.4 * k for y in ys], [r[phase]["dense"] / r[phase][p] for r in rows], 0.4, color=color,
-                    label=f"{p} path")
+                    label=label)
         ax.axvline(1.0, color="black", lw=0.8)
         ax.set_xlabel(f"{phase.replace('_', '+')} speedup vs dense conv")
         ax.legend(loc="lower right")
@@ -153,19 +154,19 @@ def main() -> None:
     here = Path(__file__).parent
     write_json(here / "pointwise_conv.json", data)
     plot(rows, here / "pointwise_conv.png")
-    lines = ["# 1x1 RBGP convs: the pointwise path vs the im2col path vs dense", "",
+    lines = ["# 1x1 RBGP convs: as RBGPConv2d runs them (stride 1: pointwise path) vs the im2col path vs dense", "",
              f"`{data['command']}`, {data['date']}, {data['machine']}, allocator {data['allocator']}, batch {BATCH}, "
              f"fp32; every 1x1 conv after `sparsify(model, {SPARSITY})` (defaults), alone on its input shape; "
              f"medians of {REPEATS} interleaved rounds; speedup = dense ms / path ms.", "",
              "| model | layer | weight | input | stride | sparsity | groups x rows x cols | fwd dense ms | "
-             "fwd pointwise / im2col speedup | fwd+bwd dense ms | fwd+bwd pointwise / im2col speedup |",
+             "fwd layer / im2col speedup | fwd+bwd dense ms | fwd+bwd layer / im2col speedup |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         f, b = r["fwd"], r["fwd_bwd"]
         lines.append(f"| {r['model']} | {r['name']} | {'x'.join(map(str, r['weight_shape']))} | "
                      f"{'x'.join(map(str, r['input_shape']))} | {r['stride']} | {r['sparsity']:.3f} | "
-                     f"{'x'.join(map(str, r['groups']))} | {f['dense']:.2f} | {f['dense'] / f['pointwise']:.2f}x / "
-                     f"{f['dense'] / f['im2col']:.2f}x | {b['dense']:.2f} | {b['dense'] / b['pointwise']:.2f}x / "
+                     f"{'x'.join(map(str, r['groups']))} | {f['dense']:.2f} | {f['dense'] / f['layer']:.2f}x / "
+                     f"{f['dense'] / f['im2col']:.2f}x | {b['dense']:.2f} | {b['dense'] / b['layer']:.2f}x / "
                      f"{b['dense'] / b['im2col']:.2f}x |")
     lines += ["", "The dispatch rule (`pointwise_runs_dense`: masked dense conv below 4 rows per group or above "
               "density 0.2), the pointwise path forced against dense, stride 1, no bias:", "",

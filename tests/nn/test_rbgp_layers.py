@@ -141,7 +141,7 @@ LAYERS = {  # name: (make, input shape after the batch dim, compute path for RBG
     "conv-channel-merged": (lambda: RBGPConv2d(128, 128, 3, padding=1, sparsity=0.9), (128, 4, 4), "channel-merge2"),
     "conv-im2col": (lambda: _block_conv(16, 64, 3, stride=2, padding=1, sparsity=0.75), (16, 7, 7), "im2col"),
     "conv-1x1": (lambda: RBGPConv2d(32, 64, 1, sparsity=0.875), (32, 5, 5), "pointwise"),
-    "conv-1x1-stride": (lambda: RBGPConv2d(32, 64, 1, stride=(2, 3), sparsity=0.875), (32, 7, 8), "pointwise"),
+    "conv-1x1-stride": (lambda: RBGPConv2d(64, 128, 1, stride=(2, 3), sparsity=0.875), (64, 7, 8), "im2col"),
     "conv-1x1-padded": (lambda: RBGPConv2d(64, 128, 1, padding=1, sparsity=0.875), (64, 5, 5), "im2col"),
     "conv-1x1-small-groups": (lambda: RBGPConv2d(32, 32, 1, sparsity=0.875, pattern=RBGP4(group_rows=2)), (32, 5, 5),
                               "masked-dense"),

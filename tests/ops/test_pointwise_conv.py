@@ -1,5 +1,5 @@
 """The 1x1 conv path (chunked grouped matmuls on NCHW) against F.conv2d with the masked dense weight:
-forward and the three gradients, odd shapes and strides, padding rows, rows already in order, chunks
+forward and the three gradients, odd shapes, padding rows, rows already in order, chunks
 that do not divide the batch, dtypes, autocast."""
 
 import copy
@@ -18,7 +18,7 @@ TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.fl
 
 def _check(layer: RBGPConv2d, x: torch.Tensor, dtype: torch.dtype) -> None:
     """The layer (float64 weights) in `dtype` on x against the dense conv in float64, with its gradients."""
-    dense = torch.nn.Conv2d(layer.in_channels, layer.out_channels, 1, layer.stride, bias=layer.bias is not None).double()
+    dense = torch.nn.Conv2d(layer.in_channels, layer.out_channels, 1, bias=layer.bias is not None).double()
     with torch.no_grad():
         dense.weight.copy_(layer.dense_weight())
         if layer.bias is not None:
@@ -42,17 +42,17 @@ def _check(layer: RBGPConv2d, x: torch.Tensor, dtype: torch.dtype) -> None:
 
 
 @pytest.mark.parametrize("dtype", list(TOL))
-@pytest.mark.parametrize("cin,cout,stride,hw,sparsity,pattern,chunk", [
-    (32, 64, 1, (5, 5), 0.875, None, None),
-    (64, 100, 2, (9, 7), 0.75, RBGP4(min_group_rows=8), None),  # 13 groups of 8 rows: 4 padding rows
-    (64, 256, (2, 3), (7, 8), 0.9375, None, 3000),  # chunks of 1-2 samples, the last one short
-    (48, 40, 1, (3, 5), 0.75, RBGP4(group_rows=1), 1),  # one row per group: rows in order, one sample a chunk
+@pytest.mark.parametrize("cin,cout,hw,sparsity,pattern,chunk", [
+    (32, 64, (5, 5), 0.875, None, None),
+    (64, 100, (9, 7), 0.75, RBGP4(min_group_rows=8), None),  # 13 groups of 8 rows: 4 padding rows
+    (64, 256, (3, 4), 0.9375, None, 80000),  # chunks of 2 samples, the last one short
+    (48, 40, (3, 5), 0.75, RBGP4(group_rows=1), 1),  # one row per group: rows in order, one sample a chunk
 ])
-def test_pointwise_path_matches_dense(dtype, cin, cout, stride, hw, sparsity, pattern, chunk, monkeypatch):
+def test_pointwise_path_matches_dense(dtype, cin, cout, hw, sparsity, pattern, chunk, monkeypatch):
     torch.manual_seed(0)
     if chunk is not None:
         monkeypatch.setattr(pointwise, "CHUNK_BYTES", chunk)
-    layer = RBGPConv2d(cin, cout, 1, stride, sparsity=sparsity, pattern=pattern, backend="grouped").double()
+    layer = RBGPConv2d(cin, cout, 1, sparsity=sparsity, pattern=pattern, backend="grouped").double()
     assert pattern is None or pattern.group_rows != 1 or layer._rows_in_order
     if cout == 100:
         assert layer.structure.layout.padded_rows == 4
@@ -72,9 +72,9 @@ def test_pointwise_path_without_bias_and_on_an_empty_batch():
 
 def test_pointwise_path_takes_channels_last_and_non_contiguous_inputs():
     torch.manual_seed(0)
-    layer = RBGPConv2d(32, 64, 1, stride=2, sparsity=0.875)
+    layer = RBGPConv2d(32, 64, 1, sparsity=0.875)
     x = torch.randn(2, 32, 9, 10)
-    want = F.conv2d(x, layer.dense_weight(), layer.bias, stride=2)
+    want = F.conv2d(x, layer.dense_weight(), layer.bias)
     for variant in (x.to(memory_format=torch.channels_last), x.transpose(2, 3).contiguous().transpose(2, 3)):
         torch.testing.assert_close(layer(variant), want, atol=1e-5, rtol=1e-5)
 

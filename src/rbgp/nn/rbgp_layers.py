@@ -286,7 +286,7 @@ masked dense conv (`benchmarks/conv_merge.md`)."""
 
 
 def im2col_runs_dense(rows: int, density: float) -> bool:
-    """Whether an im2col-path conv (conv_block="block", or a padded 1x1) runs as the dense conv of its
+    """Whether an im2col-path conv (conv_block="block", or a strided or padded 1x1) runs as the dense conv of its
     masked weight: when its row groups are under MERGE_ROWS rows (its GEMMs are then too thin to
     beat the dense one, and this path has no merging), or its density is above MAX_MERGED_DENSITY
     (the grouped GEMM copies each input row once per group that reads it, which then costs more than
@@ -301,7 +301,7 @@ POINTWISE_MAX_DENSITY = 0.2
 
 
 def pointwise_runs_dense(rows: int, density: float) -> bool:
-    """Whether an unpadded 1x1 conv runs as the dense conv of its masked weight rather than on the
+    """Whether an unpadded stride-1 1x1 conv runs as the dense conv of its masked weight rather than on the
     pointwise path (`rbgp.ops.pointwise_conv`): row groups under POINTWISE_MIN_ROWS rows, or a density
     above POINTWISE_MAX_DENSITY, where the gathered channels cost more than the skipped multiply-adds
     save (`benchmarks/pointwise_conv.md`, the dispatch table)."""
@@ -322,8 +322,9 @@ class RBGPConv2d(_RBGPBase):
     When every row group reads whole input channels (RBGP4's default for convs), backends "auto" and
     "grouped" run it as a gathered-channel grouped convolution (`rbgp.ops.channel_conv`), small row
     groups merged or, when merging costs too much, as a dense conv of the masked weight (`conv_merge`);
-    unpadded 1x1 convs as chunked grouped matmuls on the NCHW input (`rbgp.ops.pointwise_conv`; "auto"
-    runs the masked dense conv for small groups or dense layers: `pointwise_runs_dense`); other
+    unpadded stride-1 1x1 convs on the CPU as chunked grouped matmuls on the NCHW input
+    (`rbgp.ops.pointwise_conv`; "auto" runs the masked dense conv for small groups or dense layers:
+    `pointwise_runs_dense`; on CUDA, "auto" keeps them on im2col and the Triton kernels); other
     layouts, and backends "triton" and "reference", use im2col and the grouped matmul ("auto" runs the
     masked dense conv there too for small row groups or dense layers: `im2col_runs_dense`).
 
@@ -389,13 +390,14 @@ class RBGPConv2d(_RBGPBase):
             order = None if self._rows_in_order else self.row_order
             return channel_grouped_conv2d(x, self.values, self.channels, order, self.out_channels,
                                           self.kernel_size, self.stride, padding, self.dilation, self.bias, merge)
-        if self.kernel_size == (1, 1) and padding == (0, 0) and self.backend in ("auto", "grouped"):
+        pointwise = self.backend == "grouped" or (self.backend == "auto" and x.device.type == "cpu")
+        if pointwise and self.kernel_size == (1, 1) and self.stride == (1, 1) and padding == (0, 0):
             if self.backend == "auto" and pointwise_runs_dense(self.values.shape[1], self.density):
                 return self._masked_dense_conv(x, padding)
             ordered = self._rows_in_order and self.row_order.numel() == self.out_channels
             return pointwise_conv2d(x, self.values, self.col_index.reshape(-1), self.row_index.reshape(-1),
                                     None if ordered else self.row_order[:self.out_channels], self.out_channels,
-                                    self.stride, self.bias)
+                                    self.bias)
         if self.backend == "auto" and im2col_runs_dense(self.values.shape[1], self.density):
             return self._masked_dense_conv(x, padding)
         cols, oh, ow = im2col_feature_major(x, self.kernel_size, self.stride, padding, self.dilation)
