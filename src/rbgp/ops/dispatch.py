@@ -41,6 +41,18 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype | Non
     return backend
 
 
+def autocast_inputs(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The GEMM inputs: under torch.autocast cast to its dtype (bf16: fp32 master weights, low-precision
+    GEMM inputs, fp32 accumulation inside the GEMM); otherwise as they are, x and values of one dtype."""
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        return x.to(dtype), values.to(dtype), bias.to(dtype) if bias is not None else None
+    if x.dtype != values.dtype:
+        raise ValueError(f"input dtype {x.dtype} differs from the weight dtype {values.dtype}; cast one or use autocast")
+    return x, values, bias
+
+
 def rbgp_linear(x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors, bias: torch.Tensor | None = None,
                 backend: str = "auto") -> torch.Tensor:
     """y = x W^T + b for the grouped-sparse W = (values, layout); x may have any leading dims.
@@ -52,12 +64,7 @@ def rbgp_linear(x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors, bi
         raise ValueError(f"input has {x.shape[-1]} features in its last dim, the layer expects {layout.in_features}")
     if values.shape != layout.values_shape:
         raise ValueError(f"values shape {tuple(values.shape)} does not match the layout {layout.values_shape}")
-    if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-        x, values = x.to(dtype), values.to(dtype)
-        bias = bias.to(dtype) if bias is not None else None
-    elif x.dtype != values.dtype:
-        raise ValueError(f"input dtype {x.dtype} differs from the weight dtype {values.dtype}; cast one or use autocast")
+    x, values, bias = autocast_inputs(x, values, bias)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     kind = resolve_backend(backend, x.device, x.dtype)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from rbgp.ops.dispatch import autocast_inputs
+
 CHUNK_BYTES = 2 << 20
 
 
@@ -78,13 +80,8 @@ class PointwiseConvFunction(torch.autograd.Function):
 def pointwise_conv2d(x: torch.Tensor, values: torch.Tensor, channels: torch.Tensor, rows: torch.Tensor,
                      order: torch.Tensor | None, out_channels: int,
                      bias: torch.Tensor | None = None) -> torch.Tensor:
-    """The 1x1 RBGP conv (stride 1, no padding) of x (N, C, H, W), see `PointwiseConvFunction`; under autocast the
-    matmul inputs are cast to the autocast dtype, as in `rbgp_linear`."""
-    if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-        x, values = x.to(dtype), values.to(dtype)
-        bias = bias.to(dtype) if bias is not None else None
-    elif x.dtype != values.dtype:
-        raise ValueError(f"input dtype {x.dtype} differs from the weight dtype {values.dtype}; cast one or use autocast")
+    """The 1x1 RBGP conv (stride 1, no padding) of x (N, C, H, W), see `PointwiseConvFunction`; under
+    autocast on the autocast dtype (`autocast_inputs`)."""
+    x, values, bias = autocast_inputs(x, values, bias)
     with torch.autocast(x.device.type, enabled=False):
         return PointwiseConvFunction.apply(x.contiguous(), values, bias, channels, rows, order, out_channels)
