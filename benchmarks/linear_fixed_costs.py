@@ -4,7 +4,7 @@ Times, interleaved in one run (medians; a new random order every round), the den
 input (what a standalone layer gets: its micro-blocks gathered as rows, `rbgp.ops.grouped`), the same
 with the older path (transpose the input to feature-major, then gather whole rows), and on the
 transposed view of a feature-major buffer (what a previous RBGP layer hands on); then the pieces: the
-micro-block gather, the transpose and row gather of the older path, the batched GEMM alone and the
+micro-block gather (FBGEMM's embedding kernel, and the index_select it replaced), the transpose and row gather of the older path, the batched GEMM alone and the
 group-major -> row-order output copy. `per_ideal` = (dense / 16) / time. The allocator is tuned
 (`rbgp.tune_cpu_allocator`), as `rbgp bench` does. All this in PROCESSES fresh processes (ratios
 move from process to process on a shared VM); the tables give each ratio's min / median / max.
@@ -57,7 +57,7 @@ def time_batch(layer: RBGPLinear, batch: int) -> dict:
     xg = xt.index_select(0, cols).view(g, k, batch)
     yg = torch.bmm(vals, xg)
     blocks = x.view(-1, bw)
-    index = (torch.arange(batch)[:, None] * (IN // bw) + lay.col_blocks.reshape(1, -1)).reshape(-1)
+    index = (torch.arange(batch, dtype=torch.int32)[:, None] * (IN // bw) + lay.col_blocks.reshape(1, -1)).reshape(-1)
     with torch.no_grad():
         ref = layer(x)
         assert torch.allclose(_old_path(layer, x), ref, atol=1e-4, rtol=1e-4)
@@ -67,7 +67,8 @@ def time_batch(layer: RBGPLinear, batch: int) -> dict:
         "RBGP forward, row-major input": lambda: layer(x),
         "RBGP forward, row-major input, transpose first (older path)": lambda: _old_path(layer, x),
         "RBGP forward, input from a previous RBGP layer": lambda: layer(x_fm),
-        "  micro-block gather (row-major input)": lambda: blocks.index_select(0, index),
+        "  micro-block gather (row-major input)": lambda: grouped.gather_rows(blocks, index),
+        "  micro-block gather with index_select (before 2026-12-04)": lambda: blocks.index_select(0, index),
         "  input transpose (older path)": lambda: grouped.feature_major(x),
         "  row gather (feature-major input)": lambda: xt.index_select(0, cols),
         "  batched GEMM alone": lambda: torch.bmm(vals, xg),

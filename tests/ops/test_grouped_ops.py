@@ -14,9 +14,9 @@ def _layout(out, inp, sparsity, seed=0, **kw):
     return LayoutTensors.from_layout(RBGP4(**kw).build((out, inp), sparsity, seed).layout)
 
 
-def _check(dtype, out, inp, batch, sparsity, feature_major=False, **kw):
+def _check(dtype, out, inp, batch, sparsity, feature_major=False, layout=None, **kw):
     torch.manual_seed(0)
-    layout = _layout(out, inp, sparsity, **kw)
+    layout = _layout(out, inp, sparsity, **kw) if layout is None else layout
     values = torch.randn(layout.values_shape, dtype=torch.float64)
     x = torch.randn(batch, inp, dtype=torch.float64)
     gy = torch.randn(batch, out, dtype=torch.float64)
@@ -102,3 +102,74 @@ def test_layout_requires_every_row_once():
     import numpy as np
     with pytest.raises(ValueError, match="every output row"):
         GroupedLayout(4, 4, np.array([[0, 1], [1, 2]]), np.array([[0], [1]]))
+
+
+@pytest.mark.parametrize("feature_major", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_inference_skips_autograd_and_matches_reference(dtype, feature_major):
+    """Without a gradient to compute, the forward runs bare (no autograd node) and gives the same values."""
+    torch.manual_seed(0)
+    layout = _layout(56, 96, 0.75, block=(1, 8), group_rows=8)
+    values = torch.randn(layout.values_shape, dtype=torch.float64)
+    x = torch.randn(9, 96, dtype=torch.float64)
+    ref = reference_linear(x, values, layout)
+    xt, vt = x.to(dtype), values.to(dtype).requires_grad_()
+    xt = xt.t().contiguous().t() if feature_major else xt
+    with torch.no_grad():
+        y = rbgp_linear(xt, vt, layout, backend="grouped")
+    assert y.grad_fn is None
+    assert (y.double() - ref).abs().max().item() <= TOL[dtype] * ref.abs().max().item()
+    y_grad = rbgp_linear(xt, vt, layout, backend="grouped")  # values need a gradient: the autograd path
+    assert y_grad.grad_fn is not None and torch.equal(y_grad.detach(), y)
+    y_plain = rbgp_linear(xt, vt.detach(), layout, backend="grouped")  # nothing needs a gradient
+    assert y_plain.grad_fn is None and torch.equal(y_plain, y)
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_gather_rows_is_index_select(dtype, index_dtype):
+    from rbgp.ops.grouped import gather_rows
+
+    table = torch.randn(50, 16).to(dtype)
+    table[3, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")], dtype=dtype)
+    index = torch.tensor([3, 0, 49, 3, 17, 17], dtype=index_dtype)
+    got = gather_rows(table, index)
+    assert got.dtype == dtype and got.shape == (6, 16)
+    assert torch.equal(got.nan_to_num(0.0), table.index_select(0, index).nan_to_num(0.0))
+    assert got[0, 0].isnan() and got[3, 0].isnan()
+    assert gather_rows(table, index[:0]).shape == (0, 16)
+
+
+@pytest.mark.parametrize("feature_major", [False, True])
+def test_rows_in_any_order(feature_major):
+    """RBGP4 plans put group g's row r at g + r * G (outputs written through a strided view); any
+    other row order takes the gather back into row order."""
+    from rbgp.ops.grouped import _rows_interleaved
+
+    planned = _layout(56, 96, 0.75, block=(1, 8), group_rows=8)
+    assert _rows_interleaved(planned.row_index)
+    perm = torch.randperm(56, generator=torch.Generator().manual_seed(1))
+    shuffled = LayoutTensors.from_indices(perm[planned.row_index], planned.col_index, 96)
+    assert not _rows_interleaved(shuffled.row_index)
+    for layout in (planned, shuffled):
+        _check(torch.float32, 56, 96, 9, 0.75, feature_major, layout=layout)
+
+
+@pytest.mark.parametrize("feature_major", [False, True])
+def test_outputs_copied_group_by_group(feature_major, monkeypatch):
+    import rbgp.ops.grouped as grouped
+
+    monkeypatch.setattr(grouped, "OUT_CHUNK_BYTES", 1)  # one group's product at a time
+    _check(torch.float32, 56, 96, 9, 0.75, feature_major, block=(1, 8), group_rows=8)
+
+
+def test_block_index_kept_until_changed():
+    from rbgp.ops.grouped import _block_index
+
+    col_blocks = torch.tensor([[0, 2], [1, 2], [3, 0]], dtype=torch.int32)
+    first = _block_index(col_blocks, slice(0, 3), 2, 4, col_blocks.device)
+    assert first.tolist() == [0, 2, 1, 2, 3, 0, 4, 6, 5, 6, 7, 4]
+    assert _block_index(col_blocks, slice(0, 3), 2, 4, col_blocks.device) is first
+    col_blocks[0, 0] = 3  # changed in place: rebuilt
+    assert _block_index(col_blocks, slice(0, 3), 2, 4, col_blocks.device).tolist() == [3, 2, 1, 2, 3, 0, 7, 6, 5, 6, 7, 4]
+    assert _block_index(col_blocks, slice(1, 2), 2, 4, col_blocks.device).tolist() == [1, 2, 5, 6]

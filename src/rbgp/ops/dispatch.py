@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from rbgp.ops.grouped import GroupedLinearFunction
+from rbgp.ops.grouped import grouped_linear
 from rbgp.ops.layout import LayoutTensors
 from rbgp.ops.reference import reference_linear
 
@@ -76,7 +76,7 @@ def rbgp_linear(x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors, bi
 
             y = triton_linear(x2, values, layout)
         else:
-            y = GroupedLinearFunction.apply(x2, values, layout)
+            y = grouped_linear(x2, values, layout)
     if y.shape[1] != layout.out_features:
         y = y[:, :layout.out_features]  # drop the padding rows (a view; its backward pads with zeros)
     if bias is not None:

@@ -5,26 +5,120 @@ y[:, rows_g] = x[:, cols_g] @ V_g^T. Outputs are feature-major ((features, N), h
 transposed view), and an input that comes from another RBGP layer is one: its gather copies whole
 contiguous rows, in chunks whose gathered inputs fit in cache (~2 MB). A row-major input with
 micro-blocks of ROW_GATHER_MIN_WIDTH columns or more is not transposed first: its (N x BW)
-micro-blocks are gathered as rows of BW values, in few big chunks, and the GEMM reads them
-transposed (`benchmarks/linear_fixed_costs.md` times both against the pieces). Backward: grad-input
-is the same GEMMs transposed plus a scatter-add, grad-weight is computed on the non-zeros only; both
-re-gather the input chunk instead of keeping G*K*N values.
+micro-blocks are gathered as rows of BW values (`gather_rows`), in few big chunks, and the GEMM
+reads them transposed (`benchmarks/linear_fixed_costs.md` times both against the pieces); the index
+of that gather is kept per layer. The GEMM outputs come group-major; RBGP4 plans interleave the
+groups' rows (row g + r * G), so they are copied into row order through a strided view, a few
+groups at a time while in cache; other row orders are gathered back once. Without a gradient to
+compute no autograd node is built. Backward: grad-input is the same GEMMs transposed plus a
+scatter-add, grad-weight is computed on the non-zeros only; both re-gather the input chunk instead of
+keeping G*K*N values.
 """
 
 from __future__ import annotations
 
+from typing import Callable, TypeVar
+
 import torch
+import torch.nn.functional as F
+from torch.utils.weak import WeakIdKeyDictionary
 
 from rbgp.ops.layout import LayoutTensors
+
+T = TypeVar("T")
 
 CHUNK_BYTES = 2 << 20
 ROW_CHUNK_BYTES = 16 << 20  # the micro-block gather runs best in few big calls
 ROW_GATHER_MIN_WIDTH = 8
+OUT_CHUNK_BYTES = 2 << 20  # products copied into interleaved rows while in cache
 
 
 def feature_major(t: torch.Tensor) -> torch.Tensor:
     """(N, F) -> (F, N) contiguous; free when `t` is itself a transposed view, as our outputs are."""
     return t.t().contiguous()
+
+
+def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """table[index] for a 2-D table. fp32 rows on the CPU go through FBGEMM's embedding kernel
+    (embedding_bag, one row per bag), which copies short rows (a 16-column micro-block is 64 bytes)
+    about twice as fast as index_select's per-row loop (`benchmarks/linear_fixed_costs.md`); other
+    dtypes, where that kernel is not faster, use index_select. A -0.0 comes back as +0.0 (the bag
+    sums from 0)."""
+    if table.dtype == torch.float32 and table.device.type == "cpu":
+        return F.embedding_bag(index, table, _bag_offsets(index.numel(), index.dtype, index.device), mode="sum")
+    return table.index_select(0, index)
+
+
+_OFFSETS: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _bag_offsets(count: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """arange(count): a slice of one shared arange, grown by doubling, instead of a new one per call."""
+    if torch.compiler.is_compiling():  # no module state inside a compiled graph
+        return torch.arange(count, dtype=dtype, device=device)
+    have = _OFFSETS.get((dtype, device))
+    if have is None or have.numel() < count:
+        have = _OFFSETS[(dtype, device)] = torch.arange(max(count, 2 * (0 if have is None else have.numel())),
+                                                        dtype=dtype, device=device)
+    return have[:count]
+
+
+_MEMO: WeakIdKeyDictionary = WeakIdKeyDictionary()  # layout tensor -> (key, value) of its last use
+MEMO_MAX_BYTES = 1 << 20
+
+
+def _memo(owner: torch.Tensor, key: tuple, build: Callable[[], T], size: Callable[[T], int] = lambda v: 0) -> T:
+    """build(), kept on `owner` (a layout tensor) for the last `key` while its size is at most
+    MEMO_MAX_BYTES: dropped with the tensor, rebuilt when the tensor is changed in place. Not kept
+    while torch.compile traces (dynamo does not trace the weak dictionary)."""
+    if torch.compiler.is_compiling():
+        return build()
+    key = (*key, owner._version)
+    hit = _MEMO.get(owner)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    value = build()
+    if size(value) <= MEMO_MAX_BYTES:
+        _MEMO[owner] = (key, value)
+    return value
+
+
+def _block_index(col_blocks: torch.Tensor, c: slice, n: int, per_row: int, device: torch.device) -> torch.Tensor:
+    """Rows of the (N * in / BW, BW) micro-block view that groups `c` read, sample by sample: sample
+    i's block j is row i * per_row + j; int32 where it fits, half the bytes of int64. Kept for the
+    layer's last batch size (building it took 0.2-0.3 ms of a 5 ms 4096x4096 forward at batch 256)."""
+    def build() -> torch.Tensor:
+        dtype = torch.int32 if n * per_row < 2 ** 31 else torch.int64
+        first = torch.arange(0, n * per_row, per_row, dtype=dtype, device=device)[:, None]
+        return (first + col_blocks[c].to(device).reshape(1, -1)).reshape(-1)
+
+    return _memo(col_blocks, (c.start, c.stop, n, per_row, device), build, lambda t: t.numel() * t.element_size())
+
+
+def _rows_interleaved(row_index: torch.Tensor) -> bool:
+    """Whether group g's row r is row g + r * G, as in every RBGP4 plan: the group-major outputs are
+    then an (R, G) transpose of row order, written through a strided view instead of gathered.
+    False while torch.compile traces: the check reads the tensor's values."""
+    if torch.compiler.is_compiling():
+        return False
+    g, r = row_index.shape
+
+    def build() -> bool:
+        ar = torch.arange(g * r, device=row_index.device)
+        return bool(torch.equal(row_index, ar[:g, None] + ar[None, :r] * g))
+
+    return _memo(row_index, ("interleaved",), build)
+
+
+def _bmm_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
+    """out = a @ b, batched. A strided `out` (interleaved rows) is filled from products of about
+    OUT_CHUNK_BYTES, copied while in cache: torch's bmm would fall back to one GEMM per group there."""
+    if out.is_contiguous():
+        torch.bmm(a, b, out=out)
+        return
+    per = max(1, OUT_CHUNK_BYTES // max(1, out[0].numel() * out.element_size()))
+    for s in range(0, a.shape[0], per):
+        out[s:s + per].copy_(torch.bmm(a[s:s + per], b[s:s + per]))
 
 
 def _chunks(layout: LayoutTensors, n: int, itemsize: int, limit: int | None = None) -> list[slice]:
@@ -39,23 +133,23 @@ def grouped_forward(x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors
     """yt (out, N) = W x^T for x (N, in), row-major or a transposed view of a feature-major buffer."""
     n = x.shape[0]
     g, r, k = values.shape
-    yg = x.new_empty(g, r, n)  # group-major rows
+    interleaved = _rows_interleaved(layout.row_index)
+    yt = x.new_empty(g * r, n)
+    yg = yt.view(r, g, n).transpose(0, 1) if interleaved else yt.view(g, r, n)  # (G, R, N) group-major
     bw = layout.block_width
     if x.is_contiguous() and bw >= ROW_GATHER_MIN_WIDTH and x.shape[1] % bw == 0:
         blocks = x.view(-1, bw)  # row n's micro-block j is blocks[n * in / bw + j]
-        per_row = x.shape[1] // bw  # int32 indices where they fit: half the index bytes to build and read
-        index_type = torch.int32 if blocks.shape[0] < 2 ** 31 else torch.int64
-        first = torch.arange(0, n * per_row, per_row, dtype=index_type, device=x.device)[:, None]
+        per_row = x.shape[1] // bw
         for c in _chunks(layout, n, x.element_size(), ROW_CHUNK_BYTES):
-            xg = blocks.index_select(0, (first + layout.col_blocks[c].reshape(1, -1)).reshape(-1))
-            torch.bmm(values[c], xg.view(n, c.stop - c.start, k).permute(1, 2, 0), out=yg[c])
+            xg = gather_rows(blocks, _block_index(layout.col_blocks, c, n, per_row, x.device))
+            _bmm_into(values[c], xg.view(n, c.stop - c.start, k).permute(1, 2, 0), yg[c])
     else:
         xt = feature_major(x)
         for c in _chunks(layout, n, x.element_size()):
             cols = layout.col_index[c]
             xg = xt.index_select(0, cols.reshape(-1)).view(cols.shape[0], cols.shape[1], n)
-            torch.bmm(values[c], xg, out=yg[c])
-    return yg.view(g * r, n).index_select(0, layout.row_order)
+            _bmm_into(values[c], xg, yg[c])
+    return yt if interleaved else yt.index_select(0, layout.row_order)
 
 
 def grouped_backward(dyt: torch.Tensor, xt: torch.Tensor, values: torch.Tensor, layout: LayoutTensors,
@@ -95,3 +189,12 @@ class GroupedLinearFunction(torch.autograd.Function):
         dxt, dv = grouped_backward(feature_major(grad_y), feature_major(x), values, ctx.layout,
                                    ctx.needs_input_grad[0], ctx.needs_input_grad[1])
         return (dxt.t() if dxt is not None else None), dv, None
+
+
+def grouped_linear(x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors) -> torch.Tensor:
+    """`GroupedLinearFunction.apply`, or the bare forward when no gradient is wanted: inference then
+    skips building an autograd node (15-30 us a call on the 2-core VM, a tenth of a batch-1 4096x4096
+    forward at density 1/16)."""
+    if torch.is_grad_enabled() and (x.requires_grad or values.requires_grad):
+        return GroupedLinearFunction.apply(x, values, layout)
+    return grouped_forward(x, values, layout).t()
