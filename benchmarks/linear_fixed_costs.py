@@ -1,11 +1,13 @@
 """Where the time of the linear path goes at density 1/16 (4096 x 4096, batches 256 and 64, forward, CPU fp32).
 
-Times, interleaved in one run (medians; a new random order every round), the dense GEMM and the RBGP forward three ways: on a row-major
-input (what a standalone layer gets: its micro-blocks gathered as rows, `rbgp.ops.grouped`), the same
-with the older path (transpose the input to feature-major, then gather whole rows), and on the
-transposed view of a feature-major buffer (what a previous RBGP layer hands on); then the pieces: the
-micro-block gather (FBGEMM's embedding kernel, and the index_select it replaced), the transpose and row gather of the older path, the batched GEMM alone and the
-group-major -> row-order output copy. `per_ideal` = (dense / 16) / time. The allocator is tuned
+Times, interleaved in one run (medians; a new random order every round), the dense GEMM and the RBGP
+forward three ways: on a row-major input (what a standalone layer gets: its micro-blocks gathered as
+rows, `rbgp.ops.grouped`), the same with the older path (transpose the input to feature-major, then
+gather whole rows), and on the transposed view of a feature-major buffer (what a previous RBGP layer
+hands on); then the pieces: the micro-block gather (FBGEMM's embedding kernel, and the index_select
+it replaced), the transpose and row gather of the older path, the batched GEMM alone, and the
+group-major -> row-order output copy (and the index_select it replaced). `per_ideal` = (dense / 16) /
+time. The allocator is tuned
 (`rbgp.tune_cpu_allocator`), as `rbgp bench` does. All this in PROCESSES fresh processes (ratios
 move from process to process on a shared VM); the tables give each ratio's min / median / max.
 
@@ -46,6 +48,14 @@ def _old_path(layer: RBGPLinear, x: torch.Tensor) -> torch.Tensor:
         grouped.ROW_GATHER_MIN_WIDTH = width
 
 
+def _interleave(yg: torch.Tensor) -> torch.Tensor:
+    """Group-major (G, R, N) outputs into row order, row g + r * G, as the path writes them."""
+    g, r, n = yg.shape
+    yt = yg.new_empty(r, g, n)
+    yt.copy_(yg.transpose(0, 1))
+    return yt.view(g * r, n)
+
+
 def time_batch(layer: RBGPLinear, batch: int) -> dict:
     x, w = torch.randn(batch, IN), torch.randn(OUT, IN)
     lay, vals = layer.layout, layer.values.detach().contiguous()
@@ -62,6 +72,7 @@ def time_batch(layer: RBGPLinear, batch: int) -> dict:
         ref = layer(x)
         assert torch.allclose(_old_path(layer, x), ref, atol=1e-4, rtol=1e-4)
         assert torch.allclose(layer(x_fm), ref, atol=1e-4, rtol=1e-4)
+        assert torch.allclose(_interleave(yg).t(), ref, atol=1e-4, rtol=1e-4)
     fns = {
         "dense GEMM": lambda: x @ w.t(),
         "RBGP forward, row-major input": lambda: layer(x),
@@ -72,7 +83,9 @@ def time_batch(layer: RBGPLinear, batch: int) -> dict:
         "  input transpose (older path)": lambda: grouped.feature_major(x),
         "  row gather (feature-major input)": lambda: xt.index_select(0, cols),
         "  batched GEMM alone": lambda: torch.bmm(vals, xg),
-        "  output row reorder": lambda: yg.view(g * r, batch).index_select(0, lay.row_order),
+        "  outputs into row order (strided copy of the interleaved rows)": lambda: _interleave(yg),
+        "  outputs into row order by index_select (before 2026-12-04)":
+            lambda: yg.view(g * r, batch).index_select(0, lay.row_order),
     }
     times: dict[str, list[float]] = {name: [] for name in fns}
     order = list(fns)
