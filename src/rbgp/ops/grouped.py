@@ -11,13 +11,14 @@ of that gather is kept per layer. The GEMM outputs come group-major; RBGP4 plans
 groups' rows (row g + r * G), so they are copied into row order through a strided view, a few
 groups at a time while in cache; other row orders are gathered back once. Without a gradient to
 compute no autograd node is built. Backward: grad-input is the same GEMMs transposed plus a
-scatter-add, grad-weight is computed on the non-zeros only; both re-gather the input chunk instead of
-keeping G*K*N values.
+scatter-add, grad-weight is computed on the non-zeros only, from the input re-gathered the way the
+forward gathered it (instead of keeping G*K*N values); interleaved rows read the output gradient
+group-major in place.
 """
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -129,42 +130,64 @@ def _chunks(layout: LayoutTensors, n: int, itemsize: int, limit: int | None = No
     return [slice(s, min(s + per, g)) for s in range(0, g, per)]
 
 
-def grouped_forward(x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors) -> torch.Tensor:
-    """yt (out, N) = W x^T for x (N, in), row-major or a transposed view of a feature-major buffer."""
+def _gathered_inputs(x: torch.Tensor, layout: LayoutTensors, gather: bool = True
+                     ) -> Iterator[tuple[slice, torch.Tensor | None]]:
+    """(groups c, the (cs, K, N) inputs they read) chunk by chunk, for x (N, in): micro-blocks of a
+    row-major x gathered as rows (a strided view), rows of a feature-major x gathered whole
+    (contiguous). With gather=False only the chunks (and None)."""
     n = x.shape[0]
-    g, r, k = values.shape
-    interleaved = _rows_interleaved(layout.row_index)
-    yt = x.new_empty(g * r, n)
-    yg = yt.view(r, g, n).transpose(0, 1) if interleaved else yt.view(g, r, n)  # (G, R, N) group-major
-    bw = layout.block_width
+    k, bw = layout.col_index.shape[1], layout.block_width
     if x.is_contiguous() and bw >= ROW_GATHER_MIN_WIDTH and x.shape[1] % bw == 0:
         blocks = x.view(-1, bw)  # row n's micro-block j is blocks[n * in / bw + j]
         per_row = x.shape[1] // bw
         for c in _chunks(layout, n, x.element_size(), ROW_CHUNK_BYTES):
-            xg = gather_rows(blocks, _block_index(layout.col_blocks, c, n, per_row, x.device))
-            _bmm_into(values[c], xg.view(n, c.stop - c.start, k).permute(1, 2, 0), yg[c])
+            xg = gather_rows(blocks, _block_index(layout.col_blocks, c, n, per_row, x.device)) if gather else None
+            yield c, (xg.view(n, c.stop - c.start, k).permute(1, 2, 0) if gather else None)
     else:
-        xt = feature_major(x)
+        xt = feature_major(x) if gather else None
         for c in _chunks(layout, n, x.element_size()):
             cols = layout.col_index[c]
-            xg = xt.index_select(0, cols.reshape(-1)).view(cols.shape[0], cols.shape[1], n)
-            _bmm_into(values[c], xg, yg[c])
+            yield c, (xt.index_select(0, cols.reshape(-1)).view(cols.shape[0], k, n) if gather else None)
+
+
+def _group_major(yt: torch.Tensor, layout: LayoutTensors) -> torch.Tensor | None:
+    """The (G, R, N) view of a feature-major (G*R, N) buffer when the rows are interleaved, else None."""
+    g, r = layout.row_index.shape
+    return yt.view(r, g, yt.shape[1]).transpose(0, 1) if _rows_interleaved(layout.row_index) else None
+
+
+def grouped_forward(x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors) -> torch.Tensor:
+    """yt (out, N) = W x^T for x (N, in), row-major or a transposed view of a feature-major buffer."""
+    g, r, _ = values.shape
+    yt = x.new_empty(g * r, x.shape[0])
+    yg = _group_major(yt, layout)
+    interleaved = yg is not None
+    yg = yg if interleaved else yt.view(g, r, -1)
+    for c, xg in _gathered_inputs(x, layout):
+        _bmm_into(values[c], xg, yg[c])
     return yt if interleaved else yt.index_select(0, layout.row_order)
 
 
-def grouped_backward(dyt: torch.Tensor, xt: torch.Tensor, values: torch.Tensor, layout: LayoutTensors,
+def grouped_backward(grad_y: torch.Tensor, x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors,
                      need_input: bool = True, need_values: bool = True):
-    """(dxt (in, N) or None, dV (G, R, K) or None) from feature-major dyt (out, N) and xt (in, N)."""
-    n = xt.shape[1]
-    dxt = xt.new_zeros(layout.in_features, n) if need_input else None
+    """(dxt (in, N) or None, dV (G, R, K) or None) from grad_y (N, out) and x (N, in), each row-major
+    or the transposed view of a feature-major buffer. Interleaved rows read grad_y group-major in place
+    (one copy when it is row-major); x is re-gathered as the forward gathered it."""
+    n = x.shape[0]
+    dyt = feature_major(grad_y)
+    dy_groups = _group_major(dyt, layout)
+    dxt = x.new_zeros(layout.in_features, n) if need_input else None
     dv = torch.empty_like(values) if need_values else None
-    for c in _chunks(layout, n, xt.element_size()):
-        rows, cols = layout.row_index[c], layout.col_index[c]
-        dyg = dyt.index_select(0, rows.reshape(-1)).view(rows.shape[0], rows.shape[1], n)  # (cs, R, N)
+    for c, xg in _gathered_inputs(x, layout, gather=need_values):
+        if dy_groups is not None:
+            dyg = dy_groups[c]  # (cs, R, N), rows N apart: a GEMM operand as it is
+        else:
+            rows = layout.row_index[c]
+            dyg = dyt.index_select(0, rows.reshape(-1)).view(rows.shape[0], rows.shape[1], n)
         if need_values:
-            xg = xt.index_select(0, cols.reshape(-1)).view(cols.shape[0], cols.shape[1], n)
             torch.bmm(dyg, xg.transpose(1, 2), out=dv[c])
         if need_input:
+            cols = layout.col_index[c]
             dxg = torch.bmm(values[c].transpose(1, 2), dyg)  # (cs, K, N)
             dxt.index_add_(0, cols.reshape(-1), dxg.view(cols.numel(), n))
     return dxt, dv
@@ -186,8 +209,7 @@ class GroupedLinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
         x, values = ctx.saved_tensors
-        dxt, dv = grouped_backward(feature_major(grad_y), feature_major(x), values, ctx.layout,
-                                   ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        dxt, dv = grouped_backward(grad_y, x, values, ctx.layout, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
         return (dxt.t() if dxt is not None else None), dv, None
 
 
