@@ -142,16 +142,19 @@ def test_gather_rows_is_index_select(dtype, index_dtype):
 
 @pytest.mark.parametrize("feature_major", [False, True])
 def test_rows_in_any_order(feature_major):
-    """RBGP4 plans put group g's row r at g + r * G (outputs written through a strided view); any
-    other row order takes the gather back into row order."""
-    from rbgp.ops.grouped import _rows_interleaved
+    """RBGP4 plans put group g's row r at g + r * G, a conv's rows run group by group: the outputs are
+    then written through a view of row order; any other row order takes the gather back into it."""
+    from rbgp.ops.grouped import _row_strides
 
     planned = _layout(56, 96, 0.75, block=(1, 8), group_rows=8)
-    assert _rows_interleaved(planned.row_index)
+    g, r = planned.row_index.shape
+    assert _row_strides(planned.row_index) == (1, g)
+    in_order = LayoutTensors.from_indices(torch.arange(g * r).view(g, r), planned.col_index, 96)
+    assert _row_strides(in_order.row_index) == (r, 1)
     perm = torch.randperm(56, generator=torch.Generator().manual_seed(1))
     shuffled = LayoutTensors.from_indices(perm[planned.row_index], planned.col_index, 96)
-    assert not _rows_interleaved(shuffled.row_index)
-    for layout in (planned, shuffled):
+    assert _row_strides(shuffled.row_index) is None
+    for layout in (planned, in_order, shuffled):
         _check(torch.float32, 56, 96, 9, 0.75, feature_major, layout=layout)
 
 

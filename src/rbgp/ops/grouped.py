@@ -7,13 +7,13 @@ contiguous rows, in chunks whose gathered inputs fit in cache (~2 MB). A row-maj
 micro-blocks of ROW_GATHER_MIN_WIDTH columns or more is not transposed first: its (N x BW)
 micro-blocks are gathered as rows of BW values (`gather_rows`), in few big chunks, and the GEMM
 reads them transposed (`benchmarks/linear_fixed_costs.md` times both against the pieces); the index
-of that gather is kept per layer. The GEMM outputs come group-major; RBGP4 plans interleave the
-groups' rows (row g + r * G), so they are copied into row order through a strided view, a few
-groups at a time while in cache; other row orders are gathered back once. Without a gradient to
-compute no autograd node is built. Backward: grad-input is the same GEMMs transposed plus a
-scatter-add, grad-weight is computed on the non-zeros only, from the input re-gathered the way the
-forward gathered it (instead of keeping G*K*N values); interleaved rows read the output gradient
-group-major in place.
+of that gather is kept per layer. The GEMM outputs come group-major. A conv's rows run group by
+group, so they are row order already; RBGP4 linear plans interleave the groups' rows (row g + r * G),
+so they are copied into row order through a strided view, a few groups at a time while in cache;
+other row orders are gathered back once. Without a gradient to compute no autograd node is built.
+Backward: grad-input is the same GEMMs transposed plus a scatter-add, grad-weight is computed on the
+non-zeros only, from the input re-gathered the way the forward gathered it (instead of keeping
+G*K*N values); for those two row orders the output gradient is read group-major in place.
 """
 
 from __future__ import annotations
@@ -96,19 +96,23 @@ def _block_index(col_blocks: torch.Tensor, c: slice, n: int, per_row: int, devic
     return _memo(col_blocks, (c.start, c.stop, n, per_row, device), build, lambda t: t.numel() * t.element_size())
 
 
-def _rows_interleaved(row_index: torch.Tensor) -> bool:
-    """Whether group g's row r is row g + r * G, as in every RBGP4 plan: the group-major outputs are
-    then an (R, G) transpose of row order, written through a strided view instead of gathered.
-    False while torch.compile traces: the check reads the tensor's values."""
+def _row_strides(row_index: torch.Tensor) -> tuple[int, int] | None:
+    """(group stride, row stride) when group g's row r is row g * sg + r * sr with the rows in order
+    ((R, 1): convs label rows group by group) or interleaved ((1, G): every RBGP4 linear plan); the
+    group-major outputs are then a view of row order. None for any other order, and while
+    torch.compile traces (the check reads the tensor's values)."""
     if torch.compiler.is_compiling():
-        return False
+        return None
     g, r = row_index.shape
 
-    def build() -> bool:
+    def build() -> tuple[int, int] | None:
         ar = torch.arange(g * r, device=row_index.device)
-        return bool(torch.equal(row_index, ar[:g, None] + ar[None, :r] * g))
+        for sg, sr in ((r, 1), (1, g)):
+            if torch.equal(row_index, ar[:g, None] * sg + ar[None, :r] * sr):
+                return sg, sr
+        return None
 
-    return _memo(row_index, ("interleaved",), build)
+    return _memo(row_index, ("strides",), build)
 
 
 def _bmm_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
@@ -151,9 +155,12 @@ def _gathered_inputs(x: torch.Tensor, layout: LayoutTensors, gather: bool = True
 
 
 def _group_major(yt: torch.Tensor, layout: LayoutTensors) -> torch.Tensor | None:
-    """The (G, R, N) view of a feature-major (G*R, N) buffer when the rows are interleaved, else None."""
-    g, r = layout.row_index.shape
-    return yt.view(r, g, yt.shape[1]).transpose(0, 1) if _rows_interleaved(layout.row_index) else None
+    """The (G, R, N) view of a feature-major (G*R, N) buffer in row order, or None (see _row_strides)."""
+    strides = _row_strides(layout.row_index)
+    if strides is None:
+        return None
+    n = yt.shape[1]
+    return yt.as_strided((*layout.row_index.shape, n), (strides[0] * n, strides[1] * n, 1), yt.storage_offset())
 
 
 def grouped_forward(x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors) -> torch.Tensor:
@@ -161,11 +168,11 @@ def grouped_forward(x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors
     g, r, _ = values.shape
     yt = x.new_empty(g * r, x.shape[0])
     yg = _group_major(yt, layout)
-    interleaved = yg is not None
-    yg = yg if interleaved else yt.view(g, r, -1)
+    in_place = yg is not None
+    yg = yg if in_place else yt.view(g, r, -1)
     for c, xg in _gathered_inputs(x, layout):
         _bmm_into(values[c], xg, yg[c])
-    return yt if interleaved else yt.index_select(0, layout.row_order)
+    return yt if in_place else yt.index_select(0, layout.row_order)
 
 
 def grouped_backward(grad_y: torch.Tensor, x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors,
@@ -180,7 +187,7 @@ def grouped_backward(grad_y: torch.Tensor, x: torch.Tensor, values: torch.Tensor
     dv = torch.empty_like(values) if need_values else None
     for c, xg in _gathered_inputs(x, layout, gather=need_values):
         if dy_groups is not None:
-            dyg = dy_groups[c]  # (cs, R, N), rows N apart: a GEMM operand as it is
+            dyg = dy_groups[c]  # (cs, R, N) with unit stride along N: a GEMM operand as it is
         else:
             rows = layout.row_index[c]
             dyg = dyt.index_select(0, rows.reshape(-1)).view(rows.shape[0], rows.shape[1], n)
