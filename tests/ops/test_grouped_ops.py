@@ -176,3 +176,22 @@ def test_block_index_kept_until_changed():
     col_blocks[0, 0] = 3  # changed in place: rebuilt
     assert _block_index(col_blocks, slice(0, 3), 2, 4, col_blocks.device).tolist() == [3, 2, 1, 2, 3, 0, 7, 6, 5, 6, 7, 4]
     assert _block_index(col_blocks, slice(1, 2), 2, 4, col_blocks.device).tolist() == [1, 2, 5, 6]
+
+
+def test_inference_mode_then_training():
+    """Layouts made or used under torch.inference_mode (whose tensors carry no version counter) keep
+    working, and what was kept during inference serves the training steps after it."""
+    with torch.inference_mode():
+        made_inside = _layout(64, 128, 0.75)
+        values = torch.randn(made_inside.values_shape)
+        assert rbgp_linear(torch.randn(4, 128), values, made_inside).shape == (4, 64)
+    layout = _layout(64, 128, 0.75)
+    values = torch.randn(layout.values_shape, requires_grad=True)
+    x = torch.randn(4, 128, requires_grad=True)
+    with torch.inference_mode():
+        y_inf = rbgp_linear(x, values, layout)
+    y = rbgp_linear(x, values, layout)
+    y.sum().backward()
+    assert torch.allclose(y.detach(), y_inf, atol=1e-6)
+    assert torch.allclose(y.detach(), reference_linear(x.detach(), values.detach(), layout), atol=1e-5)
+    assert x.grad is not None and values.grad is not None

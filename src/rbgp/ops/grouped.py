@@ -71,8 +71,9 @@ MEMO_MAX_BYTES = 1 << 20
 def _memo(owner: torch.Tensor, key: tuple, build: Callable[[], T], size: Callable[[T], int] = lambda v: 0) -> T:
     """build(), kept on `owner` (a layout tensor) for the last `key` while its size is at most
     MEMO_MAX_BYTES: dropped with the tensor, rebuilt when the tensor is changed in place. Not kept
-    while torch.compile traces (dynamo does not trace the weak dictionary)."""
-    if torch.compiler.is_compiling():
+    while torch.compile traces (dynamo does not trace the weak dictionary), nor for a tensor made
+    under inference_mode (it has no version counter)."""
+    if torch.compiler.is_compiling() or owner.is_inference():
         return build()
     key = (*key, owner._version)
     hit = _MEMO.get(owner)
@@ -178,8 +179,8 @@ def grouped_forward(x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors
 def grouped_backward(grad_y: torch.Tensor, x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors,
                      need_input: bool = True, need_values: bool = True):
     """(dxt (in, N) or None, dV (G, R, K) or None) from grad_y (N, out) and x (N, in), each row-major
-    or the transposed view of a feature-major buffer. Interleaved rows read grad_y group-major in place
-    (one copy when it is row-major); x is re-gathered as the forward gathered it."""
+    or the transposed view of a feature-major buffer. Rows in order or interleaved read grad_y group-major
+    in place (after one copy when it is row-major); x is re-gathered as the forward gathered it."""
     n = x.shape[0]
     dyt = feature_major(grad_y)
     dy_groups = _group_major(dyt, layout)
