@@ -1,15 +1,17 @@
 """Where the time of the linear path goes at density 1/16 (4096 x 4096, batches 256 and 64, forward, CPU fp32).
 
 Times, interleaved in one run (medians; a new random order every round), the dense GEMM and the RBGP
-forward three ways: on a row-major input (what a standalone layer gets: its micro-blocks gathered as
+forward four ways: on a row-major input (what a standalone layer gets: its micro-blocks gathered as
 rows, `rbgp.ops.grouped`), the same with the older path (transpose the input to feature-major, then
-gather whole rows), and on the transposed view of a feature-major buffer (what a previous RBGP layer
-hands on); then the pieces: the micro-block gather (FBGEMM's embedding kernel, and the index_select
-it replaced), the transpose and row gather of the older path, the batched GEMM alone, and the
-group-major -> row-order output copy (and the index_select it replaced). `per_ideal` = (dense / 16) /
-time. The allocator is tuned
-(`rbgp.tune_cpu_allocator`), as `rbgp bench` does. All this in PROCESSES fresh processes (ratios
-move from process to process on a shared VM); the tables give each ratio's min / median / max.
+gather whole rows), on the transposed view of a feature-major buffer (what a previous RBGP layer
+hands on), and on a row-major input to a layer whose layout `sparsify` fitted to dense weights (its
+default init="magnitude" relabels rows and columns one by one: no micro-blocks, so it takes the
+transpose-first path); then the pieces: the micro-block gather (FBGEMM's embedding kernel, and the
+index_select it replaced), the transpose and row gather of the older path, the batched GEMM alone,
+and the group-major -> row-order output copy (and the index_select it replaced). `per_ideal` =
+(dense / 16) / time. The allocator is tuned (`rbgp.tune_cpu_allocator`), as `rbgp bench` does. All
+this in PROCESSES fresh processes (ratios move from process to process on a shared VM); the tables
+give each ratio's min / median / max.
 
     python benchmarks/linear_fixed_costs.py   # writes benchmarks/linear_fixed_costs.{json,md}
 """
@@ -32,7 +34,7 @@ import torch
 import rbgp.ops.grouped as grouped
 from rbgp.allocator import tune_cpu_allocator
 from rbgp.files import write_json, write_text
-from rbgp.nn import RBGPLinear
+from rbgp.nn import RBGPLinear, sparsify
 
 OUT, IN, BATCHES, DENSITY, ROUNDS, PROCESSES = 4096, 4096, (256, 64), 1 / 16, 31, 5
 CHILD_ENV = "RBGP_LINEAR_FIXED_COSTS_CHILD"
@@ -56,7 +58,7 @@ def _interleave(yg: torch.Tensor) -> torch.Tensor:
     return yt.view(g * r, n)
 
 
-def time_batch(layer: RBGPLinear, batch: int) -> dict:
+def time_batch(layer: RBGPLinear, fitted: RBGPLinear, batch: int) -> dict:
     x, w = torch.randn(batch, IN), torch.randn(OUT, IN)
     lay, vals = layer.layout, layer.values.detach().contiguous()
     g, r, k = vals.shape
@@ -78,6 +80,7 @@ def time_batch(layer: RBGPLinear, batch: int) -> dict:
         "RBGP forward, row-major input": lambda: layer(x),
         "RBGP forward, row-major input, transpose first (older path)": lambda: _old_path(layer, x),
         "RBGP forward, input from a previous RBGP layer": lambda: layer(x_fm),
+        "RBGP forward, row-major input, layout fitted to dense weights (sparsify's default init)": lambda: fitted(x),
         "  micro-block gather (row-major input)": lambda: grouped.gather_rows(blocks, index),
         "  micro-block gather with index_select (before 2026-12-04)": lambda: blocks.index_select(0, index),
         "  input transpose (older path)": lambda: grouped.feature_major(x),
@@ -108,9 +111,12 @@ def measure() -> dict:
     tuned = tune_cpu_allocator()
     torch.manual_seed(0)
     layer = RBGPLinear(IN, OUT, sparsity=1 - DENSITY, bias=False).eval()
+    fitted = torch.nn.Sequential(torch.nn.Linear(IN, OUT, bias=False))
+    sparsify(fitted, 1 - DENSITY, keep_first_last=False)  # init="magnitude": rows and columns relabelled one by one
     g, r, k = layer.values.shape
     return {"allocator": "tuned" if tuned else "default", "groups": g, "rows_per_group": r, "cols_per_group": k,
-            "block_width": layer.layout.block_width, "runs": [time_batch(layer, b) for b in BATCHES]}
+            "block_width": layer.layout.block_width, "fitted_block_width": fitted[0].layout.block_width,
+            "runs": [time_batch(layer, fitted[0].eval(), b) for b in BATCHES]}
 
 
 def main() -> None:

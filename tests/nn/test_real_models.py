@@ -80,6 +80,25 @@ def test_transformers_sparsify_train_save_reload(name, tmp_path):
         assert torch.equal(twin.eval()(input_ids=ids).logits, ref)
 
 
+@pytest.mark.parametrize("name", HF_MODELS)
+def test_transformers_inference_matches_the_densified_model(name):
+    """The inference path (no autograd node, gather index and row strides kept per layer) on a
+    model we did not write, under no_grad and inference_mode, two batch sizes, against its
+    densified twin."""
+    model = _tiny(name)
+    sparsify(model, 0.9)
+    model.eval()
+    dense = rbgp.densify(model, inplace=False)
+    for ids in (_ids(1), torch.randint(0, VOCAB, (3, 11), generator=torch.Generator().manual_seed(2)), _ids(1)):
+        with torch.no_grad():
+            ref = dense(input_ids=ids).logits
+            got = model(input_ids=ids).logits
+        with torch.inference_mode():
+            got_inference = model(input_ids=ids).logits
+        assert torch.allclose(got, ref, atol=1e-4, rtol=1e-4)
+        assert torch.equal(got_inference, got)
+
+
 def test_gpt2_conv1d_converted_and_tied_head_kept():
     model = _tiny("gpt2")
     report = sparsify(model, 0.9)
