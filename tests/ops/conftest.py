@@ -122,7 +122,37 @@ def check_conv(case: tuple, device: str, dtype: torch.dtype) -> None:
         assert err <= bound, f"{name} ({dtype}): kernel error {err:.3e} > bound {bound:.3e}"
 
 
+def check_conv_against_dense(layer, dense: torch.nn.Conv2d, x: torch.Tensor, dtype: torch.dtype,
+                             tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """An RBGPConv2d with float64 weights, cast to `dtype`, on x against `dense` (float64, the same
+    conv with the masked weight copied in): output, grad-input, grad-values and grad-bias within
+    tol * max|ref|. Returns (output, reference output)."""
+    import copy
+
+    with torch.no_grad():
+        dense.weight.copy_(layer.dense_weight())
+        if layer.bias is not None:
+            dense.bias.copy_(layer.bias)
+    xr = x.clone().requires_grad_()
+    ref = dense(xr)
+    gy = torch.randn_like(ref)
+    ref.backward(gy)
+    low = copy.deepcopy(layer).to(dtype)
+    xt = x.to(dtype).requires_grad_()
+    y = low(xt)
+    y.backward(gy.to(dtype))
+    pairs = [(y, ref), (xt.grad, xr.grad),
+             (low.values.grad, grouped_values(dense.weight.grad.reshape(layer.out_channels, -1), layer.layout))]
+    if layer.bias is not None:
+        pairs.append((low.bias.grad, dense.bias.grad))
+    for got, want in pairs:
+        err = (got.double() - want).abs().max().item()
+        assert err <= tol * want.abs().max().item() + 1e-12, (dtype, err)
+    return y, ref
+
+
 @pytest.fixture
 def tk() -> SimpleNamespace:
     """The helpers above, for test modules (importlib import mode: conftest is not importable)."""
-    return SimpleNamespace(check=check_triton, check_conv=check_conv, make_layout=make_layout, random_group_layout=random_group_layout)
+    return SimpleNamespace(check=check_triton, check_conv=check_conv, make_layout=make_layout, random_group_layout=random_group_layout,
+                           check_conv_against_dense=check_conv_against_dense)

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from rbgp.nn import RBGPConv2d
-from rbgp.ops import grouped_values
 from rbgp.ops.channel_conv import channel_table
 from rbgp.patterns import RBGP4
 
@@ -23,29 +22,14 @@ TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 3e-2}
     (32, 48, (3, 1), 1, (1, 0), 1, "reflect", (6, 5), 0.75),
     (16, 32, 5, 1, "same", 2, "circular", (11, 9), 0.75),
 ])
-def test_channel_path_matches_dense(dtype, cin, cout, k, s, p, d, mode, hw, sparsity):
+def test_channel_path_matches_dense(tk, dtype, cin, cout, k, s, p, d, mode, hw, sparsity):
     torch.manual_seed(0)
     pattern = RBGP4(min_group_rows=8) if cout == 100 and cin == 64 else None
     layer = RBGPConv2d(cin, cout, k, s, p, d, sparsity=sparsity, padding_mode=mode, pattern=pattern).double()
     assert layer.channels is not None  # whole input channels per group: the grouped-conv path runs
     assert pattern is None or layer.structure.layout.padded_rows == 4
     dense = torch.nn.Conv2d(cin, cout, k, s, p, d, padding_mode=mode).double()
-    with torch.no_grad():
-        dense.weight.copy_(layer.dense_weight())
-        dense.bias.copy_(layer.bias)
-    x = torch.randn(2, cin, *hw, dtype=torch.float64)
-    xr = x.clone().requires_grad_()
-    ref = dense(xr)
-    gy = torch.randn_like(ref)
-    ref.backward(gy)
-    low = copy.deepcopy(layer).to(dtype)
-    xt = x.to(dtype).requires_grad_()
-    y = low(xt)
-    y.backward(gy.to(dtype))
-    dv_ref = grouped_values(dense.weight.grad.reshape(cout, -1), layer.layout)
-    for got, want in ((y, ref), (xt.grad, xr.grad), (low.values.grad, dv_ref), (low.bias.grad, dense.bias.grad)):
-        err = (got.double() - want).abs().max().item()
-        assert err <= TOL[dtype] * want.abs().max().item() + 1e-12, (dtype, err)
+    tk.check_conv_against_dense(layer, dense, torch.randn(2, cin, *hw, dtype=torch.float64), dtype, TOL[dtype])
 
 
 def test_block_layouts_keep_the_im2col_path_and_agree():

@@ -2,43 +2,22 @@
 forward and the three gradients, odd shapes, padding rows, rows already in order, chunks
 that do not divide the batch, dtypes, autocast."""
 
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 import rbgp.ops.pointwise_conv as pointwise
 from rbgp.nn import RBGPConv2d
-from rbgp.ops import grouped_values
 from rbgp.patterns import RBGP4
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 3e-3}
 
 
-def _check(layer: RBGPConv2d, x: torch.Tensor, dtype: torch.dtype) -> None:
+def _check(tk, layer: RBGPConv2d, x: torch.Tensor, dtype: torch.dtype) -> None:
     """The layer (float64 weights) in `dtype` on x against the dense conv in float64, with its gradients."""
     dense = torch.nn.Conv2d(layer.in_channels, layer.out_channels, 1, bias=layer.bias is not None).double()
-    with torch.no_grad():
-        dense.weight.copy_(layer.dense_weight())
-        if layer.bias is not None:
-            dense.bias.copy_(layer.bias)
-    xr = x.clone().requires_grad_()
-    ref = dense(xr)
-    gy = torch.randn_like(ref)
-    ref.backward(gy)
-    low = copy.deepcopy(layer).to(dtype)
-    xt = x.to(dtype).requires_grad_()
-    y = low(xt)
+    y, ref = tk.check_conv_against_dense(layer, dense, x, dtype, TOL[dtype])
     assert y.dtype == dtype and y.shape == ref.shape and y.is_contiguous()
-    y.backward(gy.to(dtype))
-    pairs = [(y, ref), (xt.grad, xr.grad),
-             (low.values.grad, grouped_values(dense.weight.grad.reshape(layer.out_channels, -1), layer.layout))]
-    if layer.bias is not None:
-        pairs.append((low.bias.grad, dense.bias.grad))
-    for got, want in pairs:
-        err = (got.double() - want).abs().max().item()
-        assert err <= TOL[dtype] * want.abs().max().item() + 1e-12, (dtype, err)
 
 
 @pytest.mark.parametrize("dtype", list(TOL))
@@ -48,7 +27,7 @@ def _check(layer: RBGPConv2d, x: torch.Tensor, dtype: torch.dtype) -> None:
     (64, 256, (3, 4), 0.9375, None, 80000),  # chunks of 2 samples, the last one short
     (48, 40, (3, 5), 0.75, RBGP4(group_rows=1), 1),  # one row per group: rows in order, one sample a chunk
 ])
-def test_pointwise_path_matches_dense(dtype, cin, cout, hw, sparsity, pattern, chunk, monkeypatch):
+def test_pointwise_path_matches_dense(tk, dtype, cin, cout, hw, sparsity, pattern, chunk, monkeypatch):
     torch.manual_seed(0)
     if chunk is not None:
         monkeypatch.setattr(pointwise, "CHUNK_BYTES", chunk)
@@ -56,13 +35,13 @@ def test_pointwise_path_matches_dense(dtype, cin, cout, hw, sparsity, pattern, c
     assert pattern is None or pattern.group_rows != 1 or layer._rows_in_order
     if cout == 100:
         assert layer.structure.layout.padded_rows == 4
-    _check(layer, torch.randn(5, cin, *hw, dtype=torch.float64), dtype)
+    _check(tk, layer, torch.randn(5, cin, *hw, dtype=torch.float64), dtype)
 
 
-def test_pointwise_path_without_bias_and_on_an_empty_batch():
+def test_pointwise_path_without_bias_and_on_an_empty_batch(tk):
     torch.manual_seed(0)
     layer = RBGPConv2d(32, 64, 1, sparsity=0.875, bias=False).double()
-    _check(layer, torch.randn(3, 32, 4, 6, dtype=torch.float64), torch.float64)
+    _check(tk, layer, torch.randn(3, 32, 4, 6, dtype=torch.float64), torch.float64)
     x = torch.randn(0, 32, 4, 6, dtype=torch.float64, requires_grad=True)
     y = layer(x)
     assert y.shape == (0, 64, 4, 6)

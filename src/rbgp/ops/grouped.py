@@ -168,12 +168,11 @@ def grouped_forward(x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors
     """yt (out, N) = W x^T for x (N, in), row-major or a transposed view of a feature-major buffer."""
     g, r, _ = values.shape
     yt = x.new_empty(g * r, x.shape[0])
-    yg = _group_major(yt, layout)
-    in_place = yg is not None
-    yg = yg if in_place else yt.view(g, r, -1)
+    in_order = _group_major(yt, layout)
+    yg = yt.view(g, r, -1) if in_order is None else in_order
     for c, xg in _gathered_inputs(x, layout):
         _bmm_into(values[c], xg, yg[c])
-    return yt if in_place else yt.index_select(0, layout.row_order)
+    return yt if in_order is not None else yt.index_select(0, layout.row_order)
 
 
 def grouped_backward(grad_y: torch.Tensor, x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors,
