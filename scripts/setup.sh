@@ -21,23 +21,26 @@ if ! "$VPY" -c "import triton" 2>/dev/null; then
     "$VPY" -m pip install -q "triton" || echo "[setup] warning: triton not installed; Triton tests will be skipped"
 fi
 
-FMNIST=/usr/share/datasets/fashion-mnist
-if [ ! -d "$FMNIST" ]; then
+# Debian packages for the real data: Fashion-MNIST (demos) and the King James Bible text with its reader
+# `bible` (the language-model conversion benchmarks). Tests never need them.
+apt_install() {  # PACKAGE WHAT
     if command -v apt-get >/dev/null 2>&1; then
         SUDO=""
         if [ "$(id -u)" -ne 0 ]; then
             if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; fi
         fi
         if [ "$(id -u)" -eq 0 ] || [ -n "$SUDO" ]; then
-            echo "[setup] installing Debian package dataset-fashion-mnist"
+            echo "[setup] installing Debian package $1"
             $SUDO apt-get update -qq >/dev/null || true
-            DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null \
-                || echo "[setup] warning: could not install dataset-fashion-mnist; demos need it"
+            DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$1" >/dev/null \
+                || echo "[setup] warning: could not install $1; $2 need it"
         else
-            echo "[setup] note: Fashion-MNIST missing; run 'sudo apt-get install dataset-fashion-mnist'"
+            echo "[setup] note: $1 missing; run 'sudo apt-get install $1' ($2 need it)"
         fi
     else
-        echo "[setup] note: Fashion-MNIST missing and no apt-get; see README (Data)"
+        echo "[setup] note: $1 missing and no apt-get; see README (Data)"
     fi
-fi
+}
+[ -d /usr/share/datasets/fashion-mnist ] || apt_install dataset-fashion-mnist "demos"
+command -v bible >/dev/null 2>&1 || apt_install bible-kjv "the language-model benchmarks"
 echo "[setup] ok: $("$VPY" -c 'import torch, rbgp; print("rbgp", rbgp.__version__, "torch", torch.__version__)')"

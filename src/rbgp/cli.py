@@ -85,6 +85,9 @@ def _add_torch_commands(sub: argparse._SubParsersAction) -> None:
     from rbgp.compress.cli import add_compress_parser
 
     add_compress_parser(sub)
+    from rbgp.tools.convert import add_convert_parser
+
+    add_convert_parser(sub)
 
 
 USER_ERRORS = (ValueError, OSError, MemoryError)

@@ -64,7 +64,7 @@ def from_pretrained(model_class: Any, path: str | Path, **config_overrides: Any)
     build = getattr(model_class, "from_config", None) or model_class
     model = build(config)
     recipe = dict(recipe)
-    if recipe.get("init") == "magnitude":  # the fitted structures are in the files: no need to fit random weights
+    if recipe.get("init") in ("magnitude", "calibrated"):  # the fitted structures are in the files: nothing to fit
         recipe["init"] = "kaiming"
     sparsify(model, recipe.pop("sparsity"), recipe.pop("pattern"), **recipe.pop("pattern_kwargs"), **recipe)
     load_state(model, path)

@@ -24,7 +24,7 @@ import copy
 import fnmatch
 import inspect
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Union
 
@@ -34,9 +34,11 @@ from torch import nn
 from tqdm import tqdm
 
 from rbgp.graphs import path_coverage
+from rbgp.nn.calibration import GramStats, as_batches, sequential
 from rbgp.nn.distribution import DEFAULT_DISTRIBUTION, DISTRIBUTIONS, distribute, hw_group_rows
 from rbgp.nn.masked import MaskedConv2d, MaskedLinear
 from rbgp.nn.rbgp_layers import RBGPConv2d, RBGPLinear, is_hf_conv1d, linear_weight
+from rbgp.nn.reconstruct import DAMP, SALIENCIES, fit_calibrated, output_error, solve_grouped
 from rbgp.patterns import (
     RBGP4,
     Pattern,
@@ -49,7 +51,7 @@ from rbgp.patterns.fit import kept_mass, top_k_mask
 
 SPARSE_TYPES = (RBGPLinear, RBGPConv2d, MaskedLinear, MaskedConv2d)
 ON_INFEASIBLE = ("nearest", "skip", "error")
-INITS = ("magnitude", "keep", "kaiming")
+INITS = ("magnitude", "keep", "kaiming", "calibrated")
 MAX_NEAREST_MISS = 0.1
 """on_infeasible="nearest" takes the nearest feasible sparsity only within this distance of the request;
 beyond, the layer stays dense (reported as infeasible)."""
@@ -84,6 +86,7 @@ class LayerReport:
     note: str = ""
     dense_flops: int = 0  # per output position (a token, or a conv output pixel): 2 x out x in (x kh x kw)
     flops: int = 0  # the same for the sparse layer: 2 x non-zeros (padding rows not counted)
+    output_error: float | None = None  # calibrated: ||X (W' - W)^T||^2 / ||X W^T||^2 on the calibration inputs
 
 
 @dataclass
@@ -114,16 +117,20 @@ class SparsifyReport:
         def pct(x: float | None) -> str:
             return "" if x is None else f"{x:.1%}"
 
+        calibrated = any(r.output_error is not None for r in self.layers)
         lines = ["| layer | weight | pattern | sparsity asked | achieved | rows/group | params before | after | "
-                 "FLOPs/position dense -> sparse | kept mass | top-k bound | note |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                 "FLOPs/position dense -> sparse | kept mass | top-k bound | "
+                 + ("output error | " if calibrated else "") + "note |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if calibrated else "")]
         for r in self.layers:
             lines.append(f"| {r.name} | {'x'.join(map(str, r.weight_shape))} | {r.pattern} | "
                          f"{r.requested_sparsity:.4g} | {r.sparsity:.4f} | {r.rows_per_group or ''} | "
                          f"{r.params_before:,} | {r.params_after:,} | {r.dense_flops:,} -> {r.flops:,} | "
-                         f"{pct(r.kept_mass)} | {pct(r.top_k_mass)} | {r.note} |")
+                         f"{pct(r.kept_mass)} | {pct(r.top_k_mass)} | "
+                         + (f"{'' if r.output_error is None else f'{r.output_error:.4f}'} | " if calibrated else "")
+                         + f"{r.note} |")
         for name, why in self.skipped:
-            lines.append(f"| {name} | | dense | | 0 | | | | | | | {why} |")
+            lines.append(f"| {name} | | dense | | 0 | | | | | | | {'| ' if calibrated else ''}{why} |")
         lines.append(f"\nModel parameters: {self.params_before:,} before, {self.params_after:,} after "
                      f"({len(self.layers)} layers converted, {len(self.skipped)} left dense)")
         if self.global_sparsity is not None:
@@ -279,6 +286,9 @@ def sparsify(
     on_infeasible: str = "nearest",
     inplace: bool = True,
     distribution: str | None = None,
+    calibration: Iterable | None = None,
+    saliency: str = "obs",
+    damp: float = DAMP,
     **pattern_kwargs: Any,
 ) -> SparsifyReport:
     """Make `model` sparse and report what changed; on any error the model is untouched.
@@ -306,6 +316,15 @@ def sparsify(
     global) or "uniform" (every layer at `sparsity`; the default for a dict or callable). Under "erk"
     and "hw" each layer takes the nearest feasible density to what the rule asks, and the rule is
     re-solved over the layers left, so the global budget is met (on_infeasible does not apply).
+    calibration: an iterable of model inputs (tensors, dicts for transformers models, `(input, target)`
+    pairs, a DataLoader; a few hundred samples are typical): the layers are converted one after another
+    in the order the model runs them, each on the inputs the already-converted layers produce. Each
+    layer's row groups and the aligned micro-blocks they read are fitted to the weights' `saliency`
+    ("obs": w^2 / [H^-1]_jj, "wanda": w^2 * ||x_j||^2, "magnitude": w^2), then every row group's weights
+    (and the bias) are the exact least-squares fit of the dense layer's outputs on the calibration
+    inputs (one Cholesky of the group's damped input Gram matrix, `damp` times its mean diagonal).
+    The report gives each layer's relative output error. RBGP4 only (`rbgp.nn.oneshot` prunes
+    unstructured or 2:4 with Wanda or SparseGPT); init="calibrated" is implied.
 
     The same arguments on the same architecture give the same structure (`report.recipe` holds them;
     on a Hugging Face model they are also stored as `model.config.rbgp`, so `save_pretrained` keeps
@@ -321,6 +340,18 @@ def sparsify(
     if distribution != "uniform" and per_layer:
         raise ValueError(f"distribution={distribution!r} spreads one global sparsity (a float); a dict or "
                          f"callable already gives every layer its own")
+    if calibration is not None:
+        if init not in ("magnitude", "calibrated"):
+            raise ValueError(f"calibration fits the structure and the weights to the data; it cannot be combined "
+                             f"with init={init!r} (leave init at its default)")
+        if saliency not in SALIENCIES:
+            raise ValueError(f"saliency must be one of {SALIENCIES}, got {saliency!r}")
+        if not (isinstance(damp, (int, float)) and 0 <= damp < 1e3) or isinstance(damp, bool):
+            raise ValueError(f"damp must be a number in [0, 1000), got {damp!r}")
+        calibration = as_batches(calibration)
+        init = "calibrated"
+    elif init == "calibrated":
+        raise ValueError("init='calibrated' needs calibration data (calibration=[batch, ...])")
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     if on_infeasible not in ON_INFEASIBLE:
@@ -331,6 +362,9 @@ def sparsify(
     except TypeError as err:
         own = [p for p in inspect.signature(sparsify).parameters if p not in ("model", "pattern_kwargs")]
         raise TypeError(f"sparsify: {err}; sparsify's own keywords: {own}") from None
+    if calibration is not None and not isinstance(base, RBGP4):
+        raise ValueError(f"calibration converts into RBGP4 structures; for pattern {base.kind!r} use "
+                         f"rbgp.nn.oneshot.prune_oneshot (magnitude, Wanda, SparseGPT; unstructured or 2:4)")
     if not inplace:
         model = copy.deepcopy(model)
     candidates, skipped = _classify(model)
@@ -377,24 +411,44 @@ def sparsify(
                                 _feasible_sparsity(module, 1.0 - asked, base, "nearest", name)[2]))
                 kept_by_distribution.append(module.weight.numel())
         chosen = [(i, name, m, 1.0 - asked) for (i, name, m, _), (asked, built) in zip(chosen, densities) if built < 1.0]
-    planned: list[tuple[str, nn.Module, nn.Module, float, str]] = []
-    for index, name, module, requested in tqdm(chosen, desc="sparsify", unit="layer", leave=False,
-                                               disable=None if len(chosen) > 8 else True):
+    targets: list[tuple[int, str, nn.Module, float, Pattern, float, str]] = []
+    for index, name, module, requested in chosen:
         layer_pattern = for_layer(module)
-        if isinstance(base, RBGP4) and shuffle and init != "magnitude" and len(planned) % 2 == 1:
+        if isinstance(base, RBGP4) and shuffle and init in ("keep", "kaiming") and len(targets) % 2 == 1:
             layer_pattern = _shuffled(layer_pattern)
         target, note, why_not = _feasible_sparsity(module, requested, layer_pattern, on_infeasible, name)
         if target is None:
             skipped.append((name, why_not))
-            continue
-        new = _convert(module, target, layer_pattern, seed + index, init, backend, name)
-        planned.append((name, module, new, requested, note))
+        else:
+            targets.append((index, name, module, requested, layer_pattern, target, note))
+    planned: list[tuple[str, nn.Module, nn.Module, float, str]] = []
+    if calibration is None:
+        for index, name, module, requested, layer_pattern, target, note in tqdm(
+                targets, desc="sparsify", unit="layer", leave=False, disable=None if len(targets) > 8 else True):
+            new = _convert(module, target, layer_pattern, seed + index, init, backend, name)
+            planned.append((name, module, new, requested, note))
+    elif targets:
+        by_name = {t[1]: t for t in targets}
+        errors: dict[str, float | None] = {}
+
+        def convert(name: str, module: nn.Module, stats: GramStats) -> nn.Module:
+            index, _, _, requested, layer_pattern, target, note = by_name[name]
+            new, errors[name], extra = _convert_calibrated(module, target, layer_pattern, seed + index, backend, name,
+                                                           stats, saliency, damp)
+            planned.append((name, module, new, requested, "; ".join(filter(None, [note, extra]))))
+            return new
+
+        sequential(model, [(t[1], t[2]) for t in targets], calibration, convert, desc="sparsify (calibrated)")
+        order = {t[1]: i for i, t in enumerate(targets)}
+        planned.sort(key=lambda p: order[p[0]])
     if not planned:
         sparse = sum(why == "already sparse" for _, why in skipped)
         what = f"nothing left to convert ({sparse} layers are already sparse, " if sparse else "no layer was converted ("
         warnings.warn(f"sparsify: {what}{len(candidates)} stay dense: see report.skipped)", stacklevel=2)
-    for name, module, new, requested, note in planned:  # nothing above touched the model
+    for name, module, new, requested, note in planned:  # nothing above touched the model (or put it back)
         report.layers.append(_layer_report(name, module, new, requested, note, init))
+        if calibration is not None:
+            report.layers[-1].output_error = errors[name]
         _set_module(model, name, new)
     report.skipped = skipped
     report.params_after = count_parameters(model)
@@ -547,6 +601,31 @@ def _convert(module: nn.Module, sparsity: float, pattern: Pattern, seed: int, in
     if init == "magnitude":  # data-free correction for the pruned mass: each row keeps its L1 norm
         new.scale_rows_(_row_l1_ratio(w, new.dense_weight().detach().reshape(w.shape)))
     return new
+
+
+def _convert_calibrated(module: nn.Module, sparsity: float, pattern: Pattern, seed: int, backend: str, name: str,
+                        stats: GramStats, kind: str, damp: float) -> tuple[nn.Module, float | None, str]:
+    """(the RBGP layer fitted to the calibration statistics, its relative output error, a note).
+    A layer the model never called on the calibration data is converted data-free (init="magnitude")."""
+    if stats.rows == 0:
+        return (_convert(module, sparsity, pattern, seed, "magnitude", backend, name), None,
+                "not called on the calibration data: fitted to |W| (data-free)")
+    w = _weight_matrix(module)
+    b = module.bias.detach() if module.bias is not None else None
+    try:
+        structure = fit_calibrated(pattern, w, stats.inputs, _shape(module), sparsity, seed, kind, damp)
+        cls = RBGPLinear if not isinstance(module, nn.Conv2d) else RBGPConv2d
+        new = cls.from_dense(module, sparsity, pattern=pattern, seed=seed, keep_weights=False, backend=backend,
+                             structure=structure)
+    except ValueError as err:
+        raise ValueError(f"cannot sparsify layer {name!r} ({module}): {err}") from err
+    values, bias = solve_grouped(w, b, stats.gram, new.row_index, new.col_index, damp)
+    with torch.no_grad():
+        new.values.copy_(values)
+        if bias is not None:
+            new.bias.copy_(bias)
+        error = output_error(w, b, new.dense_matrix(), new.bias, stats.gram)
+    return new, error, ""
 
 
 def _row_l1_ratio(dense: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:

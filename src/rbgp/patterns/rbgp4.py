@@ -349,11 +349,12 @@ class RBGP4(Pattern):
         m, n = matrix_shape(weight_shape)
         return self._for_shape(weight_shape)._plan(m, n, sparsity).cost()
 
-    def fit(self, weight, weight_shape, sparsity, seed=0) -> SparseMask:
-        """The plan's structure fitted to |weight|: row groups and inner graph chosen to keep the most
-        mass (see `rbgp.patterns.fit`); needs a complete outer graph (outer_sparsity=0). Columns are
-        chosen one by one (fitted column sets are not aligned runs anyway), or, for a conv with
-        channel micro-blocks, one input channel (all its taps) at a time."""
+    def fit(self, weight, weight_shape, sparsity, seed=0, micro_blocks: bool = False) -> SparseMask:
+        """The plan's structure fitted to |weight| (or any non-negative saliency of that shape): row
+        groups and inner graph chosen to keep the most mass (see `rbgp.patterns.fit`); needs a complete
+        outer graph (outer_sparsity=0). Columns are chosen one by one, or with `micro_blocks` a whole
+        aligned micro-block (the plan's block width) at a time, which keeps the kernels' fast paths; a
+        conv with channel micro-blocks always takes one input channel (all its taps) at a time."""
         if self.outer_sparsity:
             raise ValueError(f"init='magnitude' fits RBGP4 plans with a complete outer graph; got "
                              f"outer_sparsity={self.outer_sparsity:g} (use 0, or init='keep')")
@@ -361,7 +362,8 @@ class RBGP4(Pattern):
         weight = np.asarray(weight).reshape(m, n)
         shaped = self._for_shape(weight_shape)
         plan = shaped._plan(m, n, sparsity)
-        unit = plan.block[1] if shaped is not self and plan.block[1] == shaped.block[1] else 1  # whole channels
+        channels = shaped is not self and plan.block[1] == shaped.block[1]
+        unit = plan.block[1] if channels or micro_blocks else 1
         mass = np.abs(weight).reshape(m, n // unit, unit).sum(axis=2)
         layout, neighbors, history = fit_grouped(mass, plan.inner[0], plan.nnz_per_row // unit)
         if unit > 1:
@@ -369,7 +371,7 @@ class RBGP4(Pattern):
             layout = GroupedLayout(m, n, layout.row_index, cols)
         ramanujan_gap = plan.factors(check_int("seed", seed, 0))[2].spectral_gap()
         return fitted_mask(self.kind, tuple(weight_shape), layout, neighbors, n // unit,
-                           {"plan": plan.describe(), "kept_mass": history[-1] if history else 0.0,
+                           {"plan": plan.describe(), "fit_unit": unit, "kept_mass": history[-1] if history else 0.0,
                             "kept_mass_by_round": history, "ramanujan_spectral_gap": ramanujan_gap})
 
     def nearest_sparsity(self, weight_shape, sparsity: float) -> float | None:

@@ -1,0 +1,202 @@
+"""Calibration: the input statistics of each layer, collected layer by layer on the model as it is converted.
+
+`sequential(model, layers, batches, convert)` runs the calibration batches through the model with
+forward hooks and hands each layer its input Gram matrix (`GramStats`), then swaps in what `convert`
+returns before the next layers are measured, so later layers see the inputs the already-converted
+layers produce (as SparseGPT does). Layers that read the same input tensor (a transformer's q/k/v,
+gate/up projections) form one wave and share one Gram matrix; a wave's passes stop as soon as its
+layers have run, so peak memory is the model plus one wave's Gram (float64) and one batch.
+
+A calibration batch is what the model is called with: a tensor (`model(t)`), a dict (`model(**d)`,
+transformers' tokenizer output), or a tuple or list whose first element is the input (a DataLoader's
+`(inputs, targets)`); any iterable of them (a list, a DataLoader) is calibration data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from rbgp.nn.rbgp_layers import is_hf_conv1d
+
+
+class CalibrationError(ValueError):
+    """Calibration data that cannot be used (empty, or of a kind the model cannot be called with)."""
+
+
+class _Stop(Exception):
+    """Raised by a hook once every layer of the current wave has run: the rest of the forward is not needed."""
+
+
+@dataclass
+class GramStats:
+    """The augmented Gram matrix [X 1]^T [X 1] (float64) of one layer's inputs, and how many rows X has."""
+
+    gram: torch.Tensor
+    rows: int = 0
+
+    @property
+    def inputs(self) -> torch.Tensor:
+        """X^T X (without the ones column)."""
+        return self.gram[:-1, :-1]
+
+    def add(self, x: torch.Tensor) -> None:
+        """Accumulate rows x (n, in): float32 (or wider) products, summed in float64."""
+        x = x.detach()
+        x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        x = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
+        self.gram += (x.t() @ x).double()
+        self.rows += x.shape[0]
+
+
+def layer_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The rows (n, in) that multiply a layer's (out, in) weight matrix: the flattened features of a
+    linear layer, the im2col patches (c_in * kh * kw per output pixel) of a conv."""
+    if isinstance(module, nn.Conv2d):
+        if isinstance(module.padding, str) or module.padding_mode != "zeros" or any(module.padding):
+            mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+            x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
+        cols = F.unfold(x, module.kernel_size, module.dilation, 0, module.stride)  # (N, c*kh*kw, L)
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    width = module.weight.shape[0] if is_hf_conv1d(module) else module.weight.shape[1]
+    return x.reshape(-1, width)
+
+
+def _input_width(module: nn.Module) -> int:
+    if isinstance(module, nn.Conv2d):
+        return module.weight[0].numel()
+    return module.weight.shape[0] if is_hf_conv1d(module) else module.weight.shape[1]
+
+
+def call_model(model: nn.Module, batch) -> None:
+    """Run `model` on one calibration batch (see the module docstring for the kinds)."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if isinstance(batch, torch.Tensor):
+        model(batch.to(device))
+    elif isinstance(batch, Mapping):
+        model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+    elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], (torch.Tensor, Mapping)):
+        call_model(model, batch[0])
+    else:
+        raise CalibrationError(f"a calibration batch must be a tensor, a dict of model inputs, or a tuple/list whose "
+                               f"first element is one; got {type(batch).__name__}")
+
+
+def as_batches(calibration: Iterable) -> list:
+    """The calibration data as a list of batches (it is read once per wave); refuses empty data."""
+    if isinstance(calibration, (torch.Tensor, Mapping)):
+        raise CalibrationError("calibration must be an iterable of batches (a list of tensors, a DataLoader), not a "
+                               "single tensor or dict: wrap it in a list ([batch])")
+    try:
+        batches = list(calibration)
+    except TypeError:
+        raise CalibrationError(f"calibration must be an iterable of batches, got {type(calibration).__name__}") from None
+    if not batches:
+        raise CalibrationError("calibration data is empty: give at least one batch (a few hundred samples are typical)")
+    return batches
+
+
+def _waves(model: nn.Module, layers: list[tuple[str, nn.Module]], batch) -> list[list[int]]:
+    """Indices into `layers` grouped by the input tensor they read, in the order they run (one probe
+    forward). Layers the model never calls on `batch` come last, one wave each (they get no samples)."""
+    seen: list[tuple[int, torch.Tensor]] = []
+
+    def hook(i):
+        def fn(_module, args):
+            if args and isinstance(args[0], torch.Tensor) and all(j != i for j, _ in seen):
+                seen.append((i, args[0]))
+        return fn
+
+    handles = [m.register_forward_pre_hook(hook(i)) for i, (_, m) in enumerate(layers)]
+    try:
+        with torch.no_grad():
+            call_model(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    waves: list[list[int]] = []
+    last = None
+    for i, x in seen:
+        if waves and x is last and _input_width(layers[i][1]) == _input_width(layers[waves[-1][0]][1]) \
+                and type(layers[i][1]) is type(layers[waves[-1][0]][1]) and not isinstance(layers[i][1], nn.Conv2d):
+            waves[-1].append(i)
+        else:
+            waves.append([i])
+        last = x
+    called = {i for i, _ in seen}
+    return waves + [[i] for i in range(len(layers)) if i not in called]
+
+
+def _measure(model: nn.Module, wave: list[nn.Module], batches: list) -> GramStats:
+    """The Gram matrix of the input the modules of `wave` share, over every batch."""
+    first = wave[0]
+    p = first.weight
+    stats = GramStats(torch.zeros(_input_width(first) + 1, _input_width(first) + 1, dtype=torch.float64,
+                                  device=p.device))
+    pending: set[int] = set()
+
+    def pre(module, args):
+        if id(module) == id(first):
+            stats.add(layer_inputs(module, args[0]))
+
+    def post(module, _args, _out):
+        pending.discard(id(module))
+        if not pending:
+            raise _Stop
+
+    handles = [first.register_forward_pre_hook(pre)] + [m.register_forward_hook(post) for m in wave]
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                pending = {id(m) for m in wave}
+                try:
+                    call_model(model, batch)
+                except _Stop:
+                    pass
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule called `name`."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def sequential(model: nn.Module, layers: list[tuple[str, nn.Module]], calibration: Iterable,
+               convert: Callable[[str, nn.Module, GramStats], nn.Module | None], desc: str = "calibrate") -> None:
+    """For each layer, in the order the model runs them, `convert(name, module, stats)`; a module it returns
+    replaces the layer before the next wave is measured (None: the layer stays, changed in place or not).
+    On any error every replaced layer is put back."""
+    batches = as_batches(calibration)
+    was_training = model.training
+    model.eval()
+    swapped: list[tuple[str, nn.Module]] = []
+    try:
+        waves = _waves(model, layers, batches[0])
+        bar = tqdm(total=len(layers), desc=desc, unit="layer", leave=False, disable=None if len(layers) > 1 else True)
+        for wave in waves:
+            stats = _measure(model, [layers[i][1] for i in wave], batches)
+            for i in wave:
+                name, module = layers[i]
+                bar.set_postfix_str(name)
+                new = convert(name, module, stats)
+                if new is not None and new is not module:
+                    set_module(model, name, new)
+                    swapped.append((name, module))
+                bar.update()
+            del stats
+        bar.close()
+    except BaseException:
+        for name, module in reversed(swapped):
+            set_module(model, name, module)
+        raise
+    finally:
+        model.train(was_training)

@@ -1,0 +1,190 @@
+"""Layer-wise reconstruction from calibration statistics: the exact least-squares weights of a grouped
+structure, the saliencies that choose it, and the error of a pruned layer.
+
+A layer y = W x + b seen on calibration inputs X (rows x) is summarised by its Gram matrix
+H = [X 1]^T [X 1] (the input augmented with a ones column, so the bias is part of the same problem).
+For a row group whose rows all read the input support S, the weights minimising
+sum ||W_S x_S + b' - (W x + b)||^2 solve one linear system with the matrix H[S+1, S+1] for every row
+of the group at once: one (damped) Cholesky per group, where unstructured methods need one per row.
+Everything here is float64, deterministic, and pure tensor maths (no modules).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from rbgp.patterns import GroupedLayout, Pattern, SparseMask
+from rbgp.patterns.fit import fitted_mask
+
+DAMP = 0.01
+"""Damping: lambda = DAMP * mean(diag H) is added to the diagonal of every system (as SparseGPT does)."""
+SALIENCIES = ("obs", "wanda", "magnitude")
+MAX_SOLVE_BYTES = 256 << 20
+"""Groups are solved in batches whose stacked systems take at most this much memory."""
+
+
+def damped(h: torch.Tensor, damp: float = DAMP) -> torch.Tensor:
+    """H + lambda I (lambda = damp * mean of the diagonal), with inputs never seen (zero diagonal) set to 1:
+    positive definite whenever damp > 0."""
+    h = h.clone()
+    diag = h.diagonal()
+    diag[diag <= 0] = 1.0
+    diag += damp * float(diag.mean())
+    return h
+
+
+def saliency(weight: torch.Tensor, gram: torch.Tensor, kind: str = "obs", damp: float = DAMP) -> torch.Tensor:
+    """Per-weight importance (out, in) >= 0, the energy each weight adds to the layer's output:
+    "obs": w^2 / [H^-1]_jj (the output error when weight w_ij alone is removed and the others are
+    re-fitted, Optimal Brain Surgeon); "wanda": w^2 * H_jj (Wanda's |w| * ||x_j||, squared; no re-fit);
+    "magnitude": w^2. `gram` is the (in, in) input Gram matrix (without the ones column)."""
+    if kind not in SALIENCIES:
+        raise ValueError(f"saliency must be one of {SALIENCIES}, got {kind!r}")
+    w2 = weight.double() ** 2
+    if kind == "magnitude":
+        return w2
+    if kind == "wanda":
+        return w2 * gram.double().diagonal().clamp_min(0)
+    chol = torch.linalg.cholesky(damped(gram.double(), damp))
+    return w2 / torch.cholesky_inverse(chol).diagonal()
+
+
+def _augment(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """[W b] (out, in + 1), float64; b = 0 when there is none."""
+    w = weight.double()
+    b = w.new_zeros(w.shape[0]) if bias is None else bias.double()
+    return torch.cat([w, b[:, None]], dim=1)
+
+
+def solve_grouped(weight: torch.Tensor, bias: torch.Tensor | None, gram: torch.Tensor, row_index: torch.Tensor,
+                  col_index: torch.Tensor, damp: float = DAMP, fit_bias: bool | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(values (G, R, K), bias (out,) or None): for every row group, the least-squares weights on its
+    columns given the dense layer `weight` (out, in), `bias` and the augmented Gram `gram` (in + 1, in + 1).
+
+    Rows from `out` on (padding rows) get zeros. The bias is re-fitted jointly (`fit_bias`, default:
+    when the layer has one) with an undamped ones column. A system that is not positive definite (a
+    degenerate Gram with damp=0) is retried with ten times the damping."""
+    out, inp = weight.shape
+    if gram.shape != (inp + 1, inp + 1):
+        raise ValueError(f"gram must be ({inp + 1}, {inp + 1}) (inputs plus a ones column), got {tuple(gram.shape)}")
+    fit_bias = bias is not None if fit_bias is None else fit_bias
+    g, r = row_index.shape
+    k = col_index.shape[1]
+    h = gram.double()
+    target = _augment(weight, bias).to(h.device)
+    target = torch.cat([target, target.new_zeros(g * r - out, inp + 1)])  # padding rows: zero targets
+    rows, cols = row_index.to(h.device), col_index.to(h.device)
+    support = torch.cat([cols, cols.new_full((g, 1), inp)], dim=1) if fit_bias else cols  # (G, K')
+    kk = support.shape[1]
+    scale = damp * float(h.diagonal()[:inp].clamp_min(0).mean())
+    values = torch.empty(g, r, k, dtype=torch.float64, device=h.device)
+    new_bias = torch.empty(g, r, dtype=torch.float64, device=h.device) if fit_bias else None
+    per = max(1, MAX_SOLVE_BYTES // (8 * kk * (kk + inp + 1)))
+    for s in range(0, g, per):
+        sup = support[s:s + per]
+        a = h[sup[:, :, None], sup[:, None, :]]  # (c, K', K')
+        diag = a.diagonal(dim1=1, dim2=2)
+        diag[:, :k][diag[:, :k] <= 0] = 1.0  # inputs never seen
+        rhs = h[sup] @ target[rows[s:s + per]].transpose(1, 2)  # (c, K', in+1) @ (c, in+1, R)
+        eye = torch.zeros(kk, dtype=torch.float64, device=h.device)
+        eye[:k] = 1.0
+        lam = scale if scale > 0 else 1e-12
+        for _ in range(8):
+            chol, info = torch.linalg.cholesky_ex(a + lam * torch.diag(eye))
+            if not bool(info.any()):
+                break
+            lam *= 10
+        else:
+            raise RuntimeError("the least-squares system stayed singular after damping (is the Gram matrix finite?)")
+        z = torch.cholesky_solve(rhs, chol)  # (c, K', R)
+        values[s:s + per] = z[:, :k].transpose(1, 2)
+        if fit_bias:
+            new_bias[s:s + per] = z[:, k]
+    if new_bias is not None:
+        flat = torch.empty(g * r, dtype=torch.float64, device=h.device)
+        flat[rows.reshape(-1)] = new_bias.reshape(-1)
+        return values, flat[:out]
+    return values, None if bias is None else bias.double()
+
+
+def output_error(weight: torch.Tensor, bias: torch.Tensor | None, new_weight: torch.Tensor,
+                 new_bias: torch.Tensor | None, gram: torch.Tensor) -> float:
+    """||X_aug ([W' b'] - [W b])^T||^2 / ||X_aug [W b]^T||^2 on the calibration inputs (0: exact)."""
+    h = gram.double()
+    ref = _augment(weight, bias).to(h.device)
+    diff = _augment(new_weight, new_bias).to(h.device) - ref
+    num = float(((diff @ h) * diff).sum())
+    den = float(((ref @ h) * ref).sum())
+    return num / den if den > 0 else 0.0
+
+
+CANDIDATES = 4.0
+"""Each row group's blocks are chosen by elimination among this many times the blocks it keeps (its highest
+saliency blocks; all when fewer), but never more than MAX_EXTRA_COLUMNS columns beyond those it keeps."""
+MAX_EXTRA_COLUMNS = 1024
+
+
+def select_blocks(weight: torch.Tensor, gram: torch.Tensor, row_index: torch.Tensor, ranked: torch.Tensor, keep: int,
+                  width: int, damp: float = DAMP, candidates: float = CANDIDATES) -> torch.Tensor:
+    """(G, keep * width) sorted columns: for every row group, the `keep` aligned blocks of `width` columns
+    whose least-squares fit of the group's rows loses least, by greedy group Optimal Brain Surgeon.
+
+    Among the group's best-ranked blocks (`ranked` (G, n_blocks), block ids best first; see CANDIDATES)
+    the weights are first re-fitted exactly; then the blocks whose removal costs least (with the others
+    re-fitted: w_B [H^-1]_BB^-1 w_B^T summed over the group's rows) are removed and the others updated,
+    one at a time near the end (a sixteenth of the excess at a time before), until `keep` remain.
+    Saliency sums ignore that inputs are correlated; this does not (on GPT-2's attention output
+    projections it cut the layer's output error up to 16-fold against the blocks of highest saliency
+    sum). `gram` is the (in, in) input Gram matrix."""
+    out, inp = weight.shape
+    g, r = row_index.shape
+    h = damped(gram.double(), damp)
+    w = torch.cat([weight.double(), weight.new_zeros(g * r - out, inp, dtype=torch.float64)]).to(h.device)
+    count = min(ranked.shape[1], max(keep, int(round(candidates * keep))), keep + MAX_EXTRA_COLUMNS // width)
+    offsets = torch.arange(width, device=h.device)
+    chosen = torch.empty(g, keep * width, dtype=torch.long, device=h.device)
+    for gi in range(g):
+        blocks = ranked[gi, :count].to(h.device)
+        cols = (blocks[:, None] * width + offsets).reshape(-1)
+        hinv = torch.cholesky_inverse(torch.linalg.cholesky(h[cols][:, cols]))
+        wc = (hinv @ (h[cols] @ w[row_index[gi]].t())).t()  # (R, C * width): the exact fit on the candidates
+        alive = torch.arange(count, device=h.device)
+        while alive.numel() > keep:
+            n = alive.numel()
+            hb = hinv.view(n, width, n, width).diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # (n, width, width)
+            wb = wc.view(-1, n, width).permute(1, 2, 0)  # (n, width, R)
+            cost = (wb * torch.linalg.solve(hb, wb)).sum(dim=(1, 2))
+            gone = torch.zeros(n, dtype=torch.bool, device=h.device)
+            gone[torch.argsort(cost, stable=True)[:max(1, (n - keep) // 16)]] = True
+            drop = gone.repeat_interleave(width)
+            inv_dd = torch.linalg.inv(hinv[drop][:, drop])
+            left = hinv[~drop][:, drop] @ inv_dd
+            wc = wc[:, ~drop] - (wc[:, drop] @ inv_dd) @ hinv[drop][:, ~drop]
+            hinv = hinv[~drop][:, ~drop] - left @ hinv[drop][:, ~drop]
+            alive = alive[~gone]
+        chosen[gi] = torch.sort((blocks[alive][:, None] * width + offsets).reshape(-1)).values
+    return chosen
+
+
+def fit_calibrated(pattern: Pattern, weight: torch.Tensor, gram: torch.Tensor, weight_shape: tuple[int, ...],
+                   sparsity: float, seed: int, kind: str = "obs", damp: float = DAMP,
+                   candidates: float = CANDIDATES) -> SparseMask:
+    """The grouped structure of `pattern` (RBGP4) chosen from calibration data: row groups fitted to the
+    `kind` saliency at micro-block granularity (`pattern.fit`), then each group's blocks chosen by
+    `select_blocks` among its best-ranked ones. `weight` is the (out, in) matrix, `gram` the (in, in) Gram."""
+    score = saliency(weight, gram, kind, damp)
+    fitted = pattern.fit(score.cpu().numpy(), weight_shape, sparsity, seed, micro_blocks=True)
+    layout, width = fitted.layout, fitted.info["fit_unit"]
+    out, inp = weight.shape
+    rows = torch.as_tensor(layout.row_index)
+    padded = torch.cat([score, score.new_zeros(rows.numel() - out, inp)])
+    mass = padded[rows].sum(dim=1).view(rows.shape[0], inp // width, width).sum(dim=2)  # (G, blocks)
+    ranked = torch.argsort(mass, dim=1, descending=True, stable=True)
+    cols = select_blocks(weight, gram, rows, ranked, layout.cols_per_group // width, width, damp, candidates)
+    cols = cols.cpu().numpy().astype(np.int64)
+    chosen = GroupedLayout(layout.out_features, layout.in_features, layout.row_index, cols)
+    keep = {k: fitted.info[k] for k in ("plan", "fit_unit", "ramanujan_spectral_gap") if k in fitted.info}
+    return fitted_mask(fitted.kind, tuple(weight_shape), chosen, cols[:, ::width] // width, inp // width,
+                       {**keep, "fitted": f"calibrated ({kind})", "candidates": candidates})

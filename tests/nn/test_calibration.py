@@ -1,0 +1,196 @@
+"""Calibrated conversion: statistics collected layer by layer on the model as it is converted, the exact
+per-group reconstruction inside sparsify, on models we did not write, and bad calibration data."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import rbgp
+from rbgp.nn import RBGPConv2d, RBGPLinear, sparsify
+from rbgp.nn.calibration import CalibrationError, GramStats, _waves, layer_inputs, sequential
+
+transformers = pytest.importorskip("transformers")
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 128),
+                         nn.ReLU(), nn.Linear(128, 4))
+
+
+def _cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(64), nn.ReLU(), nn.Conv2d(64, 64, 3, padding="same", padding_mode="reflect"),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+
+
+def _gpt2() -> nn.Module:
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=64, n_positions=32, n_embd=64, n_layer=2,
+                                                                n_head=4, bos_token_id=0, eos_token_id=0)).eval()
+
+
+def _llama() -> nn.Module:
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=32)).eval()
+
+
+def _ids(n: int = 8, seq: int = 16, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 64, (n, seq), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("conv", [nn.Conv2d(3, 5, 3, padding=1), nn.Conv2d(3, 4, (3, 2), stride=2, dilation=(1, 2)),
+                                  nn.Conv2d(2, 3, 3, padding="same", padding_mode="circular")])
+def test_conv_rows_are_the_im2col_patches(conv):
+    x = torch.randn(2, conv.in_channels, 9, 8)
+    rows = layer_inputs(conv, x)
+    ref = conv(x) - conv.bias[:, None, None]
+    y = (rows @ conv.weight.reshape(conv.out_channels, -1).t()).view(2, -1, conv.out_channels)
+    torch.testing.assert_close(y, ref.flatten(2).transpose(1, 2), rtol=1e-5, atol=1e-5)
+
+
+def test_gram_accumulates_the_augmented_inputs_in_float64():
+    stats = GramStats(torch.zeros(4, 4, dtype=torch.float64))
+    x = torch.randn(10, 3, dtype=torch.bfloat16)
+    stats.add(x[:6])
+    stats.add(x[6:])
+    xa = torch.cat([x.double(), torch.ones(10, 1, dtype=torch.float64)], 1)
+    torch.testing.assert_close(stats.gram, xa.t() @ xa)
+    assert stats.rows == 10 and stats.gram.dtype == torch.float64
+
+
+def test_layers_reading_one_input_share_a_wave():
+    model = _llama()
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and "layers" in n]
+    names = [[layers[i][0].split(".", 3)[-1] for i in w] for w in _waves(model, layers, _ids(2))]
+    assert names[:4] == [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
+                         ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
+    assert len(names) == 8
+
+
+def test_later_layers_see_the_converted_layers_outputs():
+    model = _mlp()
+    x = torch.randn(64, 32)
+    layers = [("2", model[2]), ("4", model[4])]
+    seen = {}
+
+    def convert(name, module, stats):
+        seen[name] = stats.inputs.clone()
+        return nn.Linear(128, 128) if name == "2" else None  # a different layer 2
+
+    sequential(model, layers, [x], convert)
+    h = torch.relu(model[2](torch.relu(model[0](x)))).double()
+    torch.testing.assert_close(seen["4"], h.t() @ h, rtol=1e-5, atol=1e-5)  # measured after layer 2 was replaced
+
+
+def test_an_error_puts_every_replaced_layer_back():
+    model = _mlp()
+    before = list(model)
+
+    def convert(name, module, stats):
+        if name == "4":
+            raise RuntimeError("boom")
+        return nn.Identity()
+
+    with pytest.raises(RuntimeError, match="boom"):
+        sequential(model, [("2", model[2]), ("4", model[4])], [torch.randn(8, 32)], convert)
+    assert list(model) == before
+
+
+def _error(model, ref, batches):
+    with torch.no_grad():
+        out = torch.cat([model(b) for b in batches])
+    return float((out - ref).pow(2).mean() / ref.pow(2).mean())
+
+
+def test_calibrated_mlp_beats_data_free_and_keeps_micro_blocks():
+    model = _mlp()
+    x = torch.randn(512, 32) @ torch.randn(32, 32)  # correlated inputs
+    batches = list(x.split(128))
+    ref = model(x).detach()
+    free = sparsify(model, 0.75, inplace=False, distribution="uniform").model
+    report = sparsify(model, 0.75, inplace=False, distribution="uniform", calibration=batches)
+    sparse = report.model
+    assert _error(sparse, ref, batches) < 0.5 * _error(free, ref, batches)
+    for layer in (sparse[2], sparse[4]):
+        assert isinstance(layer, RBGPLinear) and layer.block_width >= 8
+    assert all(r.output_error is not None and 0 <= r.output_error < 1 for r in report.layers)
+    assert "output error" in report.table() and report.recipe["init"] == "calibrated"
+    again = sparsify(model, 0.75, inplace=False, distribution="uniform", calibration=batches).model
+    assert all(torch.equal(a, b) for a, b in zip(sparse.state_dict().values(), again.state_dict().values()))
+    out = sparse(x)
+    dense = rbgp.densify(sparse)  # the converted layers compute what their densified weights compute
+    torch.testing.assert_close(dense(x), out, rtol=1e-4, atol=1e-5)
+
+
+def test_calibrated_cnn():
+    model = _cnn().eval()
+    x = torch.randn(16, 3, 12, 12)
+    ref = model(x).detach()
+    free = sparsify(model, 0.75, inplace=False, distribution="uniform").model
+    sparse = sparsify(model, 0.75, inplace=False, distribution="uniform", calibration=[(x[:8], 0), (x[8:], 1)]).model
+    assert isinstance(sparse[2], RBGPConv2d) and isinstance(sparse[5], RBGPConv2d)
+    assert sparse[5].block_width == 9  # whole channels
+    assert _error(sparse, ref, [x]) < _error(free, ref, [x])
+    out = sparse(x)
+    torch.testing.assert_close(rbgp.densify(sparse).eval()(x), out, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("make", [_gpt2, _llama])
+def test_calibrated_transformers_save_and_reload(make, tmp_path):
+    model = make()
+    ids = _ids(16)
+    ref = model(input_ids=ids).logits.detach()
+    calibration = [{"input_ids": ids[:8]}, {"input_ids": ids[8:]}]
+    free = sparsify(model, 0.5, inplace=False, distribution="uniform").model
+    report = sparsify(model, 0.5, distribution="uniform", calibration=calibration)
+    assert len(report.layers) == (8 if make is _gpt2 else 14)
+    assert all(model.get_submodule(r.name).block_width >= 8 for r in report.layers)
+    out = model(input_ids=ids).logits.detach()
+    free_out = free(input_ids=ids).logits.detach()
+    assert F.mse_loss(out, ref) < 0.5 * F.mse_loss(free_out, ref)
+    model.save_pretrained(tmp_path)
+    loaded = rbgp.from_pretrained(type(model), tmp_path)
+    torch.testing.assert_close(loaded(input_ids=ids).logits, out)
+
+
+def test_layers_the_model_never_calls_are_converted_data_free():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.unused, self.head = (nn.Linear(16, 64), nn.Linear(64, 64), nn.Linear(64, 64),
+                                                     nn.Linear(64, 2))
+
+        def forward(self, x):
+            return self.head(torch.relu(self.b(torch.relu(self.a(x)))))
+
+    report = sparsify(Net(), {"b": 0.75, "unused": 0.75}, calibration=[torch.randn(32, 16)], keep_first_last=False)
+    notes = {r.name: r.note for r in report.layers}
+    assert "not called on the calibration data" in notes["unused"] and notes["b"] == ""
+
+
+def test_bad_calibration_gets_one_clear_error():
+    model = _mlp()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CalibrationError, match="calibration data is empty"):
+        sparsify(model, 0.75, calibration=[])
+    with pytest.raises(CalibrationError, match="not a single tensor"):
+        sparsify(model, 0.75, calibration=torch.randn(4, 32))
+    with pytest.raises(CalibrationError, match="got int"):
+        sparsify(model, 0.75, calibration=[3])
+    with pytest.raises(ValueError, match="init='kaiming'"):
+        sparsify(model, 0.75, calibration=[torch.randn(4, 32)], init="kaiming")
+    with pytest.raises(ValueError, match="prune_oneshot"):
+        sparsify(model, 0.75, pattern="unstructured", calibration=[torch.randn(4, 32)])
+    with pytest.raises(ValueError, match="saliency must be one of"):
+        sparsify(model, 0.75, calibration=[torch.randn(4, 32)], saliency="grad")
+    with pytest.raises(ValueError, match="needs calibration data"):
+        sparsify(model, 0.75, init="calibrated")
+    with pytest.raises(RuntimeError):  # the model itself refuses the batch: nothing changed
+        sparsify(model, 0.75, calibration=[torch.randn(4, 31)])
+    assert all(isinstance(m, (nn.Linear, nn.ReLU)) for m in model)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())

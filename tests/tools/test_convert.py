@@ -1,0 +1,66 @@
+"""`rbgp convert` on a tiny saved transformers model: the converted folder loads with from_pretrained, and bad
+inputs get one clear line."""
+
+import pytest
+import torch
+
+import rbgp
+from rbgp.cli import main
+from rbgp.nn import RBGPLinear
+
+transformers = pytest.importorskip("transformers")
+
+TEXT = "In the beginning God created the heaven and the earth. And the earth was without form, and void.\n" * 40
+
+
+@pytest.fixture()
+def saved(tmp_path):
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=256, n_positions=64, n_embd=64, n_layer=2,
+                                                                 n_head=4, bos_token_id=10, eos_token_id=10))
+    model.save_pretrained(tmp_path / "model")
+    (tmp_path / "text.txt").write_text(TEXT)
+    return tmp_path
+
+
+def test_convert_writes_a_folder_from_pretrained_loads(saved, capsys):
+    out = saved / "sparse"
+    assert main(["convert", str(saved / "model"), str(out), "--sparsity", "0.5", "--calibration",
+                 str(saved / "text.txt"), "--seq-len", "32", "--samples", "16"]) == 0
+    assert "output error" in capsys.readouterr().out
+    loaded = rbgp.from_pretrained(transformers.GPT2LMHeadModel, out)
+    layers = [m for m in loaded.modules() if isinstance(m, RBGPLinear)]
+    assert len(layers) == 8 and all(m.block_width >= 8 for m in layers)
+    report = (out / "rbgp_report.json").read_text()
+    assert '"calibration_windows": 16' in report and '"tokenizer": "utf-8 bytes"' in report
+    ids = torch.tensor([list(TEXT[:32].encode())])
+    dense = transformers.GPT2LMHeadModel.from_pretrained(saved / "model").eval()
+    # the converted model predicts the text about as well as the dense one (random init: both near uniform)
+    loss = lambda m: float(m(input_ids=ids, labels=ids).loss.detach())  # noqa: E731
+    assert abs(loss(loaded) - loss(dense)) < 0.5
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda p: (p / "text.txt").write_text(""), "the calibration text is empty"),
+    (lambda p: (p / "text.txt").write_text("short"), "fewer than one window of --seq-len 32"),
+    (lambda p: (p / "model" / "config.json").unlink(), "has no config.json"),
+    (lambda p: (p / "text.txt").write_bytes(b"\xff\xfe\x00abc" * 40), "is not UTF-8 text"),
+])
+def test_bad_inputs_one_line(saved, capsys, change, message):
+    change(saved)
+    code = main(["convert", str(saved / "model"), str(saved / "out"), "--calibration", str(saved / "text.txt"),
+                 "--seq-len", "32"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (saved / "out").exists()
+
+
+def test_sequence_longer_than_the_model_and_non_empty_out(saved, capsys):
+    args = ["convert", str(saved / "model"), str(saved / "out"), "--calibration", str(saved / "text.txt")]
+    assert main([*args, "--seq-len", "65"]) == 2
+    assert "--seq-len 65 is longer than the model takes (64 positions)" in capsys.readouterr().err
+    (saved / "out").mkdir()
+    (saved / "out" / "x").write_text("keep me")
+    assert main([*args, "--seq-len", "32"]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert (saved / "out" / "x").read_text() == "keep me"
