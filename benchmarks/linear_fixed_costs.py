@@ -6,7 +6,8 @@ rows, `rbgp.ops.grouped`), the same with the older path (transpose the input to 
 gather whole rows), on the transposed view of a feature-major buffer (what a previous RBGP layer
 hands on), and on a row-major input to a layer whose layout `sparsify` fitted to dense weights (its
 default init="magnitude" relabels rows and columns one by one: no micro-blocks, so it takes the
-transpose-first path); then the pieces: the micro-block gather (FBGEMM's embedding kernel, and the
+transpose-first path), and on a layer converted with calibration data (aligned micro-blocks of 16, rows
+fitted to the data, so its outputs are gathered back into row order); then the pieces: the micro-block gather (FBGEMM's embedding kernel, and the
 index_select it replaced), the transpose and row gather of the older path, the batched GEMM alone,
 and the group-major -> row-order output copy (and the index_select it replaced). `per_ideal` =
 (dense / 16) / time. The allocator is tuned (`rbgp.tune_cpu_allocator`), as `rbgp bench` does. All
@@ -58,7 +59,7 @@ def _interleave(yg: torch.Tensor) -> torch.Tensor:
     return yt.view(g * r, n)
 
 
-def time_batch(layer: RBGPLinear, fitted: RBGPLinear, batch: int) -> dict:
+def time_batch(layer: RBGPLinear, fitted: RBGPLinear, calibrated: RBGPLinear, batch: int) -> dict:
     x, w = torch.randn(batch, IN), torch.randn(OUT, IN)
     lay, vals = layer.layout, layer.values.detach().contiguous()
     g, r, k = vals.shape
@@ -81,6 +82,8 @@ def time_batch(layer: RBGPLinear, fitted: RBGPLinear, batch: int) -> dict:
         "RBGP forward, row-major input, transpose first (older path)": lambda: _old_path(layer, x),
         "RBGP forward, input from a previous RBGP layer": lambda: layer(x_fm),
         "RBGP forward, row-major input, layout fitted to dense weights (sparsify's default init)": lambda: fitted(x),
+        "RBGP forward, row-major input, layout fitted with calibration data (sparsify(..., calibration=...))":
+            lambda: calibrated(x),
         "  micro-block gather (row-major input)": lambda: grouped.gather_rows(blocks, index),
         "  micro-block gather with index_select (before 2026-12-04)": lambda: blocks.index_select(0, index),
         "  input transpose (older path)": lambda: grouped.feature_major(x),
@@ -113,10 +116,14 @@ def measure() -> dict:
     layer = RBGPLinear(IN, OUT, sparsity=1 - DENSITY, bias=False).eval()
     fitted = torch.nn.Sequential(torch.nn.Linear(IN, OUT, bias=False))
     sparsify(fitted, 1 - DENSITY, keep_first_last=False)  # init="magnitude": rows and columns relabelled one by one
+    calibrated = torch.nn.Sequential(torch.nn.Linear(IN, OUT, bias=False))
+    mix = torch.randn(IN, IN) / IN ** 0.5  # correlated calibration inputs: aligned micro-blocks, fitted rows
+    sparsify(calibrated, 1 - DENSITY, keep_first_last=False, calibration=[torch.randn(512, IN) @ mix for _ in range(2)])
     g, r, k = layer.values.shape
     return {"allocator": "tuned" if tuned else "default", "groups": g, "rows_per_group": r, "cols_per_group": k,
             "block_width": layer.layout.block_width, "fitted_block_width": fitted[0].layout.block_width,
-            "runs": [time_batch(layer, fitted[0].eval(), b) for b in BATCHES]}
+            "calibrated_block_width": calibrated[0].layout.block_width,
+            "runs": [time_batch(layer, fitted[0].eval(), calibrated[0].eval(), b) for b in BATCHES]}
 
 
 def main() -> None:

@@ -111,19 +111,18 @@ def solve_grouped(weight: torch.Tensor, bias: torch.Tensor | None, gram: torch.T
 
 def output_error(weight: torch.Tensor, bias: torch.Tensor | None, new_weight: torch.Tensor,
                  new_bias: torch.Tensor | None, gram: torch.Tensor) -> float:
-    """||X_aug ([W' b'] - [W b])^T||^2 / ||X_aug [W b]^T||^2 on the calibration inputs (0: exact)."""
-    h = gram.double()
-    ref = _augment(weight, bias).to(h.device)
-    diff = _augment(new_weight, new_bias).to(h.device) - ref
-    num = float(((diff @ h) * diff).sum())
-    den = float(((ref @ h) * ref).sum())
+    """||X_aug ([W' b'] - [W b])^T||^2 / ||X_aug [W b]^T||^2 on the calibration inputs (0: exact); the
+    quadratic forms in float32 (a report figure: three digits are plenty)."""
+    ref = _augment(weight, bias).to(gram.device)
+    both = torch.stack([_augment(new_weight, new_bias).to(gram.device) - ref, ref]).float()
+    num, den = ((both @ gram.float()) * both).sum(dim=(1, 2)).double().tolist()
     return num / den if den > 0 else 0.0
 
 
 CANDIDATES = 4.0
 """Each row group's blocks are chosen by elimination among this many times the blocks it keeps (its highest
 saliency blocks; all when fewer), but never more than MAX_EXTRA_COLUMNS columns beyond those it keeps."""
-MAX_EXTRA_COLUMNS = 1024
+MAX_EXTRA_COLUMNS = 512
 
 
 def select_blocks(weight: torch.Tensor, gram: torch.Tensor, row_index: torch.Tensor, ranked: torch.Tensor, keep: int,
@@ -140,8 +139,8 @@ def select_blocks(weight: torch.Tensor, gram: torch.Tensor, row_index: torch.Ten
     sum). `gram` is the (in, in) input Gram matrix."""
     out, inp = weight.shape
     g, r = row_index.shape
-    h = damped(gram.double(), damp)
-    w = torch.cat([weight.double(), weight.new_zeros(g * r - out, inp, dtype=torch.float64)]).to(h.device)
+    h = damped(gram.double(), damp).float()  # float32 suffices to rank blocks; the final fit is float64
+    w = torch.cat([weight.float(), weight.new_zeros(g * r - out, inp, dtype=torch.float32)]).to(h.device)
     count = min(ranked.shape[1], max(keep, int(round(candidates * keep))), keep + MAX_EXTRA_COLUMNS // width)
     offsets = torch.arange(width, device=h.device)
     chosen = torch.empty(g, keep * width, dtype=torch.long, device=h.device)
