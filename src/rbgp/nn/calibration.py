@@ -30,7 +30,7 @@ class CalibrationError(ValueError):
 
 
 class _Stop(Exception):
-    """Raised by a hook once every layer of the current wave has run: the rest of the forward is not needed."""
+    """Raised by a hook once the current wave's input is measured: the rest of the forward is not needed."""
 
 
 @dataclass
@@ -132,35 +132,27 @@ def _waves(model: nn.Module, layers: list[tuple[str, nn.Module]], batch) -> list
     return waves + [[i] for i in range(len(layers)) if i not in called]
 
 
-def _measure(model: nn.Module, wave: list[nn.Module], batches: list) -> GramStats:
-    """The Gram matrix of the input the modules of `wave` share, over every batch."""
-    first = wave[0]
-    p = first.weight
-    stats = GramStats(torch.zeros(_input_width(first) + 1, _input_width(first) + 1, dtype=torch.float64,
-                                  device=p.device))
-    pending: set[int] = set()
+def _measure(model: nn.Module, first: nn.Module, batches: list) -> GramStats:
+    """The Gram matrix of the input of `first` (which the rest of its wave shares), over every batch. Each
+    forward stops as soon as that input is seen: nothing after it is needed (a layer the model calls
+    twice per forward is measured on its first call)."""
+    width = _input_width(first)
+    stats = GramStats(torch.zeros(width + 1, width + 1, dtype=torch.float64, device=first.weight.device))
 
     def pre(module, args):
-        if id(module) == id(first):
-            stats.add(layer_inputs(module, args[0]))
+        stats.add(layer_inputs(module, args[0]))
+        raise _Stop
 
-    def post(module, _args, _out):
-        pending.discard(id(module))
-        if not pending:
-            raise _Stop
-
-    handles = [first.register_forward_pre_hook(pre)] + [m.register_forward_hook(post) for m in wave]
+    handle = first.register_forward_pre_hook(pre)
     try:
         with torch.no_grad():
             for batch in batches:
-                pending = {id(m) for m in wave}
                 try:
                     call_model(model, batch)
                 except _Stop:
                     pass
     finally:
-        for h in handles:
-            h.remove()
+        handle.remove()
     return stats
 
 
@@ -183,7 +175,7 @@ def sequential(model: nn.Module, layers: list[tuple[str, nn.Module]], calibratio
         waves = _waves(model, layers, batches[0])
         bar = tqdm(total=len(layers), desc=desc, unit="layer", leave=False, disable=None if len(layers) > 1 else True)
         for wave in waves:
-            stats = _measure(model, [layers[i][1] for i in wave], batches)
+            stats = _measure(model, layers[wave[0]][1], batches)
             for i in wave:
                 name, module = layers[i]
                 bar.set_postfix_str(name)
