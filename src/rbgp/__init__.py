@@ -16,6 +16,7 @@ _LAZY = {
     "densify": "rbgp.nn",
     "from_pretrained": "rbgp.nn",
     "load_state": "rbgp.nn",
+    "prune_oneshot": "rbgp.nn",
     "RBGPLinear": "rbgp.nn",
     "RBGPConv2d": "rbgp.nn",
     "MaskedLinear": "rbgp.nn",

@@ -2,6 +2,7 @@
 
 from rbgp.nn.densify import densify
 from rbgp.nn.masked import MaskedConv2d, MaskedLinear
+from rbgp.nn.oneshot import prune_oneshot
 from rbgp.nn.pretrained import from_pretrained, load_state
 from rbgp.nn.rbgp_layers import RBGPConv2d, RBGPLinear
 from rbgp.nn.sparsify import (
@@ -14,4 +15,4 @@ from rbgp.nn.sparsify import (
 )
 
 __all__ = ["RBGPLinear", "RBGPConv2d", "MaskedLinear", "MaskedConv2d", "sparsify", "densify", "SparsifyReport",
-           "LayerReport", "SPARSE_TYPES", "count_parameters", "convertible_layers", "from_pretrained", "load_state"]
+           "LayerReport", "SPARSE_TYPES", "count_parameters", "convertible_layers", "from_pretrained", "load_state", "prune_oneshot"]
