@@ -34,7 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from rbgp.graphs import path_coverage
-from rbgp.nn.calibration import GramStats, as_batches, sequential
+from rbgp.nn.calibration import GramStats, as_batches, sequential, set_module
 from rbgp.nn.distribution import DEFAULT_DISTRIBUTION, DISTRIBUTIONS, distribute, hw_group_rows
 from rbgp.nn.masked import MaskedConv2d, MaskedLinear
 from rbgp.nn.rbgp_layers import RBGPConv2d, RBGPLinear, is_hf_conv1d, linear_weight
@@ -449,7 +449,7 @@ def sparsify(
         report.layers.append(_layer_report(name, module, new, requested, note, init))
         if calibration is not None:
             report.layers[-1].output_error = errors[name]
-        _set_module(model, name, new)
+        set_module(model, name, new)
     report.skipped = skipped
     report.params_after = count_parameters(model)
     if planned:
@@ -524,11 +524,6 @@ def _add_path_coverage(report: SparsifyReport, swapped: list[nn.Module], seed: i
     if chains:
         rnd = [[_random_like(c, seed + i) for i, c in enumerate(ch)] for ch in chains]
         report.random_path_coverage = _coverage(rnd)
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
 def _channel_mask(layer: nn.Module) -> np.ndarray:
