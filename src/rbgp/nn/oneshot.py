@@ -121,8 +121,7 @@ def prune_oneshot(model: nn.Module, sparsity: float, calibration: Iterable | Non
     """Prune the layers `sparsify` would convert (same `exclude` and `keep_first_last`) in place, with
     `method` ("magnitude", "wanda" or "sparsegpt"), unstructured at `sparsity` or n:m (`nm=(2, 4)`).
     Wanda and SparseGPT need `calibration` (see `rbgp.nn.calibration`) and run layer by layer on it."""
-    from rbgp.nn.rbgp_layers import linear_weight
-    from rbgp.nn.sparsify import convertible_layers
+    from rbgp.nn.sparsify import _weight_matrix, convertible_layers
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -133,13 +132,8 @@ def prune_oneshot(model: nn.Module, sparsity: float, calibration: Iterable | Non
         raise ValueError("model has no layer to prune (see rbgp.sparsify's report for why each is left alone)")
     report = PruneReport([])
 
-    def matrix(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if isinstance(module, nn.Conv2d):
-            return module.weight.reshape(module.weight.shape[0], -1), module.bias
-        return linear_weight(module)
-
     def prune(name: str, module: nn.Module, stats: GramStats | None) -> None:
-        w, b = matrix(module)
+        w, b = _weight_matrix(module), module.bias  # w: a view of the weight (Conv1D's transposed), written below
         with torch.no_grad():
             if method == "magnitude":
                 new = magnitude_prune(w, sparsity, nm)
