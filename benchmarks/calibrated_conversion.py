@@ -185,8 +185,11 @@ def fashion_task(name: str, ft_steps: int, calib: int):
     return model, facts, calibration, score, lambda m: sgd(m, ft_steps, 0.01, seed=2), "test accuracy (%)"
 
 
-def run(models: list[str], ft_steps: int, calib: int, image_calib: int, methods: list[str], out: Path) -> dict:
-    """Every model with every method; the results so far are written to OUT.json after each model."""
+def run(models: list[str], ft_steps: int, calib: int, image_calib: int, methods: list[str], out: Path,
+        update: bool = False) -> dict:
+    """Every model with every method; the results so far are written to OUT.json after each model.
+    Models already in OUT.json are skipped, or with `update` re-measured with `methods` only (their
+    other rows kept)."""
     torch.manual_seed(0)
     results = {"command": "python benchmarks/calibrated_conversion.py", "date": datetime.date.today().isoformat(),
                "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
@@ -194,18 +197,22 @@ def run(models: list[str], ft_steps: int, calib: int, image_calib: int, methods:
     if out.with_suffix(".json").exists():  # models measured before (delete the file to measure all again)
         results["models"] = json.loads(out.with_suffix(".json").read_text())["models"]
     for name in models:
-        if name in results["models"]:
+        if name in results["models"] and not update:
             continue
         lm = name in kjv_lm.KINDS
         samples = calib if lm else image_calib
         task = lm_task(name, ft_steps, samples) if lm else fashion_task(name, ft_steps, samples)
         model, facts, calibration, score, finetune, metric = task
-        dense = score(model)
-        dense_ft = copy.deepcopy(model)
-        finetune(dense_ft)
-        entry = {"metric": metric, "dense": dense, "dense_ft": score(dense_ft), "facts": facts,
-                 "calibration_samples": samples, "rows": []}
-        print(f"{name}: dense {dense:.4f} ({metric}), fine-tuned dense {entry['dense_ft']:.4f}", flush=True)
+        if name in results["models"]:
+            entry = results["models"][name]
+            entry["rows"] = [r for r in entry["rows"] if r["method"] not in methods]
+        else:
+            dense = score(model)
+            dense_ft = copy.deepcopy(model)
+            finetune(dense_ft)
+            entry = {"metric": metric, "dense": dense, "dense_ft": score(dense_ft), "facts": facts,
+                     "calibration_samples": samples, "rows": []}
+            print(f"{name}: dense {dense:.4f} ({metric}), fine-tuned dense {entry['dense_ft']:.4f}", flush=True)
         for label in methods:
             kind, args = METHODS[label]
             for sparsity in SPARSITIES:
@@ -284,11 +291,13 @@ def main() -> None:
     p.add_argument("--image-calibration", type=int, default=2048, help="calibration images (Fashion-MNIST)")
     p.add_argument("--out", type=Path, default=HERE / "calibrated_conversion", help="output stem")
     p.add_argument("--replot", action="store_true", help="only rewrite the markdown and plot from OUT.json")
+    p.add_argument("--update", action="store_true",
+                   help="re-measure the models already in OUT.json with --methods only, keeping their other rows")
     a = p.parse_args()
     if a.replot:
         res = json.loads(a.out.with_suffix(".json").read_text())
     else:
-        res = run(a.models, a.ft_steps, a.calibration, a.image_calibration, a.methods, a.out)
+        res = run(a.models, a.ft_steps, a.calibration, a.image_calibration, a.methods, a.out, a.update)
     a.out.with_suffix(".md").write_text(markdown(res))
     plot(res, a.out.with_suffix(".png"))
     print(markdown(res))

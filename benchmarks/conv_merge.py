@@ -1,7 +1,7 @@
 """How channel-layout convs with small row groups should run: grouped as they are, merged into taller
 groups (block-diagonal weights), or as the dense conv of the masked weight. Fwd+bwd of one 3x3 conv,
 batch 32, every option timed interleaved with dense in the same run (medians); the last column is what
-`rbgp.nn.rbgp_layers.conv_merge` picks (a static rule of the shape).
+`rbgp.ops.conv.conv_merge` picks (a static rule of the shape).
 
     python benchmarks/conv_merge.py     # writes benchmarks/conv_merge.{json,md,png}
 """
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from rbgp.files import write_json, write_text
 from rbgp.nn import RBGPConv2d
-from rbgp.nn.rbgp_layers import conv_merge
+from rbgp.ops.conv import conv_merge
 from rbgp.ops.channel_conv import channel_grouped_conv2d
 
 BATCH, ROUNDS, WARMUP = 32, 9, 2

@@ -23,8 +23,8 @@ from rbgp.allocator import tune_cpu_allocator
 from rbgp.bench.timing import time_interleaved
 from rbgp.files import write_json, write_text
 from rbgp.nn import RBGPConv2d, sparsify
-from rbgp.nn.rbgp_layers import pointwise_runs_dense
-from rbgp.ops import rbgp_linear
+from rbgp.ops.conv import pointwise_runs_dense
+from rbgp.ops import SparseWeight, rbgp_linear
 from rbgp.ops.im2col import im2col_feature_major
 from rbgp.patterns import RBGP4
 from rbgp.train.models import build_model
@@ -37,7 +37,7 @@ def im2col_path(layer: RBGPConv2d, x: torch.Tensor) -> torch.Tensor:
     """The layer's output computed the way 1x1 convs ran before the pointwise path: im2col, then the
     grouped matmul (`rbgp.ops.grouped`), output handed on as a channel-major view."""
     cols, oh, ow = im2col_feature_major(x, layer.kernel_size, layer.stride, (0, 0), layer.dilation)
-    y = rbgp_linear(cols.t(), layer.values, layer.layout, layer.bias, "grouped")
+    y = rbgp_linear(cols.t(), SparseWeight(layer.values, layer.layout), layer.bias, "grouped")
     return y.t().reshape(layer.out_channels, x.shape[0], oh, ow).transpose(0, 1)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from rbgp.patterns import PATTERNS
 
@@ -81,7 +81,9 @@ def _add_torch_commands(sub: argparse._SubParsersAction) -> None:
     from rbgp.bench.cli import add_bench_parser
 
     add_bench_parser(sub)
-    from rbgp.train.cli import add_train_parsers; add_train_parsers(sub)
+    from rbgp.train.cli import add_train_parsers
+
+    add_train_parsers(sub)
     from rbgp.compress.cli import add_compress_parser
 
     add_compress_parser(sub)

@@ -150,6 +150,9 @@ def test_calibrated_transformers_save_and_reload(make, tmp_path):
     report = sparsify(model, 0.5, distribution="uniform", calibration=calibration)
     assert len(report.layers) == (8 if make is _gpt2 else 14)
     assert all(model.get_submodule(r.name).block_width >= 8 for r in report.layers)
+    # the calibrated plan has finer row groups than the data-free one: the reload adopts other shapes
+    assert any(model.get_submodule(r.name).values.shape != free.get_submodule(r.name).values.shape
+               for r in report.layers)
     out = model(input_ids=ids).logits.detach()
     free_out = free(input_ids=ids).logits.detach()
     assert F.mse_loss(out, ref) < 0.5 * F.mse_loss(free_out, ref)

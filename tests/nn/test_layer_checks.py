@@ -172,3 +172,35 @@ def test_partial_states_without_values_still_load():
     masked = _nested(MaskedLinear(64, 64, 0.75))
     masked.load_state_dict({"1.bias": bias}, strict=False)
     assert torch.equal(masked[1].bias, bias)
+
+
+def test_rbgp_fitted_structure_of_another_plan_loads_and_a_refused_one_changes_nothing():
+    from rbgp.patterns import RBGP4
+
+    torch.manual_seed(0)
+    w = torch.randn(64, 64)
+    fine = RBGPLinear(64, 64, 0.75, structure=RBGP4(group_rows=4).fit(w.numpy(), (64, 64), 0.75, 0))
+    state = fine.state_dict()
+    fresh = RBGPLinear(64, 64, 0.75)  # the default plan: other group sizes, so other values shapes
+    assert fresh.values.shape != fine.values.shape
+    bad = {**state, "structure_id": fresh.structure_id.clone()}  # an id that does not fit the indices
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(RuntimeError, match="does not match its saved row_index and col_index"):
+        fresh.load_state_dict(bad)
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())  # refused: nothing changed
+    fresh.load_state_dict(state)
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(fresh(x), fine(x))
+    assert fresh.values.shape == fine.values.shape and fresh.values.requires_grad
+
+
+def test_rbgp_saved_columns_must_be_increasing():
+    from rbgp.patterns import RBGP4
+
+    torch.manual_seed(0)
+    fitted = RBGPLinear(64, 64, 0.75, structure=RBGP4().fit(torch.randn(64, 64).numpy(), (64, 64), 0.75, 0))
+    state = {k: v.clone() for k, v in fitted.state_dict().items()}
+    state["col_index"][0, 1] = state["col_index"][0, 0]  # a duplicated column
+    fresh = RBGPLinear(64, 64, 0.75)
+    with pytest.raises(RuntimeError, match="increasing order without repeats; group 0"):
+        fresh.load_state_dict({k: v for k, v in state.items() if k != "structure_id"})

@@ -109,7 +109,7 @@ def test_masked_layers_stay_exact_after_steps(cls, args, pattern):
 
 def _conv_path(layer, x, monkeypatch) -> str:
     """Which compute path an RBGPConv2d's forward takes on x, seen by spying on the four it can call."""
-    import rbgp.nn.rbgp_layers as layers
+    import rbgp.ops.conv as layers
 
     seen = []
 
@@ -195,3 +195,21 @@ def test_forward_and_backward_match_the_dense_layer_empty_batches_included(name,
         torch.testing.assert_close(layer.weight.grad, dense.weight.grad * layer.mask, atol=1e-4, rtol=1e-4)
     if batch == 0:
         assert not (layer.values.grad if hasattr(layer, "values") else layer.weight.grad).any()
+
+
+@pytest.mark.parametrize("kernel,sparsity", [(3, 0.9), (1, 0.9), (3, 0.5)])
+def test_conv_dispatch_is_planned_once(kernel, sparsity, monkeypatch):
+    """The conv path is a static fact of the layer: its forward re-derives nothing."""
+    import rbgp.ops.conv as conv
+
+    layer = RBGPConv2d(32, 64, kernel, padding=kernel // 2, sparsity=sparsity)
+    x = torch.randn(2, 32, 8, 8)
+    expected = layer(x)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a dispatch rule ran in the forward")
+
+    for name in ("conv_merge", "pointwise_runs_dense", "im2col_runs_dense", "plan_conv", "channel_table"):
+        monkeypatch.setattr(conv, name, refuse, raising=False)
+    torch.testing.assert_close(layer(x), expected)
+    assert isinstance(layer.conv_args, conv.ConvArgs)

@@ -153,3 +153,17 @@ def test_block_elimination_beats_the_highest_saliency_blocks():
     top = torch.sort((ranked[:, :2, None] * 16 + torch.arange(16)).reshape(2, -1), dim=1).values
     chosen = select_blocks(w, h, rows, ranked, keep=2, width=16)
     assert _group_error(x, w, b, rows, chosen) <= _group_error(x, w, b, rows, top) + 1e-12
+
+
+def test_calibrated_pattern_refines_narrow_layers_only():
+    from rbgp.nn.reconstruct import MIN_GROUPS, calibrated_pattern
+    from rbgp.patterns import RBGP4
+
+    narrow = calibrated_pattern(RBGP4(), (256, 256), 0.75)
+    plan = narrow._plan(256, 256, 0.75)
+    assert 256 // plan.rows_per_group >= MIN_GROUPS and plan.block == (1, 8)  # 8 blocks of 8 to choose from
+    assert calibrated_pattern(RBGP4(), (256, 1024), 0.5)._plan(256, 1024, 0.5).block == (1, 16)  # 32 blocks: kept
+    wide = calibrated_pattern(RBGP4(), (4096, 4096), 0.9)
+    assert wide._plan(4096, 4096, 0.9).describe() == RBGP4()._plan(4096, 4096, 0.9).describe()  # the fast plan
+    conv = RBGP4()
+    assert calibrated_pattern(conv, (64, 64, 3, 3), 0.9) is conv

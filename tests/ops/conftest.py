@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rbgp.ops import LayoutTensors, dense_weight, grouped_values, rbgp_linear
+from rbgp.ops import LayoutTensors, SparseWeight, dense_weight, grouped_values, rbgp_linear
 from rbgp.patterns import RBGP4, GroupedLayout
 
 
@@ -55,7 +55,7 @@ def check_triton(layout: LayoutTensors, batch: int, dtype: torch.dtype, device="
         xd, gyd = xd.t().contiguous().t(), gyd.t().contiguous().t()
     xk = xd.detach().requires_grad_()
     vk = values.to(dtype).requires_grad_()
-    y = rbgp_linear(xk, vk, layout, backend="triton")
+    y = rbgp_linear(xk, SparseWeight(vk, layout), backend="triton")
     y.backward(gyd)
     got = {"y": y, "dx": xk.grad, "dv": vk.grad}
     eps = torch.finfo(dtype).eps

@@ -59,7 +59,7 @@ def test_dtype_mismatch_is_refused():
     (128, 256, 0.75, 1),  # 16-row groups: as they are
 ])
 def test_small_groups_merge_or_run_dense(cin, cout, sparsity, merge):
-    from rbgp.nn.rbgp_layers import conv_merge
+    from rbgp.ops.conv import conv_merge
 
     torch.manual_seed(0)
     layer = RBGPConv2d(cin, cout, 3, padding=1, sparsity=sparsity)

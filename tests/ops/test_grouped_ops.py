@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rbgp.ops import LayoutTensors, dense_weight, grouped_values, rbgp_linear, reference_linear
+from rbgp.ops import LayoutTensors, SparseWeight, dense_weight, grouped_values, rbgp_linear, reference_linear
 from rbgp.patterns import RBGP4, GroupedLayout
 
 # error of the path vs an fp64 reference, relative to the output scale
@@ -28,7 +28,7 @@ def _check(dtype, out, inp, batch, sparsity, feature_major=False, layout=None, *
     xt, vt = x.to(dtype).requires_grad_(), values.to(dtype).requires_grad_()
     # a row-major input (micro-blocks gathered as rows when wide enough) or, as another RBGP layer hands
     # it on, the transposed view of a feature-major buffer
-    y = rbgp_linear(xt.t().contiguous().t() if feature_major else xt, vt, layout, backend="grouped")
+    y = rbgp_linear(xt.t().contiguous().t() if feature_major else xt, SparseWeight(vt, layout), backend="grouped")
     y.backward(gy.to(dtype))
     for got, ref in ((y, y_ref), (xt.grad, x64.grad), (vt.grad, v64.grad)):
         err = (got.double() - ref).abs().max().item()
@@ -71,7 +71,7 @@ def test_leading_dims_and_bias():
     values = torch.randn(layout.values_shape)
     bias = torch.randn(32)
     x = torch.randn(2, 3, 64)
-    y = rbgp_linear(x, values, layout, bias)
+    y = rbgp_linear(x, SparseWeight(values, layout), bias)
     ref = reference_linear(x.reshape(6, 64), values, layout, bias).reshape(2, 3, 32)
     assert torch.allclose(y, ref, atol=1e-5)
 
@@ -80,11 +80,11 @@ def test_bad_input_rejected():
     layout = _layout(32, 64, 0.75, group_rows=8)
     values = torch.randn(layout.values_shape)
     with pytest.raises(ValueError, match="63 features"):
-        rbgp_linear(torch.randn(4, 63), values, layout)
+        rbgp_linear(torch.randn(4, 63), SparseWeight(values, layout))
     with pytest.raises(ValueError, match="unknown backend 'fast'"):
-        rbgp_linear(torch.randn(4, 64), values, layout, backend="fast")
+        rbgp_linear(torch.randn(4, 64), SparseWeight(values, layout), backend="fast")
     with pytest.raises(ValueError, match="dtype"):
-        rbgp_linear(torch.randn(4, 64, dtype=torch.float64), values, layout)
+        rbgp_linear(torch.randn(4, 64, dtype=torch.float64), SparseWeight(values, layout))
 
 
 def test_autocast_bf16_keeps_fp32_master_weights():
@@ -92,7 +92,7 @@ def test_autocast_bf16_keeps_fp32_master_weights():
     values = torch.randn(layout.values_shape, requires_grad=True)
     x = torch.randn(8, 64)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = rbgp_linear(x, values, layout)
+        y = rbgp_linear(x, SparseWeight(values, layout))
     assert y.dtype == torch.bfloat16
     y.float().sum().backward()
     assert values.grad.dtype == torch.float32
@@ -116,12 +116,12 @@ def test_inference_skips_autograd_and_matches_reference(dtype, feature_major):
     xt, vt = x.to(dtype), values.to(dtype).requires_grad_()
     xt = xt.t().contiguous().t() if feature_major else xt
     with torch.no_grad():
-        y = rbgp_linear(xt, vt, layout, backend="grouped")
+        y = rbgp_linear(xt, SparseWeight(vt, layout), backend="grouped")
     assert y.grad_fn is None
     assert (y.double() - ref).abs().max().item() <= TOL[dtype] * ref.abs().max().item()
-    y_grad = rbgp_linear(xt, vt, layout, backend="grouped")  # values need a gradient: the autograd path
+    y_grad = rbgp_linear(xt, SparseWeight(vt, layout), backend="grouped")  # values need a gradient: the autograd path
     assert y_grad.grad_fn is not None and torch.equal(y_grad.detach(), y)
-    y_plain = rbgp_linear(xt, vt.detach(), layout, backend="grouped")  # nothing needs a gradient
+    y_plain = rbgp_linear(xt, SparseWeight(vt.detach(), layout), backend="grouped")  # nothing needs a gradient
     assert y_plain.grad_fn is None and torch.equal(y_plain, y)
 
 
@@ -144,16 +144,14 @@ def test_gather_rows_is_index_select(dtype, index_dtype):
 def test_rows_in_any_order(feature_major):
     """RBGP4 plans put group g's row r at g + r * G, a conv's rows run group by group: the outputs are
     then written through a view of row order; any other row order takes the gather back into it."""
-    from rbgp.ops.grouped import _row_strides
-
     planned = _layout(56, 96, 0.75, block=(1, 8), group_rows=8)
     g, r = planned.row_index.shape
-    assert _row_strides(planned.row_index) == (1, g)
+    assert planned.row_strides == (1, g)
     in_order = LayoutTensors.from_indices(torch.arange(g * r).view(g, r), planned.col_index, 96)
-    assert _row_strides(in_order.row_index) == (r, 1)
+    assert in_order.row_strides == (r, 1)
     perm = torch.randperm(56, generator=torch.Generator().manual_seed(1))
     shuffled = LayoutTensors.from_indices(perm[planned.row_index], planned.col_index, 96)
-    assert _row_strides(shuffled.row_index) is None
+    assert shuffled.row_strides is None
     for layout in (planned, in_order, shuffled):
         _check(torch.float32, 56, 96, 9, 0.75, feature_major, layout=layout)
 
@@ -166,16 +164,34 @@ def test_outputs_copied_group_by_group(feature_major, monkeypatch):
     _check(torch.float32, 56, 96, 9, 0.75, feature_major, block=(1, 8), group_rows=8)
 
 
-def test_block_index_kept_until_changed():
+def test_block_index_kept_in_the_layouts_workspace():
     from rbgp.ops.grouped import _block_index
 
-    col_blocks = torch.tensor([[0, 2], [1, 2], [3, 0]], dtype=torch.int32)
-    first = _block_index(col_blocks, slice(0, 3), 2, 4, col_blocks.device)
-    assert first.tolist() == [0, 2, 1, 2, 3, 0, 4, 6, 5, 6, 7, 4]
-    assert _block_index(col_blocks, slice(0, 3), 2, 4, col_blocks.device) is first
-    col_blocks[0, 0] = 3  # changed in place: rebuilt
-    assert _block_index(col_blocks, slice(0, 3), 2, 4, col_blocks.device).tolist() == [3, 2, 1, 2, 3, 0, 7, 6, 5, 6, 7, 4]
-    assert _block_index(col_blocks, slice(1, 2), 2, 4, col_blocks.device).tolist() == [1, 2, 5, 6]
+    blocks = torch.tensor([[0, 2], [1, 2], [0, 3]])
+    cols = (blocks[:, :, None] * 4 + torch.arange(4)).reshape(3, 8)  # micro-blocks of 4 columns
+    layout = LayoutTensors.from_indices(torch.arange(3)[:, None], cols, 16)
+    assert layout.block_width == 4
+    cpu = torch.device("cpu")
+    first = _block_index(layout, slice(0, 3), 2, 4, cpu)
+    assert first.tolist() == [0, 2, 1, 2, 0, 3, 4, 6, 5, 6, 4, 7]
+    assert _block_index(layout, slice(0, 3), 2, 4, cpu) is first  # kept
+    assert _block_index(layout, slice(0, 3), 3, 4, cpu) is not first  # another batch size: rebuilt
+    assert _block_index(layout, slice(1, 2), 2, 4, cpu).tolist() == [1, 2, 5, 6]
+    other = layout._replace(workspace=None)  # no workspace: built on every call
+    assert _block_index(other, slice(0, 3), 2, 4, cpu) is not _block_index(other, slice(0, 3), 2, 4, cpu)
+
+
+@pytest.mark.parametrize("name", ["autocast", "channel_conv", "conv", "dispatch", "grouped", "im2col", "layout",
+                                  "pointwise_conv", "reference", "weight", "workspace"])
+def test_no_module_level_state(name):
+    """Kept tables live in a weight's workspace, never in a module global (mutable containers)."""
+    import importlib
+
+    from torch.utils.weak import WeakIdKeyDictionary
+
+    module = importlib.import_module(f"rbgp.ops.{name}")
+    mutable = (dict, list, set, WeakIdKeyDictionary)
+    assert not [k for k, v in vars(module).items() if isinstance(v, mutable) and not k.startswith("__")]
 
 
 def test_inference_mode_then_training():
@@ -184,13 +200,13 @@ def test_inference_mode_then_training():
     with torch.inference_mode():
         made_inside = _layout(64, 128, 0.75)
         values = torch.randn(made_inside.values_shape)
-        assert rbgp_linear(torch.randn(4, 128), values, made_inside).shape == (4, 64)
+        assert rbgp_linear(torch.randn(4, 128), SparseWeight(values, made_inside)).shape == (4, 64)
     layout = _layout(64, 128, 0.75)
     values = torch.randn(layout.values_shape, requires_grad=True)
     x = torch.randn(4, 128, requires_grad=True)
     with torch.inference_mode():
-        y_inf = rbgp_linear(x, values, layout)
-    y = rbgp_linear(x, values, layout)
+        y_inf = rbgp_linear(x, SparseWeight(values, layout))
+    y = rbgp_linear(x, SparseWeight(values, layout))
     y.sum().backward()
     assert torch.allclose(y.detach(), y_inf, atol=1e-6)
     assert torch.allclose(y.detach(), reference_linear(x.detach(), values.detach(), layout), atol=1e-5)

@@ -32,7 +32,7 @@ def test_pointwise_path_matches_dense(tk, dtype, cin, cout, hw, sparsity, patter
     if chunk is not None:
         monkeypatch.setattr(pointwise, "CHUNK_BYTES", chunk)
     layer = RBGPConv2d(cin, cout, 1, sparsity=sparsity, pattern=pattern, backend="grouped").double()
-    assert pattern is None or pattern.group_rows != 1 or layer._rows_in_order
+    assert pattern is None or pattern.group_rows != 1 or layer.conv_args.rows_in_order
     if cout == 100:
         assert layer.structure.layout.padded_rows == 4
     _check(tk, layer, torch.randn(5, cin, *hw, dtype=torch.float64), dtype)

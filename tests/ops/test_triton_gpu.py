@@ -19,7 +19,7 @@ if os.environ.get("TRITON_INTERPRET") == "1":
 pytest.importorskip("triton")
 
 from rbgp.nn import RBGPLinear  # noqa: E402
-from rbgp.ops import rbgp_linear, resolve_backend  # noqa: E402
+from rbgp.ops import SparseWeight, rbgp_linear, resolve_backend  # noqa: E402
 from rbgp.ops import triton_launch as L  # noqa: E402
 
 if sys.modules["rbgp.ops.triton_kernels"].INTERPRETED:
@@ -72,7 +72,7 @@ def test_tf32_is_opt_in(tk):
     layout = tk.make_layout(1024, 1024, 0.75, device=DEV)
     x = torch.randn(512, 1024, device=DEV)
     v = torch.randn(layout.values_shape, device=DEV)
-    ref = rbgp_linear(x.double(), v.double(), layout, backend="reference")
+    ref = rbgp_linear(x.double(), SparseWeight(v.double(), layout), backend="reference")
     err_ieee = (triton_linear(x, v, layout) - ref).abs().max().item()
     err_tf32 = (triton_linear(x, v, layout, input_precision="tf32") - ref).abs().max().item()
     assert err_ieee < err_tf32 < 1e-2 * ref.abs().max().item()

@@ -28,7 +28,7 @@ os.environ["TRITON_INTERPRET"] = "1"  # before triton_kernels is imported: its k
 pytest.importorskip("triton")
 
 from rbgp.nn import RBGPLinear  # noqa: E402
-from rbgp.ops import LayoutTensors, dense_weight, rbgp_linear, reference_linear, resolve_backend  # noqa: E402
+from rbgp.ops import LayoutTensors, SparseWeight, dense_weight, rbgp_linear, reference_linear, resolve_backend  # noqa: E402
 from rbgp.ops.layout import detect_block_width  # noqa: E402
 from rbgp.ops import triton_kernels as K  # noqa: E402
 from rbgp.ops import triton_launch as L  # noqa: E402
@@ -102,7 +102,7 @@ def test_empty_batch(tk):
     layout = tk.make_layout(64, 128, 0.75)
     v = torch.randn(layout.values_shape, requires_grad=True)
     x = torch.randn(0, 128, requires_grad=True)
-    y = rbgp_linear(x, v, layout, backend="triton")
+    y = rbgp_linear(x, SparseWeight(v, layout), backend="triton")
     y.sum().backward()
     assert y.shape == (0, 64) and torch.equal(v.grad, torch.zeros_like(v))
 

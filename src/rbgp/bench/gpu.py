@@ -26,9 +26,10 @@ RBGP's "ieee" dots compare like with like). Importing this module needs neither 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -145,7 +146,7 @@ def build_methods(case: GpuCase, dtype: torch.dtype, device: str = "cuda", seed:
     def add(name: str, make: Callable[[], tuple[Callable, Callable]]) -> None:
         try:
             methods[name] = make()
-        except Exception as e:  # noqa: BLE001 - one baseline failing must not stop the run
+        except Exception as e:  # one baseline failing must not stop the run
             failed[name] = _unsupported(e)
 
     layout, density, plan_kw = _rbgp_layout(out, inp, case.density, device, seed)
@@ -181,10 +182,10 @@ def build_methods(case: GpuCase, dtype: torch.dtype, device: str = "cuda", seed:
             from torch.sparse._triton_ops import sampled_addmm as bsr_sampled
 
             bsr_sampled(w_bsr, dy.t(), x)
-            grad_w = lambda: bsr_sampled(w_bsr, dy.t(), x)  # noqa: E731
+            grad_w = lambda: bsr_sampled(w_bsr, dy.t(), x)
             notes["bsr_grad_weight"] = "triton sampled_addmm"
-        except Exception as e:  # noqa: BLE001
-            grad_w = lambda: torch.mm(dy.t(), x)  # noqa: E731
+        except Exception as e:
+            grad_w = lambda: torch.mm(dy.t(), x)
             notes["bsr_grad_weight"] = f"dense GEMM ({_unsupported(e)})"
 
         def fwd_bwd():
@@ -262,7 +263,7 @@ def bench_case(case: GpuCase, dtype: torch.dtype, device: str = "cuda", quick: b
             try:
                 with torch.no_grad() if phase == "fwd" else torch.enable_grad():
                     timings[name][phase] = bench(fn, quick)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 timings[name][phase] = _unsupported(e)
     order = [m for m in ("dense", "csr", "bsr16", "2:4", "rbgp") if m in timings] + \
         [m for m in timings if m not in METHODS]
@@ -408,7 +409,7 @@ def run_gpu_bench(out_dir: str | Path = "benchmarks", dtype: str | torch.dtype =
                 print(f"[{i + 1}/{len(cases)}] {case.label}", flush=True)
             try:
                 data["results"].append(bench_case(case, dtype, "cuda", quick))
-            except Exception as e:  # noqa: BLE001 - e.g. no RBGP plan or out of memory for this case
+            except Exception as e:  # e.g. no RBGP plan or out of memory for this case
                 data["results"].append(summarize(case, {m: {p: _unsupported(e) for p in PHASES} for m in METHODS},
                                                  {}))
             write_json(out / f"{stem}.json", data)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import datetime
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +55,7 @@ def default_cases(quick: bool = False) -> list[Case]:
 
 def _csr_methods(w: torch.Tensor) -> tuple[Callable, Callable]:
     """Forward and forward+backward closures on (in, N) feature-major inputs for a CSR weight."""
-    csr = w.to_sparse_csr()  # noqa: torch warns CSR is beta
+    csr = w.to_sparse_csr()  # torch warns CSR is beta (filtered where benchmarks run)
     csr_t = w.t().contiguous().to_sparse_csr()
 
     def fwd(xt):
@@ -110,7 +111,7 @@ def run_case(case: Case, device: str = "cpu", dtype=torch.float32, repeats: int 
         dense = nn.Linear(case.in_features, case.out_features, bias=False, **kw)
         sparse = RBGPLinear(case.in_features, case.out_features, sparsity, seed=seed, bias=False, **kw)
         x = torch.randn(case.batch, case.in_features, **kw)
-        to_matrix = lambda t: t.t().contiguous()  # noqa: E731
+        to_matrix = lambda t: t.t().contiguous()
     else:
         dense = nn.Conv2d(case.in_features, case.out_features, 3, padding=1, bias=False, **kw)
         sparse = RBGPConv2d(case.in_features, case.out_features, 3, padding=1, sparsity=sparsity, seed=seed,

@@ -12,8 +12,9 @@ inputs), optionally also under `torch.compile` (inductor); a variant that fails 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -88,11 +89,11 @@ def layer_breakdown(dense: nn.Module, sparse: nn.Module, report: Any, x: torch.T
             with torch.no_grad():
                 dy = torch.randn_like(layer(xi))
 
-            def fwd(layer=layer):
+            def fwd(layer=layer, xi=xi):
                 with torch.no_grad():
                     return layer(xi)
 
-            def fwd_bwd(layer=layer, weight=weight, dy=dy):
+            def fwd_bwd(layer=layer, weight=weight, dy=dy, xi=xi):
                 return torch.autograd.grad(layer(xi), (xi, weight), dy)
 
             fns["fwd_ms"][variant], fns["fwd_bwd_ms"][variant] = fwd, fwd_bwd
@@ -146,7 +147,7 @@ def bench_model(name: str, batch: int, dtype: str, device: str, sparsity: float,
             try:
                 fns[variant][phase]()  # a first run (and compilation): one variant failing must not stop the run
                 working[variant] = fns[variant][phase]
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 timings[variant][phase] = _unsupported(e)
         for variant, t in bench(working).items():
             timings[variant][phase] = t
@@ -269,7 +270,7 @@ def run_model_bench(out_dir: str | Path = "benchmarks", device: str = "cuda", dt
         try:
             data["results"].append(bench_model(name, batch, dtype, device, sparsity, compiled, quick, dist,
                                                per_layer))
-        except Exception as e:  # noqa: BLE001 - e.g. out of memory: record and go on
+        except Exception as e:  # e.g. out of memory: record and go on
             reason = _unsupported(e)
             data["results"].append({"model": name, "batch": batch, "compiled": compiled, "distribution": dist,
                                     "timings": {v: {p: reason for p in PHASES} for v in ("dense", "rbgp")},

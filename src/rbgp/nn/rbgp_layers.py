@@ -2,8 +2,8 @@
 
 The weight of an RBGP layer is kept as dense `(groups, rows_per_group, nnz_per_row)` values plus its
 factor graphs (a few hundred bytes); `dense_weight()` rebuilds the masked (out, in) matrix on demand.
-Compute goes through `rbgp.ops.rbgp_linear` (the one dispatch point); a conv is the same product on its
-im2col matrix.
+Compute goes through `rbgp.ops.rbgp_linear` and `rbgp.ops.rbgp_conv2d`, which own all dispatch; the
+layers hold the parameters, the structure and its checks.
 """
 
 from __future__ import annotations
@@ -13,14 +13,12 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rbgp.nn.checks import check_conv_input, check_linear_input, conv_args, layer_size
-from rbgp.ops import BACKENDS, LayoutTensors, dense_weight, grouped_values, rbgp_linear
-from rbgp.ops.channel_conv import channel_grouped_conv2d, channel_table, padded_channels
-from rbgp.ops.im2col import im2col_feature_major
-from rbgp.ops.pointwise_conv import pointwise_conv2d
+from rbgp.ops import BACKENDS, LayoutTensors, SparseWeight, dense_weight, grouped_values, rbgp_linear
+from rbgp.ops.channel_conv import channel_table, padded_channels
+from rbgp.ops.conv import PADDING_MODES, plan_conv, rbgp_conv2d
 from rbgp.patterns import (
     RBGP4,
     GroupedLayout,
@@ -83,25 +81,33 @@ class _RBGPBase(nn.Module):
         for name, t in layout.buffers.items():
             self.register_buffer(name, t, persistent=saved and name in ("row_index", "col_index"))
         self.block_width = layout.block_width
+        self._row_strides, self._workspace = layout.row_strides, layout.workspace
         self.register_buffer("structure_id", self._structure_id(layout).to(device))
 
-    def _adopt_saved_structure(self, rows, cols, name: str) -> str | None:
-        """Take the fitted structure a state carries (same values shape); an error message, or None."""
+    def _adopt_saved_structure(self, rows, cols, saved_id, name: str) -> str | None:
+        """Take the fitted structure a state carries; an error message, or None. Nothing changes unless
+        the structure is valid and matches the state's structure id. A structure of another shape
+        (another plan of the same weight) replaces `values` by a new parameter of its shape."""
         from rbgp.patterns.fit import layout_mask
 
         try:
             if not (isinstance(rows, torch.Tensor) and isinstance(cols, torch.Tensor)) or rows.is_floating_point() \
-                    or cols.is_floating_point():
-                raise ValueError("row_index and col_index must be integer tensors")
-            if (*rows.shape, cols.shape[-1]) != tuple(self.values.shape) or cols.shape[0] != rows.shape[0]:
-                raise ValueError(f"they are shaped {tuple(rows.shape)} and {tuple(cols.shape)}, this layer's values "
-                                 f"{tuple(self.values.shape)}")
+                    or cols.is_floating_point() or rows.dim() != 2 or cols.dim() != 2:
+                raise ValueError("row_index and col_index must be 2-D integer tensors")
             m, n = self.structure.shape
             layout = GroupedLayout(m, n, rows.cpu().numpy().astype(np.int64), cols.cpu().numpy().astype(np.int64))
+            structure = layout_mask(self.structure.kind, self.structure.weight_shape, layout, {"fitted": "loaded"})
+            tensors = LayoutTensors.from_layout(structure.layout)
         except ValueError as err:
             return f"layer {name!r}: the saved structure (row_index, col_index) is not valid here: {err}"
-        self._set_structure(layout_mask(self.structure.kind, self.structure.weight_shape, layout, {"fitted": "loaded"}),
-                            self.values.device)
+        if saved_id is not None and not (isinstance(saved_id, torch.Tensor) and saved_id.shape == (8,)
+                                         and _same_structure(saved_id.cpu(), self._structure_id(tensors))):
+            return (f"layer {name!r}: the saved structure id ({_describe_id(saved_id)}) does not match its saved "
+                    f"row_index and col_index ({_describe_id(self._structure_id(tensors))}); the file is corrupt")
+        self._set_structure(structure, self.values.device)
+        if tuple(self.values.shape) != tensors.values_shape:
+            self.values = nn.Parameter(self.values.new_empty(tensors.values_shape),
+                                       requires_grad=self.values.requires_grad)
         return None
 
     @staticmethod
@@ -114,9 +120,15 @@ class _RBGPBase(nn.Module):
         return torch.tensor([*layout.values_shape, layout.block_width, *words.tolist()], dtype=torch.int64)
 
     @property
+    def sparse_weight(self) -> SparseWeight:
+        """The weight as the ops take it (references to this layer's parameters and buffers)."""
+        return SparseWeight(self.values, self.layout)
+
+    @property
     def layout(self) -> LayoutTensors:
         return LayoutTensors(self.row_index, self.col_index, self.row_order, self.structure.shape[1],
-                             self.block_width, self.col_blocks, self.col_entries, self.structure.shape[0])
+                             self.block_width, self.col_blocks, self.col_entries, self.structure.shape[0],
+                             self._row_strides, self._workspace)
 
     @property
     def nnz_per_row(self) -> int:
@@ -176,7 +188,8 @@ class _RBGPBase(nn.Module):
         name = prefix[:-1] or type(self).__name__
         indexed = prefix + "row_index" in state_dict and prefix + "col_index" in state_dict
         if indexed:  # a fitted structure saved with its indices: adopted (it then is this layer's structure)
-            error = self._adopt_saved_structure(state_dict[prefix + "row_index"], state_dict[prefix + "col_index"], name)
+            error = self._adopt_saved_structure(state_dict[prefix + "row_index"], state_dict[prefix + "col_index"],
+                                                state_dict.get(key), name)
             if error:
                 error_msgs.append(error)
                 return
@@ -250,7 +263,7 @@ class RBGPLinear(_RBGPBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_linear_input(x, self.in_features)
-        return rbgp_linear(x, self.values, self.layout, self.bias, self.backend)
+        return rbgp_linear(x, self.sparse_weight, self.bias, self.backend)
 
     def dense_weight(self) -> torch.Tensor:
         """The masked dense (out, in) weight."""
@@ -271,62 +284,12 @@ class RBGPLinear(_RBGPBase):
         return layer
 
 
-PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
-MERGE_ROWS = 8
-MAX_MERGED_DENSITY = 0.3
-"""How channel-layout convs with small row groups run (a static rule of the layer's shape, so the
-numbers never depend on a timing). Grouped convs of 2-4-row groups run slower than dense on oneDNN,
-so groups of fewer than MERGE_ROWS rows are merged, a few consecutive ones at a time, into groups of
-at least MERGE_ROWS rows with block-diagonal weights (`channel_grouped_conv2d(merge=...)`); when the
-merged work would exceed MAX_MERGED_DENSITY of the dense conv's, the dense conv of the masked weight
-runs instead. Measured on the 2-core CPU, batch 32, 3x3, fwd+bwd vs dense: 128->128 @16x16 at 90%
-(4-row groups) 0.98x as they are, 1.42x merged by 2; at 95% (2-row groups) 0.40x as they are, 1.39x
-merged by 4; 64->64 @32x32 at 90% (2-row groups) 0.22x as they are, 0.37x merged by 4, 0.83x as a
-masked dense conv (`benchmarks/conv_merge.md`)."""
-
-
-def im2col_runs_dense(rows: int, density: float) -> bool:
-    """Whether an im2col-path conv (conv_block="block", or a strided or padded 1x1) runs as the dense conv of its
-    masked weight: when its row groups are under MERGE_ROWS rows (its GEMMs are then too thin to
-    beat the dense one, and this path has no merging), or its density is above MAX_MERGED_DENSITY
-    (the grouped GEMM copies each input row once per group that reads it, which then costs more than
-    the dense conv saves). On the 2-core CPU, batch 32: ResNet-18's 1x1 shortcuts that ERK makes 0.77
-    and 0.99 dense ran 0.36x and 0.18x dense forward+backward on the grouped GEMM
-    (`benchmarks/models-cpu.md` at commit 1b99ed0)."""
-    return rows < MERGE_ROWS or density > MAX_MERGED_DENSITY
-
-
-POINTWISE_MIN_ROWS = 4
-POINTWISE_MAX_DENSITY = 0.2
-
-
-def pointwise_runs_dense(rows: int, density: float) -> bool:
-    """Whether an unpadded stride-1 1x1 conv runs as the dense conv of its masked weight rather than on the
-    pointwise path (`rbgp.ops.pointwise_conv`): row groups under POINTWISE_MIN_ROWS rows, or a density
-    above POINTWISE_MAX_DENSITY, where the gathered channels cost more than the skipped multiply-adds
-    save (`benchmarks/pointwise_conv.md`, the dispatch table)."""
-    return rows < POINTWISE_MIN_ROWS or density > POINTWISE_MAX_DENSITY
-
-
-def conv_merge(groups: int, rows: int, density: float) -> int | None:
-    """How many consecutive row groups a channel-layout conv runs as one (1: none), or None for the
-    dense conv of the masked weight (see MERGE_ROWS); `density`: the work of the grouped conv relative
-    to the dense one (channel padding included)."""
-    merge = next((m for m in range(1, groups + 1) if groups % m == 0 and m * rows >= MERGE_ROWS), groups)
-    return merge if merge == 1 or merge * density <= MAX_MERGED_DENSITY else None
-
-
 class RBGPConv2d(_RBGPBase):
     """A 2-D convolution (groups=1) whose (c_out, c_in*kh*kw) weight follows an RBGP pattern.
 
-    When every row group reads whole input channels (RBGP4's default for convs), backends "auto" and
-    "grouped" run it as a gathered-channel grouped convolution (`rbgp.ops.channel_conv`), small row
-    groups merged or, when merging costs too much, as a dense conv of the masked weight (`conv_merge`);
-    unpadded stride-1 1x1 convs on the CPU as chunked grouped matmuls on the NCHW input
-    (`rbgp.ops.pointwise_conv`; "auto" runs the masked dense conv for small groups or dense layers:
-    `pointwise_runs_dense`; on CUDA, "auto" keeps them on im2col and the Triton kernels); other
-    layouts, and backends "triton" and "reference", use im2col and the grouped matmul ("auto" runs the
-    masked dense conv there too for small row groups or dense layers: `im2col_runs_dense`).
+    Which path it runs (gathered-channel grouped conv, pointwise grouped matmul, im2col, or the masked
+    dense conv where sparsity cannot pay) is planned once from its shape and layout (`conv_args`, see
+    `rbgp.ops.conv`); the forward is one call to `rbgp.ops.rbgp_conv2d`.
 
     Arguments and inputs as in nn.Conv2d, checked at construction (ValueError naming the bad value):
     kernel_size, stride and dilation integers >= 1 or pairs of them; padding integers >= 0, "valid" or
@@ -366,50 +329,18 @@ class RBGPConv2d(_RBGPBase):
         taps = self.kernel_size[0] * self.kernel_size[1]
         channels = channel_table(self.col_index, taps)
         self.register_buffer("channels", None if channels is None else padded_channels(channels), persistent=False)
-        self._rows_in_order = bool(torch.equal(self.row_order.cpu(), torch.arange(self.row_order.numel())))
+        self.conv_args = plan_conv(self.layout, self.channels, self.kernel_size, self.stride, self._pad, self.dilation,
+                                   self.padding_mode, self.density)
+
+    @property
+    def sparse_weight(self) -> SparseWeight:
+        return SparseWeight(self.values, self.layout, self.channels)  # with the channel table
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, in_channels, H, W), or unbatched (in_channels, H, W) as nn.Conv2d takes it."""
         if not check_conv_input(x, self.in_channels):
-            return self._forward(x.unsqueeze(0)).squeeze(0)
-        return self._forward(x)
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        left, right, top, bottom = self._pad
-        if self.padding_mode == "zeros" and left == right and top == bottom:
-            padding = (top, left)  # the conv (or im2col) pads with zeros itself
-        else:
-            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
-            x = F.pad(x, self._pad, mode=mode)
-            padding = (0, 0)
-        if self.channels is not None and self.backend in ("auto", "grouped"):
-            g, r, k = self.values.shape
-            merge = conv_merge(g, r, self.density * self.channels.numel() / (g * k) * math.prod(self.kernel_size))
-            if merge is None:  # tiny groups: the masked dense conv is faster
-                return self._masked_dense_conv(x, padding)
-            order = None if self._rows_in_order else self.row_order
-            return channel_grouped_conv2d(x, self.values, self.channels, order, self.out_channels,
-                                          self.kernel_size, self.stride, padding, self.dilation, self.bias, merge)
-        pointwise = self.backend == "grouped" or (self.backend == "auto" and x.device.type == "cpu")
-        if pointwise and self.kernel_size == (1, 1) and self.stride == (1, 1) and padding == (0, 0):
-            if self.backend == "auto" and pointwise_runs_dense(self.values.shape[1], self.density):
-                return self._masked_dense_conv(x, padding)
-            ordered = self._rows_in_order and self.row_order.numel() == self.out_channels
-            return pointwise_conv2d(x, self.values, self.col_index.reshape(-1), self.row_index.reshape(-1),
-                                    None if ordered else self.row_order[:self.out_channels], self.out_channels,
-                                    self.bias)
-        if self.backend == "auto" and im2col_runs_dense(self.values.shape[1], self.density):
-            return self._masked_dense_conv(x, padding)
-        cols, oh, ow = im2col_feature_major(x, self.kernel_size, self.stride, padding, self.dilation)
-        # the feature-major matrix goes in as its transposed (N*L, C*kh*kw) view: the gather reads rows
-        y = rbgp_linear(cols.t(), self.values, self.layout, self.bias, self.backend)  # (N*L, out)
-        return y.t().reshape(self.out_channels, x.shape[0], oh, ow).transpose(0, 1)
-
-    def _masked_dense_conv(self, x: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
-        if x.dtype != self.values.dtype and not torch.is_autocast_enabled(x.device.type):
-            raise ValueError(f"input dtype {x.dtype} differs from the weight dtype {self.values.dtype}; "
-                             f"cast one or use autocast")
-        return F.conv2d(x, self.dense_weight(), self.bias, self.stride, padding, self.dilation)
+            return rbgp_conv2d(x.unsqueeze(0), self.sparse_weight, self.conv_args, self.bias, self.backend).squeeze(0)
+        return rbgp_conv2d(x, self.sparse_weight, self.conv_args, self.bias, self.backend)
 
     def dense_weight(self) -> torch.Tensor:
         """The masked dense (c_out, c_in, kh, kw) weight."""

@@ -38,7 +38,7 @@ from rbgp.nn.calibration import GramStats, as_batches, sequential, set_module
 from rbgp.nn.distribution import DEFAULT_DISTRIBUTION, DISTRIBUTIONS, distribute, hw_group_rows
 from rbgp.nn.masked import MaskedConv2d, MaskedLinear
 from rbgp.nn.rbgp_layers import RBGPConv2d, RBGPLinear, is_hf_conv1d, linear_weight
-from rbgp.nn.reconstruct import DAMP, SALIENCIES, fit_calibrated, output_error, solve_grouped
+from rbgp.nn.reconstruct import DAMP, SALIENCIES, calibrated_pattern, fit_calibrated, output_error, solve_grouped
 from rbgp.patterns import (
     RBGP4,
     Pattern,
@@ -300,12 +300,10 @@ def sparsify(
     go to the pattern (e.g. block=(16, 16); unknown ones raise a TypeError listing the valid ones).
     exclude: a module name or glob, or a list of them, kept dense (a pattern matching nothing warns).
     keep_first_last: keep the layers dense that the paper keeps dense, by role (see `_dense_by_role`).
-    init: "magnitude" fits the structure to the weights (the rows that share columns, the columns
-    they share, the graph between them: as much |W| mass as the pattern can hold) and keeps them,
-    each output row scaled back to its dense L1 norm (a data-free correction for the pruned mass;
-    benchmarks/pretrained_conversion.md measures what it keeps of a trained model's accuracy);
-    "keep" keeps the weights on the seed's structure as they are; "kaiming" re-draws them (std sqrt(2/fan_in),
-    the paper's recipe for training from scratch) on the seed's structure.
+    init: "magnitude" fits the structure to |W| (row groups, their columns, the graph between them)
+    and keeps the weights, each output row scaled back to its dense L1 norm (data-free;
+    benchmarks/pretrained_conversion.md); "keep" keeps them on the seed's structure; "kaiming"
+    re-draws them there (std sqrt(2/fan_in), the paper's recipe for training from scratch).
     shuffle: give every second stacked seed-built RBGP4 layer a perfect shuffle of its inputs.
     on_infeasible: when a layer cannot meet its sparsity within the pattern's tolerance, "nearest"
     takes the nearest feasible one (up to 0.1 away), "skip" leaves the layer dense, "error" raises.
@@ -317,20 +315,66 @@ def sparsify(
     and "hw" each layer takes the nearest feasible density to what the rule asks, and the rule is
     re-solved over the layers left, so the global budget is met (on_infeasible does not apply).
     calibration: an iterable of model inputs (tensors, dicts for transformers models, `(input, target)`
-    pairs, a DataLoader; a few hundred samples are typical): the layers are converted one after another
-    in the order the model runs them, each on the inputs the already-converted layers produce. Each
-    layer's row groups and the aligned micro-blocks they read are fitted to the weights' `saliency`
-    ("obs": w^2 / [H^-1]_jj, "wanda": w^2 * ||x_j||^2, "magnitude": w^2), then every row group's weights
-    (and the bias) are the exact least-squares fit of the dense layer's outputs on the calibration
-    inputs (one Cholesky of the group's damped input Gram matrix, `damp` times its mean diagonal).
-    The report gives each layer's relative output error. RBGP4 only (`rbgp.nn.oneshot` prunes
-    unstructured or 2:4 with Wanda or SparseGPT); init="calibrated" is implied.
+    pairs, a DataLoader; a few hundred samples are typical): the layers are converted in the order the
+    model runs them, each on the inputs the converted layers before it produce; row groups and their
+    micro-blocks are fitted to the `saliency` ("obs", "wanda", "magnitude"), then each group's weights
+    and the bias are the exact damped least-squares fit of the dense outputs (`rbgp.nn.reconstruct`);
+    the report gives each layer's output error. RBGP4 only (`rbgp.prune_oneshot`: Wanda, SparseGPT).
 
-    The same arguments on the same architecture give the same structure (`report.recipe` holds them;
-    on a Hugging Face model they are also stored as `model.config.rbgp`, so `save_pretrained` keeps
-    them and `rbgp.from_pretrained` can rebuild the model; structures fitted with init="magnitude"
-    are saved with the weights).
+    The same arguments on the same architecture give the same structure (`report.recipe`; on a
+    Hugging Face model also `model.config.rbgp`, which `save_pretrained` keeps for
+    `rbgp.from_pretrained`; fitted structures are saved with the weights).
     """
+    distribution, init, calibration, base, excludes = _checked_arguments(
+        sparsity, pattern, exclude, init, on_infeasible, distribution, calibration, saliency, damp, pattern_kwargs)
+    if not inplace:
+        model = copy.deepcopy(model)
+    report = SparsifyReport(params_before=count_parameters(model), model=model)
+    candidates, skipped = _classify(model)
+    if not candidates:
+        return _nothing_to_convert(report, skipped)
+    _warn_unmatched(candidates, excludes, sparsity)
+    finer = calibration is not None and isinstance(pattern, str) and not {"group_rows", "block"} & set(pattern_kwargs)
+    plans, dense_kept = _plan_layers(model, candidates, skipped, sparsity, base, excludes, keep_first_last,
+                                     distribution, init, shuffle, on_infeasible, finer)
+    if calibration is None:
+        converted = [(plan, _convert(plan.module, plan.sparsity, plan.pattern, seed + plan.index, init, backend,
+                                     plan.name), None, plan.note)
+                     for plan in tqdm(plans, desc="sparsify", unit="layer", leave=False,
+                                      disable=None if len(plans) > 8 else True)]
+    else:
+        converted = _convert_sequentially(model, plans, calibration, seed, backend, saliency, damp)
+    if not converted:
+        sparse = sum(why == "already sparse" for _, why in skipped)
+        what = f"nothing left to convert ({sparse} layers are already sparse, " if sparse else "no layer was converted ("
+        warnings.warn(f"sparsify: {what}{len(candidates)} stay dense: see report.skipped)", stacklevel=2)
+    recipe = _recipe(sparsity, base, excludes, keep_first_last, seed, init, shuffle, backend, on_infeasible,
+                     distribution)
+    return _swap_and_report(report, converted, skipped, dense_kept, init, recipe, seed)
+
+
+@dataclass
+class LayerPlan:
+    """One layer's conversion, decided before any layer is swapped: the sparsity asked for, the
+    pattern it is planned with and the sparsity it is built at (with a note when they differ)."""
+
+    index: int  # position among the convertible layers (its seed is sparsify's seed + index)
+    name: str
+    module: nn.Module
+    requested: float
+    pattern: Pattern
+    sparsity: float
+    note: str = ""
+
+
+Converted = tuple[LayerPlan, nn.Module, Union[float, None], str]
+"""(plan, the new layer, its calibrated output error or None, the report's note)."""
+
+
+def _checked_arguments(sparsity, pattern, exclude, init, on_infeasible, distribution, calibration, saliency, damp,
+                       pattern_kwargs) -> tuple[str, str, list | None, Pattern, list[str]]:
+    """(distribution, init, calibration batches, base pattern, exclude globs), or a ValueError / TypeError
+    that names the bad argument."""
     _check_spec(sparsity)
     per_layer = callable(sparsity) or isinstance(sparsity, Mapping)
     if distribution is None:
@@ -356,7 +400,6 @@ def sparsify(
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     if on_infeasible not in ON_INFEASIBLE:
         raise ValueError(f"on_infeasible must be one of {ON_INFEASIBLE}, got {on_infeasible!r}")
-    excludes = [exclude] if isinstance(exclude, str) else list(exclude)
     try:
         base = get_pattern(pattern, **pattern_kwargs)
     except TypeError as err:
@@ -365,29 +408,38 @@ def sparsify(
     if calibration is not None and not isinstance(base, RBGP4):
         raise ValueError(f"calibration converts into RBGP4 structures; for pattern {base.kind!r} use "
                          f"rbgp.nn.oneshot.prune_oneshot (magnitude, Wanda, SparseGPT; unstructured or 2:4)")
-    if not inplace:
-        model = copy.deepcopy(model)
-    candidates, skipped = _classify(model)
-    report = SparsifyReport(params_before=count_parameters(model), model=model)
-    if not candidates:
-        sparse = [n for n, why in skipped if why == "already sparse"]
-        if sparse:
-            warnings.warn(f"sparsify: nothing left to convert ({len(sparse)} layers are already sparse)",
-                          stacklevel=2)
-            report.skipped, report.params_after = skipped, report.params_before
-            return report
-        raise ValueError("model has no nn.Linear, Conv1D or groups=1 nn.Conv2d to sparsify"
-                         + (f" (left alone: {skipped})" if skipped else ""))
-    for pat in excludes:
+    return distribution, init, calibration, base, [exclude] if isinstance(exclude, str) else list(exclude)
+
+
+def _nothing_to_convert(report: SparsifyReport, skipped: list[tuple[str, str]]) -> SparsifyReport:
+    """The report of a model without a convertible layer (a warning when they are all sparse already),
+    or a ValueError when it has none at all."""
+    if any(why == "already sparse" for _, why in skipped):
+        sparse = sum(why == "already sparse" for _, why in skipped)
+        warnings.warn(f"sparsify: nothing left to convert ({sparse} layers are already sparse)", stacklevel=3)
+        report.skipped, report.params_after = skipped, report.params_before
+        return report
+    raise ValueError("model has no nn.Linear, Conv1D or groups=1 nn.Conv2d to sparsify"
+                     + (f" (left alone: {skipped})" if skipped else ""))
+
+
+def _warn_unmatched(candidates: list[tuple[str, nn.Module]], excludes: list[str], sparsity: SparsitySpec) -> None:
+    globs = [("exclude", pat) for pat in excludes]
+    globs += [("sparsity", pat) for pat in sparsity] if isinstance(sparsity, Mapping) else []
+    for what, pat in globs:
         if not any(fnmatch.fnmatchcase(name, pat) for name, _ in candidates):
-            warnings.warn(f"sparsify: exclude pattern {pat!r} matches no convertible layer", stacklevel=2)
-    if isinstance(sparsity, Mapping):
-        for pat in sparsity:
-            if not any(fnmatch.fnmatchcase(name, pat) for name, _ in candidates):
-                warnings.warn(f"sparsify: sparsity pattern {pat!r} matches no convertible layer", stacklevel=2)
+            warnings.warn(f"sparsify: {what} pattern {pat!r} matches no convertible layer", stacklevel=3)
+
+
+def _plan_layers(model: nn.Module, candidates: list[tuple[str, nn.Module]], skipped: list[tuple[str, str]],
+                 sparsity: SparsitySpec, base: Pattern, excludes: list[str], keep_first_last: bool,
+                 distribution: str, init: str, shuffle: bool, on_infeasible: str, finer: bool
+                 ) -> tuple[list[LayerPlan], int]:
+    """(the plans of the layers to convert, the weights a distribution keeps dense); the layers left
+    dense are appended to `skipped` with their reason. `finer`: the calibrated default's finer plans
+    (`calibrated_pattern`)."""
     roles = _dense_by_role(model, candidates) if keep_first_last else {}
     chosen: list[tuple[int, str, nn.Module, float]] = []
-    kept_by_distribution: list[int] = []  # sizes of the layers a distribution keeps dense
     for index, (name, module) in enumerate(candidates):
         if (why := _kept_dense(name, roles, excludes)) is not None:
             skipped.append((name, why))
@@ -396,12 +448,17 @@ def sparsify(
         else:
             chosen.append((index, name, module, requested))
 
-    def for_layer(module: nn.Module) -> Pattern:
-        """The pattern a layer is planned with: under "hw", RBGP4 asked for row groups that run fast."""
+    def for_layer(module: nn.Module, sparsity: float | None = None) -> Pattern:
+        """The pattern a layer is planned with: under "hw", RBGP4 asked for row groups that run fast;
+        `finer`: the calibrated default's finer plan."""
+        layer = base
+        if finer and sparsity is not None:
+            layer = calibrated_pattern(layer, _shape(module), sparsity)
         if distribution == "hw" and isinstance(base, RBGP4) and base.min_group_rows == 1:
-            return base.replace(min_group_rows=hw_group_rows(_shape(module)[0]))
-        return base
+            layer = layer.replace(min_group_rows=hw_group_rows(_shape(module)[0]))
+        return layer
 
+    dense_kept = 0
     if distribution != "uniform":
         densities = distribute([_shape(m) for _, _, m, _ in chosen], float(sparsity), distribution,
                                lambda i, d: _realisable_density(chosen[i][2], d, for_layer(chosen[i][2])))
@@ -409,60 +466,60 @@ def sparsify(
             if built >= 1.0:
                 skipped.append((name, f"kept dense by distribution={distribution!r}" if asked >= 1.0 else
                                 _feasible_sparsity(module, 1.0 - asked, base, "nearest", name)[2]))
-                kept_by_distribution.append(module.weight.numel())
+                dense_kept += module.weight.numel()
         chosen = [(i, name, m, 1.0 - asked) for (i, name, m, _), (asked, built) in zip(chosen, densities) if built < 1.0]
-    targets: list[tuple[int, str, nn.Module, float, Pattern, float, str]] = []
+    plans: list[LayerPlan] = []
     for index, name, module, requested in chosen:
-        layer_pattern = for_layer(module)
-        if isinstance(base, RBGP4) and shuffle and init in ("keep", "kaiming") and len(targets) % 2 == 1:
+        layer_pattern = for_layer(module, requested)
+        if isinstance(base, RBGP4) and shuffle and init in ("keep", "kaiming") and len(plans) % 2 == 1:
             layer_pattern = _shuffled(layer_pattern)
         target, note, why_not = _feasible_sparsity(module, requested, layer_pattern, on_infeasible, name)
         if target is None:
             skipped.append((name, why_not))
         else:
-            targets.append((index, name, module, requested, layer_pattern, target, note))
-    planned: list[tuple[str, nn.Module, nn.Module, float, str]] = []
-    if calibration is None:
-        for index, name, module, requested, layer_pattern, target, note in tqdm(
-                targets, desc="sparsify", unit="layer", leave=False, disable=None if len(targets) > 8 else True):
-            new = _convert(module, target, layer_pattern, seed + index, init, backend, name)
-            planned.append((name, module, new, requested, note))
-    elif targets:
-        by_name = {t[1]: t for t in targets}
-        errors: dict[str, float | None] = {}
+            plans.append(LayerPlan(index, name, module, requested, layer_pattern, target, note))
+    return plans, dense_kept
 
-        def convert(name: str, module: nn.Module, stats: GramStats) -> nn.Module:
-            index, _, _, requested, layer_pattern, target, note = by_name[name]
-            new, errors[name], extra = _convert_calibrated(module, target, layer_pattern, seed + index, backend, name,
-                                                           stats, saliency, damp)
-            planned.append((name, module, new, requested, "; ".join(filter(None, [note, extra]))))
-            return new
 
-        sequential(model, [(t[1], t[2]) for t in targets], calibration, convert, desc="sparsify (calibrated)")
-        order = {t[1]: i for i, t in enumerate(targets)}
-        planned.sort(key=lambda p: order[p[0]])
-    if not planned:
-        sparse = sum(why == "already sparse" for _, why in skipped)
-        what = f"nothing left to convert ({sparse} layers are already sparse, " if sparse else "no layer was converted ("
-        warnings.warn(f"sparsify: {what}{len(candidates)} stay dense: see report.skipped)", stacklevel=2)
-    for name, module, new, requested, note in planned:  # nothing above touched the model (or put it back)
-        report.layers.append(_layer_report(name, module, new, requested, note, init))
-        if calibration is not None:
-            report.layers[-1].output_error = errors[name]
-        set_module(model, name, new)
+def _convert_sequentially(model: nn.Module, plans: list[LayerPlan], calibration: list, seed: int, backend: str,
+                          saliency: str, damp: float) -> list[Converted]:
+    """Every planned layer fitted to the calibration data, in the order the model runs them (each on
+    the inputs of the layers converted before it); the model is as it was afterwards."""
+    by_name = {plan.name: plan for plan in plans}
+    done: dict[str, Converted] = {}
+
+    def convert(name: str, module: nn.Module, stats: GramStats) -> nn.Module:
+        plan = by_name[name]
+        new, error, extra = _convert_calibrated(module, plan.sparsity, plan.pattern, seed + plan.index, backend, name,
+                                                stats, saliency, damp)
+        done[name] = (plan, new, error, "; ".join(filter(None, [plan.note, extra])))
+        return new
+
+    if plans:
+        sequential(model, [(p.name, p.module) for p in plans], calibration, convert, desc="sparsify (calibrated)")
+    return [done[p.name] for p in plans if p.name in done]
+
+
+def _swap_and_report(report: SparsifyReport, converted: list[Converted], skipped: list[tuple[str, str]],
+                     dense_kept: int, init: str, recipe: dict[str, Any] | None, seed: int) -> SparsifyReport:
+    """Swap the converted layers in (nothing before this touched the model, or it was put back) and
+    fill in the report."""
+    model = report.model
+    for plan, new, error, note in converted:
+        report.layers.append(_layer_report(plan.name, plan.module, new, plan.requested, note, init))
+        report.layers[-1].output_error = error
+        set_module(model, plan.name, new)
     report.skipped = skipped
     report.params_after = count_parameters(model)
-    if planned:
-        dense_kept = sum(kept_by_distribution)
+    if converted:
         total = sum(r.params_before for r in report.layers) + dense_kept
         report.global_sparsity = 1 - (sum(r.params_after for r in report.layers) + dense_kept) / total
-    report.recipe = _recipe(sparsity, base, excludes, keep_first_last, seed, init, shuffle, backend, on_infeasible,
-                            distribution)
+    report.recipe = recipe
     config = getattr(model, "config", None)
-    if report.recipe is not None and hasattr(config, "to_dict") and hasattr(config, "save_pretrained"):
-        config.rbgp = report.recipe  # a transformers PretrainedConfig: saved with save_pretrained
+    if recipe is not None and hasattr(config, "to_dict") and hasattr(config, "save_pretrained"):
+        config.rbgp = recipe  # a transformers PretrainedConfig: saved with save_pretrained
     if not _is_transformers_model(model):  # residual streams make stacked-layer coverage meaningless there
-        _add_path_coverage(report, [new for _, _, new, _, _ in planned], seed)
+        _add_path_coverage(report, [new for _, new, _, _ in converted], seed)
     return report
 
 

@@ -1,4 +1,5 @@
-"""The one dispatch point: picks the reference, the grouped torch path or the Triton kernels."""
+"""Dispatch of the linear product: the reference, the grouped torch path or the Triton kernels
+(convolutions: `rbgp.ops.conv`, which runs its im2col path through here)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import os
 
 import torch
 
+from rbgp.ops.autocast import autocast_inputs
 from rbgp.ops.grouped import grouped_linear
-from rbgp.ops.layout import LayoutTensors
 from rbgp.ops.reference import reference_linear
+from rbgp.ops.weight import SparseWeight
 
 BACKENDS = ("auto", "reference", "grouped", "triton")
 
@@ -41,25 +43,14 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype | Non
     return backend
 
 
-def autocast_inputs(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The GEMM inputs: under torch.autocast cast to its dtype (bf16: fp32 master weights, low-precision
-    GEMM inputs, fp32 accumulation inside the GEMM); otherwise as they are, x and values of one dtype."""
-    if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-        return x.to(dtype), values.to(dtype), bias.to(dtype) if bias is not None else None
-    if x.dtype != values.dtype:
-        raise ValueError(f"input dtype {x.dtype} differs from the weight dtype {values.dtype}; cast one or use autocast")
-    return x, values, bias
-
-
-def rbgp_linear(x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors, bias: torch.Tensor | None = None,
+def rbgp_linear(x: torch.Tensor, weight: SparseWeight, bias: torch.Tensor | None = None,
                 backend: str = "auto") -> torch.Tensor:
-    """y = x W^T + b for the grouped-sparse W = (values, layout); x may have any leading dims.
+    """y = x W^T + b for the grouped-sparse `weight`; x may have any leading dims.
 
     Under torch.autocast the GEMM inputs are cast to the autocast dtype (bf16: fp32 master weights,
     low-precision GEMM inputs, fp32 accumulation inside the GEMM).
     """
+    values, layout = weight.values, weight.layout
     if x.shape[-1] != layout.in_features:
         raise ValueError(f"input has {x.shape[-1]} features in its last dim, the layer expects {layout.in_features}")
     if values.shape != layout.values_shape:

@@ -7,7 +7,7 @@ contiguous rows, in chunks whose gathered inputs fit in cache (~2 MB). A row-maj
 micro-blocks of ROW_GATHER_MIN_WIDTH columns or more is not transposed first: its (N x BW)
 micro-blocks are gathered as rows of BW values (`gather_rows`), in few big chunks, and the GEMM
 reads them transposed (`benchmarks/linear_fixed_costs.md` times both against the pieces); the index
-of that gather is kept per layer. The GEMM outputs come group-major. A conv's rows run group by
+of that gather is kept in the layout's workspace. The GEMM outputs come group-major. A conv's rows run group by
 group, so they are row order already; RBGP4 linear plans interleave the groups' rows (row g + r * G),
 so they are copied into row order through a strided view, a few groups at a time while in cache;
 other row orders are gathered back once. Without a gradient to compute no autograd node is built.
@@ -18,15 +18,13 @@ G*K*N values); for those two row orders the output gradient is read group-major 
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, TypeVar
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from torch.utils.weak import WeakIdKeyDictionary
 
 from rbgp.ops.layout import LayoutTensors
-
-T = TypeVar("T")
+from rbgp.ops.workspace import Workspace, tensor_bytes
 
 CHUNK_BYTES = 2 << 20
 ROW_CHUNK_BYTES = 16 << 20  # the micro-block gather runs best in few big calls
@@ -39,81 +37,40 @@ def feature_major(t: torch.Tensor) -> torch.Tensor:
     return t.t().contiguous()
 
 
-def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+def gather_rows(table: torch.Tensor, index: torch.Tensor, workspace: Workspace | None = None) -> torch.Tensor:
     """table[index] for a 2-D table. fp32 rows on the CPU go through FBGEMM's embedding kernel
     (embedding_bag, one row per bag), which copies short rows (a 16-column micro-block is 64 bytes)
     about twice as fast as index_select's per-row loop (`benchmarks/linear_fixed_costs.md`); other
     dtypes, where that kernel is not faster, use index_select. A -0.0 comes back as +0.0 (the bag
-    sums from 0)."""
+    sums from 0). The bags' offsets are kept in `workspace` when one is given."""
     if table.dtype == torch.float32 and table.device.type == "cpu":
-        return F.embedding_bag(index, table, _bag_offsets(index.numel(), index.dtype, index.device), mode="sum")
+        return F.embedding_bag(index, table, _bag_offsets(index.numel(), index.dtype, index.device, workspace),
+                               mode="sum")
     return table.index_select(0, index)
 
 
-_OFFSETS: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
-
-
-def _bag_offsets(count: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """arange(count): a slice of one shared arange, grown by doubling, instead of a new one per call."""
-    if torch.compiler.is_compiling():  # no module state inside a compiled graph
+def _bag_offsets(count: int, dtype: torch.dtype, device: torch.device, workspace: Workspace | None) -> torch.Tensor:
+    """arange(count): a slice of a kept arange of the next power of two, instead of a new one per call."""
+    if workspace is None:
         return torch.arange(count, dtype=dtype, device=device)
-    have = _OFFSETS.get((dtype, device))
-    if have is None or have.numel() < count:
-        have = _OFFSETS[(dtype, device)] = torch.arange(max(count, 2 * (0 if have is None else have.numel())),
-                                                        dtype=dtype, device=device)
-    return have[:count]
+    size = 1 << max(0, count - 1).bit_length()
+    return workspace.get("offsets", (dtype, device, size),
+                         lambda: torch.arange(size, dtype=dtype, device=device), tensor_bytes)[:count]
 
 
-_MEMO: WeakIdKeyDictionary = WeakIdKeyDictionary()  # layout tensor -> (key, value) of its last use
-MEMO_MAX_BYTES = 1 << 20
-
-
-def _memo(owner: torch.Tensor, key: tuple, build: Callable[[], T], size: Callable[[T], int] = lambda v: 0) -> T:
-    """build(), kept on `owner` (a layout tensor) for the last `key` while its size is at most
-    MEMO_MAX_BYTES: dropped with the tensor, rebuilt when the tensor is changed in place. Not kept
-    while torch.compile traces (dynamo does not trace the weak dictionary), nor for a tensor made
-    under inference_mode (it has no version counter)."""
-    if torch.compiler.is_compiling() or owner.is_inference():
-        return build()
-    key = (*key, owner._version)
-    hit = _MEMO.get(owner)
-    if hit is not None and hit[0] == key:
-        return hit[1]
-    value = build()
-    if size(value) <= MEMO_MAX_BYTES:
-        _MEMO[owner] = (key, value)
-    return value
-
-
-def _block_index(col_blocks: torch.Tensor, c: slice, n: int, per_row: int, device: torch.device) -> torch.Tensor:
+def _block_index(layout: LayoutTensors, c: slice, n: int, per_row: int, device: torch.device) -> torch.Tensor:
     """Rows of the (N * in / BW, BW) micro-block view that groups `c` read, sample by sample: sample
-    i's block j is row i * per_row + j; int32 where it fits, half the bytes of int64. Kept for the
-    layer's last batch size (building it took 0.2-0.3 ms of a 5 ms 4096x4096 forward at batch 256)."""
+    i's block j is row i * per_row + j; int32 where it fits, half the bytes of int64. Kept in the
+    layout's workspace for its last batch size (building it took 0.2-0.3 ms of a 5 ms 4096x4096
+    forward at batch 256)."""
     def build() -> torch.Tensor:
         dtype = torch.int32 if n * per_row < 2 ** 31 else torch.int64
         first = torch.arange(0, n * per_row, per_row, dtype=dtype, device=device)[:, None]
-        return (first + col_blocks[c].to(device).reshape(1, -1)).reshape(-1)
+        return (first + layout.col_blocks[c].to(device).reshape(1, -1)).reshape(-1)
 
-    return _memo(col_blocks, (c.start, c.stop, n, per_row, device), build, lambda t: t.numel() * t.element_size())
-
-
-def _row_strides(row_index: torch.Tensor) -> tuple[int, int] | None:
-    """(group stride, row stride) when group g's row r is row g * sg + r * sr with the rows in order
-    ((R, 1): convs label rows group by group) or interleaved ((1, G): every RBGP4 linear plan); the
-    group-major outputs are then a view of row order. None for any other order, and while
-    torch.compile traces (the check reads the tensor's values)."""
-    if torch.compiler.is_compiling():
-        return None
-    g, r = row_index.shape
-
-    def build() -> tuple[int, int] | None:
-        ar = torch.arange(g * r, device=row_index.device)
-        for sg, sr in ((r, 1), (1, g)):
-            if torch.equal(row_index, ar[:g, None] * sg + ar[None, :r] * sr):
-                return sg, sr
-        return None
-
-    return _memo(row_index, ("strides",), build)
+    if layout.workspace is None:
+        return build()
+    return layout.workspace.get(f"block_index {c.start}", (c.stop, n, per_row, device), build, tensor_bytes)
 
 
 def _bmm_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
@@ -146,7 +103,7 @@ def _gathered_inputs(x: torch.Tensor, layout: LayoutTensors, gather: bool = True
         blocks = x.view(-1, bw)  # row n's micro-block j is blocks[n * in / bw + j]
         per_row = x.shape[1] // bw
         for c in _chunks(layout, n, x.element_size(), ROW_CHUNK_BYTES):
-            xg = gather_rows(blocks, _block_index(layout.col_blocks, c, n, per_row, x.device)) if gather else None
+            xg = gather_rows(blocks, _block_index(layout, c, n, per_row, x.device), layout.workspace) if gather else None
             yield c, (xg.view(n, c.stop - c.start, k).permute(1, 2, 0) if gather else None)
     else:
         xt = feature_major(x) if gather else None
@@ -156,8 +113,8 @@ def _gathered_inputs(x: torch.Tensor, layout: LayoutTensors, gather: bool = True
 
 
 def _group_major(yt: torch.Tensor, layout: LayoutTensors) -> torch.Tensor | None:
-    """The (G, R, N) view of a feature-major (G*R, N) buffer in row order, or None (see _row_strides)."""
-    strides = _row_strides(layout.row_index)
+    """The (G, R, N) view of a feature-major (G*R, N) buffer in row order, or None (see `detect_row_strides`)."""
+    strides = layout.row_strides
     if strides is None:
         return None
     n = yt.shape[1]

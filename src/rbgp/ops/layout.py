@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import torch
 
+from rbgp.ops.workspace import Workspace
 from rbgp.patterns import GroupedLayout
 
 MAX_BLOCK_WIDTH = 128
@@ -51,9 +52,23 @@ def block_tables(col_index: torch.Tensor, in_features: int, block_width: int) ->
     return col_blocks.to(torch.int32).contiguous(), entries[:, :depth].to(torch.int32).contiguous()
 
 
+def detect_row_strides(row_index: torch.Tensor) -> tuple[int, int] | None:
+    """(group stride, row stride) when group g's row r is row g * sg + r * sr with the rows in order
+    ((R, 1): convs label rows group by group) or interleaved ((1, G): every RBGP4 linear plan), so that
+    group-major outputs are a strided view of row order; None for any other order."""
+    g, r = row_index.shape
+    ar = torch.arange(g * r, device=row_index.device)
+    for sg, sr in ((r, 1), (1, g)):
+        if torch.equal(row_index, ar[:g, None] * sg + ar[None, :r] * sr):
+            return sg, sr
+    return None
+
+
 class LayoutTensors(NamedTuple):
     """One layer's layout: `row_index` (G, R), `col_index` (G, K), `row_order` (G*R,) int64, and the
     kernels' `col_blocks` / `col_entries` int32 tables for micro-blocks of `block_width` columns.
+    Static facts derived once: `row_strides` (see `detect_row_strides`); `workspace` keeps the tables the
+    torch path reuses from call to call (owned by this layout, see `rbgp.ops.workspace`).
 
     `row_order` puts the group-major outputs back in row order: `y = y_grouped[..., row_order]`. The
     kernels compute all G*R rows; rows from `out_features` on are padding rows that complete the last
@@ -68,6 +83,8 @@ class LayoutTensors(NamedTuple):
     col_blocks: torch.Tensor
     col_entries: torch.Tensor
     out_features: int
+    row_strides: tuple[int, int] | None = None
+    workspace: Workspace | None = None
 
     @classmethod
     def from_layout(cls, layout: GroupedLayout, device: torch.device | str | None = None) -> LayoutTensors:
@@ -93,7 +110,8 @@ class LayoutTensors(NamedTuple):
         out = rows.numel() if out_features is None else out_features
         if not 0 < out <= rows.numel():
             raise ValueError(f"out_features={out} must be in [1, {rows.numel()}] (the rows of the layout)")
-        return cls(rows, cols, order, in_features, bw, col_blocks, col_entries, out).to(device)
+        return cls(rows, cols, order, in_features, bw, col_blocks, col_entries, out, detect_row_strides(rows),
+                   Workspace()).to(device)
 
     @property
     def padded_rows(self) -> int:

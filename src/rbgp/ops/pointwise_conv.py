@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from rbgp.ops.dispatch import autocast_inputs
+from rbgp.ops.autocast import autocast_inputs
 
 CHUNK_BYTES = 2 << 20
 

@@ -164,7 +164,7 @@ def grouped_forward(x: torch.Tensor, values: torch.Tensor, row_index: torch.Tens
         return y
     _check_grid("groups", g)
     _check_grid("row tiles", triton.cdiv(r, 16))
-    grid = lambda m: (triton.cdiv(n, m["BLOCK_N"]), triton.cdiv(r, m["BLOCK_R"]), g)  # noqa: E731
+    grid = lambda m: (triton.cdiv(n, m["BLOCK_N"]), triton.cdiv(r, m["BLOCK_R"]), g)
     _fwd[grid](x, values, y, row_index, col_blocks, n, r, k, kb,
                x.stride(0), x.stride(1), *values.stride(), y.stride(0), y.stride(1),
                BW=block_width, BW_ALIGN=block_width & -block_width, **flags)
@@ -187,7 +187,7 @@ def grouped_grad_input(grad_y: torch.Tensor, values: torch.Tensor, row_index: to
         return dx
     n_blocks, depth = col_entries.shape
     bw = block_width
-    grid = lambda m: (n_blocks * triton.cdiv(bw, m["BLOCK_C"]), triton.cdiv(n, m["BLOCK_N"]))  # noqa: E731
+    grid = lambda m: (n_blocks * triton.cdiv(bw, m["BLOCK_C"]), triton.cdiv(n, m["BLOCK_N"]))
     _check_grid("batch tiles", triton.cdiv(n, 16))
     _bwd_input[grid](grad_y, values, dx, row_index, col_entries, n, r, kb, in_features, depth,
                      grad_y.stride(0), grad_y.stride(1), *values.stride(), dx.stride(0), dx.stride(1),
@@ -213,7 +213,7 @@ def grouped_grad_values(grad_y: torch.Tensor, x: torch.Tensor, row_index: torch.
         return dv
     _check_grid("groups", g)
     _check_grid("row tiles", triton.cdiv(r, 16))
-    grid = lambda m: (triton.cdiv(k, m["BLOCK_K"]), triton.cdiv(r, m["BLOCK_R"]), g)  # noqa: E731
+    grid = lambda m: (triton.cdiv(k, m["BLOCK_K"]), triton.cdiv(r, m["BLOCK_R"]), g)
     _bwd_values[grid](grad_y, x, dv, row_index, col_blocks, n, r, k, kb,
                       grad_y.stride(0), grad_y.stride(1), x.stride(0), x.stride(1), *dv.stride(),
                       BW=block_width, BW_ALIGN=block_width & -block_width, **flags)

@@ -39,6 +39,10 @@ class GroupedLayout:
             raise ValueError(f"col_index shape {self.col_index.shape} does not match {self.row_index.shape[0]} groups")
         if self.col_index.size and (self.col_index.min() < 0 or self.col_index.max() >= self.in_features):
             raise ValueError(f"col_index out of range for in_features={self.in_features}")
+        if self.col_index.shape[1] > 1 and not (np.diff(self.col_index, axis=1) > 0).all():
+            g = int(np.nonzero((np.diff(self.col_index, axis=1) <= 0).any(axis=1))[0][0])
+            raise ValueError(f"col_index must list each group's columns in increasing order without repeats; "
+                             f"group {g} reads {self.col_index[g].tolist()[:16]}...")
 
     @property
     def groups(self) -> int:

@@ -9,7 +9,7 @@ kernels, which read inputs through the column index lists anyway.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -1,5 +1,7 @@
 """Training: in-memory data, reference models, the training loop, recipes, demo and reproduction."""
 
+from rbgp.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from rbgp.train.config import PATTERN_NAMES, TrainConfig
 from rbgp.train.data import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -19,8 +21,6 @@ from rbgp.train.data import (
     random_crop_flip,
     synthetic,
 )
-from rbgp.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from rbgp.train.config import PATTERN_NAMES, TrainConfig
 from rbgp.train.loop import METRIC_FIELDS, TrainResult, build_run_model, evaluate, train
 from rbgp.train.methods import METHOD_NAMES, make_method
 from rbgp.train.models import (

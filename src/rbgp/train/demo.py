@@ -24,13 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rbgp.nn.masked import rezero_masked_
 from rbgp.files import save_figure, write_json, write_text
 from rbgp.nn.distribution import DEFAULT_DISTRIBUTION
+from rbgp.nn.masked import rezero_masked_
 from rbgp.precision import bf16_autocast
-
-from rbgp.train.data import LoadedDataset, get_dataset
 from rbgp.train.config import TrainConfig
+from rbgp.train.data import LoadedDataset, get_dataset
 from rbgp.train.loop import TrainResult, sparse_layers, train
 from rbgp.train.recipes import get_recipe
 

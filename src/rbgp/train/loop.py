@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from rbgp.files import atomic_write, check_output_dir, remove_stale_temps, write_json
 from rbgp.nn import SPARSE_TYPES, SparsifyReport, sparsify
-from rbgp.resources import check_memory
 from rbgp.precision import bf16_autocast
+from rbgp.resources import check_memory
 from rbgp.train import ddp
 from rbgp.train.checkpoint import (
     CHECKPOINT_NAME,

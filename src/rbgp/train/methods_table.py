@@ -121,7 +121,8 @@ def run_methods(settings: MethodsSettings, out_dir: str | Path = "runs/methods",
         model, _ = build_run_model(base, data[0].num_classes, data[0].input_shape)
         names = [n for n, _ in convertible_layers(model)]
 
-        def one(row: str, target: float | None, cfg: TrainConfig) -> dict[str, Any]:
+        def one(row: str, target: float | None, cfg: TrainConfig, seed: int = seed,
+                names: list[str] = names) -> dict[str, Any]:
             t0 = time.perf_counter()
             result = train(cfg, None, quiet=True, data=data)
             entry = {"row": row, "target": target, "seed": seed, **_measure(result, names),

@@ -8,8 +8,8 @@ everything else it needs is a pure function of the config and the step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from torch import nn

@@ -1,0 +1,147 @@
+"""Dispatch of RBGP convolutions: which path a conv runs is decided once, from its shape and layout.
+
+A conv's path is a static fact of the layer (its kernel, stride, padding, row groups and density),
+so it is planned once (`plan_conv`) and kept in its `ConvArgs`; `rbgp_conv2d` only follows it, plus
+the device (on CUDA, "auto" keeps 1x1 convs on im2col and the Triton kernels). The paths: a
+gathered-channel grouped convolution (`rbgp.ops.channel_conv`) when every row group reads whole input
+channels, small groups merged or, when merging costs too much, the dense conv of the masked weight;
+unpadded stride-1 1x1 convs on the CPU as chunked grouped matmuls on the NCHW input
+(`rbgp.ops.pointwise_conv`); everything else on im2col and the grouped matmul (`rbgp_linear`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from rbgp.ops.autocast import autocast_inputs
+from rbgp.ops.channel_conv import channel_grouped_conv2d
+from rbgp.ops.dispatch import rbgp_linear
+from rbgp.ops.im2col import im2col_feature_major
+from rbgp.ops.layout import LayoutTensors
+from rbgp.ops.pointwise_conv import pointwise_conv2d
+from rbgp.ops.weight import SparseWeight
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+MERGE_ROWS = 8
+MAX_MERGED_DENSITY = 0.3
+"""How channel-layout convs with small row groups run (a static rule of the layer's shape, so the
+numbers never depend on a timing). Grouped convs of 2-4-row groups run slower than dense on oneDNN,
+so groups of fewer than MERGE_ROWS rows are merged, a few consecutive ones at a time, into groups of
+at least MERGE_ROWS rows with block-diagonal weights (`channel_grouped_conv2d(merge=...)`); when the
+merged work would exceed MAX_MERGED_DENSITY of the dense conv's, the dense conv of the masked weight
+runs instead. Measured on the 2-core CPU, batch 32, 3x3, fwd+bwd vs dense: 128->128 @16x16 at 90%
+(4-row groups) 0.98x as they are, 1.42x merged by 2; at 95% (2-row groups) 0.40x as they are, 1.39x
+merged by 4; 64->64 @32x32 at 90% (2-row groups) 0.22x as they are, 0.37x merged by 4, 0.83x as a
+masked dense conv (`benchmarks/conv_merge.md`)."""
+
+
+def im2col_runs_dense(rows: int, density: float) -> bool:
+    """Whether an im2col-path conv (conv_block="block", or a strided or padded 1x1) runs as the dense conv of its
+    masked weight: when its row groups are under MERGE_ROWS rows (its GEMMs are then too thin to
+    beat the dense one, and this path has no merging), or its density is above MAX_MERGED_DENSITY
+    (the grouped GEMM copies each input row once per group that reads it, which then costs more than
+    the dense conv saves). On the 2-core CPU, batch 32: ResNet-18's 1x1 shortcuts that ERK makes 0.77
+    and 0.99 dense ran 0.36x and 0.18x dense forward+backward on the grouped GEMM
+    (`benchmarks/models-cpu.md` at commit 1b99ed0)."""
+    return rows < MERGE_ROWS or density > MAX_MERGED_DENSITY
+
+
+POINTWISE_MIN_ROWS = 4
+POINTWISE_MAX_DENSITY = 0.2
+
+
+def pointwise_runs_dense(rows: int, density: float) -> bool:
+    """Whether an unpadded stride-1 1x1 conv runs as the dense conv of its masked weight rather than on the
+    pointwise path (`rbgp.ops.pointwise_conv`): row groups under POINTWISE_MIN_ROWS rows, or a density
+    above POINTWISE_MAX_DENSITY, where the gathered channels cost more than the skipped multiply-adds
+    save (`benchmarks/pointwise_conv.md`, the dispatch table)."""
+    return rows < POINTWISE_MIN_ROWS or density > POINTWISE_MAX_DENSITY
+
+
+def conv_merge(groups: int, rows: int, density: float) -> int | None:
+    """How many consecutive row groups a channel-layout conv runs as one (1: none), or None for the
+    dense conv of the masked weight (see MERGE_ROWS); `density`: the work of the grouped conv relative
+    to the dense one (channel padding included)."""
+    merge = next((m for m in range(1, groups + 1) if groups % m == 0 and m * rows >= MERGE_ROWS), groups)
+    return merge if merge == 1 or merge * density <= MAX_MERGED_DENSITY else None
+
+
+@dataclass(frozen=True)
+class ConvArgs:
+    """A conv's arguments as nn.Conv2d takes them (padding made explicit: (left, right, top, bottom))
+    and the dispatch decided from them once (see `plan_conv`)."""
+
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    pad: tuple[int, int, int, int]
+    dilation: tuple[int, int]
+    padding_mode: str
+    out_channels: int
+    merge: int | None = 1  # channel path: consecutive groups run as one; None: the masked dense conv
+    pointwise_dense: bool = False  # a 1x1 on the pointwise path runs as the masked dense conv
+    im2col_dense: bool = False  # the im2col path runs as the masked dense conv ("auto")
+    rows_in_order: bool = True  # group-major outputs are channel order already
+
+
+def plan_conv(layout: LayoutTensors, channels: torch.Tensor | None, kernel_size: tuple[int, int],
+              stride: tuple[int, int], pad: tuple[int, int, int, int], dilation: tuple[int, int], padding_mode: str,
+              density: float) -> ConvArgs:
+    """The ConvArgs of a conv whose (out, C*kh*kw) weight has `layout` (and channel table `channels`,
+    see `SparseWeight`) with these arguments."""
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    g, r, k = layout.values_shape
+    merge: int | None = 1
+    if channels is not None:
+        merge = conv_merge(g, r, density * channels.numel() / (g * k) * math.prod(kernel_size))
+    in_order = bool(torch.equal(layout.row_order.cpu(), torch.arange(layout.row_order.numel())))
+    return ConvArgs(tuple(kernel_size), tuple(stride), tuple(pad), tuple(dilation), padding_mode,
+                    layout.out_features, merge, pointwise_runs_dense(r, density), im2col_runs_dense(r, density),
+                    in_order)
+
+
+def masked_dense_conv2d(x: torch.Tensor, weight: SparseWeight, conv: ConvArgs, padding: tuple[int, int],
+                        bias: torch.Tensor | None) -> torch.Tensor:
+    """The dense conv of the masked weight (the path for layers too small or too dense to gain)."""
+    x, values, bias = autocast_inputs(x, weight.values, bias)
+    kh, kw = conv.kernel_size
+    dense = SparseWeight(values, weight.layout).dense()
+    w = dense.reshape(conv.out_channels, weight.layout.in_features // (kh * kw), kh, kw)
+    with torch.autocast(x.device.type, enabled=False):
+        return F.conv2d(x, w, bias, conv.stride, padding, conv.dilation)
+
+
+def rbgp_conv2d(x: torch.Tensor, weight: SparseWeight, conv: ConvArgs, bias: torch.Tensor | None = None,
+                backend: str = "auto") -> torch.Tensor:
+    """The RBGP conv of x (N, C, H, W) on the path `conv` planned (see the module docstring); backends
+    "triton" and "reference" always take im2col."""
+    left, right, top, bottom = conv.pad
+    if conv.padding_mode == "zeros" and left == right and top == bottom:
+        padding = (top, left)  # the conv (or im2col) pads with zeros itself
+    else:
+        x = F.pad(x, conv.pad, mode="constant" if conv.padding_mode == "zeros" else conv.padding_mode)
+        padding = (0, 0)
+    layout = weight.layout
+    if weight.channels is not None and backend in ("auto", "grouped"):
+        if conv.merge is None:  # tiny groups: the masked dense conv is faster
+            return masked_dense_conv2d(x, weight, conv, padding, bias)
+        order = None if conv.rows_in_order else layout.row_order
+        return channel_grouped_conv2d(x, weight.values, weight.channels, order, conv.out_channels, conv.kernel_size,
+                                      conv.stride, padding, conv.dilation, bias, conv.merge)
+    pointwise = backend == "grouped" or (backend == "auto" and x.device.type == "cpu")
+    if pointwise and conv.kernel_size == (1, 1) and conv.stride == (1, 1) and padding == (0, 0):
+        if backend == "auto" and conv.pointwise_dense:
+            return masked_dense_conv2d(x, weight, conv, padding, bias)
+        ordered = conv.rows_in_order and layout.row_order.numel() == conv.out_channels
+        return pointwise_conv2d(x, weight.values, layout.col_index.reshape(-1), layout.row_index.reshape(-1),
+                                None if ordered else layout.row_order[:conv.out_channels], conv.out_channels, bias)
+    if backend == "auto" and conv.im2col_dense:
+        return masked_dense_conv2d(x, weight, conv, padding, bias)
+    cols, oh, ow = im2col_feature_major(x, conv.kernel_size, conv.stride, padding, conv.dilation)
+    # the feature-major matrix goes in as its transposed (N*L, C*kh*kw) view: the gather reads rows
+    y = rbgp_linear(cols.t(), weight, bias, backend)  # (N*L, out)
+    return y.t().reshape(conv.out_channels, x.shape[0], oh, ow).transpose(0, 1)
