@@ -15,7 +15,7 @@ if ! "$VPY" -c "import torch" 2>/dev/null; then
     echo "[setup] installing torch==$TORCH_VERSION"
     "$VPY" -m pip install -q "torch==$TORCH_VERSION"
 fi
-"$VPY" -m pip install -q -e ".[test]"
+"$VPY" -m pip install -q -e ".[test,dev]"
 if ! "$VPY" -c "import triton" 2>/dev/null; then
     # Triton runs the GPU kernels' code on the CPU under TRITON_INTERPRET=1 (used by the tests).
     "$VPY" -m pip install -q "triton" || echo "[setup] warning: triton not installed; Triton tests will be skipped"

@@ -3,17 +3,13 @@
 By default glibc returns freed memory above a few hundred KiB to the OS (munmap, heap trimming); the
 next tensor of that size gets fresh pages, and the kernel faults and zeroes every 4 KiB of them on
 first touch. A sparse model allocates more short-lived tensors than the dense one (the gathered
-inputs of its grouped convs), so it pays more: on the 2-core development VM, in four fresh processes
-each, a VGG19-bn forward at batch 32 took 8,700-20,000 page faults (dense: 5,600-9,300), how many
-depending on the process's heap history, and ran 1.46-1.90x faster than dense; with the allocator
-tuned, 0 faults and 2.10-2.32x (`benchmarks/allocator.md`). This is what jemalloc or tcmalloc
+inputs of its grouped convs), so it pays more, by an amount that depends on the process's heap
+history (`benchmarks/allocator.md`). This is what jemalloc or tcmalloc
 (LD_PRELOAD), which PyTorch's CPU tuning guide recommends, would do; `tune_cpu_allocator` does it
 from inside the process with three `mallopt` settings: no eager trimming (up to `keep_bytes` kept),
-64 MiB of padding on heap growth, and every block served from the heap, never by mmap. (glibc caps
-the mmap threshold at 32 MiB, so until 2026-12-04, when mmap was switched off, larger blocks were
-mapped and faulted afresh on every call, 8,192 faults per 32 MiB: VGG19-bn's gathered 64-channel
-input is that big at batch 64, and its inference there went from 2.08x to 2.49x dense with the
-change, `benchmarks/models-cpu-b64.json` at commits 1b99ed0 and 3ce6526.) A heap fragmented
+64 MiB of padding on heap growth, and every block served from the heap, never by mmap (glibc caps
+the mmap threshold at 32 MiB: larger blocks would be mapped and faulted afresh on every call;
+`benchmarks/models-cpu-b64.json`). A heap fragmented
 by mixed sizes can still fault now and then: it makes faults rare, not impossible; and memory freed
 below the heap's top stays with the process until it exits.
 

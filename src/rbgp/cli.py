@@ -11,12 +11,20 @@ from rbgp.patterns import PATTERNS
 
 
 def _add_pattern(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pattern", help="build a sparsity pattern for one layer and describe it",
-                       description="Build the mask of one (out, in) weight and print its factors, density, "
-                                   "load balance, expansion and storage cost against CSR/BSR.")
+    p = sub.add_parser(
+        "pattern",
+        help="build a sparsity pattern for one layer and describe it",
+        description="Build the mask of one (out, in) weight and print its factors, density, "
+        "load balance, expansion and storage cost against CSR/BSR.",
+    )
     p.add_argument("--out", type=int, default=512, help="output features / channels (default 512)")
-    p.add_argument("--in", dest="inp", type=int, default=4608,
-                   help="input features, or c_in*kh*kw for a conv (default 4608 = 512*3*3, a VGG19 layer)")
+    p.add_argument(
+        "--in",
+        dest="inp",
+        type=int,
+        default=4608,
+        help="input features, or c_in*kh*kw for a conv (default 4608 = 512*3*3, a VGG19 layer)",
+    )
     p.add_argument("--sparsity", type=float, default=0.9, help="fraction of zero weights, in (0, 1)")
     p.add_argument("--kind", default="rbgp4", choices=list(PATTERNS))
     p.add_argument("--seed", type=int, default=0)
@@ -60,20 +68,26 @@ DRY_RUN_COMMANDS = ("train", "demo", "methods", "reproduce", "bench", "infer")
 def build_parser(only_pattern: bool = False) -> argparse.ArgumentParser:
     """The `rbgp` parser; `only_pattern` registers just `rbgp pattern`, whose modules do not import
     torch (so that it starts, and refuses what will not fit, in about a second)."""
-    parser = argparse.ArgumentParser(prog="rbgp", description="Fast sparse neural networks from Ramanujan "
-                                                               "bipartite graph products.")
-    parser.add_argument("--debug", action="store_true",
-                        help="show the full traceback of an error (by default a user error is one line)")
+    parser = argparse.ArgumentParser(
+        prog="rbgp", description="Fast sparse neural networks from Ramanujan bipartite graph products."
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an error (by default a user error is one line)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_pattern(sub)
     if not only_pattern:
         _add_torch_commands(sub)
     for name, command in sub.choices.items():  # also accepted after the command: `rbgp train ... --debug`
-        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                             help="show the full traceback of an error")
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error"
+        )
         if name in DRY_RUN_COMMANDS:
-            command.add_argument("--dry-run", action="store_true",
-                                 help="check every setting, path and input file, print what would run, and stop")
+            command.add_argument(
+                "--dry-run",
+                action="store_true",
+                help="check every setting, path and input file, print what would run, and stop",
+            )
     return parser
 
 

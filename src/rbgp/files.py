@@ -16,8 +16,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "check_input_dir", "check_output_dir", "check_output_file", "remove_stale_temps", "save_figure",
-           "write_json", "write_text"]
+__all__ = [
+    "atomic_write",
+    "check_input_dir",
+    "check_output_dir",
+    "check_output_file",
+    "remove_stale_temps",
+    "save_figure",
+    "write_json",
+    "write_text",
+]
 
 
 def _umask() -> int:

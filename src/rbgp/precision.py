@@ -44,9 +44,7 @@ def to_bf16_rne(x: torch.Tensor) -> torch.Tensor:
     return signed.to(torch.int16).view(torch.bfloat16)
 
 
-def bf16_autocast(
-    device_type: str | torch.device, enabled: bool = True
-) -> AbstractContextManager[object]:
+def bf16_autocast(device_type: str | torch.device, enabled: bool = True) -> AbstractContextManager[object]:
     """Autocast to bf16 on ``device_type`` ("cuda", "cpu", ...), or a no-op when disabled.
 
     Under autocast, matmuls and convs take bf16 inputs and accumulate in fp32 while the
@@ -60,6 +58,4 @@ def bf16_autocast(
     try:
         return torch.autocast(kind, dtype=torch.bfloat16)
     except RuntimeError as exc:
-        raise ValueError(
-            f"cannot autocast on device type {device_type!r} ({exc}); use e.g. 'cuda' or 'cpu'"
-        ) from exc
+        raise ValueError(f"cannot autocast on device type {device_type!r} ({exc}); use e.g. 'cuda' or 'cpu'") from exc

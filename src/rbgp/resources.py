@@ -76,8 +76,10 @@ def parse_size(text: str) -> int | None:
         return None
     match = _SIZE.match(text)
     if not match:
-        raise ValueError(f"{ENV_VAR} must be a number of bytes with an optional K, M, G or T suffix "
-                         f"(e.g. 2G), or 'unlimited'; got {text!r}")
+        raise ValueError(
+            f"{ENV_VAR} must be a number of bytes with an optional K, M, G or T suffix "
+            f"(e.g. 2G), or 'unlimited'; got {text!r}"
+        )
     value = float(match.group(1)) * _UNITS[match.group(2).upper()]
     if not 1 <= value < 2**63:
         raise ValueError(f"{ENV_VAR} must be at least 1 byte and below 8 EiB, got {text!r}")
@@ -158,15 +160,15 @@ def check(what: str, estimate: Cost, action: str = "to build") -> Cost:
     if limit is not None and estimate.bytes > limit:
         raise ResourceError(
             f"{what} needs about {format_bytes(estimate.bytes)} of memory {action} "
-            f"(and {format_seconds(estimate.seconds)}), more than the {format_bytes(limit)} limit ({source})")
+            f"(and {format_seconds(estimate.seconds)}), more than the {format_bytes(limit)} limit ({source})"
+        )
     return estimate
-
-
 
 
 def check_memory(nbytes: float, what: str) -> None:
     """Raise ResourceError when `what` (a model, a batch of inputs) needs more than the limit."""
     limit, source = memory_limit()
     if limit is not None and nbytes > limit:
-        raise ResourceError(f"{what} needs about {format_bytes(nbytes)} of memory, more than the "
-                            f"{format_bytes(limit)} limit ({source})")
+        raise ResourceError(
+            f"{what} needs about {format_bytes(nbytes)} of memory, more than the {format_bytes(limit)} limit ({source})"
+        )

@@ -13,41 +13,63 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="time RBGP layers against dense, torch CSR and torch BSR",
-                       description="Time forward and forward+backward of RBGP layers against dense, torch CSR "
-                                   "and torch BSR at the same density; write JSON, a markdown table and a plot.")
+    p = sub.add_parser(
+        "bench",
+        help="time RBGP layers against dense, torch CSR and torch BSR",
+        description="Time forward and forward+backward of RBGP layers against dense, torch CSR "
+        "and torch BSR at the same density; write JSON, a markdown table and a plot.",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--dtype", default=None, choices=sorted(DTYPES),
-                   help="fp32 on cpu (default), bf16 on cuda (default); fp32 on cuda runs without TF32")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=sorted(DTYPES),
+        help="fp32 on cpu (default), bf16 on cuda (default); fp32 on cuda runs without TF32",
+    )
     p.add_argument("--repeats", type=int, default=10, help="timed repeats per measurement (median reported)")
     p.add_argument("--quick", action="store_true", help="small shapes only (a smoke run)")
     p.add_argument("--out-dir", default="benchmarks", help="where results go (default benchmarks/)")
     p.add_argument("--name", help="file stem (default cpu, gpu-<device name> or models-<device name>)")
-    p.add_argument("--suite", default="layers", choices=["layers", "models"],
-                   help="layers: single layers against dense/CSR/BSR/2:4 (default); models: VGG19-bn, ResNet-18 "
-                        "and WRN-40-4 for CIFAR, dense vs sparsified, inference and a training step")
+    p.add_argument(
+        "--suite",
+        default="layers",
+        choices=["layers", "models"],
+        help="layers: single layers against dense/CSR/BSR/2:4 (default); models: VGG19-bn, ResNet-18 "
+        "and WRN-40-4 for CIFAR, dense vs sparsified, inference and a training step",
+    )
     p.add_argument("--only", choices=["linear", "conv"], help="layers on cuda: run only the linear or the conv cases")
     p.add_argument("--models", default="vgg19,resnet18,wrn40_4", help="models suite: comma-separated names")
     p.add_argument("--batch", type=int, default=128, help="models suite: images per batch (default 128)")
-    p.add_argument("--sparsity", type=float, default=0.9,
-                   help="models suite: global sparsity of the converted layers")
-    p.add_argument("--distribution", default=DEFAULT_DISTRIBUTION,
-                   help=f"models suite: comma-separated sparsity distributions (uniform, erk, hw; default "
-                        f"{DEFAULT_DISTRIBUTION})")
+    p.add_argument("--sparsity", type=float, default=0.9, help="models suite: global sparsity of the converted layers")
+    p.add_argument(
+        "--distribution",
+        default=DEFAULT_DISTRIBUTION,
+        help=f"models suite: comma-separated sparsity distributions (uniform, erk, hw; default {DEFAULT_DISTRIBUTION})",
+    )
     p.add_argument("--per-layer", action="store_true", help="models suite: also time every converted layer alone")
-    p.add_argument("--compile", choices=["no", "yes", "both"], default="no",
-                   help="models suite: time eager, torch.compile (inductor) or both (default no)")
-    p.add_argument("--allocator", choices=ALLOCATORS, default="tuned",
-                   help="tuned (default): keep freed memory for reuse (rbgp.tune_cpu_allocator), so that timings "
-                        "do not depend on page faults; default: the C library's own settings")
+    p.add_argument(
+        "--compile",
+        choices=["no", "yes", "both"],
+        default="no",
+        help="models suite: time eager, torch.compile (inductor) or both (default no)",
+    )
+    p.add_argument(
+        "--allocator",
+        choices=ALLOCATORS,
+        default="tuned",
+        help="tuned (default): keep freed memory for reuse (rbgp.tune_cpu_allocator), so that timings "
+        "do not depend on page faults; default: the C library's own settings",
+    )
     p.set_defaults(func=_cmd_bench)
 
 
 def _set_allocator(choice: str) -> None:
     """Tune the process's allocator for timing (see rbgp.allocator), or say why it could not be."""
     if choice == "tuned" and not tune_cpu_allocator():
-        print("[bench] note: the allocator could not be tuned (not glibc); timings use the C library's defaults",
-              file=sys.stderr)
+        print(
+            "[bench] note: the allocator could not be tuned (not glibc); timings use the C library's defaults",
+            file=sys.stderr,
+        )
 
 
 def _allocator_flag(choice: str) -> str:
@@ -79,13 +101,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.suite == "models":
         return _cmd_models(args)
     if args.dry_run:
-        print(f"[dry run] settings checked; would run the layer benchmarks on {args.device} ({args.dtype}) "
-              f"into {args.out_dir}")
+        print(
+            f"[dry run] settings checked; would run the layer benchmarks on {args.device} ({args.dtype}) "
+            f"into {args.out_dir}"
+        )
         return 0
     _set_allocator(args.allocator)
-    command = (f"rbgp bench --device {args.device} --dtype {args.dtype} --repeats {args.repeats}"
-               + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only else "")
-               + _allocator_flag(args.allocator))
+    command = (
+        f"rbgp bench --device {args.device} --dtype {args.dtype} --repeats {args.repeats}"
+        + (" --quick" if args.quick else "")
+        + (f" --only {args.only}" if args.only else "")
+        + _allocator_flag(args.allocator)
+    )
     if args.device.startswith("cuda"):
         from rbgp.bench.gpu import run_gpu_bench
 
@@ -93,8 +120,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return 0
     dtype = getattr(torch, DTYPES[args.dtype])
     env = environment(args.device)
-    stem = args.name or ("cpu" if args.device == "cpu" else
-                         "gpu-" + env.get("device_name", "cuda").replace(" ", "-").lower())
+    stem = args.name or (
+        "cpu" if args.device == "cpu" else "gpu-" + env.get("device_name", "cuda").replace(" ", "-").lower()
+    )
     if args.quick and not args.name:
         stem += "-quick"
     results = []
@@ -131,15 +159,31 @@ def _cmd_models(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
     if not 0 < args.sparsity < 1:
         raise ValueError(f"--sparsity must be in (0, 1), got {args.sparsity}")
-    command = (f"rbgp bench --suite models --device {args.device} --dtype {args.dtype} --models {','.join(models)} "
-               f"--batch {args.batch} --sparsity {args.sparsity} --distribution {','.join(dists)} "
-               f"--compile {args.compile}" + (" --per-layer" if args.per_layer else "") + (" --quick" if args.quick else "")
-               + _allocator_flag(args.allocator))
+    command = (
+        f"rbgp bench --suite models --device {args.device} --dtype {args.dtype} --models {','.join(models)} "
+        f"--batch {args.batch} --sparsity {args.sparsity} --distribution {','.join(dists)} "
+        f"--compile {args.compile}"
+        + (" --per-layer" if args.per_layer else "")
+        + (" --quick" if args.quick else "")
+        + _allocator_flag(args.allocator)
+    )
     if args.dry_run:
         print(f"[dry run] settings checked; would run: {command}")
         return 0
     _set_allocator(args.allocator)
-    data = run_model_bench(args.out_dir, args.device, args.dtype, models, args.batch, args.sparsity, modes,
-                           args.quick, args.name, command, dists, args.per_layer)
+    data = run_model_bench(
+        args.out_dir,
+        args.device,
+        args.dtype,
+        models,
+        args.batch,
+        args.sparsity,
+        modes,
+        args.quick,
+        args.name,
+        command,
+        dists,
+        args.per_layer,
+    )
     print(markdown_table(data))
     return 0

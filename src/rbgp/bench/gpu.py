@@ -59,8 +59,10 @@ class GpuCase:
         d = f"d=1/{round(1 / self.density)}" if self.density < 1 else "d=1"
         if self.kind == "linear":
             return f"linear {self.out_features}x{self.in_features} b{self.rows} {d}"
-        return (f"{self.model} conv {self.in_features // 9}->{self.out_features} {self.hw}x{self.hw} "
-                f"b{self.batch} x{self.count} {d}")
+        return (
+            f"{self.model} conv {self.in_features // 9}->{self.out_features} {self.hw}x{self.hw} "
+            f"b{self.batch} x{self.count} {d}"
+        )
 
 
 def conv_layers(model: str) -> list[tuple[int, int, int, int]]:
@@ -92,14 +94,19 @@ def gpu_cases(quick: bool = False, only: str | None = None) -> list[GpuCase]:
         convs = {m: conv_layers(m)[:1] for m in ("vgg19", "wrn40_4")}
         batches = (32,)
     else:
-        cases = [GpuCase("linear", b, n, n, d) for n in (4096, 8192) for b in (4096, 8192)
-                 for d in (1 / 2, 1 / 4, 1 / 8, 1 / 16)]
+        cases = [
+            GpuCase("linear", b, n, n, d)
+            for n in (4096, 8192)
+            for b in (4096, 8192)
+            for d in (1 / 2, 1 / 4, 1 / 8, 1 / 16)
+        ]
         convs = {m: conv_layers(m) for m in ("vgg19", "wrn40_4")}
         batches = (128, 256)
     for model, layers in convs.items():
         for batch in batches:
-            cases += [GpuCase("conv", batch * hw * hw, ci * 9, co, 0.1, model, batch, hw, n)
-                      for ci, co, hw, n in layers]
+            cases += [
+                GpuCase("conv", batch * hw * hw, ci * 9, co, 0.1, model, batch, hw, n) for ci, co, hw, n in layers
+            ]
     if only not in (None, "linear", "conv"):
         raise ValueError(f"only must be 'linear', 'conv' or None, got {only!r}")
     return [c for c in cases if only is None or c.kind == only]
@@ -129,8 +136,9 @@ def _unsupported(e: BaseException) -> str:
     return f"unsupported: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
 
 
-def build_methods(case: GpuCase, dtype: torch.dtype, device: str = "cuda", seed: int = 0,
-                  block: int = 16) -> tuple[Methods, dict[str, str], dict[str, Any]]:
+def build_methods(
+    case: GpuCase, dtype: torch.dtype, device: str = "cuda", seed: int = 0, block: int = 16
+) -> tuple[Methods, dict[str, str], dict[str, Any]]:
     """(closures per method, "unsupported: ..." per method that failed to build, layer notes)."""
     from rbgp.ops import dense_weight
     from rbgp.patterns import Block
@@ -157,8 +165,7 @@ def build_methods(case: GpuCase, dtype: torch.dtype, device: str = "cuda", seed:
     def dense():
         w = torch.randn(out, inp, generator=gen, device=device).to(dtype)
         xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
-        return (lambda: F.linear(x, w),
-                lambda: torch.autograd.grad(F.linear(xr, wr), (xr, wr), dy))
+        return (lambda: F.linear(x, w), lambda: torch.autograd.grad(F.linear(xr, wr), (xr, wr), dy))
 
     def csr():
         w_csr = w_rbgp.to_sparse_csr()
@@ -170,6 +177,7 @@ def build_methods(case: GpuCase, dtype: torch.dtype, device: str = "cuda", seed:
             torch.mm(w_t, dyt)
             torch.sparse.sampled_addmm(w_csr, dyt, x)
             return y
+
         fwd_bwd()  # fail at build time, not while timing
         return (lambda: torch.mm(w_csr, xt)), fwd_bwd
 
@@ -193,6 +201,7 @@ def build_methods(case: GpuCase, dtype: torch.dtype, device: str = "cuda", seed:
             F.linear(dy, w_t)
             grad_w()
             return y
+
         fwd_bwd()
         return (lambda: F.linear(x, w_bsr)), fwd_bwd
 
@@ -213,6 +222,7 @@ def build_methods(case: GpuCase, dtype: torch.dtype, device: str = "cuda", seed:
             F.linear(dy, w_t)
             torch.mm(dy.t(), x)
             return y
+
         fwd_bwd()
         return (lambda: F.linear(x, w_s)), fwd_bwd
 
@@ -220,8 +230,10 @@ def build_methods(case: GpuCase, dtype: torch.dtype, device: str = "cuda", seed:
         from rbgp.ops.triton_ops import triton_linear
 
         xr, vr = x.clone().requires_grad_(), values.clone().requires_grad_()
-        return (lambda: triton_linear(x, values, layout),
-                lambda: torch.autograd.grad(triton_linear(xr, vr, layout), (xr, vr), dy))
+        return (
+            lambda: triton_linear(x, values, layout),
+            lambda: torch.autograd.grad(triton_linear(xr, vr, layout), (xr, vr), dy),
+        )
 
     for name, make in (("dense", dense), ("csr", csr), (f"bsr{block}", bsr), ("2:4", semi), ("rbgp", rbgp)):
         add(name, make)
@@ -229,6 +241,7 @@ def build_methods(case: GpuCase, dtype: torch.dtype, device: str = "cuda", seed:
 
 
 # ---- timing ------------------------------------------------------------------------------------------------
+
 
 def _do_bench(fn: Callable[[], Any], quick: bool) -> dict[str, float]:
     from triton.testing import do_bench
@@ -240,6 +253,7 @@ def _do_bench(fn: Callable[[], Any], quick: bool) -> dict[str, float]:
 def summarize(case: GpuCase, timings: dict[str, dict[str, Timing]], notes: dict[str, Any]) -> dict[str, Any]:
     """One result row: timings plus speedups over dense and RBGP's ratio to every other method
     (None where either side is unsupported)."""
+
     def ms(method: str, phase: str) -> float | None:
         t = timings.get(method, {}).get(phase)
         return t["median_ms"] if isinstance(t, dict) else None
@@ -252,8 +266,13 @@ def summarize(case: GpuCase, timings: dict[str, dict[str, Timing]], notes: dict[
     return row
 
 
-def bench_case(case: GpuCase, dtype: torch.dtype, device: str = "cuda", quick: bool = False,
-               bench: Callable[[Callable[[], Any], bool], dict[str, float]] = _do_bench) -> dict[str, Any]:
+def bench_case(
+    case: GpuCase,
+    dtype: torch.dtype,
+    device: str = "cuda",
+    quick: bool = False,
+    bench: Callable[[Callable[[], Any], bool], dict[str, float]] = _do_bench,
+) -> dict[str, Any]:
     """Time every method on one case; failures become "unsupported: <reason>" entries."""
     methods, failed, notes = build_methods(case, dtype, device)
     timings: dict[str, dict[str, Timing]] = {m: {p: r for p in PHASES} for m, r in failed.items()}
@@ -265,12 +284,14 @@ def bench_case(case: GpuCase, dtype: torch.dtype, device: str = "cuda", quick: b
                     timings[name][phase] = bench(fn, quick)
             except Exception as e:
                 timings[name][phase] = _unsupported(e)
-    order = [m for m in ("dense", "csr", "bsr16", "2:4", "rbgp") if m in timings] + \
-        [m for m in timings if m not in METHODS]
+    order = [m for m in ("dense", "csr", "bsr16", "2:4", "rbgp") if m in timings] + [
+        m for m in timings if m not in METHODS
+    ]
     return summarize(case, {m: timings[m] for m in order}, notes)
 
 
 # ---- reports -----------------------------------------------------------------------------------------------
+
 
 def _cell(t: Timing) -> str:
     if isinstance(t, dict):
@@ -286,16 +307,24 @@ def gpu_markdown_table(data: dict[str, Any]) -> str:
     """Medians (ms) per method and phase, RBGP's speedup over dense, CSR and BSR; n/a = unsupported
     (the reasons are listed under the table)."""
     env = data["environment"]
-    lines = [f"Command: `{data['command']}`  ",
-             f"Device: {env.get('device_name', env.get('device'))}, torch {env['torch']}, triton "
-             f"{env.get('triton', '?')}, dtype {data['dtype']}, date {env['date']}; do_bench medians "
-             f"(20/80% quantiles in the JSON)", ""]
+    lines = [
+        f"Command: `{data['command']}`  ",
+        f"Device: {env.get('device_name', env.get('device'))}, torch {env['torch']}, triton "
+        f"{env.get('triton', '?')}, dtype {data['dtype']}, date {env['date']}; do_bench medians "
+        f"(20/80% quantiles in the JSON)",
+        "",
+    ]
     methods: list[str] = []
     for r in data["results"]:
         methods += [m for m in r["timings"] if m not in methods]
     others = [m for m in methods if m not in ("dense", "rbgp")]
-    head = (["case", "phase"] + [f"{m} ms" for m in methods] + ["RBGP vs dense"]
-            + [f"RBGP vs {m}" for m in others] + ["x ideal (1/density)"])
+    head = (
+        ["case", "phase"]
+        + [f"{m} ms" for m in methods]
+        + ["RBGP vs dense"]
+        + [f"RBGP vs {m}" for m in others]
+        + ["x ideal (1/density)"]
+    )
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     reasons: dict[str, str] = {}
     for r in data["results"]:
@@ -308,8 +337,13 @@ def gpu_markdown_table(data: dict[str, Any]) -> str:
                     reasons.setdefault(f"{m} ({phase})", t.removeprefix("unsupported: "))
             sp = r[f"speedup_{phase}"].get("rbgp")
             ideal = f"{sp * r.get('rbgp_density', r['density']):.2f}" if sp else "n/a"
-            lines.append(f"| {r['case']} | {phase} | " + " | ".join(cells) + f" | {_ratio(sp)} | "
-                         + " | ".join(_ratio(r[f"rbgp_vs_{phase}"].get(m)) for m in others) + f" | {ideal} |")
+            lines.append(
+                f"| {r['case']} | {phase} | "
+                + " | ".join(cells)
+                + f" | {_ratio(sp)} | "
+                + " | ".join(_ratio(r[f"rbgp_vs_{phase}"].get(m)) for m in others)
+                + f" | {ideal} |"
+            )
     if reasons:
         lines += ["", "Unsupported (first reason seen per method and phase):", ""]
         lines += [f"- {k}: {v}" for k, v in reasons.items()]
@@ -327,12 +361,16 @@ def plot_gpu(data: dict[str, Any], path: str | Path) -> None:
 
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in data["results"]:
-        key = (f"linear {r['out_features']}x{r['in_features']} b{r['rows']}" if r["kind"] == "linear"
-               else f"{r['model']} convs b{r['batch']}")
+        key = (
+            f"linear {r['out_features']}x{r['in_features']} b{r['rows']}"
+            if r["kind"] == "linear"
+            else f"{r['model']} convs b{r['batch']}"
+        )
         groups.setdefault(key, []).append(r)
     cols = min(4, len(groups))
-    fig, axes = plt.subplots(math.ceil(len(groups) / cols), cols, figsize=(5 * cols, 4 * math.ceil(len(groups) / cols)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        math.ceil(len(groups) / cols), cols, figsize=(5 * cols, 4 * math.ceil(len(groups) / cols)), squeeze=False
+    )
     for ax, (key, rows) in zip(axes.flat, groups.items()):
         linear = rows[0]["kind"] == "linear"
         xs = [r["density"] for r in rows] if linear else list(range(len(rows)))
@@ -348,15 +386,14 @@ def plot_gpu(data: dict[str, Any], path: str | Path) -> None:
             ax.set_xscale("log", base=2)
             ax.set_xlabel("density")
         else:
-            ax.set_xticks(xs, [f"{r['in_features'] // 9}->{r['out_features']}\n{r['hw']}px" for r in rows],
-                          fontsize=6)
+            ax.set_xticks(xs, [f"{r['in_features'] // 9}->{r['out_features']}\n{r['hw']}px" for r in rows], fontsize=6)
             ax.axhline(1.0, color="k", lw=0.5)
         ax.set_yscale("log", base=2)
         ax.set_ylabel("speedup over dense")
         ax.set_title(key, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-    for ax in list(axes.flat)[len(groups):]:
+    for ax in list(axes.flat)[len(groups) :]:
         ax.set_visible(False)
     fig.suptitle(f"{data['environment'].get('device_name', 'GPU')}, {data['dtype']}")
     save_figure(fig, path)
@@ -368,9 +405,15 @@ def device_stem(env: dict[str, Any]) -> str:
     return "gpu-" + env.get("device_name", "cuda").replace(" ", "-").lower()
 
 
-def run_gpu_bench(out_dir: str | Path = "benchmarks", dtype: str | torch.dtype = "bf16", quick: bool = False,
-                  command: str = "rbgp bench --device cuda", progress: bool = True, only: str | None = None,
-                  stem: str | None = None) -> dict[str, Any]:
+def run_gpu_bench(
+    out_dir: str | Path = "benchmarks",
+    dtype: str | torch.dtype = "bf16",
+    quick: bool = False,
+    command: str = "rbgp bench --device cuda",
+    progress: bool = True,
+    only: str | None = None,
+    stem: str | None = None,
+) -> dict[str, Any]:
     """Run the GPU benchmark, write <out_dir>/<stem>.json, .md and .png; return the data. The default
     stem is gpu-<device>[-<dtype unless bf16>][-<only>][-quick]; the JSON is rewritten after every case,
     so an interrupted run keeps what it measured.
@@ -396,8 +439,12 @@ def run_gpu_bench(out_dir: str | Path = "benchmarks", dtype: str | torch.dtype =
     env = environment("cuda")
     env["triton"] = triton.__version__
     env["cuda"] = torch.version.cuda
-    stem = stem or (device_stem(env) + ("" if name == "bf16" else f"-{name}") + (f"-{only}" if only else "")
-                    + ("-quick" if quick else ""))
+    stem = stem or (
+        device_stem(env)
+        + ("" if name == "bf16" else f"-{name}")
+        + (f"-{only}" if only else "")
+        + ("-quick" if quick else "")
+    )
     out = Path(out_dir)
     data = {"command": command, "dtype": name, "tf32": False, "environment": env, "results": []}
     old_tf32 = torch.backends.cuda.matmul.allow_tf32
@@ -410,8 +457,7 @@ def run_gpu_bench(out_dir: str | Path = "benchmarks", dtype: str | torch.dtype =
             try:
                 data["results"].append(bench_case(case, dtype, "cuda", quick))
             except Exception as e:  # e.g. no RBGP plan or out of memory for this case
-                data["results"].append(summarize(case, {m: {p: _unsupported(e) for p in PHASES} for m in METHODS},
-                                                 {}))
+                data["results"].append(summarize(case, {m: {p: _unsupported(e) for p in PHASES} for m in METHODS}, {}))
             write_json(out / f"{stem}.json", data)
             torch.cuda.empty_cache()
     finally:

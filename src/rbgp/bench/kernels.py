@@ -40,8 +40,10 @@ class Case:
     def label(self) -> str:
         if self.kind == "linear":
             return f"linear {self.out_features}x{self.in_features} b{self.batch} d=1/{round(1 / self.density)}"
-        return (f"conv3x3 {self.in_features}->{self.out_features} {self.hw}x{self.hw} b{self.batch} "
-                f"d=1/{round(1 / self.density)}")
+        return (
+            f"conv3x3 {self.in_features}->{self.out_features} {self.hw}x{self.hw} b{self.batch} "
+            f"d=1/{round(1 / self.density)}"
+        )
 
 
 def default_cases(quick: bool = False) -> list[Case]:
@@ -93,6 +95,7 @@ def _fwd_bwd(module: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
         module.zero_grad(set_to_none=True)
         y = module(x)
         y.backward(torch.ones_like(y))
+
     return run
 
 
@@ -101,8 +104,9 @@ def _im2col(x: torch.Tensor) -> torch.Tensor:
     return cols.transpose(0, 1).reshape(cols.shape[1], -1)  # (C*9, N*L)
 
 
-def run_case(case: Case, device: str = "cpu", dtype=torch.float32, repeats: int = 10, block: int = 16,
-             seed: int = 0) -> dict[str, Any]:
+def run_case(
+    case: Case, device: str = "cpu", dtype=torch.float32, repeats: int = 10, block: int = 16, seed: int = 0
+) -> dict[str, Any]:
     """Time dense, CSR, BSR and RBGP on one case; ratios are against dense from this same run."""
     torch.manual_seed(seed)
     sparsity = 1.0 - case.density
@@ -114,17 +118,26 @@ def run_case(case: Case, device: str = "cpu", dtype=torch.float32, repeats: int 
         to_matrix = lambda t: t.t().contiguous()
     else:
         dense = nn.Conv2d(case.in_features, case.out_features, 3, padding=1, bias=False, **kw)
-        sparse = RBGPConv2d(case.in_features, case.out_features, 3, padding=1, sparsity=sparsity, seed=seed,
-                            bias=False, **kw)
+        sparse = RBGPConv2d(
+            case.in_features, case.out_features, 3, padding=1, sparsity=sparsity, seed=seed, bias=False, **kw
+        )
         x = torch.randn(case.batch, case.in_features, case.hw, case.hw, **kw)
         to_matrix = _im2col
     xr = x.clone().requires_grad_(True)
     w_rbgp = sparse.dense_matrix().detach()
     w_block = torch.randn(*w_rbgp.shape, **kw) * torch.as_tensor(
-        Block((block, block)).build(tuple(w_rbgp.shape), sparsity, seed).array, device=device)
-    results: dict[str, Any] = {"case": case.label, **case.__dict__, "rbgp_structure": {
-        "nnz_per_row": sparse.nnz_per_row, "groups": sparse.values.shape[0],
-        "rows_per_group": sparse.values.shape[1], "density": sparse.density}}
+        Block((block, block)).build(tuple(w_rbgp.shape), sparsity, seed).array, device=device
+    )
+    results: dict[str, Any] = {
+        "case": case.label,
+        **case.__dict__,
+        "rbgp_structure": {
+            "nnz_per_row": sparse.nnz_per_row,
+            "groups": sparse.values.shape[0],
+            "rows_per_group": sparse.values.shape[1],
+            "density": sparse.density,
+        },
+    }
     timings: dict[str, dict[str, Any]] = {}
     with torch.no_grad():
         timings["dense"] = {"fwd": time_fn(lambda: dense(x), repeats, device=device)}
@@ -149,9 +162,16 @@ def run_case(case: Case, device: str = "cpu", dtype=torch.float32, repeats: int 
 
 def environment(device: str) -> dict[str, Any]:
     """Machine, versions and date, recorded with every result file."""
-    env = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "python": platform.python_version(),
-           "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-           "threads": torch.get_num_threads(), "device": device, "allocator": allocator_state()}
+    env = {
+        "date": datetime.date.today().isoformat(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "device": device,
+        "allocator": allocator_state(),
+    }
     if device.startswith("cuda") and torch.cuda.is_available():
         env["device_name"] = torch.cuda.get_device_name()
     return env

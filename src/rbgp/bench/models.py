@@ -38,17 +38,20 @@ def _timer(device: str, quick: bool) -> Callable[[dict[str, Callable[[], Any]]],
         from triton.testing import do_bench
 
         def one(fn):
-            med, q20, q80 = do_bench(fn, warmup=50 if quick else 200, rep=200 if quick else 1000,
-                                     quantiles=[0.5, 0.2, 0.8])
+            med, q20, q80 = do_bench(
+                fn, warmup=50 if quick else 200, rep=200 if quick else 1000, quantiles=[0.5, 0.2, 0.8]
+            )
             return {"median_ms": float(med), "q20_ms": float(q20), "q80_ms": float(q80)}
+
         return lambda fns: {name: one(fn) for name, fn in fns.items()}
     from rbgp.bench.timing import time_interleaved
 
     return lambda fns: time_interleaved(fns, repeats=3 if quick else 10, warmup=1)
 
 
-def model_pair(name: str, sparsity: float, device: str, seed: int = 0,
-               distribution: str = DEFAULT_DISTRIBUTION) -> tuple[nn.Module, nn.Module, Any]:
+def model_pair(
+    name: str, sparsity: float, device: str, seed: int = 0, distribution: str = DEFAULT_DISTRIBUTION
+) -> tuple[nn.Module, nn.Module, Any]:
     """(dense model, sparsified copy, sparsify report), both models on `device`; layers whose shape
     cannot meet the sparsity exactly take the nearest feasible one (the report says which)."""
     from rbgp.nn import sparsify
@@ -61,8 +64,13 @@ def model_pair(name: str, sparsity: float, device: str, seed: int = 0,
     return dense.to(device), sparse.to(device), report
 
 
-def layer_breakdown(dense: nn.Module, sparse: nn.Module, report: Any, x: torch.Tensor,
-                    bench: Callable[[dict[str, Callable[[], Any]]], dict[str, dict[str, float]]]) -> list[dict[str, Any]]:
+def layer_breakdown(
+    dense: nn.Module,
+    sparse: nn.Module,
+    report: Any,
+    x: torch.Tensor,
+    bench: Callable[[dict[str, Callable[[], Any]]], dict[str, dict[str, float]]],
+) -> list[dict[str, Any]]:
     """Every converted layer timed alone on its input shape in the model (captured with forward hooks):
     the dense layer against its sparse replacement, forward and forward+backward (input and weight
     gradients)."""
@@ -71,6 +79,7 @@ def layer_breakdown(dense: nn.Module, sparse: nn.Module, report: Any, x: torch.T
     def record(name: str):
         def hook(module, args, output) -> None:  # returns None: the output is left as it is
             shapes.setdefault(name, tuple(args[0].shape))
+
         return hook
 
     hooks = [sparse.get_submodule(r.name).register_forward_hook(record(r.name)) for r in report.layers]
@@ -81,8 +90,13 @@ def layer_breakdown(dense: nn.Module, sparse: nn.Module, report: Any, x: torch.T
     rows = []
     for r in report.layers:
         xi = torch.randn(shapes[r.name], device=x.device, requires_grad=True)
-        row = {"name": r.name, "weight_shape": r.weight_shape, "sparsity": r.sparsity, "rows_per_group": r.rows_per_group,
-               "input_shape": list(shapes[r.name])}
+        row = {
+            "name": r.name,
+            "weight_shape": r.weight_shape,
+            "sparsity": r.sparsity,
+            "rows_per_group": r.rows_per_group,
+            "input_shape": list(shapes[r.name]),
+        }
         fns: dict[str, dict[str, Callable[[], Any]]] = {"fwd_ms": {}, "fwd_bwd_ms": {}}
         for variant, layer in (("dense", dense.get_submodule(r.name)), ("rbgp", sparse.get_submodule(r.name))):
             weight = layer.values if hasattr(layer, "values") else layer.weight
@@ -106,8 +120,9 @@ def layer_breakdown(dense: nn.Module, sparse: nn.Module, report: Any, x: torch.T
     return rows
 
 
-def step_functions(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                   dtype: torch.dtype | None) -> dict[str, Callable[[], Any]]:
+def step_functions(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None
+) -> dict[str, Callable[[], Any]]:
     """{"infer": eval-mode forward without grad, "train": one SGD step}, under autocast(dtype)."""
     device = x.device.type
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=1e-4)
@@ -127,8 +142,17 @@ def step_functions(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return {"infer": infer, "train": train}
 
 
-def bench_model(name: str, batch: int, dtype: str, device: str, sparsity: float, compiled: bool,
-                quick: bool = False, distribution: str = DEFAULT_DISTRIBUTION, per_layer: bool = False) -> dict[str, Any]:
+def bench_model(
+    name: str,
+    batch: int,
+    dtype: str,
+    device: str,
+    sparsity: float,
+    compiled: bool,
+    quick: bool = False,
+    distribution: str = DEFAULT_DISTRIBUTION,
+    per_layer: bool = False,
+) -> dict[str, Any]:
     """One result row: per variant (dense, rbgp) and phase, the timing or the reason it failed; with
     `per_layer`, every converted layer timed alone too."""
     dense, sparse, report = model_pair(name, sparsity, device, distribution=distribution)
@@ -154,32 +178,44 @@ def bench_model(name: str, batch: int, dtype: str, device: str, sparsity: float,
     del runs, fns
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
-    row: dict[str, Any] = {"model": name, "batch": batch, "compiled": compiled, "timings": timings,
-                           "distribution": distribution, "converted_layers": len(report.layers),
-                           "global_sparsity": report.global_sparsity,
-                           "params_dense": report.params_before, "params_rbgp": report.params_after,
-                           "layers": [{"name": r.name, "weight_shape": r.weight_shape, "sparsity": r.sparsity,
-                                       "rows_per_group": r.rows_per_group} for r in report.layers],
-                           "kept_dense": [n for n, why in report.skipped if "distribution" in why]}
+    row: dict[str, Any] = {
+        "model": name,
+        "batch": batch,
+        "compiled": compiled,
+        "timings": timings,
+        "distribution": distribution,
+        "converted_layers": len(report.layers),
+        "global_sparsity": report.global_sparsity,
+        "params_dense": report.params_before,
+        "params_rbgp": report.params_after,
+        "layers": [
+            {"name": r.name, "weight_shape": r.weight_shape, "sparsity": r.sparsity, "rows_per_group": r.rows_per_group}
+            for r in report.layers
+        ],
+        "kept_dense": [n for n, why in report.skipped if "distribution" in why],
+    }
     if per_layer and not compiled:
         row["per_layer"] = layer_breakdown(dense, sparse, report, x, bench)
     for phase in PHASES:
         d, s = timings["dense"][phase], timings["rbgp"][phase]
-        row[f"speedup_{phase}"] = (d["median_ms"] / s["median_ms"]
-                                   if isinstance(d, dict) and isinstance(s, dict) else None)
+        row[f"speedup_{phase}"] = (
+            d["median_ms"] / s["median_ms"] if isinstance(d, dict) and isinstance(s, dict) else None
+        )
     return row
 
 
 def markdown_table(data: dict[str, Any]) -> str:
     env = data["environment"]
-    lines = [f"Command: `{data['command']}`  ",
-             f"Device: {env.get('device_name', env['device'])}, torch {env['torch']}, "
-             f"triton {env.get('triton', '-')}, autocast {data['dtype']}, allocator {env.get('allocator', 'default')}, "
-             f"global sparsity {data['sparsity']} over the converted layers (RBGP4; first and last layers dense), "
-             f"date {env['date']}; medians{' of dense and RBGP timed alternately' if env.get('interleaved') else ''}",
-             "",
-             "| model | distribution | batch | global sparsity | compiled | phase | dense ms | RBGP ms | RBGP vs dense |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Command: `{data['command']}`  ",
+        f"Device: {env.get('device_name', env['device'])}, torch {env['torch']}, "
+        f"triton {env.get('triton', '-')}, autocast {data['dtype']}, allocator {env.get('allocator', 'default')}, "
+        f"global sparsity {data['sparsity']} over the converted layers (RBGP4; first and last layers dense), "
+        f"date {env['date']}; medians{' of dense and RBGP timed alternately' if env.get('interleaved') else ''}",
+        "",
+        "| model | distribution | batch | global sparsity | compiled | phase | dense ms | RBGP ms | RBGP vs dense |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     reasons, breakdowns = [], []
     for r in data["results"]:
         for phase in PHASES:
@@ -191,19 +227,29 @@ def markdown_table(data: dict[str, Any]) -> str:
                     reasons.append(f"- {r['model']} {v} {phase} compiled={r['compiled']}: {t}")
             sp = r[f"speedup_{phase}"]
             sparsity = f"{r['global_sparsity']:.3f}" if "global_sparsity" in r else "-"
-            lines.append(f"| {r['model']} | {r.get('distribution', 'uniform')} | {r['batch']} | {sparsity} | "
-                         f"{'yes' if r['compiled'] else 'no'} | {phase} | " + " | ".join(cells)
-                         + f" | {f'{sp:.2f}x' if sp else 'n/a'} |")
+            lines.append(
+                f"| {r['model']} | {r.get('distribution', 'uniform')} | {r['batch']} | {sparsity} | "
+                f"{'yes' if r['compiled'] else 'no'} | {phase} | "
+                + " | ".join(cells)
+                + f" | {f'{sp:.2f}x' if sp else 'n/a'} |"
+            )
         if r.get("per_layer"):
-            breakdowns += ["", f"Per layer, {r['model']}, distribution {r['distribution']}, batch {r['batch']} "
-                               f"(each layer alone on its input shape; dense ms / RBGP ms):", "",
-                           "| layer | weight | input | sparsity | rows/group | fwd | fwd speedup | fwd+bwd | "
-                           "fwd+bwd speedup |", "|---|---|---|---|---|---|---|---|---|"]
-            breakdowns += [f"| {p['name']} | {'x'.join(map(str, p['weight_shape']))} | "
-                           f"{'x'.join(map(str, p['input_shape']))} | {p['sparsity']:.3f} | {p['rows_per_group']} | "
-                           f"{p['dense']['fwd_ms']:.2f} / {p['rbgp']['fwd_ms']:.2f} | {p['speedup_fwd']:.2f}x | "
-                           f"{p['dense']['fwd_bwd_ms']:.2f} / {p['rbgp']['fwd_bwd_ms']:.2f} | "
-                           f"{p['speedup_fwd_bwd']:.2f}x |" for p in r["per_layer"]]
+            breakdowns += [
+                "",
+                f"Per layer, {r['model']}, distribution {r['distribution']}, batch {r['batch']} "
+                f"(each layer alone on its input shape; dense ms / RBGP ms):",
+                "",
+                "| layer | weight | input | sparsity | rows/group | fwd | fwd speedup | fwd+bwd | fwd+bwd speedup |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
+            breakdowns += [
+                f"| {p['name']} | {'x'.join(map(str, p['weight_shape']))} | "
+                f"{'x'.join(map(str, p['input_shape']))} | {p['sparsity']:.3f} | {p['rows_per_group']} | "
+                f"{p['dense']['fwd_ms']:.2f} / {p['rbgp']['fwd_ms']:.2f} | {p['speedup_fwd']:.2f}x | "
+                f"{p['dense']['fwd_bwd_ms']:.2f} / {p['rbgp']['fwd_bwd_ms']:.2f} | "
+                f"{p['speedup_fwd_bwd']:.2f}x |"
+                for p in r["per_layer"]
+            ]
             if r.get("kept_dense"):
                 breakdowns.append(f"\nKept dense by the distribution: {', '.join(r['kept_dense'])}")
     if reasons:
@@ -224,25 +270,40 @@ def plot_models(data: dict[str, Any], path: str | Path) -> None:
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4))
     width = 0.8 / len(PHASES)
     for i, phase in enumerate(PHASES):
-        ax.bar([j + i * width for j in range(len(rows))], [r[f"speedup_{phase}"] or 0 for r in rows], width,
-               label=phase)
-    ax.set_xticks([j + width * (len(PHASES) - 1) / 2 for j in range(len(rows))],
-                  [f"{r['model']}\n{r.get('distribution', 'uniform')}, {'compiled' if r['compiled'] else 'eager'}"
-                   for r in rows], fontsize=8)
+        ax.bar(
+            [j + i * width for j in range(len(rows))], [r[f"speedup_{phase}"] or 0 for r in rows], width, label=phase
+        )
+    ax.set_xticks(
+        [j + width * (len(PHASES) - 1) / 2 for j in range(len(rows))],
+        [f"{r['model']}\n{r.get('distribution', 'uniform')}, {'compiled' if r['compiled'] else 'eager'}" for r in rows],
+        fontsize=8,
+    )
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_ylabel("RBGP speedup over dense")
-    ax.set_title(f"{data['environment'].get('device_name', data['environment']['device'])}, "
-                 f"{data['dtype']}, sparsity {data['sparsity']}", fontsize=9)
+    ax.set_title(
+        f"{data['environment'].get('device_name', data['environment']['device'])}, "
+        f"{data['dtype']}, sparsity {data['sparsity']}",
+        fontsize=9,
+    )
     ax.legend()
     save_figure(fig, path)
     plt.close(fig)
 
 
-def run_model_bench(out_dir: str | Path = "benchmarks", device: str = "cuda", dtype: str = "bf16",
-                    models: tuple[str, ...] = MODELS, batch: int = 128, sparsity: float = 0.9,
-                    compile_modes: tuple[bool, ...] = (False,), quick: bool = False, stem: str | None = None,
-                    command: str = "rbgp bench --suite models", distributions: tuple[str, ...] = ("uniform",),
-                    per_layer: bool = False) -> dict[str, Any]:
+def run_model_bench(
+    out_dir: str | Path = "benchmarks",
+    device: str = "cuda",
+    dtype: str = "bf16",
+    models: tuple[str, ...] = MODELS,
+    batch: int = 128,
+    sparsity: float = 0.9,
+    compile_modes: tuple[bool, ...] = (False,),
+    quick: bool = False,
+    stem: str | None = None,
+    command: str = "rbgp bench --suite models",
+    distributions: tuple[str, ...] = ("uniform",),
+    per_layer: bool = False,
+) -> dict[str, Any]:
     """Benchmark every model in every compile mode; write <stem>.json, .md, .png (the JSON after each
     model, so an interrupted run keeps what it measured)."""
     from rbgp.bench.kernels import environment
@@ -263,18 +324,23 @@ def run_model_bench(out_dir: str | Path = "benchmarks", device: str = "cuda", dt
         env["triton"], env["cuda"] = triton.__version__, torch.version.cuda
     stem = stem or ("models-" + env.get("device_name", device).replace(" ", "-").lower())
     out = Path(out_dir)
-    data: dict[str, Any] = {"command": command, "dtype": dtype, "sparsity": sparsity, "environment": env,
-                            "results": []}
+    data: dict[str, Any] = {"command": command, "dtype": dtype, "sparsity": sparsity, "environment": env, "results": []}
     for compiled, name, dist in ((c, n, d) for c in compile_modes for n in models for d in distributions):
         print(f"[models] {name} {dist} batch {batch} {'compiled' if compiled else 'eager'}", flush=True)
         try:
-            data["results"].append(bench_model(name, batch, dtype, device, sparsity, compiled, quick, dist,
-                                               per_layer))
+            data["results"].append(bench_model(name, batch, dtype, device, sparsity, compiled, quick, dist, per_layer))
         except Exception as e:  # e.g. out of memory: record and go on
             reason = _unsupported(e)
-            data["results"].append({"model": name, "batch": batch, "compiled": compiled, "distribution": dist,
-                                    "timings": {v: {p: reason for p in PHASES} for v in ("dense", "rbgp")},
-                                    **{f"speedup_{p}": None for p in PHASES}})
+            data["results"].append(
+                {
+                    "model": name,
+                    "batch": batch,
+                    "compiled": compiled,
+                    "distribution": dist,
+                    "timings": {v: {p: reason for p in PHASES} for v in ("dense", "rbgp")},
+                    **{f"speedup_{p}": None for p in PHASES},
+                }
+            )
         write_json(out / f"{stem}.json", data)
         if device.startswith("cuda"):
             torch._dynamo.reset()

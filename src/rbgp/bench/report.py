@@ -9,19 +9,28 @@ from typing import Any
 def markdown_table(data: dict[str, Any]) -> str:
     """One row per case and phase: medians in ms and speedups over dense from the same run."""
     env = data["environment"]
-    lines = [f"Command: `{data['command']}`  ",
-             f"Machine: {env.get('device_name', env['processor'])}, {env['threads']} threads, torch {env['torch']}, "
-             f"dtype {data['dtype']}, allocator {env.get('allocator', 'default')}, date {env['date']}", ""]
+    lines = [
+        f"Command: `{data['command']}`  ",
+        f"Machine: {env.get('device_name', env['processor'])}, {env['threads']} threads, torch {env['torch']}, "
+        f"dtype {data['dtype']}, allocator {env.get('allocator', 'default')}, date {env['date']}",
+        "",
+    ]
     methods = [m for m in data["results"][0]["timings"]]
-    header = "| case | phase | " + " | ".join(f"{m} ms" for m in methods) + " | RBGP speedup vs dense | x ideal (1/density) | RBGP vs CSR | RBGP vs BSR |"
+    header = (
+        "| case | phase | "
+        + " | ".join(f"{m} ms" for m in methods)
+        + " | RBGP speedup vs dense | x ideal (1/density) | RBGP vs CSR | RBGP vs BSR |"
+    )
     lines += [header, "|" + "---|" * (4 + len(methods) + 2)]
     for r in data["results"]:
         bsr = next(m for m in methods if m.startswith("bsr"))
         for phase in ("fwd", "fwd_bwd"):
             ms = " | ".join(f"{r['timings'][m][phase]['median_ms']:.2f}" for m in methods)
-            lines.append(f"| {r['case']} | {phase} | {ms} | {r['speedup_' + phase]['rbgp']:.2f}x | "
-                         f"{r['speedup_per_ideal'][phase]:.2f} | {r['rbgp_vs_' + phase]['csr']:.2f}x | "
-                         f"{r['rbgp_vs_' + phase][bsr]:.2f}x |")
+            lines.append(
+                f"| {r['case']} | {phase} | {ms} | {r['speedup_' + phase]['rbgp']:.2f}x | "
+                f"{r['speedup_per_ideal'][phase]:.2f} | {r['rbgp_vs_' + phase]['csr']:.2f}x | "
+                f"{r['rbgp_vs_' + phase][bsr]:.2f}x |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -54,8 +63,13 @@ def plot_speedups(data: dict[str, Any], path: str | Path) -> None:
             for i, m in enumerate(methods):
                 for j, phase in enumerate(("fwd", "fwd_bwd")):
                     x = np.arange(len(rows)) + (2 * i + j) * width - 0.4
-                    ax.bar(x, [r["speedup_" + phase][m] for r in rows], width, label=f"{m} {phase}",
-                           hatch="//" if phase == "fwd_bwd" else None)
+                    ax.bar(
+                        x,
+                        [r["speedup_" + phase][m] for r in rows],
+                        width,
+                        label=f"{m} {phase}",
+                        hatch="//" if phase == "fwd_bwd" else None,
+                    )
             ax.axhline(1 / dens[0], color="k", ls="--", lw=1, label=f"ideal 1/density = {1 / dens[0]:.0f}")
             ax.set_xticks(np.arange(len(rows)))
             ax.set_xticklabels([r["case"].replace(" b", "\nb") for r in rows], fontsize=7)

@@ -30,7 +30,9 @@ def _summary(times: list[float]) -> dict[str, float]:
     return {"median_ms": float(med), "q20_ms": float(q20), "q80_ms": float(q80), "repeats": len(times)}
 
 
-def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int = 10, warmup: int = 2) -> dict[str, dict[str, float]]:
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]], repeats: int = 10, warmup: int = 2
+) -> dict[str, dict[str, float]]:
     """`time_fn`'s statistics for each of `fns` (CPU), run in turn within every repeat: a slow spell of
     the machine (another process, page faults, frequency) then hits all of them alike, so their ratios
     hold better than those of back-to-back runs."""

@@ -17,15 +17,20 @@ __all__ = ["add_compress_parser", "model_from_checkpoint", "model_from_config"]
 
 def add_compress_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "compress", help="write a run's model as a compressed file; print its size in every representation",
+        "compress",
+        help="write a run's model as a compressed file; print its size in every representation",
         description="Rebuild the model of an `rbgp train` checkpoint, write it to OUT in the compressed "
-                    "format (safetensors, no pickle; RBGP layers as values + structure id) and print the "
-                    "bytes it takes as dense fp32, CSR, BSR and RBGP succinct, each raw, quantised and "
-                    "quantised + Huffman-coded, with the ratios to dense fp32.")
+        "format (safetensors, no pickle; RBGP layers as values + structure id) and print the "
+        "bytes it takes as dense fp32, CSR, BSR and RBGP succinct, each raw, quantised and "
+        "quantised + Huffman-coded, with the ratios to dense fp32.",
+    )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="RUN/checkpoint.pt of `rbgp train` (or the RUN folder)")
     p.add_argument("out", metavar="OUT", help="the compressed file to write")
-    p.add_argument("--quantize", choices=tuple(QUANTIZERS),
-                   help="quantise the weights in OUT (per-row scales; the report uses it, default int8)")
+    p.add_argument(
+        "--quantize",
+        choices=tuple(QUANTIZERS),
+        help="quantise the weights in OUT (per-row scales; the report uses it, default int8)",
+    )
     p.add_argument("--huffman", action="store_true", help="Huffman-code the quantised symbols in OUT")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     p.set_defaults(func=_cmd_compress)
@@ -34,20 +39,27 @@ def add_compress_parser(sub: argparse._SubParsersAction) -> None:
 
 def _add_infer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "infer", help="run a compressed model under a memory (and latency) budget, batch size chosen for speed",
+        "infer",
+        help="run a compressed model under a memory (and latency) budget, batch size chosen for speed",
         description="Read a file written by `rbgp compress`, rebuild its model, and run it on data under a "
-                    "memory budget: weights decoded once if they fit, else layer by layer; the batch size "
-                    "(a power of two) with the best measured throughput within the budgets is chosen and "
-                    "compared with a fixed batch size.")
+        "memory budget: weights decoded once if they fit, else layer by layer; the batch size "
+        "(a power of two) with the best measured throughput within the budgets is chosen and "
+        "compared with a fixed batch size.",
+    )
     p.add_argument("file", metavar="FILE", help="a compressed model file from `rbgp compress`")
-    p.add_argument("--data", default="test", choices=("test", "synthetic"),
-                   help="the test split of the model's data set (default), or synthetic inputs of its shape")
+    p.add_argument(
+        "--data",
+        default="test",
+        choices=("test", "synthetic"),
+        help="the test split of the model's data set (default), or synthetic inputs of its shape",
+    )
     p.add_argument("--data-dir", help="folder of the data set")
     p.add_argument("--samples", type=int, default=2048, help="inputs to run (default 2048)")
     p.add_argument("--memory-budget", default="64MB", help="e.g. 64MB (default), 512KB, 1GB")
     p.add_argument("--latency-budget", metavar="MS", help="largest time per batch, e.g. 50ms or 0.05s")
-    p.add_argument("--fixed-batch", default="1,16", metavar="B1,B2,...",
-                   help="fixed batch sizes to compare with (default 1,16)")
+    p.add_argument(
+        "--fixed-batch", default="1,16", metavar="B1,B2,...", help="fixed batch sizes to compare with (default 1,16)"
+    )
     p.add_argument("--json", metavar="PATH", help="also write the result as JSON")
     p.set_defaults(func=_cmd_infer)
 
@@ -95,8 +107,10 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     else:
         x = get_dataset(config["dataset"], args.data_dir, "test").x[: args.samples]
     if args.dry_run:
-        print(f"[dry run] {args.file} and the settings checked; would run {x.shape[0]} inputs of shape "
-              f"{tuple(shape)} under a {budget:,} B memory budget, compared with fixed batches {fixed_batches}")
+        print(
+            f"[dry run] {args.file} and the settings checked; would run {x.shape[0]} inputs of shape "
+            f"{tuple(shape)} under a {budget:,} B memory budget, compared with fixed batches {fixed_batches}"
+        )
         return 0
     plan = run.plan(x, budget, latency)
     chosen = run_all(run, x, plan.batch_size)
@@ -106,26 +120,46 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         if mode is not None:
             run.set_mode(mode)
         fixed[b] = None if mode is None else {"mode": mode, **run_all(run, x, b)}
-    print(f"{args.file}: {run.compressed_bytes:,} B compressed, {run.decoded_bytes:,} B decoded; memory budget "
-          f"{budget:,} B" + (f", latency budget {latency * 1e3:g} ms" if latency else ""))
+    print(
+        f"{args.file}: {run.compressed_bytes:,} B compressed, {run.decoded_bytes:,} B decoded; memory budget "
+        f"{budget:,} B" + (f", latency budget {latency * 1e3:g} ms" if latency else "")
+    )
     print("| mode | batch | throughput (samples/s) | latency (ms) | estimated bytes |\n|---|---|---|---|---|")
     for name, c in plan.candidates.items():
         mode, batch = name.split()
         print(f"| {mode} | {batch} | {c['throughput']:.0f} | {c['latency_s'] * 1e3:.1f} | {c['estimate_bytes']:,.0f} |")
-    print(f"chosen: {plan.mode}, batch {plan.batch_size}: {chosen['throughput']:.0f} samples/s over {x.shape[0]} "
-          f"inputs, peak RSS {chosen['peak_rss_bytes'] / 2**20:.1f} MiB (process; {baseline / 2**20:.1f} MiB "
-          f"before the file was read)")
+    print(
+        f"chosen: {plan.mode}, batch {plan.batch_size}: {chosen['throughput']:.0f} samples/s over {x.shape[0]} "
+        f"inputs, peak RSS {chosen['peak_rss_bytes'] / 2**20:.1f} MiB (process; {baseline / 2**20:.1f} MiB "
+        f"before the file was read)"
+    )
     for b, f in fixed.items():
-        print(f"fixed batch {b}: does not fit the memory budget in either mode" if f is None else
-              f"fixed batch {b} ({f['mode']}): {f['throughput']:.0f} samples/s; chosen / fixed = "
-              f"{chosen['throughput'] / f['throughput']:.2f}x")
+        print(
+            f"fixed batch {b}: does not fit the memory budget in either mode"
+            if f is None
+            else f"fixed batch {b} ({f['mode']}): {f['throughput']:.0f} samples/s; chosen / fixed = "
+            f"{chosen['throughput'] / f['throughput']:.2f}x"
+        )
     if args.json:
-        write_json(args.json, {"file": str(args.file), "memory_budget": budget, "latency_budget_s": latency,
-                               "compressed_bytes": run.compressed_bytes, "decoded_bytes": run.decoded_bytes,
-                               "plan": {"mode": plan.mode, "batch": plan.batch_size, "estimate_bytes": plan.estimate_bytes,
-                                        "candidates": plan.candidates},
-                               "chosen": chosen, "fixed": {str(b): f for b, f in fixed.items()},
-                               "baseline_rss_bytes": baseline})
+        write_json(
+            args.json,
+            {
+                "file": str(args.file),
+                "memory_budget": budget,
+                "latency_budget_s": latency,
+                "compressed_bytes": run.compressed_bytes,
+                "decoded_bytes": run.decoded_bytes,
+                "plan": {
+                    "mode": plan.mode,
+                    "batch": plan.batch_size,
+                    "estimate_bytes": plan.estimate_bytes,
+                    "candidates": plan.candidates,
+                },
+                "chosen": chosen,
+                "fixed": {str(b): f for b, f in fixed.items()},
+                "baseline_rss_bytes": baseline,
+            },
+        )
     return 0
 
 
@@ -171,9 +205,19 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     table = size_table(model, args.quantize or "int8")
     what = f"{args.quantize or 'fp32'}{' + Huffman' if args.huffman else ''}"
     print(size_report(table))
-    print(f"\nwrote {args.out}: {header['file_bytes']:,} bytes ({what}); dense fp32 would take "
-          f"{table['rows'][0]['raw']:,} ({table['rows'][0]['raw'] / header['file_bytes']:.1f}x)")
+    print(
+        f"\nwrote {args.out}: {header['file_bytes']:,} bytes ({what}); dense fp32 would take "
+        f"{table['rows'][0]['raw']:,} ({table['rows'][0]['raw'] / header['file_bytes']:.1f}x)"
+    )
     if args.json:
-        write_json(args.json, {**table, "file": str(args.out), "file_bytes": header["file_bytes"],
-                               "file_quantize": args.quantize, "file_huffman": args.huffman})
+        write_json(
+            args.json,
+            {
+                **table,
+                "file": str(args.out),
+                "file_bytes": header["file_bytes"],
+                "file_quantize": args.quantize,
+                "file_huffman": args.huffman,
+            },
+        )
     return 0

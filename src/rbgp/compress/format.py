@@ -49,8 +49,14 @@ class CompressedFileError(ValueError):
 # ----------------------------------------------------------------------------------------------
 
 
-def save(model: nn.Module, path: str | Path, *, quantize: str | None = None, huffman: bool = False,
-         extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def save(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    quantize: str | None = None,
+    huffman: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Write `model`'s state to `path` atomically; returns the header (entries and sizes). `extra`
     (JSON-able, e.g. the training config that rebuilds the model) is kept in the checksummed header."""
     if quantize is not None and quantize not in QUANTIZERS:
@@ -78,8 +84,14 @@ def save(model: nn.Module, path: str | Path, *, quantize: str | None = None, huf
             entry["kind"] = "raw"
             tensors[key] = t.contiguous().clone()  # a copy: tied weights must not share memory in the file
         entries[key] = entry
-    header = {"format": FORMAT, "version": VERSION, "quantize": quantize, "huffman": huffman, "entries": entries,
-              "extra": extra or {}}
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "quantize": quantize,
+        "huffman": huffman,
+        "entries": entries,
+        "extra": extra or {},
+    }
     header["checksum"] = _checksum(header, tensors)
     from safetensors.torch import save as st_save
 
@@ -94,8 +106,15 @@ def _named(model: nn.Module, types: tuple[type, ...]) -> list[tuple[str, nn.Modu
     return [(n, m) for n, m in model.named_modules() if isinstance(m, types)]
 
 
-def _put_csr(key: str, weight: torch.Tensor, mask: torch.Tensor, quantize: str | None, huffman: bool,
-             tensors: dict[str, torch.Tensor], entry: dict[str, Any]) -> None:
+def _put_csr(
+    key: str,
+    weight: torch.Tensor,
+    mask: torch.Tensor,
+    quantize: str | None,
+    huffman: bool,
+    tensors: dict[str, torch.Tensor],
+    entry: dict[str, Any],
+) -> None:
     mat = (weight * mask).reshape(weight.shape[0], -1)
     nz = mask.reshape(mat.shape).bool()
     counts = nz.sum(dim=1)
@@ -107,9 +126,16 @@ def _put_csr(key: str, weight: torch.Tensor, mask: torch.Tensor, quantize: str |
     _put_values(key, values, quantize, huffman, tensors, entry, rows=rows.numpy(), n_rows=mat.shape[0])
 
 
-def _put_values(key: str, values: torch.Tensor, quantize: str | None, huffman: bool,
-                tensors: dict[str, torch.Tensor], entry: dict[str, Any], rows: np.ndarray | None = None,
-                n_rows: int | None = None) -> None:
+def _put_values(
+    key: str,
+    values: torch.Tensor,
+    quantize: str | None,
+    huffman: bool,
+    tensors: dict[str, torch.Tensor],
+    entry: dict[str, Any],
+    rows: np.ndarray | None = None,
+    n_rows: int | None = None,
+) -> None:
     """Store `values` ((rows, cols) or flat with `rows` ids) raw, quantised, or quantised and Huffman-coded."""
     if quantize is None:
         tensors[f"{key}::val"] = values.contiguous()
@@ -179,28 +205,35 @@ def read(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         raise CompressedFileError(f"{path}: {len(data)} bytes is too short for a compressed model file")
     (n,) = struct.unpack("<Q", data[:8])
     if n > MAX_HEADER_BYTES or 8 + n > len(data):
-        raise CompressedFileError(f"{path}: header claims {n} bytes, the file has {len(data)} (at most "
-                                  f"{MAX_HEADER_BYTES} allowed): truncated or not a compressed model file")
+        raise CompressedFileError(
+            f"{path}: header claims {n} bytes, the file has {len(data)} (at most "
+            f"{MAX_HEADER_BYTES} allowed): truncated or not a compressed model file"
+        )
     try:
         meta = json.loads(data[8 : 8 + n].decode("utf-8")).get("__metadata__") or {}
         header = json.loads(meta["rbgp"])
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-        raise CompressedFileError(f"{path}: not an rbgp compressed model file (no {FORMAT!r} header: "
-                                  f"{type(err).__name__})") from None
+        raise CompressedFileError(
+            f"{path}: not an rbgp compressed model file (no {FORMAT!r} header: {type(err).__name__})"
+        ) from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise CompressedFileError(f"{path}: not an rbgp compressed model file (format {header.get('format')!r}"
-                                  f" where {FORMAT!r} was expected)" if isinstance(header, dict) else
-                                  f"{path}: not an rbgp compressed model file")
+        raise CompressedFileError(
+            f"{path}: not an rbgp compressed model file (format {header.get('format')!r} where {FORMAT!r} was expected)"
+            if isinstance(header, dict)
+            else f"{path}: not an rbgp compressed model file"
+        )
     if header.get("version") != VERSION:
-        raise CompressedFileError(f"{path}: file format version {header.get('version')!r}, this rbgp reads "
-                                  f"version {VERSION}")
+        raise CompressedFileError(
+            f"{path}: file format version {header.get('version')!r}, this rbgp reads version {VERSION}"
+        )
     from safetensors.torch import load as st_load
 
     try:
         tensors = st_load(data)
     except Exception as err:  # safetensors raises its own error types on bad offsets or sizes
-        raise CompressedFileError(f"{path}: corrupt tensor data ({type(err).__name__}: "
-                                  f"{str(err).splitlines()[0] if str(err) else ''})") from None
+        raise CompressedFileError(
+            f"{path}: corrupt tensor data ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        ) from None
     if _checksum(header, tensors) != header.get("checksum"):
         raise CompressedFileError(f"{path}: checksum mismatch: the file is corrupt (changed after it was written)")
     return header, tensors
@@ -213,8 +246,10 @@ def load(path: str | Path, model: nn.Module) -> nn.Module:
     entries = header["entries"]
     missing, extra = sorted(set(state) - set(entries)), sorted(set(entries) - set(state))
     if missing or extra:
-        raise CompressedFileError(f"{path} does not match the model: missing {missing[:5]}, unexpected {extra[:5]}"
-                                  f" (build and sparsify the model as the saved one was)")
+        raise CompressedFileError(
+            f"{path} does not match the model: missing {missing[:5]}, unexpected {extra[:5]}"
+            f" (build and sparsify the model as the saved one was)"
+        )
     new_state = {}
     for key, target in state.items():
         try:
@@ -229,10 +264,13 @@ def load(path: str | Path, model: nn.Module) -> nn.Module:
     return model
 
 
-def decode_entry(key: str, entry: dict[str, Any], tensors: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+def decode_entry(
+    key: str, entry: dict[str, Any], tensors: dict[str, torch.Tensor], target: torch.Tensor
+) -> torch.Tensor:
     if list(entry["shape"]) != list(target.shape) or entry["dtype"] != str(target.dtype).removeprefix("torch."):
-        raise ValueError(f"the file has {entry['dtype']} {entry['shape']}, the model {target.dtype} "
-                         f"{list(target.shape)}")
+        raise ValueError(
+            f"the file has {entry['dtype']} {entry['shape']}, the model {target.dtype} {list(target.shape)}"
+        )
     kind = entry["kind"]
     if kind == "raw":
         t = tensors[key]
@@ -255,12 +293,20 @@ def decode_entry(key: str, entry: dict[str, Any], tensors: dict[str, torch.Tenso
     raise ValueError(f"unknown entry kind {kind!r}")
 
 
-def _decode_csr(key: str, entry: dict[str, Any], tensors: dict[str, torch.Tensor], target: torch.Tensor,
-                rows: int, cols: int) -> torch.Tensor:
+def _decode_csr(
+    key: str, entry: dict[str, Any], tensors: dict[str, torch.Tensor], target: torch.Tensor, rows: int, cols: int
+) -> torch.Tensor:
     crow, col = tensors[f"{key}::crow"].long(), tensors[f"{key}::col"].long()
     nnz = int(entry["nnz"])
-    if crow.shape != (rows + 1,) or int(crow[0]) != 0 or int(crow[-1]) != nnz or (crow.diff() < 0).any() \
-            or col.shape != (nnz,) or nnz > rows * cols or (nnz and (col.min() < 0 or col.max() >= cols)):
+    if (
+        crow.shape != (rows + 1,)
+        or int(crow[0]) != 0
+        or int(crow[-1]) != nnz
+        or (crow.diff() < 0).any()
+        or col.shape != (nnz,)
+        or nnz > rows * cols
+        or (nnz and (col.min() < 0 or col.max() >= cols))
+    ):
         raise ValueError("inconsistent CSR indices")
     row_ids = torch.repeat_interleave(torch.arange(rows), crow.diff()).numpy()
     values = _values(key, entry, tensors, nnz, row_ids)
@@ -269,8 +315,9 @@ def _decode_csr(key: str, entry: dict[str, Any], tensors: dict[str, torch.Tensor
     return dense.reshape(target.shape)
 
 
-def _values(key: str, entry: dict[str, Any], tensors: dict[str, torch.Tensor], count: int,
-            row_ids: np.ndarray) -> torch.Tensor:
+def _values(
+    key: str, entry: dict[str, Any], tensors: dict[str, torch.Tensor], count: int, row_ids: np.ndarray
+) -> torch.Tensor:
     """`count` values of an entry, decoded from raw, quantised or Huffman-coded storage."""
     kind = entry["values"] if "values" in entry else "raw"
     if kind == "raw":

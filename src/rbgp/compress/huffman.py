@@ -36,7 +36,7 @@ def code_lengths(counts: np.ndarray, limit: int = MAX_CODE_LENGTH) -> np.ndarray
     if used.size == 1:
         lengths[used] = 1
         return lengths
-    if used.size > 2 ** limit:
+    if used.size > 2**limit:
         raise ValueError(f"{used.size} symbols cannot have codes of at most {limit} bits")
     heap = [(int(counts[s]), i, [int(s)]) for i, s in enumerate(used)]
     heapq.heapify(heap)
@@ -58,12 +58,12 @@ def _limit_lengths(lengths: np.ndarray, used: np.ndarray, counts: np.ndarray, li
     lengths[used] = np.minimum(lengths[used], limit)
     kraft = sum(2 ** (limit - int(lengths[s])) for s in used)
     order = sorted(used, key=lambda s: (counts[s], -lengths[s]))  # rarest first
-    while kraft > 2 ** limit:  # lengthen the rarest code that is shorter than the limit
+    while kraft > 2**limit:  # lengthen the rarest code that is shorter than the limit
         s = next(s for s in order if lengths[s] < limit)
         kraft -= 2 ** (limit - int(lengths[s]) - 1)
         lengths[s] += 1
     for s in sorted(used, key=lambda s: -counts[s]):  # spend any slack on the most frequent
-        while lengths[s] > 1 and kraft + 2 ** (limit - int(lengths[s])) <= 2 ** limit:
+        while lengths[s] > 1 and kraft + 2 ** (limit - int(lengths[s])) <= 2**limit:
             kraft += 2 ** (limit - int(lengths[s]))
             lengths[s] -= 1
 
@@ -116,8 +116,8 @@ def encode(symbols: np.ndarray, alphabet: int, lengths: np.ndarray | None = None
 def _decode_table(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(symbol, length) for every MAX_CODE_LENGTH-bit window, indexed by the window's value."""
     codes = canonical_codes(lengths)
-    table_sym = np.zeros(2 ** MAX_CODE_LENGTH, dtype=np.int64)
-    table_len = np.zeros(2 ** MAX_CODE_LENGTH, dtype=np.int64)  # 0: no code starts this way
+    table_sym = np.zeros(2**MAX_CODE_LENGTH, dtype=np.int64)
+    table_len = np.zeros(2**MAX_CODE_LENGTH, dtype=np.int64)  # 0: no code starts this way
     for s in np.flatnonzero(lengths):
         shift = MAX_CODE_LENGTH - int(lengths[s])
         lo = int(codes[s]) << shift
@@ -156,7 +156,7 @@ def decode(stream: HuffmanStream) -> np.ndarray:
     for step in range(CHUNK if n_chunks > 1 else n):
         byte = np.minimum(pos >> 3, last_byte)
         window = (padded[byte] << 16 | padded[byte + 1] << 8 | padded[byte + 2]) << (pos & 7)
-        window = (window >> (24 - MAX_CODE_LENGTH)) & (2 ** MAX_CODE_LENGTH - 1)
+        window = (window >> (24 - MAX_CODE_LENGTH)) & (2**MAX_CODE_LENGTH - 1)
         length = table_len[window]
         out[:, step] = table_sym[window]
         live = length[:-1] if step >= last_count else length

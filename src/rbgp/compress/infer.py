@@ -31,14 +31,16 @@ from rbgp.resources import parse_size
 
 __all__ = ["BudgetPlan", "CompressedRunner", "parse_bytes", "peak_rss", "process_memory", "run_all"]
 
+
 def parse_bytes(text: str) -> int:
     """'64MB', '512k', '1.5GB' or a plain number of bytes -> bytes (`rbgp.resources.parse_size`'s
     syntax, without 'unlimited'; ValueError naming the text)."""
     try:
         value = parse_size(str(text))
     except ValueError:
-        raise ValueError(f"memory size {text!r}: expected a positive number with an optional unit "
-                         f"(B, KB, MB, GB)") from None
+        raise ValueError(
+            f"memory size {text!r}: expected a positive number with an optional unit (B, KB, MB, GB)"
+        ) from None
     if value is None:
         raise ValueError(f"memory size {text!r} must be a positive size below 8 EB")
     return value
@@ -68,8 +70,9 @@ class CompressedRunner:
         self.decoded_bytes = sum(t.numel() * t.element_size() for t in state.values())
         self._params = {name: dict(m.named_parameters(recurse=False)) for name, m in model.named_modules()}
         self._params = {name: ps for name, ps in self._params.items() if ps}
-        self.largest_layer_bytes = max((sum(p.numel() * p.element_size() for p in ps.values())
-                                        for ps in self._params.values()), default=0)
+        self.largest_layer_bytes = max(
+            (sum(p.numel() * p.element_size() for p in ps.values()) for ps in self._params.values()), default=0
+        )
         self.mode = "resident"
         self._hooks: list[Any] = []
         self._per_sample: dict[tuple[int, ...], int] = {}
@@ -95,7 +98,7 @@ class CompressedRunner:
             p.data = torch.empty(0, dtype=p.dtype)
 
     def set_mode(self, mode: str) -> None:
-        """"resident": every weight decoded once; "streamed": each layer's weights decoded per call."""
+        """ "resident": every weight decoded once; "streamed": each layer's weights decoded per call."""
         if mode not in ("resident", "streamed"):
             raise ValueError(f"mode must be 'resident' or 'streamed', got {mode!r}")
         if mode == self.mode:
@@ -145,8 +148,14 @@ class CompressedRunner:
         weights = self.decoded_bytes if mode == "resident" else self.largest_layer_bytes
         return self.compressed_bytes + weights + 2 * batch * per_sample  # x2: the allocator's slack
 
-    def candidates(self, x: torch.Tensor, memory_budget: int, latency_budget_s: float | None = None,
-                   max_batch: int = 1024, reps: int = 3) -> dict[tuple[str, int], dict[str, float]]:
+    def candidates(
+        self,
+        x: torch.Tensor,
+        memory_budget: int,
+        latency_budget_s: float | None = None,
+        max_batch: int = 1024,
+        reps: int = 3,
+    ) -> dict[tuple[str, int], dict[str, float]]:
         """Measured throughput and latency of every (mode, power-of-two batch) that fits the memory
         budget, stopping a mode's doubling at the first batch over the latency budget."""
         per_sample = self.activation_bytes_per_sample(tuple(x.shape[1:]))
@@ -156,30 +165,43 @@ class CompressedRunner:
             batch = 1
             while batch <= min(max_batch, x.shape[0]) and self.estimate(mode, batch, per_sample) <= memory_budget:
                 latency = measure_latency(self, x[:batch], reps)
-                found[mode, batch] = {"throughput": batch / latency, "latency_s": latency,
-                                      "estimate_bytes": self.estimate(mode, batch, per_sample)}
+                found[mode, batch] = {
+                    "throughput": batch / latency,
+                    "latency_s": latency,
+                    "estimate_bytes": self.estimate(mode, batch, per_sample),
+                }
                 if latency_budget_s is not None and latency > latency_budget_s:
                     break
                 batch *= 2
         if not found:
             need = min(self.estimate(m, 1, per_sample) for m in ("resident", "streamed"))
-            raise ValueError(f"memory budget {memory_budget:,} B is below the {need:,} B that batch 1 needs "
-                             f"(compressed weights, one decoded layer, activations)")
+            raise ValueError(
+                f"memory budget {memory_budget:,} B is below the {need:,} B that batch 1 needs "
+                f"(compressed weights, one decoded layer, activations)"
+            )
         return found
 
-    def plan(self, x: torch.Tensor, memory_budget: int, latency_budget_s: float | None = None,
-             max_batch: int = 1024, reps: int = 3) -> BudgetPlan:
+    def plan(
+        self,
+        x: torch.Tensor,
+        memory_budget: int,
+        latency_budget_s: float | None = None,
+        max_batch: int = 1024,
+        reps: int = 3,
+    ) -> BudgetPlan:
         """The fastest measured (mode, batch) within both budgets; the runner is left in that mode."""
         found = self.candidates(x, memory_budget, latency_budget_s, max_batch, reps)
         ok = {k: c for k, c in found.items() if latency_budget_s is None or c["latency_s"] <= latency_budget_s}
         if not ok:
             fastest = min(c["latency_s"] for c in found.values())
-            raise ValueError(f"latency budget {latency_budget_s * 1e3:.1f} ms is below the fastest batch's "
-                             f"{fastest * 1e3:.1f} ms")
+            raise ValueError(
+                f"latency budget {latency_budget_s * 1e3:.1f} ms is below the fastest batch's {fastest * 1e3:.1f} ms"
+            )
         mode, batch = max(ok, key=lambda k: ok[k]["throughput"])
         self.set_mode(mode)
-        return BudgetPlan(mode, batch, int(ok[mode, batch]["estimate_bytes"]),
-                          {f"{m} {b}": c for (m, b), c in found.items()})
+        return BudgetPlan(
+            mode, batch, int(ok[mode, batch]["estimate_bytes"]), {f"{m} {b}": c for (m, b), c in found.items()}
+        )
 
     def fixed_mode(self, x: torch.Tensor, memory_budget: int, batch: int) -> str | None:
         """The mode a fixed batch size runs in under the budget (resident if it fits), or None."""

@@ -45,8 +45,12 @@ def _layer_sizes(module: nn.Module, kind: str) -> dict[str, dict[str, int]]:
         zeros = stored[r] - nnz  # the zeros a representation stores besides the non-zeros
         coded = encode(np.concatenate([q.symbols, np.full(zeros, zero, dtype=np.uint8)]), q.alphabet)
         huffman = len(coded.data) + coded.lengths.size + 8 * coded.offsets.size
-        out[r] = {"index": index[r], "raw": 4 * stored[r] + index[r],
-                  "quantised": -(-stored[r] * bits // 8) + table + index[r], "huffman": huffman + table + index[r]}
+        out[r] = {
+            "index": index[r],
+            "raw": 4 * stored[r] + index[r],
+            "quantised": -(-stored[r] * bits // 8) + table + index[r],
+            "huffman": huffman + table + index[r],
+        }
     return out
 
 
@@ -58,28 +62,45 @@ def size_table(model: nn.Module, quantize_kind: str = "int8") -> dict[str, Any]:
     if not sparse:
         raise ValueError("the model has no sparse layer (sparsify it first)")
     owned = {id(t) for _, m in sparse for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]}
-    other = sum(t.numel() * 4 for t in [*model.parameters(), *model.buffers()]
-                if id(t) not in owned and t.is_floating_point())
+    other = sum(
+        t.numel() * 4 for t in [*model.parameters(), *model.buffers()] if id(t) not in owned and t.is_floating_point()
+    )
     totals = {r: {"index": 0, "raw": other, "quantised": other, "huffman": other} for r in REPRESENTATIONS}
     for _, m in sparse:
         for r, sizes in _layer_sizes(m, quantize_kind).items():
             for k, v in sizes.items():
                 totals[r][k] += v
     dense = totals["dense fp32"]["raw"]
-    return {"quantize": quantize_kind, "other_bytes": other, "layers": len(sparse),
-            "rows": [{"representation": r, **totals[r], **{f"ratio_{k}": dense / totals[r][k]
-                                                            for k in ("raw", "quantised", "huffman")}}
-                     for r in REPRESENTATIONS]}
+    return {
+        "quantize": quantize_kind,
+        "other_bytes": other,
+        "layers": len(sparse),
+        "rows": [
+            {
+                "representation": r,
+                **totals[r],
+                **{f"ratio_{k}": dense / totals[r][k] for k in ("raw", "quantised", "huffman")},
+            }
+            for r in REPRESENTATIONS
+        ],
+    }
 
 
 def size_report(table: dict[str, Any]) -> str:
     """A markdown table of `size_table`'s result."""
     q = table["quantize"]
-    lines = [f"| representation | index bytes | fp32 values | {q} | {q} + Huffman | dense fp32 / this (fp32, {q}, "
-             f"{q} + Huffman) |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"| representation | index bytes | fp32 values | {q} | {q} + Huffman | dense fp32 / this (fp32, {q}, "
+        f"{q} + Huffman) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in table["rows"]:
-        lines.append(f"| {r['representation']} | {r['index']:,} | {r['raw']:,} | {r['quantised']:,} | {r['huffman']:,} | "
-                     f"{r['ratio_raw']:.1f}x, {r['ratio_quantised']:.1f}x, {r['ratio_huffman']:.1f}x |")
-    lines.append(f"\n{table['layers']} sparse layers; {table['other_bytes']:,} bytes of other tensors (dense layers, "
-                 f"biases, norms) count as fp32 in every row; every byte count includes the index bytes.")
+        lines.append(
+            f"| {r['representation']} | {r['index']:,} | {r['raw']:,} | {r['quantised']:,} | {r['huffman']:,} | "
+            f"{r['ratio_raw']:.1f}x, {r['ratio_quantised']:.1f}x, {r['ratio_huffman']:.1f}x |"
+        )
+    lines.append(
+        f"\n{table['layers']} sparse layers; {table['other_bytes']:,} bytes of other tensors (dense layers, "
+        f"biases, norms) count as fp32 in every row; every byte count includes the index bytes."
+    )
     return "\n".join(lines)

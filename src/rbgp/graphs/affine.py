@@ -19,9 +19,11 @@ from .galois import IRREDUCIBLE_POLYNOMIALS, GaloisField, is_field_order
 
 def affine_shape_error(m: int, n: int, c: int) -> str | None:
     """Why an m x n graph with left degree c does not fit the affine lift, or None if it does."""
-    supported = (f"the algebraic construction supports shapes (k*q) x (l*q) with left degree "
-                 f"l, where q = n/left_degree is prime or a power of two (up to "
-                 f"2^{max(IRREDUCIBLE_POLYNOMIALS)}) and k, l <= q (density 1/q)")
+    supported = (
+        f"the algebraic construction supports shapes (k*q) x (l*q) with left degree "
+        f"l, where q = n/left_degree is prime or a power of two (up to "
+        f"2^{max(IRREDUCIBLE_POLYNOMIALS)}) and k, l <= q (density 1/q)"
+    )
     if n % c:
         return f"{supported}; here q = n/left_degree = {n}/{c} is not an integer"
     q = n // c
@@ -44,8 +46,9 @@ def affine_neighbors(field: GaloisField, alphas: np.ndarray, betas: np.ndarray) 
     return (b + q * np.arange(l, dtype=np.int64)).reshape(k * q, l)
 
 
-def affine_multipliers(field: GaloisField, k: int, l: int, rng: np.random.Generator | None
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def affine_multipliers(
+    field: GaloisField, k: int, l: int, rng: np.random.Generator | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Distinct alphas (k) and betas (l). Canonical (rng None): 0, 1, x, x^2, ... whose short
     prefixes already span GF(q) additively (a proper additive subgroup would disconnect the
     graph); otherwise random distinct elements drawn from rng."""
@@ -55,8 +58,7 @@ def affine_multipliers(field: GaloisField, k: int, l: int, rng: np.random.Genera
     return rng.permutation(field.q)[:k], rng.permutation(field.q)[:l]
 
 
-def affine_lift(m: int, n: int, c: int, rng: np.random.Generator | None = None
-                ) -> tuple[np.ndarray, int]:
+def affine_lift(m: int, n: int, c: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, int]:
     """Neighbour lists (m, c) of the affine lift of shape m x n with left degree c, and q."""
     reason = affine_shape_error(m, n, c)
     if reason:

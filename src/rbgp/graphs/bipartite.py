@@ -56,8 +56,7 @@ class BipartiteGraph:
     of every row are sorted and unique. Spectral figures are computed lazily and cached.
     """
 
-    def __init__(self, m: int, n: int, indptr: np.ndarray, indices: np.ndarray,
-                 name: str = "") -> None:
+    def __init__(self, m: int, n: int, indptr: np.ndarray, indices: np.ndarray, name: str = "") -> None:
         m = require_int(m, "m (number of rows)")
         n = require_int(n, "n (number of columns)")
         indptr = _as_index_array(indptr, "indptr")
@@ -69,8 +68,9 @@ class BipartiteGraph:
         steps = np.diff(indptr)
         if np.any(steps < 0):
             row = int(np.argmax(steps < 0))
-            raise ValueError(f"indptr must be non-decreasing; it drops at row {row}: "
-                             f"{indptr[row]} -> {indptr[row + 1]}")
+            raise ValueError(
+                f"indptr must be non-decreasing; it drops at row {row}: {indptr[row]} -> {indptr[row + 1]}"
+            )
         if indptr[-1] != len(indices):
             raise ValueError(f"indptr[-1] = {indptr[-1]} must equal len(indices) = {len(indices)}")
         if len(indices):
@@ -86,8 +86,10 @@ class BipartiteGraph:
             if np.any(bad):
                 pos = int(np.argmax(bad))
                 row = int(np.searchsorted(indptr, pos, side="right") - 1)
-                raise ValueError(f"column indices of row {row} must be sorted and unique; "
-                                 f"found {indices[pos]} followed by {indices[pos + 1]}")
+                raise ValueError(
+                    f"column indices of row {row} must be sorted and unique; "
+                    f"found {indices[pos]} followed by {indices[pos + 1]}"
+                )
         if not isinstance(name, str):
             raise ValueError(f"name must be a string, got {name!r}")
         object.__setattr__(self, "m", m)
@@ -155,8 +157,11 @@ class BipartiteGraph:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, BipartiteGraph):
             return NotImplemented
-        return (self.m, self.n) == (other.m, other.n) and np.array_equal(
-            self.indptr, other.indptr) and np.array_equal(self.indices, other.indices)
+        return (
+            (self.m, self.n) == (other.m, other.n)
+            and np.array_equal(self.indptr, other.indptr)
+            and np.array_equal(self.indices, other.indices)
+        )
 
     def __hash__(self) -> int:
         return hash(self.fingerprint())
@@ -259,8 +264,9 @@ class BipartiteGraph:
     @cached_property
     def _sigma2(self) -> float:
         if self.is_biregular:
-            return spectral.biregular_sigma2(self.m, self.n, self.indptr, self.indices,
-                                             self.left_degree, self.right_degree)
+            return spectral.biregular_sigma2(
+                self.m, self.n, self.indptr, self.indices, self.left_degree, self.right_degree
+            )
         return self._irregular_top2[1]
 
     def sigma1(self) -> float:

@@ -42,7 +42,8 @@ def path_coverage(layers: Sequence[Layer]) -> float:
         if mask.shape[1] != prev_shape[0]:
             raise ValueError(
                 f"layer {pos} has shape {mask.shape} (out, in) but layer {pos - 1} has shape "
-                f"{prev_shape}: layer {pos} must take {prev_shape[0]} inputs")
+                f"{prev_shape}: layer {pos} must take {prev_shape[0]} inputs"
+            )
         prev_shape = mask.shape
         if reach.size and reach.min() > 0:  # everything reached: only dead outputs can miss
             alive = mask.max(axis=1, initial=0) > 0

@@ -56,13 +56,16 @@ def _valid_degrees_message(m: int, n: int, c: int) -> str:
     step = n // math.gcd(m, n)  # m*c % n == 0  <=>  c is a multiple of n / gcd(m, n)
     below = (c // step) * step
     near = [v for v in (below, below + step) if 1 <= v <= n]
-    return (f"left_degree={c} is impossible for a {m}x{n} biregular graph: m*left_degree = "
-            f"{m * c} is not a multiple of n = {n}; valid left degrees are the multiples of "
-            f"{step} up to {n} (nearest: {', '.join(map(str, near))})")
+    return (
+        f"left_degree={c} is impossible for a {m}x{n} biregular graph: m*left_degree = "
+        f"{m * c} is not a multiple of n = {n}; valid left degrees are the multiples of "
+        f"{step} up to {n} (nearest: {', '.join(map(str, near))})"
+    )
 
 
-def _check_arguments(m: Any, n: Any, left_degree: Any, seed: Any, method: Any, strict: Any,
-                     max_tries: Any) -> tuple[int, int, int, int, int]:
+def _check_arguments(
+    m: Any, n: Any, left_degree: Any, seed: Any, method: Any, strict: Any, max_tries: Any
+) -> tuple[int, int, int, int, int]:
     m = _positive_int(m, "m (number of rows / outputs)")
     n = _positive_int(n, "n (number of columns / inputs)")
     if isinstance(left_degree, (bool, np.bool_)) or not isinstance(left_degree, Integral):
@@ -86,8 +89,16 @@ def _preference(graph: BipartiteGraph) -> tuple[bool, float]:
     return graph.normalized_sigma2() < 1 - 1e-9, graph.margin()
 
 
-def _search(build: Callable[[np.random.Generator, int], BipartiteGraph], m: int, n: int, c: int,
-            seed: int, max_tries: int, strict: bool, method: str) -> BipartiteGraph:
+def _search(
+    build: Callable[[np.random.Generator, int], BipartiteGraph],
+    m: int,
+    n: int,
+    c: int,
+    seed: int,
+    max_tries: int,
+    strict: bool,
+    method: str,
+) -> BipartiteGraph:
     """Build with derived seeds until a graph is Ramanujan; else raise or warn and return best."""
     best: BipartiteGraph | None = None
     failures: list[str] = []
@@ -102,27 +113,30 @@ def _search(build: Callable[[np.random.Generator, int], BipartiteGraph], m: int,
         if best is None or _preference(graph) > _preference(best):
             best = graph
     d = m * c // n
-    message = (f"no Ramanujan graph found for shape {m}x{n}, left degree {c} (right degree {d}), "
-               f"method {method!r}, seed {seed}, in {max_tries} tries")
+    message = (
+        f"no Ramanujan graph found for shape {m}x{n}, left degree {c} (right degree {d}), "
+        f"method {method!r}, seed {seed}, in {max_tries} tries"
+    )
     if best is not None:
-        message += (f"; best margin {best.margin():.6g} (sigma2 {best.sigma2():.6g}, bound "
-                    f"{best.ramanujan_bound():.6g}, sigma1 {best.sigma1():.6g}"
-                    f"{', disconnected' if best.normalized_sigma2() >= 1 - 1e-9 else ''})")
+        message += (
+            f"; best margin {best.margin():.6g} (sigma2 {best.sigma2():.6g}, bound "
+            f"{best.ramanujan_bound():.6g}, sigma1 {best.sigma1():.6g}"
+            f"{', disconnected' if best.normalized_sigma2() >= 1 - 1e-9 else ''})"
+        )
     if failures:
         message += f"; {len(failures)} tries failed to build: {failures[-1]}"
     if strict or best is None:
         raise RamanujanError(message)
-    warnings.warn(message + "; returning the best graph found (strict=False)",
-                  RamanujanWarning, stacklevel=3)
+    warnings.warn(message + "; returning the best graph found (strict=False)", RamanujanWarning, stacklevel=3)
     return best
 
 
-def _random_builder(m: int, n: int, c: int) -> Callable[[np.random.Generator, int],
-                                                        BipartiteGraph]:
+def _random_builder(m: int, n: int, c: int) -> Callable[[np.random.Generator, int], BipartiteGraph]:
     name = "ramanujan-random(complement)" if 2 * c > n else "ramanujan-random"
 
     def build(rng: np.random.Generator, t: int) -> BipartiteGraph:
         return BipartiteGraph(m, n, *random_biregular(m, n, c, rng), name=name)
+
     return build
 
 
@@ -138,24 +152,23 @@ def relabel_neighbors(neighbors: np.ndarray, n: int, rng: np.random.Generator) -
     return out
 
 
-def _algebraic_builder(m: int, n: int, c: int) -> Callable[[np.random.Generator, int],
-                                                           BipartiteGraph]:
+def _algebraic_builder(m: int, n: int, c: int) -> Callable[[np.random.Generator, int], BipartiteGraph]:
     def build(rng: np.random.Generator, t: int) -> BipartiteGraph:
         # Try 0 uses the canonical multipliers; later tries draw random distinct ones. Either way
         # the graph is then relabelled from the same generator, so the seed picks the labelling.
         nb, q = affine_lift(m, n, c, None if t == 0 else rng)
-        return BipartiteGraph.from_neighbors(n, relabel_neighbors(nb, n, rng),
-                                             name=f"ramanujan-algebraic(q={q})")
+        return BipartiteGraph.from_neighbors(n, relabel_neighbors(nb, n, rng), name=f"ramanujan-algebraic(q={q})")
+
     return build
 
 
-def _lift_builder(m: int, n: int, c: int) -> Callable[[np.random.Generator, int],
-                                                      BipartiteGraph]:
+def _lift_builder(m: int, n: int, c: int) -> Callable[[np.random.Generator, int], BipartiteGraph]:
     ratio = n // c
 
     def build(rng: np.random.Generator, t: int) -> BipartiteGraph:
         nb = certified_2lifts(m // ratio, c, ratio.bit_length() - 1, rng)
         return BipartiteGraph.from_neighbors(n, nb, name="ramanujan-lift")
+
     return build
 
 
@@ -167,8 +180,9 @@ def _algebraic_should_work(m: int, n: int, c: int) -> bool:
     return math.sqrt(q) <= degree_bound(c, m // q)
 
 
-def ramanujan(m: int, n: int, left_degree: int, seed: int = 0, method: str = "auto",
-              strict: bool = True, max_tries: int = 20) -> BipartiteGraph:
+def ramanujan(
+    m: int, n: int, left_degree: int, seed: int = 0, method: str = "auto", strict: bool = True, max_tries: int = 20
+) -> BipartiteGraph:
     """A verified Ramanujan (c, m c / n)-biregular m x n graph, c = left_degree (fan-in).
 
     method: "random" (configuration model + swap repair, any shape with m*c % n == 0; above
@@ -187,15 +201,13 @@ def ramanujan(m: int, n: int, left_degree: int, seed: int = 0, method: str = "au
     verified draws all fail; with strict=False it warns (RamanujanWarning) and returns the draw
     with the largest margin instead.
     """
-    m, n, c, seed, max_tries = _check_arguments(m, n, left_degree, seed, method, strict,
-                                                max_tries)
+    m, n, c, seed, max_tries = _check_arguments(m, n, left_degree, seed, method, strict, max_tries)
     if c == n:
         return complete(m, n)
     if method == "algebraic":
         reason = affine_shape_error(m, n, c)
         if reason:
-            raise ValueError(f"method 'algebraic' does not fit {m}x{n} with left degree {c}: "
-                             f"{reason}")
+            raise ValueError(f"method 'algebraic' does not fit {m}x{n} with left degree {c}: {reason}")
         return _search(_algebraic_builder(m, n, c), m, n, c, seed, max_tries, strict, method)
     if method == "lift":
         reason = lift_shape_error(m, n, c)
@@ -204,8 +216,9 @@ def ramanujan(m: int, n: int, left_degree: int, seed: int = 0, method: str = "au
         return _search(_lift_builder(m, n, c), m, n, c, seed, max_tries, strict, method)
     if method == "auto" and _algebraic_should_work(m, n, c):
         try:
-            return _search(_algebraic_builder(m, n, c), m, n, c, seed,
-                           min(max_tries, AUTO_ALGEBRAIC_TRIES), True, "algebraic")
+            return _search(
+                _algebraic_builder(m, n, c), m, n, c, seed, min(max_tries, AUTO_ALGEBRAIC_TRIES), True, "algebraic"
+            )
         except RamanujanError:
             pass  # e.g. an unlucky disconnected choice; the random method covers every shape
     return _search(_random_builder(m, n, c), m, n, c, seed, max_tries, strict, method)
@@ -234,13 +247,16 @@ def near_biregular(m: int, n: int, left_degree: int, seed: int = 0, tries: int =
         col_degrees = np.full(n, base, np.int64)
         col_degrees[rng.permutation(n)[:extra]] += 1
         try:
-            graph = BipartiteGraph(m, n, *random_bipartite(np.full(m, c, np.int64), col_degrees, rng),
-                                   name="near-biregular-random")
+            graph = BipartiteGraph(
+                m, n, *random_bipartite(np.full(m, c, np.int64), col_degrees, rng), name="near-biregular-random"
+            )
         except SamplingError:
             continue
         if best is None or graph.spectral_gap() > best.spectral_gap():
             best = graph
     if best is None:
-        raise RamanujanError(f"no simple left-regular {m}x{n} graph with left degree {c} and balanced "
-                             f"column degrees was drawn in {tries} tries")
+        raise RamanujanError(
+            f"no simple left-regular {m}x{n} graph with left degree {c} and balanced "
+            f"column degrees was drawn in {tries} tries"
+        )
     return best

@@ -21,8 +21,10 @@ MAX_SIGNINGS_PER_LEVEL = 64
 
 def lift_shape_error(m: int, n: int, c: int) -> str | None:
     """Why an m x n graph with left degree c does not fit 2-lifts of K_{k,l}, or None."""
-    supported = ("the lift construction supports shapes (k*2^L) x (l*2^L) with left degree l "
-                 "and L >= 1 (density 2^-L: 1/2, 1/4, ...)")
+    supported = (
+        "the lift construction supports shapes (k*2^L) x (l*2^L) with left degree l "
+        "and L >= 1 (density 2^-L: 1/2, 1/4, ...)"
+    )
     ratio, rem = divmod(n, c)
     if rem or ratio < 2 or ratio & (ratio - 1):
         return f"{supported}; here n/left_degree = {n}/{c} is not a power of two >= 2"
@@ -47,8 +49,10 @@ def certified_2lifts(k: int, l: int, levels: int, rng: np.random.Generator) -> n
             if spectral.top_singular_value(signed) <= bound * (1 + 1e-12):
                 break
         else:
-            raise SamplingError(f"no signing within the bound {bound:.4g} at lift level "
-                                f"{level + 1} after {MAX_SIGNINGS_PER_LEVEL} draws")
+            raise SamplingError(
+                f"no signing within the bound {bound:.4g} at lift level "
+                f"{level + 1} after {MAX_SIGNINGS_PER_LEVEL} draws"
+            )
         top = np.where(signs > 0, nb, nb + cols_n)
         bottom = np.where(signs > 0, nb + cols_n, nb)
         nb = np.sort(np.vstack([top, bottom]), axis=1)

@@ -32,8 +32,7 @@ class ProductGraph:
             raise ValueError("a product needs at least one factor graph, got none")
         for pos, f in enumerate(factors):
             if not isinstance(f, BipartiteGraph):
-                raise ValueError(f"factor {pos} must be a BipartiteGraph, got "
-                                 f"{type(f).__name__}: {f!r}")
+                raise ValueError(f"factor {pos} must be a BipartiteGraph, got {type(f).__name__}: {f!r}")
         object.__setattr__(self, "factors", factors)
 
     factors: tuple[BipartiteGraph, ...]
@@ -108,7 +107,8 @@ class ProductGraph:
         for f in self.factors:
             fn = f.neighbors  # requires left-regular factors
             nb = (nb[:, None, :, None] * f.n + fn[None, :, None, :]).reshape(
-                nb.shape[0] * f.m, nb.shape[1] * fn.shape[1])
+                nb.shape[0] * f.m, nb.shape[1] * fn.shape[1]
+            )
         return nb
 
     def biadjacency(self) -> np.ndarray:
@@ -119,8 +119,9 @@ class ProductGraph:
         """The product materialised as a BipartiteGraph (CSR)."""
         if self.is_left_regular:
             return BipartiteGraph.from_neighbors(self.n, self.neighbors, name=self.name)
-        mats = [sp.csr_matrix((np.ones(f.num_edges, np.int8), f.indices, f.indptr),
-                              shape=(f.m, f.n)) for f in self.factors]
+        mats = [
+            sp.csr_matrix((np.ones(f.num_edges, np.int8), f.indices, f.indptr), shape=(f.m, f.n)) for f in self.factors
+        ]
         prod = reduce(lambda a, b: sp.kron(a, b, format="csr"), mats)
         prod.sort_indices()
         return BipartiteGraph(self.m, self.n, prod.indptr, prod.indices, name=self.name)
@@ -167,6 +168,7 @@ class ProductGraph:
 
     def summary(self) -> dict[str, Any]:
         """Like BipartiteGraph.summary, with the product's figures and per-factor summaries."""
+
         def degree(side: str) -> int | list[int]:
             try:
                 return self.left_degree if side == "left" else self.right_degree

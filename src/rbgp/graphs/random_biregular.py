@@ -43,8 +43,7 @@ class _CellCounts:
         hi = np.searchsorted(self.sorted_keys, query, side="right")
         return hi - lo
 
-    def update(self, decremented: np.ndarray, emptied: np.ndarray, filled: np.ndarray,
-               keys: np.ndarray) -> None:
+    def update(self, decremented: np.ndarray, emptied: np.ndarray, filled: np.ndarray, keys: np.ndarray) -> None:
         """Surplus copies left `decremented` cells (repeats allowed); `emptied` cells lost their
         only edge; `filled` (unique) cells gained one."""
         if self.dense:
@@ -68,9 +67,9 @@ def _unique_mask(values: np.ndarray) -> np.ndarray:
     return counts[inverse] == 1
 
 
-def _first_valid_partners(bad: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                          counts: _CellCounts, n: int, k: int, rng: np.random.Generator
-                          ) -> tuple[np.ndarray, np.ndarray]:
+def _first_valid_partners(
+    bad: np.ndarray, rows: np.ndarray, cols: np.ndarray, counts: _CellCounts, n: int, k: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """For each bad stub e = (i, j), draw k random stubs f = (i', j') and keep the first with
     i != i', j != j', cells (i, j') and (i', j) empty and f's cell simple. Conditions are applied
     one at a time to shrink the candidate set (this loop is random-access bound)."""
@@ -91,8 +90,7 @@ def _first_valid_partners(bad: np.ndarray, rows: np.ndarray, cols: np.ndarray,
     return bad[first_slot], cand[first]
 
 
-def _repair(rows: np.ndarray, cols: np.ndarray, m: int, n: int, max_count: int,
-            rng: np.random.Generator) -> bool:
+def _repair(rows: np.ndarray, cols: np.ndarray, m: int, n: int, max_count: int, rng: np.random.Generator) -> bool:
     """Swap surplus copies of repeated cells away, in place on `cols` (sorted within rows).
     False if no swap succeeded for STALL_ROUNDS rounds (a rare dead end in tiny dense graphs)."""
     keys = rows * n + cols
@@ -105,7 +103,7 @@ def _repair(rows: np.ndarray, cols: np.ndarray, m: int, n: int, max_count: int,
         new1 = rows[e] * n + cols[f]
         new2 = rows[f] * n + cols[e]
         both = _unique_mask(np.concatenate([new1, new2]))
-        accept = both[: len(e)] & both[len(e):] & _unique_mask(f)
+        accept = both[: len(e)] & both[len(e) :] & _unique_mask(f)
         e, f, new1, new2 = e[accept], f[accept], new1[accept], new2[accept]
         decremented, emptied = keys[e], keys[f]
         cols[e], cols[f] = cols[f].copy(), cols[e].copy()
@@ -119,8 +117,9 @@ def _repair(rows: np.ndarray, cols: np.ndarray, m: int, n: int, max_count: int,
     return True
 
 
-def random_bipartite(row_degrees: np.ndarray, col_degrees: np.ndarray,
-                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def random_bipartite(
+    row_degrees: np.ndarray, col_degrees: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Simple random bipartite graph with the given degree sequences, as CSR (indptr, indices).
 
     Restarts from a fresh stub matching (same generator) if the repair stalls; raises
@@ -143,12 +142,13 @@ def random_bipartite(row_degrees: np.ndarray, col_degrees: np.ndarray,
             indptr = np.zeros(m + 1, np.int64)
             np.cumsum(r, out=indptr[1:])
             return indptr, _sort_within_rows(rows, cols, r, n)
-    raise SamplingError(f"swap repair stalled {MAX_RESTARTS} times for row degrees "
-                        f"{r.min()}..{r.max()}, column degrees {s.min()}..{s.max()}")
+    raise SamplingError(
+        f"swap repair stalled {MAX_RESTARTS} times for row degrees "
+        f"{r.min()}..{r.max()}, column degrees {s.min()}..{s.max()}"
+    )
 
 
-def _complement_csr(m: int, n: int, indptr: np.ndarray, indices: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def _complement_csr(m: int, n: int, indptr: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mask = np.ones((m, n), dtype=bool)
     mask[np.repeat(np.arange(m), np.diff(indptr)), indices] = False
     degrees = mask.sum(axis=1)
@@ -157,8 +157,7 @@ def _complement_csr(m: int, n: int, indptr: np.ndarray, indices: np.ndarray
     return comp_indptr, np.nonzero(mask)[1].astype(np.int64)
 
 
-def random_biregular(m: int, n: int, c: int, rng: np.random.Generator
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def random_biregular(m: int, n: int, c: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Random simple (c, m c / n)-biregular m x n graph as CSR (indptr, indices).
 
     Above density 1/2 it samples the sparser (n - c)-regular complement and complements it:

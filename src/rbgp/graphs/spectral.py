@@ -20,8 +20,8 @@ from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator
 Method = Literal["auto", "dense", "lanczos"]
 
 DENSE_MAX_SIDE = 512
-"""Largest smaller-side size for which `auto` uses the dense Gram + LAPACK path. Measured on a
-2-core VM, Lanczos is already faster from about 512 (1024^2, c=64: 10 ms vs 55 ms dense)."""
+"""Largest smaller-side size for which `auto` uses the dense Gram + LAPACK path; beyond it Lanczos
+is faster (`benchmarks/ramanujan_timing.json` times the builders)."""
 
 LANCZOS_TOL = 1e-11
 _V0_SEED = 20240607  # fixed Lanczos start vector: identical floats on every run
@@ -81,13 +81,20 @@ def _lanczos_top_eigenvalues(S: sp.csr_matrix, shift: float, k: int) -> np.ndarr
     v0 = np.random.default_rng(_V0_SEED).standard_normal(s)
     if shift:
         v0 -= v0.mean()  # start orthogonal to the deflated constant vector
-    vals = eigsh(op, k=k, which="LA", tol=LANCZOS_TOL, v0=v0, ncv=min(s, max(2 * k + 1, 24)),
-                 return_eigenvectors=False, maxiter=20 * s)
+    vals = eigsh(
+        op,
+        k=k,
+        which="LA",
+        tol=LANCZOS_TOL,
+        v0=v0,
+        ncv=min(s, max(2 * k + 1, 24)),
+        return_eigenvectors=False,
+        maxiter=20 * s,
+    )
     return np.sort(vals)[::-1]
 
 
-def top_gram_eigenvalues(S: sp.csr_matrix, k: int = 1, shift: float = 0.0,
-                         method: Method = "auto") -> np.ndarray:
+def top_gram_eigenvalues(S: sp.csr_matrix, k: int = 1, shift: float = 0.0, method: Method = "auto") -> np.ndarray:
     """Top-k eigenvalues (descending) of the smaller-side Gram of S minus `shift` * all-ones."""
     _check_method(method)
     s = min(S.shape)
@@ -108,7 +115,12 @@ def _sqrt_nonneg(x: float) -> float:
 
 
 def biregular_sigma2(
-    m: int, n: int, indptr: np.ndarray, indices: np.ndarray, c: int, d: int,
+    m: int,
+    n: int,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    c: int,
+    d: int,
     method: Method = "auto",
 ) -> float:
     """sigma2 = ||B - (c/n) 1 1^T||_2 of a (c, d)-biregular m x n graph.

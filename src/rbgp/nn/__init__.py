@@ -6,13 +6,27 @@ from rbgp.nn.oneshot import prune_oneshot
 from rbgp.nn.pretrained import from_pretrained, load_state
 from rbgp.nn.rbgp_layers import RBGPConv2d, RBGPLinear
 from rbgp.nn.sparsify import (
-           SPARSE_TYPES,
-           LayerReport,
-           SparsifyReport,
-           convertible_layers,
-           count_parameters,
-           sparsify,
+    SPARSE_TYPES,
+    LayerReport,
+    SparsifyReport,
+    convertible_layers,
+    count_parameters,
+    sparsify,
 )
 
-__all__ = ["RBGPLinear", "RBGPConv2d", "MaskedLinear", "MaskedConv2d", "sparsify", "densify", "SparsifyReport",
-           "LayerReport", "SPARSE_TYPES", "count_parameters", "convertible_layers", "from_pretrained", "load_state", "prune_oneshot"]
+__all__ = [
+    "RBGPLinear",
+    "RBGPConv2d",
+    "MaskedLinear",
+    "MaskedConv2d",
+    "sparsify",
+    "densify",
+    "SparsifyReport",
+    "LayerReport",
+    "SPARSE_TYPES",
+    "count_parameters",
+    "convertible_layers",
+    "from_pretrained",
+    "load_state",
+    "prune_oneshot",
+]

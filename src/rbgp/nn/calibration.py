@@ -83,19 +83,25 @@ def call_model(model: nn.Module, batch) -> None:
     elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], (torch.Tensor, Mapping)):
         call_model(model, batch[0])
     else:
-        raise CalibrationError(f"a calibration batch must be a tensor, a dict of model inputs, or a tuple/list whose "
-                               f"first element is one; got {type(batch).__name__}")
+        raise CalibrationError(
+            f"a calibration batch must be a tensor, a dict of model inputs, or a tuple/list whose "
+            f"first element is one; got {type(batch).__name__}"
+        )
 
 
 def as_batches(calibration: Iterable) -> list:
     """The calibration data as a list of batches (it is read once per wave); refuses empty data."""
     if isinstance(calibration, (torch.Tensor, Mapping)):
-        raise CalibrationError("calibration must be an iterable of batches (a list of tensors, a DataLoader), not a "
-                               "single tensor or dict: wrap it in a list ([batch])")
+        raise CalibrationError(
+            "calibration must be an iterable of batches (a list of tensors, a DataLoader), not a "
+            "single tensor or dict: wrap it in a list ([batch])"
+        )
     try:
         batches = list(calibration)
     except TypeError:
-        raise CalibrationError(f"calibration must be an iterable of batches, got {type(calibration).__name__}") from None
+        raise CalibrationError(
+            f"calibration must be an iterable of batches, got {type(calibration).__name__}"
+        ) from None
     if not batches:
         raise CalibrationError("calibration data is empty: give at least one batch (a few hundred samples are typical)")
     return batches
@@ -110,6 +116,7 @@ def _waves(model: nn.Module, layers: list[tuple[str, nn.Module]], batch) -> list
         def fn(_module, args):
             if args and isinstance(args[0], torch.Tensor) and all(j != i for j, _ in seen):
                 seen.append((i, args[0]))
+
         return fn
 
     handles = [m.register_forward_pre_hook(hook(i)) for i, (_, m) in enumerate(layers)]
@@ -122,8 +129,13 @@ def _waves(model: nn.Module, layers: list[tuple[str, nn.Module]], batch) -> list
     waves: list[list[int]] = []
     last = None
     for i, x in seen:
-        if waves and x is last and _input_width(layers[i][1]) == _input_width(layers[waves[-1][0]][1]) \
-                and type(layers[i][1]) is type(layers[waves[-1][0]][1]) and not isinstance(layers[i][1], nn.Conv2d):
+        if (
+            waves
+            and x is last
+            and _input_width(layers[i][1]) == _input_width(layers[waves[-1][0]][1])
+            and type(layers[i][1]) is type(layers[waves[-1][0]][1])
+            and not isinstance(layers[i][1], nn.Conv2d)
+        ):
             waves[-1].append(i)
         else:
             waves.append([i])
@@ -162,8 +174,13 @@ def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def sequential(model: nn.Module, layers: list[tuple[str, nn.Module]], calibration: Iterable,
-               convert: Callable[[str, nn.Module, GramStats], nn.Module | None], desc: str = "calibrate") -> None:
+def sequential(
+    model: nn.Module,
+    layers: list[tuple[str, nn.Module]],
+    calibration: Iterable,
+    convert: Callable[[str, nn.Module, GramStats], nn.Module | None],
+    desc: str = "calibrate",
+) -> None:
     """For each layer, in the order the model runs them, `convert(name, module, stats)`; a module it returns
     replaces the layer before the next wave is measured (None: the layer stays, changed in place or not).
     On any error every replaced layer is put back."""

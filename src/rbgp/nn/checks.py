@@ -65,13 +65,17 @@ def _shape(x: Any) -> str:
 def check_linear_input(x: Any, in_features: int) -> None:
     """nn.Linear's contract: a tensor of at least 1 dim whose last dim is in_features."""
     if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[-1] != in_features:
-        raise ValueError(f"expected input (..., {in_features}) (any leading dims, last dim = in_features = "
-                         f"{in_features}), got {_shape(x)}")
+        raise ValueError(
+            f"expected input (..., {in_features}) (any leading dims, last dim = in_features = "
+            f"{in_features}), got {_shape(x)}"
+        )
 
 
 def check_conv_input(x: Any, in_channels: int) -> bool:
     """nn.Conv2d's contract: (N, C, H, W) or unbatched (C, H, W) with C = in_channels; True when batched."""
     if not isinstance(x, torch.Tensor) or x.dim() not in (3, 4) or x.shape[-3] != in_channels:
-        raise ValueError(f"expected input (N, {in_channels}, H, W) or unbatched ({in_channels}, H, W) "
-                         f"(in_channels = {in_channels}), got {_shape(x)}")
+        raise ValueError(
+            f"expected input (N, {in_channels}, H, W) or unbatched ({in_channels}, H, W) "
+            f"(in_channels = {in_channels}), got {_shape(x)}"
+        )
     return x.dim() == 4

@@ -36,9 +36,19 @@ def _dense_linear(layer: nn.Module) -> nn.Module:
 
 def _dense_conv(layer: RBGPConv2d | MaskedConv2d) -> nn.Conv2d:
     w = layer.dense_weight().detach()
-    out = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                    layer.dilation, groups=1, bias=layer.bias is not None, padding_mode=layer.padding_mode,
-                    device=w.device, dtype=w.dtype)
+    out = nn.Conv2d(
+        layer.in_channels,
+        layer.out_channels,
+        layer.kernel_size,
+        layer.stride,
+        layer.padding,
+        layer.dilation,
+        groups=1,
+        bias=layer.bias is not None,
+        padding_mode=layer.padding_mode,
+        device=w.device,
+        dtype=w.dtype,
+    )
     with torch.no_grad():
         out.weight.copy_(w)
         if layer.bias is not None:
@@ -53,10 +63,12 @@ def densify(model: nn.Module, inplace: bool = True) -> nn.Module:
     if not inplace:
         model = copy.deepcopy(model)
     if isinstance(model, (RBGPLinear, RBGPConv2d, MaskedLinear, MaskedConv2d)):
-        raise TypeError("densify converts the layers inside a model; for a single layer use "
-                        "layer.dense_weight()")
-    targets = [(name, m) for name, m in model.named_modules()
-               if isinstance(m, (RBGPLinear, RBGPConv2d, MaskedLinear, MaskedConv2d))]
+        raise TypeError("densify converts the layers inside a model; for a single layer use layer.dense_weight()")
+    targets = [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, (RBGPLinear, RBGPConv2d, MaskedLinear, MaskedConv2d))
+    ]
     for name, m in targets:
         new = _dense_conv(m) if isinstance(m, (RBGPConv2d, MaskedConv2d)) else _dense_linear(m)
         new.train(m.training)

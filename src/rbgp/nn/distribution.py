@@ -11,11 +11,8 @@ density per layer whose non-zeros add up to that budget:
   form row groups of at most d * out / 2 rows (every input block is read by at least two groups),
   and groups under 8 rows run slower than dense. So each layer gets the density floor
   2 * MIN_GROUP_ROWS / out; layers narrower than MIN_SPARSE_WIDTH outputs stay dense (a 32-row
-  layer's 8-row groups would each read half its inputs; a 64-channel 3x3 conv at 32x32 and its floor
-  of 0.25 density runs 1.3-1.5x faster than dense forward and 1.5-1.7x forward+backward on the 2-core
-  CPU, `benchmarks/models-cpu.md` of 2026-12-04, and ResNet-18, where such convs carry the most FLOPs,
-  went from 1.44x to 1.56x dense inference at batch 64 when they stopped being kept dense, in the
-  benchmarks of that day before the conv relabelling); the
+  layer's 8-row groups would each read half its inputs; a 64-channel conv at its floor of 0.25
+  density still runs faster than dense, `benchmarks/models-cpu.md`); the
   budget left is spread as one common density over the others, never below their floors. Big layers,
   where sparsity pays, take the sparsity that the narrow ones cannot. When the budget is too small
   for that (a small model at a high sparsity, a bottleneck ResNet), the narrow layers are made sparse
@@ -41,15 +38,15 @@ MIN_SPARSE_WIDTH = 64
 
 def hw_group_rows(out: int) -> int:
     """Rows per group the hw rule asks the planner for: MIN_GROUP_ROWS, 16 for layers of 512 rows or
-    more (on the 2-core CPU, oneDNN's weight gradient of 8-row groups at 2x2 and 4x4 maps ran 3-6x
-    slower than of 16-row groups: a 512x512 3x3 conv at 89% trained 0.84x dense with 8-row groups,
-    4.9x with 16, `benchmarks/models-cpu.md`)."""
+    more (oneDNN's weight gradient of 8-row groups on small maps runs several times slower than of
+    16-row groups, `benchmarks/models-cpu.md`)."""
     return min(2 * MIN_GROUP_ROWS, max(MIN_GROUP_ROWS, out // 32))
 
 
 def _fill(sizes: list[int], weights: list[float], floors: list[float], budget: float) -> list[float]:
     """Densities d_i = clamp(max(floor_i, c * w_i), <= 1) with sum d_i * size_i = budget (c by bisection);
     the floors when even they exceed the budget."""
+
     def used(c: float) -> float:
         return sum(min(1.0, max(f, c * w)) * n for n, w, f in zip(sizes, weights, floors))
 
@@ -71,8 +68,7 @@ def _hw_floors(shapes: Sequence[tuple[int, ...]], sizes: list[int], budget: floa
     widths = sorted({s[0] for s in shapes})
 
     def floors(narrow_dense: bool, rows_of: Callable[[int], int]) -> list[float]:
-        return [1.0 if narrow_dense and s[0] < MIN_SPARSE_WIDTH else min(1.0, 2 * rows_of(s[0]) / s[0])
-                for s in shapes]
+        return [1.0 if narrow_dense and s[0] < MIN_SPARSE_WIDTH else min(1.0, 2 * rows_of(s[0]) / s[0]) for s in shapes]
 
     steps = [(True, lambda w: MIN_GROUP_ROWS), (False, lambda w: MIN_GROUP_ROWS)]
     for k in range(1, MIN_GROUP_ROWS.bit_length()):
@@ -103,8 +99,13 @@ def layer_densities(shapes: Sequence[tuple[int, ...]], sparsity: float, distribu
     return _fill(sizes, *_rule(shapes, budget, distribution), budget)
 
 
-def distribute(shapes: Sequence[tuple[int, ...]], sparsity: float, distribution: str,
-               realise: Callable[[int, float], float], rounds: int = 4) -> list[tuple[float, float]]:
+def distribute(
+    shapes: Sequence[tuple[int, ...]],
+    sparsity: float,
+    distribution: str,
+    realise: Callable[[int, float], float],
+    rounds: int = 4,
+) -> list[tuple[float, float]]:
     """(asked, built) densities per layer for "erk" or "hw": largest layer first, `realise(i, density)`
     plans layer i at the rule's density and returns the density it can really have (1.0: it stays
     dense); the rule (its floors fixed once for the whole model) is then solved again over the layers

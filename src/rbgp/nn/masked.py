@@ -27,14 +27,16 @@ class _MaskedMixin:
     weight: nn.Parameter
     bias: nn.Parameter | None
 
-    def _attach_mask(self, sparsity: float, pattern: str | Pattern | None, seed: int,
-                     structure: SparseMask | None = None) -> None:
+    def _attach_mask(
+        self, sparsity: float, pattern: str | Pattern | None, seed: int, structure: SparseMask | None = None
+    ) -> None:
         if structure is None:
             pattern = Unstructured() if pattern is None else get_pattern(pattern)
             structure = pattern.build(tuple(self.weight.shape), sparsity, seed)
         elif tuple(structure.weight_shape) != tuple(self.weight.shape):
-            raise ValueError(f"structure is for a {tuple(structure.weight_shape)} weight, this layer's is "
-                             f"{tuple(self.weight.shape)}")
+            raise ValueError(
+                f"structure is for a {tuple(structure.weight_shape)} weight, this layer's is {tuple(self.weight.shape)}"
+            )
         self.structure: SparseMask = structure
         mask = torch.as_tensor(self.structure.weight_mask(), device=self.weight.device)
         self.register_buffer("mask", mask, persistent=True)
@@ -81,12 +83,18 @@ class _MaskedMixin:
         s = self.structure
         size = {"unstructured": lambda: csr_bytes(array), "block": lambda: bsr_bytes(array, s.bsr_block)}
         self.structure = dataclasses.replace(
-            s, dense=np.ascontiguousarray(array), layout=None, graph=None, info={**s.info, "fitted": "loaded"},
-            structure_bytes=size.get(s.kind, lambda: s.structure_bytes)())
+            s,
+            dense=np.ascontiguousarray(array),
+            layout=None,
+            graph=None,
+            info={**s.info, "fitted": "loaded"},
+            structure_bytes=size.get(s.kind, lambda: s.structure_bytes)(),
+        )
         return None
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs) -> None:
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
         key, name = prefix + "mask", prefix[:-1] or type(self).__name__
         if key in state_dict:
             error = self._adopt_saved_mask(state_dict[key], name)
@@ -94,12 +102,15 @@ class _MaskedMixin:
                 error_msgs.append(error)
                 return
         elif prefix + "weight" in state_dict:  # refused even with strict=False
-            error_msgs.append(f"layer {name!r}: the state has {prefix}weight but no {key}, so the weights cannot be "
-                              f"matched to this layer's mask ({self._describe_mask()}); load a state saved whole "
-                              f"(state_dict() keeps {key})")
+            error_msgs.append(
+                f"layer {name!r}: the state has {prefix}weight but no {key}, so the weights cannot be "
+                f"matched to this layer's mask ({self._describe_mask()}); load a state saved whole "
+                f"(state_dict() keeps {key})"
+            )
             return
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def dense_weight(self) -> torch.Tensor:
         """The masked dense weight (exact zeros off the pattern)."""
@@ -118,11 +129,26 @@ def rezero_masked_(model: nn.Module) -> None:
 class MaskedLinear(_MaskedMixin, nn.Linear):
     """nn.Linear with a fixed sparsity mask from `pattern` (unstructured by default)."""
 
-    def __init__(self, in_features: int, out_features: int, sparsity: float = 0.9, *,
-                 pattern: str | Pattern | None = None, seed: int = 0, bias: bool = True,
-                 device=None, dtype=None, structure: SparseMask | None = None) -> None:
-        super().__init__(layer_size("in_features", in_features), layer_size("out_features", out_features), bias,
-                         device=device, dtype=dtype)
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        sparsity: float = 0.9,
+        *,
+        pattern: str | Pattern | None = None,
+        seed: int = 0,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        structure: SparseMask | None = None,
+    ) -> None:
+        super().__init__(
+            layer_size("in_features", in_features),
+            layer_size("out_features", out_features),
+            bias,
+            device=device,
+            dtype=dtype,
+        )
         self._attach_mask(sparsity, pattern, seed, structure)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,14 +156,31 @@ class MaskedLinear(_MaskedMixin, nn.Linear):
         return F.linear(x, self.dense_weight(), self.bias)
 
     @classmethod
-    def from_dense(cls, module: nn.Module, sparsity: float = 0.9, *, pattern=None, seed: int = 0,
-                   keep_weights: bool = True, structure: SparseMask | None = None) -> MaskedLinear:
+    def from_dense(
+        cls,
+        module: nn.Module,
+        sparsity: float = 0.9,
+        *,
+        pattern=None,
+        seed: int = 0,
+        keep_weights: bool = True,
+        structure: SparseMask | None = None,
+    ) -> MaskedLinear:
         """A MaskedLinear shaped like `module` (nn.Linear or transformers' Conv1D)."""
         from rbgp.nn.rbgp_layers import linear_weight
 
         w, b = linear_weight(module)
-        layer = cls(w.shape[1], w.shape[0], sparsity, pattern=pattern, seed=seed, bias=b is not None,
-                    device=w.device, dtype=w.dtype, structure=structure)
+        layer = cls(
+            w.shape[1],
+            w.shape[0],
+            sparsity,
+            pattern=pattern,
+            seed=seed,
+            bias=b is not None,
+            device=w.device,
+            dtype=w.dtype,
+            structure=structure,
+        )
         layer.dense_type = type(module)
         if keep_weights:
             with torch.no_grad():
@@ -150,14 +193,38 @@ class MaskedLinear(_MaskedMixin, nn.Linear):
 class MaskedConv2d(_MaskedMixin, nn.Conv2d):
     """nn.Conv2d (groups=1) with a fixed mask on its (c_out, c_in*kh*kw) matrix."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 sparsity: float = 0.9, *, pattern: str | Pattern | None = None, seed: int = 0,
-                 bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None,
-                 structure: SparseMask | None = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        sparsity: float = 0.9,
+        *,
+        pattern: str | Pattern | None = None,
+        seed: int = 0,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+        structure: SparseMask | None = None,
+    ) -> None:
         kernel_size, stride, padding, dilation = conv_args(kernel_size, stride, padding, dilation)
-        super().__init__(layer_size("in_channels", in_channels), layer_size("out_channels", out_channels), kernel_size,
-                         stride, padding, dilation, groups=1, bias=bias, padding_mode=padding_mode, device=device,
-                         dtype=dtype)
+        super().__init__(
+            layer_size("in_channels", in_channels),
+            layer_size("out_channels", out_channels),
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups=1,
+            bias=bias,
+            padding_mode=padding_mode,
+            device=device,
+            dtype=dtype,
+        )
         self._attach_mask(sparsity, pattern, seed, structure)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -166,14 +233,35 @@ class MaskedConv2d(_MaskedMixin, nn.Conv2d):
         return self._conv_forward(x, self.dense_weight(), self.bias)
 
     @classmethod
-    def from_dense(cls, module: nn.Conv2d, sparsity: float = 0.9, *, pattern=None, seed: int = 0,
-                   keep_weights: bool = True, structure: SparseMask | None = None) -> MaskedConv2d:
+    def from_dense(
+        cls,
+        module: nn.Conv2d,
+        sparsity: float = 0.9,
+        *,
+        pattern=None,
+        seed: int = 0,
+        keep_weights: bool = True,
+        structure: SparseMask | None = None,
+    ) -> MaskedConv2d:
         if module.groups != 1:
             raise ValueError(f"only groups=1 convs can be masked, got groups={module.groups}")
         w = module.weight
-        layer = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
-                    module.dilation, sparsity, pattern=pattern, seed=seed, bias=module.bias is not None,
-                    padding_mode=module.padding_mode, device=w.device, dtype=w.dtype, structure=structure)
+        layer = cls(
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            sparsity,
+            pattern=pattern,
+            seed=seed,
+            bias=module.bias is not None,
+            padding_mode=module.padding_mode,
+            device=w.device,
+            dtype=w.dtype,
+            structure=structure,
+        )
         if keep_weights:
             layer._load_from(module)
         return layer

@@ -64,8 +64,9 @@ def magnitude_prune(weight: torch.Tensor, sparsity: float, nm: tuple[int, int] |
     return weight.masked_fill(pruned, 0)
 
 
-def wanda_prune(weight: torch.Tensor, gram: torch.Tensor, sparsity: float,
-                nm: tuple[int, int] | None = None) -> torch.Tensor:
+def wanda_prune(
+    weight: torch.Tensor, gram: torch.Tensor, sparsity: float, nm: tuple[int, int] | None = None
+) -> torch.Tensor:
     """Wanda: |w_ij| * ||x_j|| (||x_j||^2 = H_jj), the lowest int(sparsity * in) of every row zeroed, or n:m."""
     _check(sparsity, nm, weight.shape[1])
     score = weight.abs().double() * gram.double().diagonal().clamp_min(0).sqrt()
@@ -73,8 +74,14 @@ def wanda_prune(weight: torch.Tensor, gram: torch.Tensor, sparsity: float,
     return weight.masked_fill(pruned, 0)
 
 
-def sparsegpt_prune(weight: torch.Tensor, gram: torch.Tensor, sparsity: float, nm: tuple[int, int] | None = None,
-                    blocksize: int = 128, damp: float = DAMP) -> torch.Tensor:
+def sparsegpt_prune(
+    weight: torch.Tensor,
+    gram: torch.Tensor,
+    sparsity: float,
+    nm: tuple[int, int] | None = None,
+    blocksize: int = 128,
+    damp: float = DAMP,
+) -> torch.Tensor:
     """SparseGPT: the pruned weight (same shape and dtype) with OBS updates on the weights kept."""
     _check(sparsity, nm, weight.shape[1])
     w = weight.detach().double().clone()
@@ -87,12 +94,12 @@ def sparsegpt_prune(weight: torch.Tensor, gram: torch.Tensor, sparsity: float, n
         i2 = min(i1 + blocksize, cols)
         w1, h1 = w[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
         err1 = torch.zeros_like(w1)
-        score = w1 ** 2 / h1.diagonal() ** 2
+        score = w1**2 / h1.diagonal() ** 2
         pruned = torch.zeros_like(w1, dtype=torch.bool) if nm else _lowest(score, int(score.numel() * sparsity), None)
         for i in range(i2 - i1):
             if nm and i % nm[1] == 0:  # n:m decided on the updated weights, run by run
-                part = w1[:, i:i + nm[1]] ** 2 / h1.diagonal()[i:i + nm[1]] ** 2
-                pruned[:, i:i + nm[1]] = _nm_pruned(part, nm)
+                part = w1[:, i : i + nm[1]] ** 2 / h1.diagonal()[i : i + nm[1]] ** 2
+                pruned[:, i : i + nm[1]] = _nm_pruned(part, nm)
             col = w1[:, i]
             q = col.masked_fill(pruned[:, i], 0)
             e = (col - q) / h1[i, i]
@@ -115,9 +122,17 @@ class PruneReport:
         return "\n".join(["| layer | sparsity | calibration output error |", "|---|---|---|", *rows])
 
 
-def prune_oneshot(model: nn.Module, sparsity: float, calibration: Iterable | None = None, method: str = "sparsegpt",
-                  nm: tuple[int, int] | None = None, *, exclude: str | tuple[str, ...] | list[str] = (),
-                  keep_first_last: bool = True, damp: float = DAMP) -> PruneReport:
+def prune_oneshot(
+    model: nn.Module,
+    sparsity: float,
+    calibration: Iterable | None = None,
+    method: str = "sparsegpt",
+    nm: tuple[int, int] | None = None,
+    *,
+    exclude: str | tuple[str, ...] | list[str] = (),
+    keep_first_last: bool = True,
+    damp: float = DAMP,
+) -> PruneReport:
     """Prune the layers `sparsify` would convert (same `exclude` and `keep_first_last`) in place, with
     `method` ("magnitude", "wanda" or "sparsegpt"), unstructured at `sparsity` or n:m (`nm=(2, 4)`).
     Wanda and SparseGPT need `calibration` (see `rbgp.nn.calibration`) and run layer by layer on it."""

@@ -39,8 +39,10 @@ def load_state(model: nn.Module, path: str | Path) -> None:
     loaded = {id(params[k]) for k in state if k in params}
     untied = [k for k in missing if k not in params or id(params[k]) not in loaded]
     if untied or unexpected:
-        raise ValueError(f"state in {path} does not fit the model: missing {untied}, unexpected {list(unexpected)} "
-                         f"(was the model sparsified with the same arguments as the saved one?)")
+        raise ValueError(
+            f"state in {path} does not fit the model: missing {untied}, unexpected {list(unexpected)} "
+            f"(was the model sparsified with the same arguments as the saved one?)"
+        )
     tie = getattr(model, "tie_weights", None)
     if callable(tie):
         tie()
@@ -58,9 +60,11 @@ def from_pretrained(model_class: Any, path: str | Path, **config_overrides: Any)
     config = AutoConfig.from_pretrained(str(path), **config_overrides)
     recipe = getattr(config, "rbgp", None)
     if not isinstance(recipe, dict):
-        raise ValueError(f"{path}/config.json has no 'rbgp' entry: it was not saved from a model sparsified by "
-                         f"rbgp.sparsify (load it with {getattr(model_class, '__name__', model_class)}"
-                         f".from_pretrained instead)")
+        raise ValueError(
+            f"{path}/config.json has no 'rbgp' entry: it was not saved from a model sparsified by "
+            f"rbgp.sparsify (load it with {getattr(model_class, '__name__', model_class)}"
+            f".from_pretrained instead)"
+        )
     build = getattr(model_class, "from_config", None) or model_class
     model = build(config)
     recipe = dict(recipe)

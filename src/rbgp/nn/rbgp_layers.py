@@ -28,8 +28,9 @@ from rbgp.patterns import (
 )
 
 
-def build_structure(weight_shape: tuple[int, ...], sparsity: float, pattern: str | Pattern | None,
-                    seed: int) -> SparseMask:
+def build_structure(
+    weight_shape: tuple[int, ...], sparsity: float, pattern: str | Pattern | None, seed: int
+) -> SparseMask:
     """The SparseMask of an RBGP layer; refuses patterns that have no grouped layout."""
     pattern = RBGP4() if pattern is None else get_pattern(pattern)
     mask = pattern.build(tuple(weight_shape), sparsity, seed)
@@ -58,16 +59,28 @@ class _RBGPBase(nn.Module):
     loads them adopts that structure.
     """
 
-    def _setup(self, weight_shape: tuple[int, ...], sparsity: float | None, pattern, seed: int, bias: bool,
-               backend: str, device=None, dtype=None, structure: SparseMask | None = None) -> None:
+    def _setup(
+        self,
+        weight_shape: tuple[int, ...],
+        sparsity: float | None,
+        pattern,
+        seed: int,
+        bias: bool,
+        backend: str,
+        device=None,
+        dtype=None,
+        structure: SparseMask | None = None,
+    ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; valid: {list(BACKENDS)}")
         self.backend = backend
         if structure is not None and tuple(structure.weight_shape) != tuple(weight_shape):
-            raise ValueError(f"structure is for a {tuple(structure.weight_shape)} weight, this layer's is "
-                             f"{tuple(weight_shape)}")
-        self._set_structure(structure if structure is not None else
-                            build_structure(weight_shape, sparsity, pattern, seed), device)
+            raise ValueError(
+                f"structure is for a {tuple(structure.weight_shape)} weight, this layer's is {tuple(weight_shape)}"
+            )
+        self._set_structure(
+            structure if structure is not None else build_structure(weight_shape, sparsity, pattern, seed), device
+        )
         self.values = nn.Parameter(torch.empty(self.layout.values_shape, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.empty(weight_shape[0], device=device, dtype=dtype)) if bias else None
         self.reset_parameters()
@@ -91,8 +104,13 @@ class _RBGPBase(nn.Module):
         from rbgp.patterns.fit import layout_mask
 
         try:
-            if not (isinstance(rows, torch.Tensor) and isinstance(cols, torch.Tensor)) or rows.is_floating_point() \
-                    or cols.is_floating_point() or rows.dim() != 2 or cols.dim() != 2:
+            if (
+                not (isinstance(rows, torch.Tensor) and isinstance(cols, torch.Tensor))
+                or rows.is_floating_point()
+                or cols.is_floating_point()
+                or rows.dim() != 2
+                or cols.dim() != 2
+            ):
                 raise ValueError("row_index and col_index must be 2-D integer tensors")
             m, n = self.structure.shape
             layout = GroupedLayout(m, n, rows.cpu().numpy().astype(np.int64), cols.cpu().numpy().astype(np.int64))
@@ -100,14 +118,20 @@ class _RBGPBase(nn.Module):
             tensors = LayoutTensors.from_layout(structure.layout)
         except ValueError as err:
             return f"layer {name!r}: the saved structure (row_index, col_index) is not valid here: {err}"
-        if saved_id is not None and not (isinstance(saved_id, torch.Tensor) and saved_id.shape == (8,)
-                                         and _same_structure(saved_id.cpu(), self._structure_id(tensors))):
-            return (f"layer {name!r}: the saved structure id ({_describe_id(saved_id)}) does not match its saved "
-                    f"row_index and col_index ({_describe_id(self._structure_id(tensors))}); the file is corrupt")
+        if saved_id is not None and not (
+            isinstance(saved_id, torch.Tensor)
+            and saved_id.shape == (8,)
+            and _same_structure(saved_id.cpu(), self._structure_id(tensors))
+        ):
+            return (
+                f"layer {name!r}: the saved structure id ({_describe_id(saved_id)}) does not match its saved "
+                f"row_index and col_index ({_describe_id(self._structure_id(tensors))}); the file is corrupt"
+            )
         self._set_structure(structure, self.values.device)
         if tuple(self.values.shape) != tensors.values_shape:
-            self.values = nn.Parameter(self.values.new_empty(tensors.values_shape),
-                                       requires_grad=self.values.requires_grad)
+            self.values = nn.Parameter(
+                self.values.new_empty(tensors.values_shape), requires_grad=self.values.requires_grad
+            )
         return None
 
     @staticmethod
@@ -126,9 +150,18 @@ class _RBGPBase(nn.Module):
 
     @property
     def layout(self) -> LayoutTensors:
-        return LayoutTensors(self.row_index, self.col_index, self.row_order, self.structure.shape[1],
-                             self.block_width, self.col_blocks, self.col_entries, self.structure.shape[0],
-                             self._row_strides, self._workspace)
+        return LayoutTensors(
+            self.row_index,
+            self.col_index,
+            self.row_order,
+            self.structure.shape[1],
+            self.block_width,
+            self.col_blocks,
+            self.col_entries,
+            self.structure.shape[0],
+            self._row_strides,
+            self._workspace,
+        )
 
     @property
     def nnz_per_row(self) -> int:
@@ -147,8 +180,10 @@ class _RBGPBase(nn.Module):
 
     @weight.setter
     def weight(self, value) -> None:
-        raise AttributeError(f"{type(self).__name__}.weight is read-only (the dense view of its non-zero values); "
-                             f"change `values`, or keep this layer dense (sparsify's exclude=...)")
+        raise AttributeError(
+            f"{type(self).__name__}.weight is read-only (the dense view of its non-zero values); "
+            f"change `values`, or keep this layer dense (sparsify's exclude=...)"
+        )
 
     def reset_parameters(self) -> None:
         """Kaiming normal scaled to the real fan-in: std = sqrt(2 / nnz_per_row)."""
@@ -179,42 +214,53 @@ class _RBGPBase(nn.Module):
         """Multiply output row i's weights by scale[i] (in place)."""
         with torch.no_grad():
             full = scale.new_ones(self.row_order.numel())  # padding rows keep their (unused) values
-            full[:scale.numel()] = scale
+            full[: scale.numel()] = scale
             self.values.mul_(full.to(self.values)[self.row_index].unsqueeze(-1))
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs) -> None:
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
         key = prefix + "structure_id"
         name = prefix[:-1] or type(self).__name__
         indexed = prefix + "row_index" in state_dict and prefix + "col_index" in state_dict
         if indexed:  # a fitted structure saved with its indices: adopted (it then is this layer's structure)
-            error = self._adopt_saved_structure(state_dict[prefix + "row_index"], state_dict[prefix + "col_index"],
-                                                state_dict.get(key), name)
+            error = self._adopt_saved_structure(
+                state_dict[prefix + "row_index"], state_dict[prefix + "col_index"], state_dict.get(key), name
+            )
             if error:
                 error_msgs.append(error)
                 return
         if key in state_dict:
             saved = state_dict[key]
-            if not isinstance(saved, torch.Tensor) or saved.shape != self.structure_id.shape \
-                    or not _same_structure(saved.to(self.structure_id.device), self.structure_id):
+            if (
+                not isinstance(saved, torch.Tensor)
+                or saved.shape != self.structure_id.shape
+                or not _same_structure(saved.to(self.structure_id.device), self.structure_id)
+            ):
                 error_msgs.append(
                     f"layer {name!r}: the state was saved from another sparsity structure "
                     f"(saved {_describe_id(saved)}, this layer {_describe_id(self.structure_id)}); build the "
-                    f"model and sparsify it with the same shape, sparsity, pattern and seed before loading")
+                    f"model and sparsify it with the same shape, sparsity, pattern and seed before loading"
+                )
                 return
         elif prefix + "values" in state_dict and not indexed:  # refused even with strict=False
-            error_msgs.append(f"layer {name!r}: the state has {prefix}values but no {key}, so the values cannot be "
-                              f"matched to this layer's structure ({_describe_id(self.structure_id)}); load a state "
-                              f"saved whole (state_dict() keeps {key})")
+            error_msgs.append(
+                f"layer {name!r}: the state has {prefix}values but no {key}, so the values cannot be "
+                f"matched to this layer's structure ({_describe_id(self.structure_id)}); load a state "
+                f"saved whole (state_dict() keeps {key})"
+            )
             return
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def extra_repr(self) -> str:
         s = self.structure
-        return (f"weight={tuple(s.weight_shape)}, sparsity={s.sparsity:.4f}, nnz_per_row={self.nnz_per_row}, "
-                f"groups={self.values.shape[0]}x{self.values.shape[1]} rows, bias={self.bias is not None}, "
-                f"backend={self.backend!r}")
+        return (
+            f"weight={tuple(s.weight_shape)}, sparsity={s.sparsity:.4f}, nnz_per_row={self.nnz_per_row}, "
+            f"groups={self.values.shape[0]}x{self.values.shape[1]} rows, bias={self.bias is not None}, "
+            f"backend={self.backend!r}"
+        )
 
 
 def _same_structure(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -245,21 +291,37 @@ def linear_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]
 
 def is_hf_conv1d(module: nn.Module) -> bool:
     """transformers' `Conv1D` (GPT-2 and relatives), recognised without importing transformers."""
-    return (type(module).__name__ == "Conv1D" and hasattr(module, "nf")
-            and isinstance(getattr(module, "weight", None), torch.Tensor) and module.weight.dim() == 2)
+    return (
+        type(module).__name__ == "Conv1D"
+        and hasattr(module, "nf")
+        and isinstance(getattr(module, "weight", None), torch.Tensor)
+        and module.weight.dim() == 2
+    )
 
 
 class RBGPLinear(_RBGPBase):
     """A linear layer whose weight follows an RBGP pattern (RBGP4 planned by default)."""
 
-    def __init__(self, in_features: int, out_features: int, sparsity: float = 0.9, *,
-                 pattern: str | Pattern | None = None, seed: int = 0, bias: bool = True,
-                 backend: str = "auto", device=None, dtype=None, structure: SparseMask | None = None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        sparsity: float = 0.9,
+        *,
+        pattern: str | Pattern | None = None,
+        seed: int = 0,
+        bias: bool = True,
+        backend: str = "auto",
+        device=None,
+        dtype=None,
+        structure: SparseMask | None = None,
+    ) -> None:
         super().__init__()
         self.in_features = layer_size("in_features", in_features)
         self.out_features = layer_size("out_features", out_features)
-        self._setup((self.out_features, self.in_features), sparsity, pattern, seed, bias, backend, device, dtype,
-                    structure)
+        self._setup(
+            (self.out_features, self.in_features), sparsity, pattern, seed, bias, backend, device, dtype, structure
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_linear_input(x, self.in_features)
@@ -270,14 +332,32 @@ class RBGPLinear(_RBGPBase):
         return self.dense_matrix()
 
     @classmethod
-    def from_dense(cls, module: nn.Module, sparsity: float = 0.9, *, pattern: str | Pattern | None = None,
-                   seed: int = 0, keep_weights: bool = True, backend: str = "auto",
-                   structure: SparseMask | None = None) -> RBGPLinear:
+    def from_dense(
+        cls,
+        module: nn.Module,
+        sparsity: float = 0.9,
+        *,
+        pattern: str | Pattern | None = None,
+        seed: int = 0,
+        keep_weights: bool = True,
+        backend: str = "auto",
+        structure: SparseMask | None = None,
+    ) -> RBGPLinear:
         """An RBGPLinear shaped like `module` (nn.Linear or transformers' Conv1D); with keep_weights its
         weights on the pattern are kept. `structure`: a prebuilt one (e.g. fitted to the weights)."""
         w, b = linear_weight(module)
-        layer = cls(w.shape[1], w.shape[0], sparsity, pattern=pattern, seed=seed, bias=b is not None,
-                    backend=backend, device=w.device, dtype=w.dtype, structure=structure)
+        layer = cls(
+            w.shape[1],
+            w.shape[0],
+            sparsity,
+            pattern=pattern,
+            seed=seed,
+            bias=b is not None,
+            backend=backend,
+            device=w.device,
+            dtype=w.dtype,
+            structure=structure,
+        )
         layer.dense_type = type(module)
         if keep_weights:
             layer.load_dense_(w, b)
@@ -297,10 +377,25 @@ class RBGPConv2d(_RBGPBase):
     the im2col); input (N, C, H, W) or unbatched (C, H, W).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 sparsity: float = 0.9, *, pattern: str | Pattern | None = None, seed: int = 0,
-                 bias: bool = True, padding_mode: str = "zeros", backend: str = "auto", device=None,
-                 dtype=None, structure: SparseMask | None = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        sparsity: float = 0.9,
+        *,
+        pattern: str | Pattern | None = None,
+        seed: int = 0,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        backend: str = "auto",
+        device=None,
+        dtype=None,
+        structure: SparseMask | None = None,
+    ) -> None:
         super().__init__()
         self.in_channels = layer_size("in_channels", in_channels)
         self.out_channels = layer_size("out_channels", out_channels)
@@ -329,8 +424,16 @@ class RBGPConv2d(_RBGPBase):
         taps = self.kernel_size[0] * self.kernel_size[1]
         channels = channel_table(self.col_index, taps)
         self.register_buffer("channels", None if channels is None else padded_channels(channels), persistent=False)
-        self.conv_args = plan_conv(self.layout, self.channels, self.kernel_size, self.stride, self._pad, self.dilation,
-                                   self.padding_mode, self.density)
+        self.conv_args = plan_conv(
+            self.layout,
+            self.channels,
+            self.kernel_size,
+            self.stride,
+            self._pad,
+            self.dilation,
+            self.padding_mode,
+            self.density,
+        )
 
     @property
     def sparse_weight(self) -> SparseWeight:
@@ -347,9 +450,17 @@ class RBGPConv2d(_RBGPBase):
         return self.dense_matrix().reshape(self.structure.weight_shape)
 
     @classmethod
-    def from_dense(cls, module: nn.Conv2d, sparsity: float = 0.9, *, pattern: str | Pattern | None = None,
-                   seed: int = 0, keep_weights: bool = True, backend: str = "auto",
-                   structure: SparseMask | None = None) -> RBGPConv2d:
+    def from_dense(
+        cls,
+        module: nn.Conv2d,
+        sparsity: float = 0.9,
+        *,
+        pattern: str | Pattern | None = None,
+        seed: int = 0,
+        keep_weights: bool = True,
+        backend: str = "auto",
+        structure: SparseMask | None = None,
+    ) -> RBGPConv2d:
         """An RBGPConv2d shaped like `module` (any padding and padding mode); with keep_weights its
         weights on the pattern are kept. `structure`: a prebuilt one (e.g. fitted to the weights)."""
         if not isinstance(module, nn.Conv2d):
@@ -357,10 +468,23 @@ class RBGPConv2d(_RBGPBase):
         if module.groups != 1:
             raise ValueError(f"only groups=1 convs can be RBGP, got groups={module.groups} in {module}")
         w = module.weight
-        layer = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
-                    module.dilation, sparsity, pattern=pattern, seed=seed, bias=module.bias is not None,
-                    padding_mode=module.padding_mode, backend=backend, device=w.device, dtype=w.dtype,
-                    structure=structure)
+        layer = cls(
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            sparsity,
+            pattern=pattern,
+            seed=seed,
+            bias=module.bias is not None,
+            padding_mode=module.padding_mode,
+            backend=backend,
+            device=w.device,
+            dtype=w.dtype,
+            structure=structure,
+        )
         if keep_weights:
             layer.load_dense_(w, module.bias)
         return layer

@@ -28,9 +28,9 @@ CALIBRATED_BLOCK_WIDTH = 8
 """The calibrated default plan of a linear layer: at least MIN_GROUPS row groups (group_rows halved
 until there are), and micro-blocks of CALIBRATED_BLOCK_WIDTH columns where the planned width leaves a
 group fewer than MIN_BLOCKS blocks to choose. Every row group shares one support, so smaller groups
-and finer blocks fit the data better: on the KJV GPT-2 (256 wide) 128-row groups of 16-column blocks
-at 0.75 gave 3.31 bits per byte, 8-row groups of 8-column blocks 2.89 (SparseGPT 2.40). A 4096-row
-layer keeps its 128-row groups (32 of them), and so its speed (`benchmarks/calibrated_conversion.md`)."""
+and finer blocks fit the data better, which matters on narrow layers
+(`benchmarks/calibrated_conversion.md`); a 4096-row layer keeps its 128-row groups (32 of them), and
+so its speed."""
 
 
 def calibrated_pattern(pattern: RBGP4, weight_shape: tuple[int, ...], sparsity: float) -> RBGP4:
@@ -85,9 +85,15 @@ def _augment(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return torch.cat([w, b[:, None]], dim=1)
 
 
-def solve_grouped(weight: torch.Tensor, bias: torch.Tensor | None, gram: torch.Tensor, row_index: torch.Tensor,
-                  col_index: torch.Tensor, damp: float = DAMP, fit_bias: bool | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def solve_grouped(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    gram: torch.Tensor,
+    row_index: torch.Tensor,
+    col_index: torch.Tensor,
+    damp: float = DAMP,
+    fit_bias: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(values (G, R, K), bias (out,) or None): for every row group, the least-squares weights on its
     columns given the dense layer `weight` (out, in), `bias` and the augmented Gram `gram` (in + 1, in + 1).
 
@@ -114,11 +120,11 @@ def solve_grouped(weight: torch.Tensor, bias: torch.Tensor | None, gram: torch.T
     ridge[:k] = 1.0  # the ones column (bias) is not damped
     ridge = torch.diag(ridge)
     for s in range(0, g, per):
-        sup = support[s:s + per]
+        sup = support[s : s + per]
         a = h[sup[:, :, None], sup[:, None, :]]  # (c, K', K')
         diag = a.diagonal(dim1=1, dim2=2)
         diag[:, :k][diag[:, :k] <= 0] = 1.0  # inputs never seen
-        rhs = h[sup] @ target[rows[s:s + per]].transpose(1, 2)  # (c, K', in+1) @ (c, in+1, R)
+        rhs = h[sup] @ target[rows[s : s + per]].transpose(1, 2)  # (c, K', in+1) @ (c, in+1, R)
         lam = scale if scale > 0 else 1e-12
         for _ in range(8):
             chol, info = torch.linalg.cholesky_ex(a + lam * ridge)
@@ -128,9 +134,9 @@ def solve_grouped(weight: torch.Tensor, bias: torch.Tensor | None, gram: torch.T
         else:
             raise RuntimeError("the least-squares system stayed singular after damping (is the Gram matrix finite?)")
         z = torch.cholesky_solve(rhs, chol)  # (c, K', R)
-        values[s:s + per] = z[:, :k].transpose(1, 2)
+        values[s : s + per] = z[:, :k].transpose(1, 2)
         if fit_bias:
-            new_bias[s:s + per] = z[:, k]
+            new_bias[s : s + per] = z[:, k]
     if new_bias is not None:
         flat = torch.empty(g * r, dtype=torch.float64, device=h.device)
         flat[rows.reshape(-1)] = new_bias.reshape(-1)
@@ -138,8 +144,13 @@ def solve_grouped(weight: torch.Tensor, bias: torch.Tensor | None, gram: torch.T
     return values, None if bias is None else bias.double()
 
 
-def output_error(weight: torch.Tensor, bias: torch.Tensor | None, new_weight: torch.Tensor,
-                 new_bias: torch.Tensor | None, gram: torch.Tensor) -> float:
+def output_error(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    new_weight: torch.Tensor,
+    new_bias: torch.Tensor | None,
+    gram: torch.Tensor,
+) -> float:
     """||X_aug ([W' b'] - [W b])^T||^2 / ||X_aug [W b]^T||^2 on the calibration inputs (0: exact); the
     quadratic forms in float32 (a report figure: three digits are plenty)."""
     ref = _augment(weight, bias).to(gram.device)
@@ -154,8 +165,16 @@ saliency blocks; all when fewer), but never more than MAX_EXTRA_COLUMNS columns 
 MAX_EXTRA_COLUMNS = 512
 
 
-def select_blocks(weight: torch.Tensor, gram: torch.Tensor, row_index: torch.Tensor, ranked: torch.Tensor, keep: int,
-                  width: int, damp: float = DAMP, candidates: float = CANDIDATES) -> torch.Tensor:
+def select_blocks(
+    weight: torch.Tensor,
+    gram: torch.Tensor,
+    row_index: torch.Tensor,
+    ranked: torch.Tensor,
+    keep: int,
+    width: int,
+    damp: float = DAMP,
+    candidates: float = CANDIDATES,
+) -> torch.Tensor:
     """(G, keep * width) sorted columns: for every row group, the `keep` aligned blocks of `width` columns
     whose least-squares fit of the group's rows loses least, by greedy group Optimal Brain Surgeon.
 
@@ -184,7 +203,7 @@ def select_blocks(weight: torch.Tensor, gram: torch.Tensor, row_index: torch.Ten
             wb = wc.view(-1, n, width).permute(1, 2, 0)  # (n, width, R)
             cost = (wb * torch.linalg.solve(hb, wb)).sum(dim=(1, 2))
             gone = torch.zeros(n, dtype=torch.bool, device=h.device)
-            gone[torch.argsort(cost, stable=True)[:max(1, (n - keep) // 16)]] = True
+            gone[torch.argsort(cost, stable=True)[: max(1, (n - keep) // 16)]] = True
             drop = gone.repeat_interleave(width)
             inv_dd = torch.linalg.inv(hinv[drop][:, drop])
             left = hinv[~drop][:, drop] @ inv_dd
@@ -195,9 +214,17 @@ def select_blocks(weight: torch.Tensor, gram: torch.Tensor, row_index: torch.Ten
     return chosen
 
 
-def fit_calibrated(pattern: Pattern, weight: torch.Tensor, gram: torch.Tensor, weight_shape: tuple[int, ...],
-                   sparsity: float, seed: int, kind: str = "obs", damp: float = DAMP,
-                   candidates: float = CANDIDATES) -> SparseMask:
+def fit_calibrated(
+    pattern: Pattern,
+    weight: torch.Tensor,
+    gram: torch.Tensor,
+    weight_shape: tuple[int, ...],
+    sparsity: float,
+    seed: int,
+    kind: str = "obs",
+    damp: float = DAMP,
+    candidates: float = CANDIDATES,
+) -> SparseMask:
     """The grouped structure of `pattern` (RBGP4) chosen from calibration data: row groups fitted to the
     `kind` saliency at micro-block granularity (`pattern.fit`), then each group's blocks chosen by
     `select_blocks` among its best-ranked ones. `weight` is the (out, in) matrix, `gram` the (in, in) Gram."""
@@ -213,5 +240,11 @@ def fit_calibrated(pattern: Pattern, weight: torch.Tensor, gram: torch.Tensor, w
     cols = cols.cpu().numpy().astype(np.int64)
     chosen = GroupedLayout(layout.out_features, layout.in_features, layout.row_index, cols)
     keep = {k: fitted.info[k] for k in ("plan", "fit_unit", "ramanujan_spectral_gap") if k in fitted.info}
-    return fitted_mask(fitted.kind, tuple(weight_shape), chosen, cols[:, ::width] // width, inp // width,
-                       {**keep, "fitted": f"calibrated ({kind})", "candidates": candidates})
+    return fitted_mask(
+        fitted.kind,
+        tuple(weight_shape),
+        chosen,
+        cols[:, ::width] // width,
+        inp // width,
+        {**keep, "fitted": f"calibrated ({kind})", "candidates": candidates},
+    )

@@ -12,7 +12,9 @@ on_infeasible="skip") or an unsupported type.
 A layer's sparsity comes from a float, a dict of globs, or a callable; when its shape cannot meet
 it, on_infeasible="nearest" (default) takes the nearest feasible sparsity and reports it.
 init="magnitude" (default) fits the structure to the weights and keeps them (each row rescaled to its
-dense L1 norm), so a trained model keeps as much of its function as the pattern allows; init="kaiming" re-draws them (training from scratch).
+dense L1 norm), so a trained model keeps as much of its function as the pattern allows; init="kaiming"
+re-draws them (training from scratch); with calibration data the structure and weights are fitted to
+the layers' inputs (`rbgp.nn.calibration`, `rbgp.nn.reconstruct`).
 Stacked RBGP layers built from seeds get alternating input shuffles so their Kronecker tiles do not
 line up (DESIGN.md, 'Across layers'); for plain (non-transformer) models the report gives the
 network's input-output path coverage next to that of random unstructured masks of the same density.
@@ -107,44 +109,63 @@ class SparsifyReport:
     model: nn.Module | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layers": [asdict(r) for r in self.layers], "skipped": [list(s) for s in self.skipped],
-                "path_coverage": self.path_coverage, "random_path_coverage": self.random_path_coverage,
-                "params_before": self.params_before, "params_after": self.params_after, "recipe": self.recipe,
-                "global_sparsity": self.global_sparsity}
+        return {
+            "layers": [asdict(r) for r in self.layers],
+            "skipped": [list(s) for s in self.skipped],
+            "path_coverage": self.path_coverage,
+            "random_path_coverage": self.random_path_coverage,
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "recipe": self.recipe,
+            "global_sparsity": self.global_sparsity,
+        }
 
     def table(self) -> str:
         """A markdown table of the converted layers and the modules left dense."""
+
         def pct(x: float | None) -> str:
             return "" if x is None else f"{x:.1%}"
 
         calibrated = any(r.output_error is not None for r in self.layers)
-        lines = ["| layer | weight | pattern | sparsity asked | achieved | rows/group | params before | after | "
-                 "FLOPs/position dense -> sparse | kept mass | top-k bound | "
-                 + ("output error | " if calibrated else "") + "note |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if calibrated else "")]
+        lines = [
+            "| layer | weight | pattern | sparsity asked | achieved | rows/group | params before | after | "
+            "FLOPs/position dense -> sparse | kept mass | top-k bound | "
+            + ("output error | " if calibrated else "")
+            + "note |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if calibrated else ""),
+        ]
         for r in self.layers:
-            lines.append(f"| {r.name} | {'x'.join(map(str, r.weight_shape))} | {r.pattern} | "
-                         f"{r.requested_sparsity:.4g} | {r.sparsity:.4f} | {r.rows_per_group or ''} | "
-                         f"{r.params_before:,} | {r.params_after:,} | {r.dense_flops:,} -> {r.flops:,} | "
-                         f"{pct(r.kept_mass)} | {pct(r.top_k_mass)} | "
-                         + (f"{'' if r.output_error is None else f'{r.output_error:.4f}'} | " if calibrated else "")
-                         + f"{r.note} |")
+            lines.append(
+                f"| {r.name} | {'x'.join(map(str, r.weight_shape))} | {r.pattern} | "
+                f"{r.requested_sparsity:.4g} | {r.sparsity:.4f} | {r.rows_per_group or ''} | "
+                f"{r.params_before:,} | {r.params_after:,} | {r.dense_flops:,} -> {r.flops:,} | "
+                f"{pct(r.kept_mass)} | {pct(r.top_k_mass)} | "
+                + (f"{'' if r.output_error is None else f'{r.output_error:.4f}'} | " if calibrated else "")
+                + f"{r.note} |"
+            )
         for name, why in self.skipped:
             lines.append(f"| {name} | | dense | | 0 | | | | | | | {'| ' if calibrated else ''}{why} |")
-        lines.append(f"\nModel parameters: {self.params_before:,} before, {self.params_after:,} after "
-                     f"({len(self.layers)} layers converted, {len(self.skipped)} left dense)")
+        lines.append(
+            f"\nModel parameters: {self.params_before:,} before, {self.params_after:,} after "
+            f"({len(self.layers)} layers converted, {len(self.skipped)} left dense)"
+        )
         if self.global_sparsity is not None:
-            lines.append(f"Sparsity over the converted layers (and those a distribution kept dense): "
-                         f"{self.global_sparsity:.4f}")
+            lines.append(
+                f"Sparsity over the converted layers (and those a distribution kept dense): {self.global_sparsity:.4f}"
+            )
         kept = [(r.kept_mass, r.top_k_mass, r.params_before) for r in self.layers if r.kept_mass is not None]
         if kept:
             w = sum(p for _, _, p in kept)
-            lines.append(f"Kept |W| mass of the converted layers (weighted by size): "
-                         f"{sum(k * p for k, _, p in kept) / w:.1%} (unstructured top-k at the same density: "
-                         f"{sum(t * p for _, t, p in kept) / w:.1%})")
+            lines.append(
+                f"Kept |W| mass of the converted layers (weighted by size): "
+                f"{sum(k * p for k, _, p in kept) / w:.1%} (unstructured top-k at the same density: "
+                f"{sum(t * p for _, t, p in kept) / w:.1%})"
+            )
         if self.path_coverage is not None and min(self.path_coverage, self.random_path_coverage) < 0.9999:
-            lines.append(f"Input-output path coverage of the stacked sparse layers: {self.path_coverage:.4f} "
-                         f"(random unstructured masks of the same density: {self.random_path_coverage:.4f})")
+            lines.append(
+                f"Input-output path coverage of the stacked sparse layers: {self.path_coverage:.4f} "
+                f"(random unstructured masks of the same density: {self.random_path_coverage:.4f})"
+            )
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -167,8 +188,11 @@ def _shared_weights(model: nn.Module) -> dict[int, list[str]]:
 
 
 def _mha_out_projs(model: nn.Module) -> set[str]:
-    return {f"{name}.out_proj" if name else "out_proj" for name, m in model.named_modules()
-            if isinstance(m, nn.MultiheadAttention)}
+    return {
+        f"{name}.out_proj" if name else "out_proj"
+        for name, m in model.named_modules()
+        if isinstance(m, nn.MultiheadAttention)
+    }
 
 
 def _classify(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, str]]]:
@@ -210,12 +234,17 @@ def _dense_by_role(model: nn.Module, candidates: list[tuple[str, nn.Module]]) ->
     In other models: the first and the last layer in module order, as in the paper."""
     if _is_transformers_model(model):
         out = model.get_output_embeddings()
-        return {name: "output head / classifier (kept dense by role)" for name, m in candidates
-                if m is out or any(part in HEAD_NAMES for part in name.split("."))}
+        return {
+            name: "output head / classifier (kept dense by role)"
+            for name, m in candidates
+            if m is out or any(part in HEAD_NAMES for part in name.split("."))
+        }
     if len(candidates) < 2:
         return {}
-    return {candidates[0][0]: "first layer (kept dense, as in the paper)",
-            candidates[-1][0]: "last layer (kept dense, as in the paper)"}
+    return {
+        candidates[0][0]: "first layer (kept dense, as in the paper)",
+        candidates[-1][0]: "last layer (kept dense, as in the paper)",
+    }
 
 
 def _kept_dense(name: str, roles: dict[str, str], excludes: list[str]) -> str | None:
@@ -227,8 +256,9 @@ def _kept_dense(name: str, roles: dict[str, str], excludes: list[str]) -> str | 
     return None
 
 
-def convertible_layers(model: nn.Module, exclude: str | tuple[str, ...] | list[str] = (),
-                       keep_first_last: bool = True) -> list[tuple[str, nn.Module]]:
+def convertible_layers(
+    model: nn.Module, exclude: str | tuple[str, ...] | list[str] = (), keep_first_last: bool = True
+) -> list[tuple[str, nn.Module]]:
     """The (name, module) pairs `sparsify` would make sparse with the same `exclude` and `keep_first_last`,
     in module order: for training methods that make their own masks on the same layers."""
     excludes = [exclude] if isinstance(exclude, str) else list(exclude)
@@ -326,7 +356,8 @@ def sparsify(
     `rbgp.from_pretrained`; fitted structures are saved with the weights).
     """
     distribution, init, calibration, base, excludes = _checked_arguments(
-        sparsity, pattern, exclude, init, on_infeasible, distribution, calibration, saliency, damp, pattern_kwargs)
+        sparsity, pattern, exclude, init, on_infeasible, distribution, calibration, saliency, damp, pattern_kwargs
+    )
     if not inplace:
         model = copy.deepcopy(model)
     report = SparsifyReport(params_before=count_parameters(model), model=model)
@@ -335,21 +366,43 @@ def sparsify(
         return _nothing_to_convert(report, skipped)
     _warn_unmatched(candidates, excludes, sparsity)
     finer = calibration is not None and isinstance(pattern, str) and not {"group_rows", "block"} & set(pattern_kwargs)
-    plans, dense_kept = _plan_layers(model, candidates, skipped, sparsity, base, excludes, keep_first_last,
-                                     distribution, init, shuffle, on_infeasible, finer)
+    plans, dense_kept = _plan_layers(
+        model,
+        candidates,
+        skipped,
+        sparsity,
+        base,
+        excludes,
+        keep_first_last,
+        distribution,
+        init,
+        shuffle,
+        on_infeasible,
+        finer,
+    )
     if calibration is None:
-        converted = [(plan, _convert(plan.module, plan.sparsity, plan.pattern, seed + plan.index, init, backend,
-                                     plan.name), None, plan.note)
-                     for plan in tqdm(plans, desc="sparsify", unit="layer", leave=False,
-                                      disable=None if len(plans) > 8 else True)]
+        converted = [
+            (
+                plan,
+                _convert(plan.module, plan.sparsity, plan.pattern, seed + plan.index, init, backend, plan.name),
+                None,
+                plan.note,
+            )
+            for plan in tqdm(
+                plans, desc="sparsify", unit="layer", leave=False, disable=None if len(plans) > 8 else True
+            )
+        ]
     else:
         converted = _convert_sequentially(model, plans, calibration, seed, backend, saliency, damp)
     if not converted:
         sparse = sum(why == "already sparse" for _, why in skipped)
-        what = f"nothing left to convert ({sparse} layers are already sparse, " if sparse else "no layer was converted ("
+        what = (
+            f"nothing left to convert ({sparse} layers are already sparse, " if sparse else "no layer was converted ("
+        )
         warnings.warn(f"sparsify: {what}{len(candidates)} stay dense: see report.skipped)", stacklevel=2)
-    recipe = _recipe(sparsity, base, excludes, keep_first_last, seed, init, shuffle, backend, on_infeasible,
-                     distribution)
+    recipe = _recipe(
+        sparsity, base, excludes, keep_first_last, seed, init, shuffle, backend, on_infeasible, distribution
+    )
     return _swap_and_report(report, converted, skipped, dense_kept, init, recipe, seed)
 
 
@@ -371,8 +424,9 @@ Converted = tuple[LayerPlan, nn.Module, Union[float, None], str]
 """(plan, the new layer, its calibrated output error or None, the report's note)."""
 
 
-def _checked_arguments(sparsity, pattern, exclude, init, on_infeasible, distribution, calibration, saliency, damp,
-                       pattern_kwargs) -> tuple[str, str, list | None, Pattern, list[str]]:
+def _checked_arguments(
+    sparsity, pattern, exclude, init, on_infeasible, distribution, calibration, saliency, damp, pattern_kwargs
+) -> tuple[str, str, list | None, Pattern, list[str]]:
     """(distribution, init, calibration batches, base pattern, exclude globs), or a ValueError / TypeError
     that names the bad argument."""
     _check_spec(sparsity)
@@ -382,12 +436,16 @@ def _checked_arguments(sparsity, pattern, exclude, init, on_infeasible, distribu
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
     if distribution != "uniform" and per_layer:
-        raise ValueError(f"distribution={distribution!r} spreads one global sparsity (a float); a dict or "
-                         f"callable already gives every layer its own")
+        raise ValueError(
+            f"distribution={distribution!r} spreads one global sparsity (a float); a dict or "
+            f"callable already gives every layer its own"
+        )
     if calibration is not None:
         if init not in ("magnitude", "calibrated"):
-            raise ValueError(f"calibration fits the structure and the weights to the data; it cannot be combined "
-                             f"with init={init!r} (leave init at its default)")
+            raise ValueError(
+                f"calibration fits the structure and the weights to the data; it cannot be combined "
+                f"with init={init!r} (leave init at its default)"
+            )
         if saliency not in SALIENCIES:
             raise ValueError(f"saliency must be one of {SALIENCIES}, got {saliency!r}")
         if not (isinstance(damp, (int, float)) and 0 <= damp < 1e3) or isinstance(damp, bool):
@@ -406,8 +464,10 @@ def _checked_arguments(sparsity, pattern, exclude, init, on_infeasible, distribu
         own = [p for p in inspect.signature(sparsify).parameters if p not in ("model", "pattern_kwargs")]
         raise TypeError(f"sparsify: {err}; sparsify's own keywords: {own}") from None
     if calibration is not None and not isinstance(base, RBGP4):
-        raise ValueError(f"calibration converts into RBGP4 structures; for pattern {base.kind!r} use "
-                         f"rbgp.nn.oneshot.prune_oneshot (magnitude, Wanda, SparseGPT; unstructured or 2:4)")
+        raise ValueError(
+            f"calibration converts into RBGP4 structures; for pattern {base.kind!r} use "
+            f"rbgp.nn.oneshot.prune_oneshot (magnitude, Wanda, SparseGPT; unstructured or 2:4)"
+        )
     return distribution, init, calibration, base, [exclude] if isinstance(exclude, str) else list(exclude)
 
 
@@ -419,8 +479,10 @@ def _nothing_to_convert(report: SparsifyReport, skipped: list[tuple[str, str]]) 
         warnings.warn(f"sparsify: nothing left to convert ({sparse} layers are already sparse)", stacklevel=3)
         report.skipped, report.params_after = skipped, report.params_before
         return report
-    raise ValueError("model has no nn.Linear, Conv1D or groups=1 nn.Conv2d to sparsify"
-                     + (f" (left alone: {skipped})" if skipped else ""))
+    raise ValueError(
+        "model has no nn.Linear, Conv1D or groups=1 nn.Conv2d to sparsify"
+        + (f" (left alone: {skipped})" if skipped else "")
+    )
 
 
 def _warn_unmatched(candidates: list[tuple[str, nn.Module]], excludes: list[str], sparsity: SparsitySpec) -> None:
@@ -431,10 +493,20 @@ def _warn_unmatched(candidates: list[tuple[str, nn.Module]], excludes: list[str]
             warnings.warn(f"sparsify: {what} pattern {pat!r} matches no convertible layer", stacklevel=3)
 
 
-def _plan_layers(model: nn.Module, candidates: list[tuple[str, nn.Module]], skipped: list[tuple[str, str]],
-                 sparsity: SparsitySpec, base: Pattern, excludes: list[str], keep_first_last: bool,
-                 distribution: str, init: str, shuffle: bool, on_infeasible: str, finer: bool
-                 ) -> tuple[list[LayerPlan], int]:
+def _plan_layers(
+    model: nn.Module,
+    candidates: list[tuple[str, nn.Module]],
+    skipped: list[tuple[str, str]],
+    sparsity: SparsitySpec,
+    base: Pattern,
+    excludes: list[str],
+    keep_first_last: bool,
+    distribution: str,
+    init: str,
+    shuffle: bool,
+    on_infeasible: str,
+    finer: bool,
+) -> tuple[list[LayerPlan], int]:
     """(the plans of the layers to convert, the weights a distribution keeps dense); the layers left
     dense are appended to `skipped` with their reason. `finer`: the calibrated default's finer plans
     (`calibrated_pattern`)."""
@@ -460,14 +532,26 @@ def _plan_layers(model: nn.Module, candidates: list[tuple[str, nn.Module]], skip
 
     dense_kept = 0
     if distribution != "uniform":
-        densities = distribute([_shape(m) for _, _, m, _ in chosen], float(sparsity), distribution,
-                               lambda i, d: _realisable_density(chosen[i][2], d, for_layer(chosen[i][2])))
+        densities = distribute(
+            [_shape(m) for _, _, m, _ in chosen],
+            float(sparsity),
+            distribution,
+            lambda i, d: _realisable_density(chosen[i][2], d, for_layer(chosen[i][2])),
+        )
         for (_, name, module, _), (asked, built) in zip(chosen, densities):
             if built >= 1.0:
-                skipped.append((name, f"kept dense by distribution={distribution!r}" if asked >= 1.0 else
-                                _feasible_sparsity(module, 1.0 - asked, base, "nearest", name)[2]))
+                skipped.append(
+                    (
+                        name,
+                        f"kept dense by distribution={distribution!r}"
+                        if asked >= 1.0
+                        else _feasible_sparsity(module, 1.0 - asked, base, "nearest", name)[2],
+                    )
+                )
                 dense_kept += module.weight.numel()
-        chosen = [(i, name, m, 1.0 - asked) for (i, name, m, _), (asked, built) in zip(chosen, densities) if built < 1.0]
+        chosen = [
+            (i, name, m, 1.0 - asked) for (i, name, m, _), (asked, built) in zip(chosen, densities) if built < 1.0
+        ]
     plans: list[LayerPlan] = []
     for index, name, module, requested in chosen:
         layer_pattern = for_layer(module, requested)
@@ -481,8 +565,9 @@ def _plan_layers(model: nn.Module, candidates: list[tuple[str, nn.Module]], skip
     return plans, dense_kept
 
 
-def _convert_sequentially(model: nn.Module, plans: list[LayerPlan], calibration: list, seed: int, backend: str,
-                          saliency: str, damp: float) -> list[Converted]:
+def _convert_sequentially(
+    model: nn.Module, plans: list[LayerPlan], calibration: list, seed: int, backend: str, saliency: str, damp: float
+) -> list[Converted]:
     """Every planned layer fitted to the calibration data, in the order the model runs them (each on
     the inputs of the layers converted before it); the model is as it was afterwards."""
     by_name = {plan.name: plan for plan in plans}
@@ -490,8 +575,9 @@ def _convert_sequentially(model: nn.Module, plans: list[LayerPlan], calibration:
 
     def convert(name: str, module: nn.Module, stats: GramStats) -> nn.Module:
         plan = by_name[name]
-        new, error, extra = _convert_calibrated(module, plan.sparsity, plan.pattern, seed + plan.index, backend, name,
-                                                stats, saliency, damp)
+        new, error, extra = _convert_calibrated(
+            module, plan.sparsity, plan.pattern, seed + plan.index, backend, name, stats, saliency, damp
+        )
         done[name] = (plan, new, error, "; ".join(filter(None, [plan.note, extra])))
         return new
 
@@ -500,8 +586,15 @@ def _convert_sequentially(model: nn.Module, plans: list[LayerPlan], calibration:
     return [done[p.name] for p in plans if p.name in done]
 
 
-def _swap_and_report(report: SparsifyReport, converted: list[Converted], skipped: list[tuple[str, str]],
-                     dense_kept: int, init: str, recipe: dict[str, Any] | None, seed: int) -> SparsifyReport:
+def _swap_and_report(
+    report: SparsifyReport,
+    converted: list[Converted],
+    skipped: list[tuple[str, str]],
+    dense_kept: int,
+    init: str,
+    recipe: dict[str, Any] | None,
+    seed: int,
+) -> SparsifyReport:
     """Swap the converted layers in (nothing before this touched the model, or it was put back) and
     fill in the report."""
     model = report.model
@@ -535,8 +628,9 @@ def _realisable_density(module: nn.Module, density: float, pattern: Pattern) -> 
     return 1.0 if achieved is None or abs(achieved - (1.0 - density)) > MAX_NEAREST_MISS else 1.0 - achieved
 
 
-def _feasible_sparsity(module: nn.Module, requested: float, pattern: Pattern, on_infeasible: str,
-                       name: str) -> tuple[float | None, str, str]:
+def _feasible_sparsity(
+    module: nn.Module, requested: float, pattern: Pattern, on_infeasible: str, name: str
+) -> tuple[float | None, str, str]:
     """(sparsity to build at or None, note for the report, reason when None)."""
     shape = _shape(module)
     nearest = pattern.nearest_sparsity(shape, requested)
@@ -545,14 +639,19 @@ def _feasible_sparsity(module: nn.Module, requested: float, pattern: Pattern, on
     m, n = matrix_shape(shape)
     if nearest is None:
         if on_infeasible == "error":
-            raise ValueError(f"cannot sparsify layer {name!r} ({module}): no sparse {pattern.kind} structure fits "
-                             f"its {m}x{n} weight")
+            raise ValueError(
+                f"cannot sparsify layer {name!r} ({module}): no sparse {pattern.kind} structure fits its {m}x{n} weight"
+            )
         return None, "", f"too small (no sparse {pattern.kind} structure fits a {m}x{n} weight)"
-    message = (f"a {m}x{n} weight cannot be made {requested:g} sparse with {pattern.kind}; the nearest feasible "
-               f"sparsity is {nearest:.4f}")
+    message = (
+        f"a {m}x{n} weight cannot be made {requested:g} sparse with {pattern.kind}; the nearest feasible "
+        f"sparsity is {nearest:.4f}"
+    )
     if on_infeasible == "error":
-        raise ValueError(f"cannot sparsify layer {name!r} ({module}): {message} (on_infeasible='nearest' "
-                         f"takes it, 'skip' leaves the layer dense)")
+        raise ValueError(
+            f"cannot sparsify layer {name!r} ({module}): {message} (on_infeasible='nearest' "
+            f"takes it, 'skip' leaves the layer dense)"
+        )
     if on_infeasible == "skip":
         return None, "", f"infeasible: {message}"
     if abs(nearest - requested) > MAX_NEAREST_MISS:
@@ -560,8 +659,7 @@ def _feasible_sparsity(module: nn.Module, requested: float, pattern: Pattern, on
     return nearest, f"nearest feasible (asked {requested:g})", ""
 
 
-def _layer_report(name: str, module: nn.Module, new: nn.Module, requested: float, note: str,
-                  init: str) -> LayerReport:
+def _layer_report(name: str, module: nn.Module, new: nn.Module, requested: float, note: str, init: str) -> LayerReport:
     s = new.structure
     kept = bound = None
     if init != "kaiming":
@@ -569,10 +667,24 @@ def _layer_report(name: str, module: nn.Module, new: nn.Module, requested: float
         kept = kept_mass(w, s.array)
         bound = kept_mass(w, top_k_mask(w, s.sparsity))
     return LayerReport(
-        name, list(s.weight_shape), s.kind, requested, s.sparsity, s.density,
-        s.layout.rows_per_group if s.layout is not None else None, module.weight.numel(),
+        name,
+        list(s.weight_shape),
+        s.kind,
+        requested,
+        s.sparsity,
+        s.density,
+        s.layout.rows_per_group if s.layout is not None else None,
+        module.weight.numel(),
         new.values.numel() if isinstance(new, (RBGPLinear, RBGPConv2d)) else s.nnz,
-        s.nnz_per_row, s.structure_bytes, s.csr_bytes(), kept, bound, note, 2 * module.weight.numel(), 2 * s.nnz)
+        s.nnz_per_row,
+        s.structure_bytes,
+        s.csr_bytes(),
+        kept,
+        bound,
+        note,
+        2 * module.weight.numel(),
+        2 * s.nnz,
+    )
 
 
 def _add_path_coverage(report: SparsifyReport, swapped: list[nn.Module], seed: int) -> None:
@@ -606,20 +718,42 @@ def _coverage(chains: list[list[np.ndarray]]) -> float | None:
     return float(np.mean([path_coverage(c) for c in chains]))
 
 
-def _recipe(sparsity: SparsitySpec, pattern: Pattern, excludes: list[str], keep_first_last: bool, seed: int,
-            init: str, shuffle: bool, backend: str, on_infeasible: str, distribution: str) -> dict[str, Any] | None:
+def _recipe(
+    sparsity: SparsitySpec,
+    pattern: Pattern,
+    excludes: list[str],
+    keep_first_last: bool,
+    seed: int,
+    init: str,
+    shuffle: bool,
+    backend: str,
+    on_infeasible: str,
+    distribution: str,
+) -> dict[str, Any] | None:
     """The JSON-able sparsify arguments that rebuild the same structure, or None when they have no
     plain-data form (a callable sparsity, a custom pattern)."""
     from rbgp.patterns import PATTERNS
 
     kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(pattern).items()}
-    if callable(sparsity) or type(pattern) not in PATTERNS.values() or not all(
-            isinstance(v, (int, float, str, bool, list, type(None))) for v in kwargs.values()):
+    if (
+        callable(sparsity)
+        or type(pattern) not in PATTERNS.values()
+        or not all(isinstance(v, (int, float, str, bool, list, type(None))) for v in kwargs.values())
+    ):
         return None
-    return {"sparsity": dict(sparsity) if isinstance(sparsity, Mapping) else sparsity, "pattern": pattern.kind,
-            "pattern_kwargs": kwargs, "exclude": excludes, "keep_first_last": keep_first_last, "seed": seed,
-            "init": init, "shuffle": shuffle, "backend": backend, "on_infeasible": on_infeasible,
-            "distribution": distribution}
+    return {
+        "sparsity": dict(sparsity) if isinstance(sparsity, Mapping) else sparsity,
+        "pattern": pattern.kind,
+        "pattern_kwargs": kwargs,
+        "exclude": excludes,
+        "keep_first_last": keep_first_last,
+        "seed": seed,
+        "init": init,
+        "shuffle": shuffle,
+        "backend": backend,
+        "on_infeasible": on_infeasible,
+        "distribution": distribution,
+    }
 
 
 def _random_like(mask: np.ndarray, seed: int) -> np.ndarray:
@@ -635,12 +769,15 @@ def _shuffled(base: RBGP4, stride: int = 16) -> RBGP4:
     return base.replace(input_shuffle=stride)
 
 
-def _convert(module: nn.Module, sparsity: float, pattern: Pattern, seed: int, init: str, backend: str,
-             name: str) -> nn.Module:
+def _convert(
+    module: nn.Module, sparsity: float, pattern: Pattern, seed: int, init: str, backend: str, name: str
+) -> nn.Module:
     linear = not isinstance(module, nn.Conv2d)
     w = _weight_matrix(module)
     try:
-        structure = pattern.fit(w.float().cpu().numpy(), _shape(module), sparsity, seed) if init == "magnitude" else None
+        structure = (
+            pattern.fit(w.float().cpu().numpy(), _shape(module), sparsity, seed) if init == "magnitude" else None
+        )
         kwargs = dict(pattern=pattern, seed=seed, keep_weights=init != "kaiming", structure=structure)
         if isinstance(pattern, RBGP4) or pattern.kind == "rbgp":
             cls = RBGPLinear if linear else RBGPConv2d
@@ -655,20 +792,33 @@ def _convert(module: nn.Module, sparsity: float, pattern: Pattern, seed: int, in
     return new
 
 
-def _convert_calibrated(module: nn.Module, sparsity: float, pattern: Pattern, seed: int, backend: str, name: str,
-                        stats: GramStats, kind: str, damp: float) -> tuple[nn.Module, float | None, str]:
+def _convert_calibrated(
+    module: nn.Module,
+    sparsity: float,
+    pattern: Pattern,
+    seed: int,
+    backend: str,
+    name: str,
+    stats: GramStats,
+    kind: str,
+    damp: float,
+) -> tuple[nn.Module, float | None, str]:
     """(the RBGP layer fitted to the calibration statistics, its relative output error, a note).
     A layer the model never called on the calibration data is converted data-free (init="magnitude")."""
     if stats.rows == 0:
-        return (_convert(module, sparsity, pattern, seed, "magnitude", backend, name), None,
-                "not called on the calibration data: fitted to |W| (data-free)")
+        return (
+            _convert(module, sparsity, pattern, seed, "magnitude", backend, name),
+            None,
+            "not called on the calibration data: fitted to |W| (data-free)",
+        )
     w = _weight_matrix(module)
     b = module.bias.detach() if module.bias is not None else None
     try:
         structure = fit_calibrated(pattern, w, stats.inputs, _shape(module), sparsity, seed, kind, damp)
         cls = RBGPLinear if not isinstance(module, nn.Conv2d) else RBGPConv2d
-        new = cls.from_dense(module, sparsity, pattern=pattern, seed=seed, keep_weights=False, backend=backend,
-                             structure=structure)
+        new = cls.from_dense(
+            module, sparsity, pattern=pattern, seed=seed, keep_weights=False, backend=backend, structure=structure
+        )
     except ValueError as err:
         raise ValueError(f"cannot sparsify layer {name!r} ({module}): {err}") from err
     values, bias = solve_grouped(w, b, stats.gram, new.row_index, new.col_index, damp)

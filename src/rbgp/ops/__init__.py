@@ -12,9 +12,21 @@ from rbgp.ops.layout import LayoutTensors
 from rbgp.ops.reference import dense_weight, grouped_values, reference_linear
 from rbgp.ops.weight import SparseWeight
 
-__all__ = ["BACKENDS", "HAS_TRITON", "ConvArgs", "LayoutTensors", "GroupedLinearFunction", "SparseWeight",
-           "dense_weight", "grouped_values", "plan_conv", "reference_linear", "rbgp_conv2d", "rbgp_linear",
-           "resolve_backend"]  # and triton_linear, lazily
+__all__ = [
+    "BACKENDS",
+    "HAS_TRITON",
+    "ConvArgs",
+    "LayoutTensors",
+    "GroupedLinearFunction",
+    "SparseWeight",
+    "dense_weight",
+    "grouped_values",
+    "plan_conv",
+    "reference_linear",
+    "rbgp_conv2d",
+    "rbgp_linear",
+    "resolve_backend",
+]  # and triton_linear, lazily
 
 
 def __getattr__(name: str):

@@ -34,10 +34,9 @@ def channel_table(col_index: torch.Tensor, taps: int) -> torch.Tensor | None:
 
 
 CHANNEL_ALIGN = 8
-"""Channels per group are padded to a multiple of this: oneDNN's grouped conv runs 3-4x slower when
-they are not (3x3, batch 32, 32 groups of 8 rows at 8x8: 24 channels 2.8 ms, 27 channels 11.7 ms,
-32 channels 3.3 ms on the 2-core CPU). The padding channels repeat a channel of the group and get
-zero weights, so they add work but change no result."""
+"""Channels per group are padded to a multiple of this: oneDNN's grouped conv runs several times
+slower when they are not (`benchmarks/conv_merge.md`). The padding channels repeat a channel of the
+group and get zero weights, so they add work but change no result."""
 
 
 def padded_channels(channels: torch.Tensor, align: int = CHANNEL_ALIGN) -> torch.Tensor:
@@ -55,10 +54,19 @@ def merged_weight(values: torch.Tensor, merge: int) -> torch.Tensor:
     return (values.view(g // merge, merge, r, 1, k) * eye).reshape(g // merge, merge * r, merge * k)
 
 
-def channel_grouped_conv2d(x: torch.Tensor, values: torch.Tensor, channels: torch.Tensor,
-                           row_order: torch.Tensor | None, out_channels: int, kernel_size: tuple[int, int], stride: tuple[int, int],
-                           padding: tuple[int, int], dilation: tuple[int, int],
-                           bias: torch.Tensor | None = None, merge: int = 1) -> torch.Tensor:
+def channel_grouped_conv2d(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    channels: torch.Tensor,
+    row_order: torch.Tensor | None,
+    out_channels: int,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    bias: torch.Tensor | None = None,
+    merge: int = 1,
+) -> torch.Tensor:
     """The RBGP conv of x (N, C, H, W) with (G, R, K) `values` whose group g reads input `channels[g]`;
     `row_order` puts the G*R group-major outputs in channel order (padding rows last, dropped); None
     when they are in channel order already (RBGP4's conv labelling), which saves a copy of the output.
@@ -68,7 +76,9 @@ def channel_grouped_conv2d(x: torch.Tensor, values: torch.Tensor, channels: torc
     weight (`merged_weight`): `merge` times the multiply-adds, but GEMMs `merge` times taller, which the
     conv library runs far better than 2-4-row ones. The gathered input is the same either way."""
     if x.dtype != values.dtype and not torch.is_autocast_enabled(x.device.type):
-        raise ValueError(f"input dtype {x.dtype} differs from the weight dtype {values.dtype}; cast one or use autocast")
+        raise ValueError(
+            f"input dtype {x.dtype} differs from the weight dtype {values.dtype}; cast one or use autocast"
+        )
     g, r, k = values.shape
     kh, kw = kernel_size
     if g % merge:
@@ -76,8 +86,9 @@ def channel_grouped_conv2d(x: torch.Tensor, values: torch.Tensor, channels: torc
     pad = channels.shape[1] * kh * kw - k
     if pad:
         values = F.pad(values, (0, pad))
-    weight = (merged_weight(values, merge) if merge > 1 else values).reshape(g * r, merge * (k + pad) // (kh * kw),
-                                                                              kh, kw)
+    weight = (merged_weight(values, merge) if merge > 1 else values).reshape(
+        g * r, merge * (k + pad) // (kh * kw), kh, kw
+    )
     y = F.conv2d(x.index_select(1, channels.reshape(-1)), weight, None, stride, padding, dilation, g // merge)
     if row_order is not None:
         y = y.index_select(1, row_order[:out_channels])

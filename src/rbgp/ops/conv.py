@@ -33,10 +33,7 @@ numbers never depend on a timing). Grouped convs of 2-4-row groups run slower th
 so groups of fewer than MERGE_ROWS rows are merged, a few consecutive ones at a time, into groups of
 at least MERGE_ROWS rows with block-diagonal weights (`channel_grouped_conv2d(merge=...)`); when the
 merged work would exceed MAX_MERGED_DENSITY of the dense conv's, the dense conv of the masked weight
-runs instead. Measured on the 2-core CPU, batch 32, 3x3, fwd+bwd vs dense: 128->128 @16x16 at 90%
-(4-row groups) 0.98x as they are, 1.42x merged by 2; at 95% (2-row groups) 0.40x as they are, 1.39x
-merged by 4; 64->64 @32x32 at 90% (2-row groups) 0.22x as they are, 0.37x merged by 4, 0.83x as a
-masked dense conv (`benchmarks/conv_merge.md`)."""
+runs instead (each option measured in `benchmarks/conv_merge.md`)."""
 
 
 def im2col_runs_dense(rows: int, density: float) -> bool:
@@ -44,9 +41,7 @@ def im2col_runs_dense(rows: int, density: float) -> bool:
     masked weight: when its row groups are under MERGE_ROWS rows (its GEMMs are then too thin to
     beat the dense one, and this path has no merging), or its density is above MAX_MERGED_DENSITY
     (the grouped GEMM copies each input row once per group that reads it, which then costs more than
-    the dense conv saves). On the 2-core CPU, batch 32: ResNet-18's 1x1 shortcuts that ERK makes 0.77
-    and 0.99 dense ran 0.36x and 0.18x dense forward+backward on the grouped GEMM
-    (`benchmarks/models-cpu.md` at commit 1b99ed0)."""
+    the dense conv saves; `benchmarks/models-cpu.md`, per-layer timings)."""
     return rows < MERGE_ROWS or density > MAX_MERGED_DENSITY
 
 
@@ -87,9 +82,16 @@ class ConvArgs:
     rows_in_order: bool = True  # group-major outputs are channel order already
 
 
-def plan_conv(layout: LayoutTensors, channels: torch.Tensor | None, kernel_size: tuple[int, int],
-              stride: tuple[int, int], pad: tuple[int, int, int, int], dilation: tuple[int, int], padding_mode: str,
-              density: float) -> ConvArgs:
+def plan_conv(
+    layout: LayoutTensors,
+    channels: torch.Tensor | None,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    pad: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+    padding_mode: str,
+    density: float,
+) -> ConvArgs:
     """The ConvArgs of a conv whose (out, C*kh*kw) weight has `layout` (and channel table `channels`,
     see `SparseWeight`) with these arguments."""
     if padding_mode not in PADDING_MODES:
@@ -99,13 +101,23 @@ def plan_conv(layout: LayoutTensors, channels: torch.Tensor | None, kernel_size:
     if channels is not None:
         merge = conv_merge(g, r, density * channels.numel() / (g * k) * math.prod(kernel_size))
     in_order = bool(torch.equal(layout.row_order.cpu(), torch.arange(layout.row_order.numel())))
-    return ConvArgs(tuple(kernel_size), tuple(stride), tuple(pad), tuple(dilation), padding_mode,
-                    layout.out_features, merge, pointwise_runs_dense(r, density), im2col_runs_dense(r, density),
-                    in_order)
+    return ConvArgs(
+        tuple(kernel_size),
+        tuple(stride),
+        tuple(pad),
+        tuple(dilation),
+        padding_mode,
+        layout.out_features,
+        merge,
+        pointwise_runs_dense(r, density),
+        im2col_runs_dense(r, density),
+        in_order,
+    )
 
 
-def masked_dense_conv2d(x: torch.Tensor, weight: SparseWeight, conv: ConvArgs, padding: tuple[int, int],
-                        bias: torch.Tensor | None) -> torch.Tensor:
+def masked_dense_conv2d(
+    x: torch.Tensor, weight: SparseWeight, conv: ConvArgs, padding: tuple[int, int], bias: torch.Tensor | None
+) -> torch.Tensor:
     """The dense conv of the masked weight (the path for layers too small or too dense to gain)."""
     x, values, bias = autocast_inputs(x, weight.values, bias)
     kh, kw = conv.kernel_size
@@ -115,8 +127,9 @@ def masked_dense_conv2d(x: torch.Tensor, weight: SparseWeight, conv: ConvArgs, p
         return F.conv2d(x, w, bias, conv.stride, padding, conv.dilation)
 
 
-def rbgp_conv2d(x: torch.Tensor, weight: SparseWeight, conv: ConvArgs, bias: torch.Tensor | None = None,
-                backend: str = "auto") -> torch.Tensor:
+def rbgp_conv2d(
+    x: torch.Tensor, weight: SparseWeight, conv: ConvArgs, bias: torch.Tensor | None = None, backend: str = "auto"
+) -> torch.Tensor:
     """The RBGP conv of x (N, C, H, W) on the path `conv` planned (see the module docstring); backends
     "triton" and "reference" always take im2col."""
     left, right, top, bottom = conv.pad
@@ -130,15 +143,33 @@ def rbgp_conv2d(x: torch.Tensor, weight: SparseWeight, conv: ConvArgs, bias: tor
         if conv.merge is None:  # tiny groups: the masked dense conv is faster
             return masked_dense_conv2d(x, weight, conv, padding, bias)
         order = None if conv.rows_in_order else layout.row_order
-        return channel_grouped_conv2d(x, weight.values, weight.channels, order, conv.out_channels, conv.kernel_size,
-                                      conv.stride, padding, conv.dilation, bias, conv.merge)
+        return channel_grouped_conv2d(
+            x,
+            weight.values,
+            weight.channels,
+            order,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            padding,
+            conv.dilation,
+            bias,
+            conv.merge,
+        )
     pointwise = backend == "grouped" or (backend == "auto" and x.device.type == "cpu")
     if pointwise and conv.kernel_size == (1, 1) and conv.stride == (1, 1) and padding == (0, 0):
         if backend == "auto" and conv.pointwise_dense:
             return masked_dense_conv2d(x, weight, conv, padding, bias)
         ordered = conv.rows_in_order and layout.row_order.numel() == conv.out_channels
-        return pointwise_conv2d(x, weight.values, layout.col_index.reshape(-1), layout.row_index.reshape(-1),
-                                None if ordered else layout.row_order[:conv.out_channels], conv.out_channels, bias)
+        return pointwise_conv2d(
+            x,
+            weight.values,
+            layout.col_index.reshape(-1),
+            layout.row_index.reshape(-1),
+            None if ordered else layout.row_order[: conv.out_channels],
+            conv.out_channels,
+            bias,
+        )
     if backend == "auto" and conv.im2col_dense:
         return masked_dense_conv2d(x, weight, conv, padding, bias)
     cols, oh, ow = im2col_feature_major(x, conv.kernel_size, conv.stride, padding, conv.dilation)

@@ -36,15 +36,18 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype | Non
         if not HAS_TRITON:
             raise ValueError("backend 'triton' needs the triton package (pip install 'rbgp[triton]')")
         if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError("backend 'triton' got CPU tensors; it runs on CUDA, or on the CPU only under "
-                             "Triton's interpreter (set TRITON_INTERPRET=1 before importing triton)")
+            raise ValueError(
+                "backend 'triton' got CPU tensors; it runs on CUDA, or on the CPU only under "
+                "Triton's interpreter (set TRITON_INTERPRET=1 before importing triton)"
+            )
         if device.type not in ("cpu", "cuda"):
             raise ValueError(f"backend 'triton' runs on CUDA tensors, got {device.type} tensors")
     return backend
 
 
-def rbgp_linear(x: torch.Tensor, weight: SparseWeight, bias: torch.Tensor | None = None,
-                backend: str = "auto") -> torch.Tensor:
+def rbgp_linear(
+    x: torch.Tensor, weight: SparseWeight, bias: torch.Tensor | None = None, backend: str = "auto"
+) -> torch.Tensor:
     """y = x W^T + b for the grouped-sparse `weight`; x may have any leading dims.
 
     Under torch.autocast the GEMM inputs are cast to the autocast dtype (bf16: fp32 master weights,
@@ -69,7 +72,7 @@ def rbgp_linear(x: torch.Tensor, weight: SparseWeight, bias: torch.Tensor | None
         else:
             y = grouped_linear(x2, values, layout)
     if y.shape[1] != layout.out_features:
-        y = y[:, :layout.out_features]  # drop the padding rows (a view; its backward pads with zeros)
+        y = y[:, : layout.out_features]  # drop the padding rows (a view; its backward pads with zeros)
     if bias is not None:
         y = y + bias
     return y.reshape(*lead, layout.out_features)

@@ -44,8 +44,9 @@ def gather_rows(table: torch.Tensor, index: torch.Tensor, workspace: Workspace |
     dtypes, where that kernel is not faster, use index_select. A -0.0 comes back as +0.0 (the bag
     sums from 0). The bags' offsets are kept in `workspace` when one is given."""
     if table.dtype == torch.float32 and table.device.type == "cpu":
-        return F.embedding_bag(index, table, _bag_offsets(index.numel(), index.dtype, index.device, workspace),
-                               mode="sum")
+        return F.embedding_bag(
+            index, table, _bag_offsets(index.numel(), index.dtype, index.device, workspace), mode="sum"
+        )
     return table.index_select(0, index)
 
 
@@ -54,8 +55,9 @@ def _bag_offsets(count: int, dtype: torch.dtype, device: torch.device, workspace
     if workspace is None:
         return torch.arange(count, dtype=dtype, device=device)
     size = 1 << max(0, count - 1).bit_length()
-    return workspace.get("offsets", (dtype, device, size),
-                         lambda: torch.arange(size, dtype=dtype, device=device), tensor_bytes)[:count]
+    return workspace.get(
+        "offsets", (dtype, device, size), lambda: torch.arange(size, dtype=dtype, device=device), tensor_bytes
+    )[:count]
 
 
 def _block_index(layout: LayoutTensors, c: slice, n: int, per_row: int, device: torch.device) -> torch.Tensor:
@@ -63,8 +65,9 @@ def _block_index(layout: LayoutTensors, c: slice, n: int, per_row: int, device: 
     i's block j is row i * per_row + j; int32 where it fits, half the bytes of int64. Kept in the
     layout's workspace for its last batch size (building it took 0.2-0.3 ms of a 5 ms 4096x4096
     forward at batch 256)."""
+
     def build() -> torch.Tensor:
-        dtype = torch.int32 if n * per_row < 2 ** 31 else torch.int64
+        dtype = torch.int32 if n * per_row < 2**31 else torch.int64
         first = torch.arange(0, n * per_row, per_row, dtype=dtype, device=device)[:, None]
         return (first + layout.col_blocks[c].to(device).reshape(1, -1)).reshape(-1)
 
@@ -81,7 +84,7 @@ def _bmm_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
         return
     per = max(1, OUT_CHUNK_BYTES // max(1, out[0].numel() * out.element_size()))
     for s in range(0, a.shape[0], per):
-        out[s:s + per].copy_(torch.bmm(a[s:s + per], b[s:s + per]))
+        out[s : s + per].copy_(torch.bmm(a[s : s + per], b[s : s + per]))
 
 
 def _chunks(layout: LayoutTensors, n: int, itemsize: int, limit: int | None = None) -> list[slice]:
@@ -92,8 +95,9 @@ def _chunks(layout: LayoutTensors, n: int, itemsize: int, limit: int | None = No
     return [slice(s, min(s + per, g)) for s in range(0, g, per)]
 
 
-def _gathered_inputs(x: torch.Tensor, layout: LayoutTensors, gather: bool = True
-                     ) -> Iterator[tuple[slice, torch.Tensor | None]]:
+def _gathered_inputs(
+    x: torch.Tensor, layout: LayoutTensors, gather: bool = True
+) -> Iterator[tuple[slice, torch.Tensor | None]]:
     """(groups c, the (cs, K, N) inputs they read) chunk by chunk, for x (N, in): micro-blocks of a
     row-major x gathered as rows (a strided view), rows of a feature-major x gathered whole
     (contiguous). With gather=False only the chunks (and None)."""
@@ -103,7 +107,9 @@ def _gathered_inputs(x: torch.Tensor, layout: LayoutTensors, gather: bool = True
         blocks = x.view(-1, bw)  # row n's micro-block j is blocks[n * in / bw + j]
         per_row = x.shape[1] // bw
         for c in _chunks(layout, n, x.element_size(), ROW_CHUNK_BYTES):
-            xg = gather_rows(blocks, _block_index(layout, c, n, per_row, x.device), layout.workspace) if gather else None
+            xg = (
+                gather_rows(blocks, _block_index(layout, c, n, per_row, x.device), layout.workspace) if gather else None
+            )
             yield c, (xg.view(n, c.stop - c.start, k).permute(1, 2, 0) if gather else None)
     else:
         xt = feature_major(x) if gather else None
@@ -132,8 +138,14 @@ def grouped_forward(x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors
     return yt if in_order is not None else yt.index_select(0, layout.row_order)
 
 
-def grouped_backward(grad_y: torch.Tensor, x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors,
-                     need_input: bool = True, need_values: bool = True):
+def grouped_backward(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    values: torch.Tensor,
+    layout: LayoutTensors,
+    need_input: bool = True,
+    need_values: bool = True,
+):
     """(dxt (in, N) or None, dV (G, R, K) or None) from grad_y (N, out) and x (N, in), each row-major
     or the transposed view of a feature-major buffer. Rows in order or interleaved read grad_y group-major
     in place (after one copy when it is row-major); x is re-gathered as the forward gathered it."""
@@ -179,8 +191,8 @@ class GroupedLinearFunction(torch.autograd.Function):
 
 def grouped_linear(x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors) -> torch.Tensor:
     """`GroupedLinearFunction.apply`, or the bare forward when no gradient is wanted: inference then
-    skips building an autograd node (15-30 us a call on the 2-core VM, a tenth of a batch-1 4096x4096
-    forward at density 1/16)."""
+    skips building an autograd node, a measurable share of a batch-1 forward
+    (`benchmarks/linear_fixed_costs.md`)."""
     if torch.is_grad_enabled() and (x.requires_grad or values.requires_grad):
         return GroupedLinearFunction.apply(x, values, layout)
     return grouped_forward(x, values, layout).t()

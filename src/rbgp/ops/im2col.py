@@ -15,20 +15,27 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def im2col_feature_major(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
-                         padding: tuple[int, int], dilation: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+def im2col_feature_major(
+    x: torch.Tensor,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> tuple[torch.Tensor, int, int]:
     """(N, C, H, W) -> ((C*kh*kw, N*oh*ow) contiguous, oh, ow); rows ordered like a conv weight's
     (c_in, kh, kw) flattening. Differentiable."""
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
     oh, ow = conv_output_size(h, kh, sh, ph, dh), conv_output_size(w, kw, sw, pw, dw)
     if oh < 1 or ow < 1:
-        raise ValueError(f"input {h}x{w} is too small for kernel {kernel} with padding {padding}, "
-                         f"dilation {dilation}")
+        raise ValueError(f"input {h}x{w} is too small for kernel {kernel} with padding {padding}, dilation {dilation}")
     xc = x.transpose(0, 1)  # (C, N, H, W); contiguous when x came from a previous RBGP conv
     if ph or pw:
         xc = torch.nn.functional.pad(xc, (pw, pw, ph, ph))
-    taps = [xc[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw]
-            for i in range(kh) for j in range(kw)]
+    taps = [
+        xc[:, :, i * dh : i * dh + sh * (oh - 1) + 1 : sh, j * dw : j * dw + sw * (ow - 1) + 1 : sw]
+        for i in range(kh)
+        for j in range(kw)
+    ]
     cols = torch.stack(taps, dim=1)  # (C, kh*kw, N, oh, ow)
     return cols.reshape(c * kh * kw, n * oh * ow), oh, ow

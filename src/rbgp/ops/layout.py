@@ -88,19 +88,31 @@ class LayoutTensors(NamedTuple):
 
     @classmethod
     def from_layout(cls, layout: GroupedLayout, device: torch.device | str | None = None) -> LayoutTensors:
-        return cls.from_indices(torch.tensor(layout.row_index, dtype=torch.int64),  # copies: own storage
-                                torch.tensor(layout.col_index, dtype=torch.int64), layout.in_features, device,
-                                out_features=layout.out_features)
+        return cls.from_indices(
+            torch.tensor(layout.row_index, dtype=torch.int64),  # copies: own storage
+            torch.tensor(layout.col_index, dtype=torch.int64),
+            layout.in_features,
+            device,
+            out_features=layout.out_features,
+        )
 
     @classmethod
-    def from_indices(cls, row_index: torch.Tensor, col_index: torch.Tensor, in_features: int,
-                     device: torch.device | str | None = None, block_width: int | None = None,
-                     out_features: int | None = None) -> LayoutTensors:
+    def from_indices(
+        cls,
+        row_index: torch.Tensor,
+        col_index: torch.Tensor,
+        in_features: int,
+        device: torch.device | str | None = None,
+        block_width: int | None = None,
+        out_features: int | None = None,
+    ) -> LayoutTensors:
         """Build every table from (G, R) row and (G, K) column lists; `block_width` is detected when
         not given (and checked when given); `out_features` defaults to G*R (no padding rows)."""
         if row_index.dim() != 2 or col_index.dim() != 2 or row_index.shape[0] != col_index.shape[0]:
-            raise ValueError(f"row_index {tuple(row_index.shape)} and col_index {tuple(col_index.shape)} must be "
-                             f"(G, R) and (G, K) with the same G")
+            raise ValueError(
+                f"row_index {tuple(row_index.shape)} and col_index {tuple(col_index.shape)} must be "
+                f"(G, R) and (G, K) with the same G"
+            )
         if col_index.numel() and (int(col_index.min()) < 0 or int(col_index.max()) >= in_features):
             raise ValueError(f"col_index holds columns outside [0, {in_features})")
         rows, cols = row_index.long().cpu(), col_index.long().cpu()
@@ -110,8 +122,9 @@ class LayoutTensors(NamedTuple):
         out = rows.numel() if out_features is None else out_features
         if not 0 < out <= rows.numel():
             raise ValueError(f"out_features={out} must be in [1, {rows.numel()}] (the rows of the layout)")
-        return cls(rows, cols, order, in_features, bw, col_blocks, col_entries, out, detect_row_strides(rows),
-                   Workspace()).to(device)
+        return cls(
+            rows, cols, order, in_features, bw, col_blocks, col_entries, out, detect_row_strides(rows), Workspace()
+        ).to(device)
 
     @property
     def padded_rows(self) -> int:
@@ -125,8 +138,9 @@ class LayoutTensors(NamedTuple):
     @property
     def buffers(self) -> dict[str, torch.Tensor]:
         """The tensors a module registers (as non-persistent buffers, so `.to()` moves them)."""
-        return {name: getattr(self, name) for name in ("row_index", "col_index", "row_order", "col_blocks",
-                                                        "col_entries")}
+        return {
+            name: getattr(self, name) for name in ("row_index", "col_index", "row_order", "col_blocks", "col_entries")
+        }
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.buffers.values())

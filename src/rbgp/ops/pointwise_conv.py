@@ -27,24 +27,33 @@ def samples_per_chunk(n: int, per_sample_bytes: int) -> int:
 
 class PointwiseConvFunction(torch.autograd.Function):
     """y = conv1x1(x, W) + b (stride 1, no padding) for the grouped-sparse W = (G, R, K) `values` whose
-    group g reads input channels `channels[g * K:(g + 1) * K]` and writes output channels `rows[g * R:(g + 1) * R]` (ids from
-    `out_channels` on are padding rows, computed and dropped); `order` (out_channels,) gives each output
-    channel's group-major position, None when that is the identity and there are no padding rows."""
+    group g reads input channels `channels[g * K:(g + 1) * K]` and writes output channels
+    `rows[g * R:(g + 1) * R]` (ids from `out_channels` on are padding rows, computed and dropped);
+    `order` (out_channels,) gives each output channel's group-major position, None when that is the
+    identity and there are no padding rows."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, channels: torch.Tensor,
-                rows: torch.Tensor, order: torch.Tensor | None, out_channels: int) -> torch.Tensor:
+    def forward(
+        ctx,
+        x: torch.Tensor,
+        values: torch.Tensor,
+        bias: torch.Tensor | None,
+        channels: torch.Tensor,
+        rows: torch.Tensor,
+        order: torch.Tensor | None,
+        out_channels: int,
+    ) -> torch.Tensor:
         g, r, k = values.shape
         n, _, oh, ow = x.shape
         y = x.new_empty(n, out_channels, oh * ow)
         step = samples_per_chunk(n, (g * k + g * r) * oh * ow * x.element_size())
         for s in range(0, n, step):
-            xg = x[s:s + step].transpose(0, 1).index_select(0, channels)  # (G*K, n, oh, ow)
+            xg = x[s : s + step].transpose(0, 1).index_select(0, channels)  # (G*K, n, oh, ow)
             yg = torch.bmm(values, xg.view(g, k, -1)).view(g * r, -1, oh * ow)
             yg = yg[:out_channels] if order is None else yg.index_select(0, order)
             if bias is not None:
                 yg += bias.view(-1, 1, 1)
-            y[s:s + step].copy_(yg.transpose(0, 1))
+            y[s : s + step].copy_(yg.transpose(0, 1))
         ctx.save_for_backward(x, values, channels, rows)
         ctx.has_bias = bias is not None
         return y.view(n, out_channels, oh, ow)
@@ -62,24 +71,30 @@ class PointwiseConvFunction(torch.autograd.Function):
         dv = torch.zeros_like(values) if need_v else None
         step = samples_per_chunk(n, (g * k + g * r) * oh * ow * x.element_size())
         for s in range(0, n, step):
-            dyg = dy[s:s + step].transpose(0, 1).index_select(0, real_rows)  # (G*R, n, oh, ow)
+            dyg = dy[s : s + step].transpose(0, 1).index_select(0, real_rows)  # (G*R, n, oh, ow)
             if padding.numel():
                 dyg.index_fill_(0, padding, 0)
             dyg = dyg.view(g, r, -1)
             if need_v:
-                xg = x[s:s + step].transpose(0, 1).index_select(0, channels).view(g, k, -1)
+                xg = x[s : s + step].transpose(0, 1).index_select(0, channels).view(g, k, -1)
                 dv.baddbmm_(dyg, xg.transpose(1, 2))
             if need_x:
                 dxg = torch.bmm(values.transpose(1, 2), dyg).view(g * k, -1, oh, ow)
                 dxs = dxg.new_zeros(c_in, *dxg.shape[1:]).index_add_(0, channels, dxg)
-                dx[s:s + step].copy_(dxs.transpose(0, 1))
+                dx[s : s + step].copy_(dxs.transpose(0, 1))
         db = dy.sum((0, 2, 3)) if need_b and ctx.has_bias else None
         return dx, dv, db, None, None, None, None
 
 
-def pointwise_conv2d(x: torch.Tensor, values: torch.Tensor, channels: torch.Tensor, rows: torch.Tensor,
-                     order: torch.Tensor | None, out_channels: int,
-                     bias: torch.Tensor | None = None) -> torch.Tensor:
+def pointwise_conv2d(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    channels: torch.Tensor,
+    rows: torch.Tensor,
+    order: torch.Tensor | None,
+    out_channels: int,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The 1x1 RBGP conv (stride 1, no padding) of x (N, C, H, W), see `PointwiseConvFunction`; under
     autocast on the autocast dtype (`autocast_inputs`)."""
     x, values, bias = autocast_inputs(x, values, bias)

@@ -14,7 +14,7 @@ def dense_weight(values: torch.Tensor, layout: LayoutTensors) -> torch.Tensor:
     weight = values.new_zeros(g * r, layout.in_features)
     rows = layout.row_index[:, :, None].expand(g, r, k)
     cols = layout.col_index[:, None, :].expand(g, r, k)
-    return weight.index_put((rows.reshape(-1), cols.reshape(-1)), values.reshape(-1))[:layout.out_features]
+    return weight.index_put((rows.reshape(-1), cols.reshape(-1)), values.reshape(-1))[: layout.out_features]
 
 
 def grouped_values(weight: torch.Tensor, layout: LayoutTensors) -> torch.Tensor:
@@ -25,7 +25,8 @@ def grouped_values(weight: torch.Tensor, layout: LayoutTensors) -> torch.Tensor:
     return weight[layout.row_index[:, :, None], layout.col_index[:, None, :]]
 
 
-def reference_linear(x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors,
-                     bias: torch.Tensor | None = None) -> torch.Tensor:
+def reference_linear(
+    x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors, bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """y = x W^T + b with W the masked dense weight; autograd gives the reference gradients."""
     return F.linear(x, dense_weight(values, layout), bias)

@@ -71,8 +71,7 @@ def _mma(a, b, acc, INPUT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
     if a.shape[0] < 16 or a.shape[1] < 16 or b.shape[1] < 16:
         acc += tl.sum(a.to(tl.float32)[:, :, None] * b.to(tl.float32)[None, :, :], axis=1)
     else:
-        acc = tl.dot(_dot_operand(a, EMULATE_BF16), _dot_operand(b, EMULATE_BF16), acc,
-                     input_precision=INPUT_PRECISION)
+        acc = tl.dot(_dot_operand(a, EMULATE_BF16), _dot_operand(b, EMULATE_BF16), acc, input_precision=INPUT_PRECISION)
     return acc
 
 
@@ -91,11 +90,29 @@ def _block_columns(cblk_ptr, g, offs_k, mask_k, KB, BW: tl.constexpr, CONTIG: tl
 
 @triton.jit
 def grouped_fwd_kernel(
-    x_ptr, v_ptr, y_ptr, rows_ptr, cblk_ptr,
-    N, R, K, KB,
-    stride_xn, stride_xi, stride_vg, stride_vr, stride_vk, stride_yn, stride_yo,
-    BW: tl.constexpr, BW_ALIGN: tl.constexpr, INPUT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+    x_ptr,
+    v_ptr,
+    y_ptr,
+    rows_ptr,
+    cblk_ptr,
+    N,
+    R,
+    K,
+    KB,
+    stride_xn,
+    stride_xi,
+    stride_vg,
+    stride_vr,
+    stride_vk,
+    stride_yn,
+    stride_yo,
+    BW: tl.constexpr,
+    BW_ALIGN: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    EMULATE_BF16: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     """Y[n, row(g, r)] = X[n, col(g, :)] . V[g, r, :] for one (BLOCK_N, BLOCK_R) tile of group g."""
     pid_n = tl.program_id(0)
@@ -118,17 +135,35 @@ def grouped_fwd_kernel(
         acc = _mma(xt, vt, acc, INPUT_PRECISION, EMULATE_BF16)
     rows = tl.load(rows_ptr + g * R + offs_r, mask=mask_r, other=0)
     y_ptrs = y_ptr + offs_n.to(tl.int64)[:, None] * stride_yn + rows.to(tl.int64)[None, :] * stride_yo
-    tl.store(y_ptrs, _round_bf16(acc, EMULATE_BF16).to(y_ptr.dtype.element_ty),
-             mask=mask_n[:, None] & mask_r[None, :])
+    tl.store(y_ptrs, _round_bf16(acc, EMULATE_BF16).to(y_ptr.dtype.element_ty), mask=mask_n[:, None] & mask_r[None, :])
 
 
 @triton.jit
 def grouped_bwd_input_kernel(
-    dy_ptr, v_ptr, dx_ptr, rows_ptr, ent_ptr,
-    N, R, KB, IN, D,
-    stride_dyn, stride_dyo, stride_vg, stride_vr, stride_vk, stride_xn, stride_xi,
-    BW: tl.constexpr, BW_ALIGN: tl.constexpr, INPUT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    dy_ptr,
+    v_ptr,
+    dx_ptr,
+    rows_ptr,
+    ent_ptr,
+    N,
+    R,
+    KB,
+    IN,
+    D,
+    stride_dyn,
+    stride_dyo,
+    stride_vg,
+    stride_vr,
+    stride_vk,
+    stride_xn,
+    stride_xi,
+    BW: tl.constexpr,
+    BW_ALIGN: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    EMULATE_BF16: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
     """dX[n, c] for BLOCK_C columns c of one input block b: sum over the (g, kb) reading b and over r."""
     TILES: tl.constexpr = (BW + BLOCK_C - 1) // BLOCK_C  # column tiles per block
@@ -152,22 +187,42 @@ def grouped_bwd_input_kernel(
             offs_r = r0 + tl.arange(0, BLOCK_R)
             mask_r = offs_r < rows_used
             rows = tl.load(rows_ptr + g * R + offs_r, mask=mask_r, other=0)
-            dyt = tl.load(dy_rows + rows.to(tl.int64)[None, :] * stride_dyo, mask=mask_n[:, None] & mask_r[None, :],
-                          other=0.0)
+            dyt = tl.load(
+                dy_rows + rows.to(tl.int64)[None, :] * stride_dyo, mask=mask_n[:, None] & mask_r[None, :], other=0.0
+            )
             vt = tl.load(v_cols + offs_r[:, None] * stride_vr, mask=mask_r[:, None] & mask_c[None, :], other=0.0)
             acc = _mma(dyt, vt, acc, INPUT_PRECISION, EMULATE_BF16)
     dx_ptrs = dx_ptr + offs_n.to(tl.int64)[:, None] * stride_xn + cols[None, :] * stride_xi
-    tl.store(dx_ptrs, _round_bf16(acc, EMULATE_BF16).to(dx_ptr.dtype.element_ty),
-             mask=mask_n[:, None] & mask_c[None, :])
+    tl.store(
+        dx_ptrs, _round_bf16(acc, EMULATE_BF16).to(dx_ptr.dtype.element_ty), mask=mask_n[:, None] & mask_c[None, :]
+    )
 
 
 @triton.jit
 def grouped_bwd_values_kernel(
-    dy_ptr, x_ptr, dv_ptr, rows_ptr, cblk_ptr,
-    N, R, K, KB,
-    stride_dyn, stride_dyo, stride_xn, stride_xi, stride_vg, stride_vr, stride_vk,
-    BW: tl.constexpr, BW_ALIGN: tl.constexpr, INPUT_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+    dy_ptr,
+    x_ptr,
+    dv_ptr,
+    rows_ptr,
+    cblk_ptr,
+    N,
+    R,
+    K,
+    KB,
+    stride_dyn,
+    stride_dyo,
+    stride_xn,
+    stride_xi,
+    stride_vg,
+    stride_vr,
+    stride_vk,
+    BW: tl.constexpr,
+    BW_ALIGN: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    EMULATE_BF16: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     """dV[g, r, k] = dY[:, row(g, r)] . X[:, col(g, k)] for one (BLOCK_R, BLOCK_K) tile of group g."""
     pid_k = tl.program_id(0)
@@ -186,18 +241,22 @@ def grouped_bwd_values_kernel(
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
-        dyt = tl.load(dy_cols + offs_n.to(tl.int64)[None, :] * stride_dyn, mask=mask_r[:, None] & mask_n[None, :],
-                      other=0.0)
-        xt = tl.load(x_cols + offs_n.to(tl.int64)[:, None] * stride_xn, mask=mask_n[:, None] & mask_k[None, :],
-                     other=0.0)
+        dyt = tl.load(
+            dy_cols + offs_n.to(tl.int64)[None, :] * stride_dyn, mask=mask_r[:, None] & mask_n[None, :], other=0.0
+        )
+        xt = tl.load(
+            x_cols + offs_n.to(tl.int64)[:, None] * stride_xn, mask=mask_n[:, None] & mask_k[None, :], other=0.0
+        )
         acc = _mma(dyt, xt, acc, INPUT_PRECISION, EMULATE_BF16)
     dv_ptrs = dv_ptr + g * stride_vg + offs_r[:, None] * stride_vr + offs_k[None, :] * stride_vk
-    tl.store(dv_ptrs, _round_bf16(acc, EMULATE_BF16).to(dv_ptr.dtype.element_ty),
-             mask=mask_r[:, None] & mask_k[None, :])
+    tl.store(
+        dv_ptrs, _round_bf16(acc, EMULATE_BF16).to(dv_ptr.dtype.element_ty), mask=mask_r[:, None] & mask_k[None, :]
+    )
 
 
 # ---- plain PyTorch descriptions of the same computations, on the same tables ----------------------------
 # (accumulating in fp32 like the kernels, or in fp64 when given fp64 tensors)
+
 
 def _acc(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
@@ -209,8 +268,9 @@ def block_columns_reference(col_blocks: torch.Tensor, block_width: int) -> torch
     return (col_blocks.long()[:, :, None] * block_width + offs).flatten(1)
 
 
-def fwd_reference(x: torch.Tensor, values: torch.Tensor, row_index: torch.Tensor, col_blocks: torch.Tensor,
-                  block_width: int) -> torch.Tensor:
+def fwd_reference(
+    x: torch.Tensor, values: torch.Tensor, row_index: torch.Tensor, col_blocks: torch.Tensor, block_width: int
+) -> torch.Tensor:
     """What `grouped_fwd_kernel` computes: y (N, G*R), group by group."""
     cols = block_columns_reference(col_blocks, block_width)
     y = _acc(x.new_zeros(x.shape[0], row_index.numel()))
@@ -219,8 +279,14 @@ def fwd_reference(x: torch.Tensor, values: torch.Tensor, row_index: torch.Tensor
     return y.to(x.dtype)
 
 
-def bwd_input_reference(grad_y: torch.Tensor, values: torch.Tensor, row_index: torch.Tensor,
-                        col_entries: torch.Tensor, block_width: int, in_features: int) -> torch.Tensor:
+def bwd_input_reference(
+    grad_y: torch.Tensor,
+    values: torch.Tensor,
+    row_index: torch.Tensor,
+    col_entries: torch.Tensor,
+    block_width: int,
+    in_features: int,
+) -> torch.Tensor:
     """What `grouped_bwd_input_kernel` computes: dx (N, in), input block by input block."""
     kb_count = values.shape[2] // block_width
     dx = _acc(grad_y.new_zeros(grad_y.shape[0], in_features))
@@ -230,15 +296,17 @@ def bwd_input_reference(grad_y: torch.Tensor, values: torch.Tensor, row_index: t
             if e < 0:
                 continue
             g, kb = divmod(e, kb_count)
-            v = _acc(values[g, :, kb * block_width:(kb + 1) * block_width])
-            dx[:, cols] += (_acc(grad_y[:, row_index[g].long()]) @ v)[:, :cols.stop - cols.start]
+            v = _acc(values[g, :, kb * block_width : (kb + 1) * block_width])
+            dx[:, cols] += (_acc(grad_y[:, row_index[g].long()]) @ v)[:, : cols.stop - cols.start]
     return dx.to(grad_y.dtype)
 
 
-def bwd_values_reference(grad_y: torch.Tensor, x: torch.Tensor, row_index: torch.Tensor, col_blocks: torch.Tensor,
-                         block_width: int) -> torch.Tensor:
+def bwd_values_reference(
+    grad_y: torch.Tensor, x: torch.Tensor, row_index: torch.Tensor, col_blocks: torch.Tensor, block_width: int
+) -> torch.Tensor:
     """What `grouped_bwd_values_kernel` computes: dV (G, R, K) on the non-zeros only."""
     cols = block_columns_reference(col_blocks, block_width)
-    dv = torch.stack([_acc(grad_y[:, row_index[g].long()]).t() @ _acc(x[:, cols[g]])
-                      for g in range(row_index.shape[0])])
+    dv = torch.stack(
+        [_acc(grad_y[:, row_index[g].long()]).t() @ _acc(x[:, cols[g]]) for g in range(row_index.shape[0])]
+    )
     return dv.to(x.dtype)

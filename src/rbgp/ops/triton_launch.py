@@ -45,8 +45,9 @@ def _small_copy(tile: tuple[int, ...], at: int, size: int) -> tuple[int, ...]:
     return tuple(t)
 
 
-def _configs(names: tuple[str, str, str], tiles: list[tuple[int, int, int, int, int]],
-             small: tuple[int, ...] = ()) -> list[triton.Config]:
+def _configs(
+    names: tuple[str, str, str], tiles: list[tuple[int, int, int, int, int]], small: tuple[int, ...] = ()
+) -> list[triton.Config]:
     """Autotune configs from (tile0, tile1, tile2, warps, stages); the third tile is the reduction.
     For each tile position in `small`, copies of the tiles with that tile at each size in SMALL
     (`_small_copy`); under the interpreter one config per size (16 and SMALL), so CPU tests stay fast."""
@@ -66,6 +67,7 @@ def _tile_for(extent: int, small: bool) -> tuple[int, int]:
 
 def _pruner(dims: dict[str, str], small: tuple[str, ...] = ()):
     """Keep the configs whose tile along each dim fits that dim (see `_tile_for`); keep >= 1."""
+
     def prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}
         bounds = {t: _tile_for(int(args[d]), t in small) for t, d in dims.items()}
@@ -74,34 +76,64 @@ def _pruner(dims: dict[str, str], small: tuple[str, ...] = ()):
             return keep
         smallest = min(configs, key=lambda c: sum(abs(c.kwargs[t] - bounds[t][0]) for t in dims))
         return [smallest]
+
     return {"early_config_prune": prune}
 
 
 # (BLOCK_N, BLOCK_R, BLOCK_K, warps, stages): output tile N x R, reduction over K
-_FWD_TILES = [(128, 128, 32, 8, 3), (128, 128, 64, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4),
-              (128, 64, 64, 4, 3), (64, 64, 64, 4, 3), (128, 32, 64, 4, 3), (64, 32, 64, 4, 4),
-              (128, 16, 64, 4, 3), (64, 16, 64, 4, 4)]
+_FWD_TILES = [
+    (128, 128, 32, 8, 3),
+    (128, 128, 64, 8, 3),
+    (128, 64, 32, 4, 4),
+    (64, 128, 32, 4, 4),
+    (128, 64, 64, 4, 3),
+    (64, 64, 64, 4, 3),
+    (128, 32, 64, 4, 3),
+    (64, 32, 64, 4, 4),
+    (128, 16, 64, 4, 3),
+    (64, 16, 64, 4, 4),
+]
 # (BLOCK_R, BLOCK_K, BLOCK_N, warps, stages): output tile R x K, reduction over N
-_VALUES_TILES = [(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 64, 4, 3),
-                 (32, 64, 64, 4, 3), (16, 64, 64, 4, 4), (64, 16, 64, 4, 4), (16, 16, 128, 4, 3)]
+_VALUES_TILES = [
+    (128, 128, 32, 8, 3),
+    (128, 64, 32, 4, 4),
+    (64, 128, 32, 4, 4),
+    (64, 64, 64, 4, 3),
+    (32, 64, 64, 4, 3),
+    (16, 64, 64, 4, 4),
+    (64, 16, 64, 4, 4),
+    (16, 16, 128, 4, 3),
+]
 # (BLOCK_N, BLOCK_C, BLOCK_R, warps, stages): output tile N x C (columns of one block), reduction over R
-_INPUT_TILES = [(128, 64, 32, 4, 4), (128, 128, 32, 8, 3), (64, 64, 64, 4, 3), (128, 32, 64, 4, 3),
-                (128, 16, 64, 4, 3), (64, 16, 64, 4, 4), (64, 32, 32, 4, 4)]
+_INPUT_TILES = [
+    (128, 64, 32, 4, 4),
+    (128, 128, 32, 8, 3),
+    (64, 64, 64, 4, 3),
+    (128, 32, 64, 4, 3),
+    (128, 16, 64, 4, 3),
+    (64, 16, 64, 4, 4),
+    (64, 32, 32, 4, 4),
+]
+
 
 def autotuned(fwd_tiles: list, values_tiles: list, input_tiles: list) -> tuple:
     """The three kernels autotuned over the given tile lists (the launchers use the lists above;
     benchmarks/gpu_tune.py tries others)."""
-    fwd = triton.autotune(_configs(("BLOCK_N", "BLOCK_R", "BLOCK_K"), fwd_tiles, small=(1,)), key=["N", "R", "K"],
-                          prune_configs_by=_pruner({"BLOCK_N": "N", "BLOCK_R": "R", "BLOCK_K": "K"}, ("BLOCK_R",)))(
-        K.grouped_fwd_kernel)
-    values = triton.autotune(_configs(("BLOCK_R", "BLOCK_K", "BLOCK_N"), values_tiles, small=(0,)),
-                             key=["N", "R", "K"], prune_configs_by=_pruner({"BLOCK_R": "R", "BLOCK_K": "K"}, ("BLOCK_R",)))(
-        K.grouped_bwd_values_kernel)
-    grad_input = triton.autotune(_configs(("BLOCK_N", "BLOCK_C", "BLOCK_R"), input_tiles, small=(1, 2)),
-                                 key=["N", "R", "D", "BW"],
-                                 prune_configs_by=_pruner({"BLOCK_N": "N", "BLOCK_C": "BW", "BLOCK_R": "R"},
-                                                          ("BLOCK_C", "BLOCK_R")))(
-        K.grouped_bwd_input_kernel)
+    fwd = triton.autotune(
+        _configs(("BLOCK_N", "BLOCK_R", "BLOCK_K"), fwd_tiles, small=(1,)),
+        key=["N", "R", "K"],
+        prune_configs_by=_pruner({"BLOCK_N": "N", "BLOCK_R": "R", "BLOCK_K": "K"}, ("BLOCK_R",)),
+    )(K.grouped_fwd_kernel)
+    values = triton.autotune(
+        _configs(("BLOCK_R", "BLOCK_K", "BLOCK_N"), values_tiles, small=(0,)),
+        key=["N", "R", "K"],
+        prune_configs_by=_pruner({"BLOCK_R": "R", "BLOCK_K": "K"}, ("BLOCK_R",)),
+    )(K.grouped_bwd_values_kernel)
+    grad_input = triton.autotune(
+        _configs(("BLOCK_N", "BLOCK_C", "BLOCK_R"), input_tiles, small=(1, 2)),
+        key=["N", "R", "D", "BW"],
+        prune_configs_by=_pruner({"BLOCK_N": "N", "BLOCK_C": "BW", "BLOCK_R": "R"}, ("BLOCK_C", "BLOCK_R")),
+    )(K.grouped_bwd_input_kernel)
     return fwd, values, grad_input
 
 
@@ -110,6 +142,7 @@ _fwd, _bwd_values, _bwd_input = autotuned(_FWD_TILES, _VALUES_TILES, _INPUT_TILE
 
 # ---- checks ------------------------------------------------------------------------------------------------
 
+
 def _flags(dtype: torch.dtype, device: torch.device, input_precision: str) -> dict:
     """Constexpr flags of one launch: the dot precision and the interpreter's bf16 emulation."""
     if dtype not in DTYPES:
@@ -117,8 +150,10 @@ def _flags(dtype: torch.dtype, device: torch.device, input_precision: str) -> di
     if input_precision not in INPUT_PRECISIONS:
         raise ValueError(f"input_precision must be one of {INPUT_PRECISIONS}, got {input_precision!r}")
     if device.type != "cuda" and not K.INTERPRETED:
-        raise ValueError(f"triton kernels need CUDA tensors, got {device.type} tensors; to run them on the CPU set "
-                         f"TRITON_INTERPRET=1 before rbgp.ops.triton_kernels is first imported")
+        raise ValueError(
+            f"triton kernels need CUDA tensors, got {device.type} tensors; to run them on the CPU set "
+            f"TRITON_INTERPRET=1 before rbgp.ops.triton_kernels is first imported"
+        )
     emulate = K.INTERPRETED and dtype == torch.bfloat16
     # input_precision only acts on fp32 operands; 16-bit tiles get Triton's default (a no-op for them)
     precision = "ieee" if emulate else (input_precision if dtype == torch.float32 else "tf32")
@@ -135,12 +170,15 @@ def _check_grid(name: str, extent: int) -> None:
         raise ValueError(f"{name}={extent} exceeds the grid limit {_GRID_YZ_MAX}; use larger groups")
 
 
-def _check_tables(values: torch.Tensor, row_index: torch.Tensor, kb: int, block_width: int,
-                  *tables: torch.Tensor) -> tuple[int, int, int]:
+def _check_tables(
+    values: torch.Tensor, row_index: torch.Tensor, kb: int, block_width: int, *tables: torch.Tensor
+) -> tuple[int, int, int]:
     g, r, k = values.shape
     if tuple(row_index.shape) != (g, r) or kb * block_width != k:
-        raise ValueError(f"values shape {tuple(values.shape)} does not match the layout tables "
-                         f"(rows {tuple(row_index.shape)}, {kb} blocks of {block_width} columns)")
+        raise ValueError(
+            f"values shape {tuple(values.shape)} does not match the layout tables "
+            f"(rows {tuple(row_index.shape)}, {kb} blocks of {block_width} columns)"
+        )
     for t in (row_index, *tables):
         if t.device != values.device:
             raise ValueError(f"layout tables are on {t.device}, values on {values.device}")
@@ -149,8 +187,15 @@ def _check_tables(values: torch.Tensor, row_index: torch.Tensor, kb: int, block_
 
 # ---- launchers ---------------------------------------------------------------------------------------------
 
-def grouped_forward(x: torch.Tensor, values: torch.Tensor, row_index: torch.Tensor, col_blocks: torch.Tensor,
-                    block_width: int, input_precision: str = "ieee") -> torch.Tensor:
+
+def grouped_forward(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    row_index: torch.Tensor,
+    col_blocks: torch.Tensor,
+    block_width: int,
+    input_precision: str = "ieee",
+) -> torch.Tensor:
     """y (N, G*R) = x W^T, feature-major; x (N, in) with any strides, values (G, R, K)."""
     flags = _flags(x.dtype, x.device, input_precision)
     _check_same("values", values, x)
@@ -165,15 +210,37 @@ def grouped_forward(x: torch.Tensor, values: torch.Tensor, row_index: torch.Tens
     _check_grid("groups", g)
     _check_grid("row tiles", triton.cdiv(r, 16))
     grid = lambda m: (triton.cdiv(n, m["BLOCK_N"]), triton.cdiv(r, m["BLOCK_R"]), g)
-    _fwd[grid](x, values, y, row_index, col_blocks, n, r, k, kb,
-               x.stride(0), x.stride(1), *values.stride(), y.stride(0), y.stride(1),
-               BW=block_width, BW_ALIGN=block_width & -block_width, **flags)
+    _fwd[grid](
+        x,
+        values,
+        y,
+        row_index,
+        col_blocks,
+        n,
+        r,
+        k,
+        kb,
+        x.stride(0),
+        x.stride(1),
+        *values.stride(),
+        y.stride(0),
+        y.stride(1),
+        BW=block_width,
+        BW_ALIGN=block_width & -block_width,
+        **flags,
+    )
     return y
 
 
-def grouped_grad_input(grad_y: torch.Tensor, values: torch.Tensor, row_index: torch.Tensor,
-                       col_entries: torch.Tensor, block_width: int, in_features: int,
-                       input_precision: str = "ieee") -> torch.Tensor:
+def grouped_grad_input(
+    grad_y: torch.Tensor,
+    values: torch.Tensor,
+    row_index: torch.Tensor,
+    col_entries: torch.Tensor,
+    block_width: int,
+    in_features: int,
+    input_precision: str = "ieee",
+) -> torch.Tensor:
     """dx (N, in) = dy W over the transposed pattern (deterministic, no atomics), feature-major; dy (N, G*R)."""
     flags = _flags(grad_y.dtype, grad_y.device, input_precision)
     _check_same("values", values, grad_y)
@@ -189,14 +256,37 @@ def grouped_grad_input(grad_y: torch.Tensor, values: torch.Tensor, row_index: to
     bw = block_width
     grid = lambda m: (n_blocks * triton.cdiv(bw, m["BLOCK_C"]), triton.cdiv(n, m["BLOCK_N"]))
     _check_grid("batch tiles", triton.cdiv(n, 16))
-    _bwd_input[grid](grad_y, values, dx, row_index, col_entries, n, r, kb, in_features, depth,
-                     grad_y.stride(0), grad_y.stride(1), *values.stride(), dx.stride(0), dx.stride(1),
-                     BW=bw, BW_ALIGN=bw & -bw, **flags)
+    _bwd_input[grid](
+        grad_y,
+        values,
+        dx,
+        row_index,
+        col_entries,
+        n,
+        r,
+        kb,
+        in_features,
+        depth,
+        grad_y.stride(0),
+        grad_y.stride(1),
+        *values.stride(),
+        dx.stride(0),
+        dx.stride(1),
+        BW=bw,
+        BW_ALIGN=bw & -bw,
+        **flags,
+    )
     return dx
 
 
-def grouped_grad_values(grad_y: torch.Tensor, x: torch.Tensor, row_index: torch.Tensor, col_blocks: torch.Tensor,
-                        block_width: int, input_precision: str = "ieee") -> torch.Tensor:
+def grouped_grad_values(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    row_index: torch.Tensor,
+    col_blocks: torch.Tensor,
+    block_width: int,
+    input_precision: str = "ieee",
+) -> torch.Tensor:
     """dV (G, R, K) = dy^T x sampled on the non-zeros; dy (N, G*R), x (N, in)."""
     flags = _flags(x.dtype, x.device, input_precision)
     _check_same("grad_y", grad_y, x)
@@ -214,7 +304,23 @@ def grouped_grad_values(grad_y: torch.Tensor, x: torch.Tensor, row_index: torch.
     _check_grid("groups", g)
     _check_grid("row tiles", triton.cdiv(r, 16))
     grid = lambda m: (triton.cdiv(k, m["BLOCK_K"]), triton.cdiv(r, m["BLOCK_R"]), g)
-    _bwd_values[grid](grad_y, x, dv, row_index, col_blocks, n, r, k, kb,
-                      grad_y.stride(0), grad_y.stride(1), x.stride(0), x.stride(1), *dv.stride(),
-                      BW=block_width, BW_ALIGN=block_width & -block_width, **flags)
+    _bwd_values[grid](
+        grad_y,
+        x,
+        dv,
+        row_index,
+        col_blocks,
+        n,
+        r,
+        k,
+        kb,
+        grad_y.stride(0),
+        grad_y.stride(1),
+        x.stride(0),
+        x.stride(1),
+        *dv.stride(),
+        BW=block_width,
+        BW_ALIGN=block_width & -block_width,
+        **flags,
+    )
     return dv

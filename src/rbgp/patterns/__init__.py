@@ -36,6 +36,20 @@ def get_pattern(pattern: str | Pattern, **kwargs) -> Pattern:
 
 
 __all__ = [
-    "PATTERNS", "Pattern", "SparseMask", "GroupedLayout", "Unstructured", "Block", "NM", "HBsNN",
-    "RBGP", "RBGP4", "RBGP4Plan", "ResourceError", "get_pattern", "check_sparsity", "matrix_shape", "stride_permutation",
+    "PATTERNS",
+    "Pattern",
+    "SparseMask",
+    "GroupedLayout",
+    "Unstructured",
+    "Block",
+    "NM",
+    "HBsNN",
+    "RBGP",
+    "RBGP4",
+    "RBGP4Plan",
+    "ResourceError",
+    "get_pattern",
+    "check_sparsity",
+    "matrix_shape",
+    "stride_permutation",
 ]

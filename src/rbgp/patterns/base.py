@@ -179,8 +179,14 @@ class Pattern(ABC):
         check_sparsity(sparsity)
         return resources.dense_mask_cost(m, n, 9, 1e-7)
 
-    def check_resources(self, weight_shape: tuple[int, ...], sparsity: float, estimate: Cost | None = None,
-                        extra: Cost | None = None, action: str = "to build") -> Cost:
+    def check_resources(
+        self,
+        weight_shape: tuple[int, ...],
+        sparsity: float,
+        estimate: Cost | None = None,
+        extra: Cost | None = None,
+        action: str = "to build",
+    ) -> Cost:
         """`estimate` (default: `self.estimate(...)`) plus `extra`, or a ResourceError (a ValueError) naming
         the shape, the estimate and the limit when it needs more memory than the limit."""
         total = self.estimate(weight_shape, sparsity) if estimate is None else estimate
@@ -191,8 +197,10 @@ class Pattern(ABC):
     def fit(self, weight: np.ndarray, weight_shape: tuple[int, ...], sparsity: float, seed: int = 0) -> SparseMask:
         """The mask of this pattern that keeps the most |weight| mass (`weight` as the (out, in) matrix),
         for converting trained weights (sparsify's init="magnitude")."""
-        raise ValueError(f"init='magnitude' is not available for pattern {self.kind!r}; "
-                         f"it is for 'rbgp4', 'unstructured', 'block' and 'nm'")
+        raise ValueError(
+            f"init='magnitude' is not available for pattern {self.kind!r}; "
+            f"it is for 'rbgp4', 'unstructured', 'block' and 'nm'"
+        )
 
     def nearest_sparsity(self, weight_shape: tuple[int, ...], sparsity: float) -> float | None:
         """The feasible sparsity nearest to `sparsity` for this shape (itself when it is feasible), or

@@ -108,8 +108,9 @@ class Block(Pattern):
         (bh, bw), sparsity = self.block, check_sparsity(sparsity)
         norms = np.abs(weight).reshape(m // bh, bh, n // bw, bw).sum(axis=(1, 3))
         mask = _expand(top_k_mask(norms, sparsity), self.block)
-        return SparseMask(self.kind, tuple(weight_shape), mask, bsr_bytes(mask, self.block), self.block,
-                          info={"fitted": "magnitude"})
+        return SparseMask(
+            self.kind, tuple(weight_shape), mask, bsr_bytes(mask, self.block), self.block, info={"fitted": "magnitude"}
+        )
 
 
 class NM(Pattern):
@@ -147,8 +148,9 @@ class NM(Pattern):
     def _mask(self, weight_shape, mask: np.ndarray, info: dict | None = None) -> SparseMask:
         # the metadata of a compressed N:M tensor: one position (2 bits for 2:4) per kept value
         meta_bits = max(1, int(np.ceil(np.log2(self.m))))
-        return SparseMask(self.kind, tuple(weight_shape), mask, int(mask.sum()) * meta_bits // 8, (1, self.m),
-                          info=info or {})
+        return SparseMask(
+            self.kind, tuple(weight_shape), mask, int(mask.sum()) * meta_bits // 8, (1, self.m), info=info or {}
+        )
 
     def fit(self, weight, weight_shape, sparsity, seed=0) -> SparseMask:
         """The n largest |w| of every run of m."""
@@ -185,8 +187,11 @@ class HBsNN(Pattern):
         check_sparsity(sparsity)
         blocks = (m // self.block[0]) * (n // self.block[1])
         subs = (m // self.sub_block[0]) * (n // self.sub_block[1])
-        return (resources.dense_mask_cost(m, n, 2, 1e-8) + resources.cost(9 * blocks, 1e-7 * blocks)
-                + resources.cost(18 * subs, 5e-8 * subs))
+        return (
+            resources.dense_mask_cost(m, n, 2, 1e-8)
+            + resources.cost(9 * blocks, 1e-7 * blocks)
+            + resources.cost(18 * subs, 5e-8 * subs)
+        )
 
     def build(self, weight_shape, sparsity, seed=0) -> SparseMask:
         density = 1.0 - check_sparsity(sparsity)

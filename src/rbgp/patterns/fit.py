@@ -43,8 +43,15 @@ def _transport(score: np.ndarray, row_sum: float, col_lo: np.ndarray, col_hi: np
     m, n = score.shape
     rows = sp.kron(sp.identity(m, format="csr"), np.ones((1, n)), format="csr")
     cols = sp.kron(np.ones((1, m)), sp.identity(n, format="csr"), format="csr")
-    res = opt.linprog(-score.ravel(), A_ub=sp.vstack([cols, -cols]), b_ub=np.concatenate([col_hi, -col_lo]),
-                      A_eq=rows, b_eq=np.full(m, row_sum), bounds=(0, 1), method="highs-ds")
+    res = opt.linprog(
+        -score.ravel(),
+        A_ub=sp.vstack([cols, -cols]),
+        b_ub=np.concatenate([col_hi, -col_lo]),
+        A_eq=rows,
+        b_eq=np.full(m, row_sum),
+        bounds=(0, 1),
+        method="highs-ds",
+    )
     if res.status != 0:
         raise RuntimeError(f"the fitting LP failed: {res.message}")
     x = np.rint(res.x).reshape(m, n)
@@ -94,8 +101,9 @@ def _sums(values: np.ndarray, ids: np.ndarray, parts: int) -> np.ndarray:
     return values[order].reshape(parts, -1, values.shape[1]).sum(axis=1)
 
 
-def fit_grouped(weight: np.ndarray, groups: int, degree: int, min_reads: int = 1,
-                rounds: int = MAX_ROUNDS) -> tuple[GroupedLayout, np.ndarray, list[float]]:
+def fit_grouped(
+    weight: np.ndarray, groups: int, degree: int, min_reads: int = 1, rounds: int = MAX_ROUNDS
+) -> tuple[GroupedLayout, np.ndarray, list[float]]:
     """(layout, each group's columns (G, degree), kept mass after each round) of the grouped structure
     that keeps the most of |weight| ((out, in); rows beyond a multiple of `groups` are padding rows).
 
@@ -148,15 +156,32 @@ def top_k_mask(weight: np.ndarray, sparsity: float) -> np.ndarray:
 def layout_mask(kind: str, weight_shape: tuple[int, ...], layout: GroupedLayout, info: dict) -> SparseMask:
     """The SparseMask of a grouped structure given by its index lists alone (fitted, or loaded from a
     file): it costs its row and column lists, 4 bytes an index."""
-    facts = {"groups": layout.groups, "rows_per_group": layout.rows_per_group, "padded_rows": layout.padded_rows,
-             **info}
-    return SparseMask(kind, tuple(weight_shape), None, 4 * (layout.row_index.size + layout.col_index.size),
-                      (1, 1), layout, None, facts)
+    facts = {
+        "groups": layout.groups,
+        "rows_per_group": layout.rows_per_group,
+        "padded_rows": layout.padded_rows,
+        **info,
+    }
+    return SparseMask(
+        kind,
+        tuple(weight_shape),
+        None,
+        4 * (layout.row_index.size + layout.col_index.size),
+        (1, 1),
+        layout,
+        None,
+        facts,
+    )
 
 
-def fitted_mask(kind: str, weight_shape: tuple[int, ...], layout: GroupedLayout, neighbors: np.ndarray,
-                blocks: int, info: dict) -> SparseMask:
+def fitted_mask(
+    kind: str, weight_shape: tuple[int, ...], layout: GroupedLayout, neighbors: np.ndarray, blocks: int, info: dict
+) -> SparseMask:
     """The SparseMask of a fitted grouped structure; its inner graph's spectrum goes into `info`."""
     inner = BipartiteGraph.from_neighbors(blocks, neighbors, name="fitted-magnitude")
-    return layout_mask(kind, weight_shape, layout, {"fitted": "magnitude", "inner_graph": inner.summary(),
-                                                     "spectral_gap": inner.spectral_gap(), **info})
+    return layout_mask(
+        kind,
+        weight_shape,
+        layout,
+        {"fitted": "magnitude", "inner_graph": inner.summary(), "spectral_gap": inner.spectral_gap(), **info},
+    )

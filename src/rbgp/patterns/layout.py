@@ -33,16 +33,19 @@ class GroupedLayout:
     def __post_init__(self) -> None:
         rows = np.sort(self.row_index.ravel())
         if not np.array_equal(rows, np.arange(rows.size)) or rows.size < self.out_features:
-            raise ValueError(f"row_index must list every output row 0..{self.out_features - 1} exactly once "
-                             f"(then any padding rows)")
+            raise ValueError(
+                f"row_index must list every output row 0..{self.out_features - 1} exactly once (then any padding rows)"
+            )
         if self.col_index.ndim != 2 or self.col_index.shape[0] != self.row_index.shape[0]:
             raise ValueError(f"col_index shape {self.col_index.shape} does not match {self.row_index.shape[0]} groups")
         if self.col_index.size and (self.col_index.min() < 0 or self.col_index.max() >= self.in_features):
             raise ValueError(f"col_index out of range for in_features={self.in_features}")
         if self.col_index.shape[1] > 1 and not (np.diff(self.col_index, axis=1) > 0).all():
             g = int(np.nonzero((np.diff(self.col_index, axis=1) <= 0).any(axis=1))[0][0])
-            raise ValueError(f"col_index must list each group's columns in increasing order without repeats; "
-                             f"group {g} reads {self.col_index[g].tolist()[:16]}...")
+            raise ValueError(
+                f"col_index must list each group's columns in increasing order without repeats; "
+                f"group {g} reads {self.col_index[g].tolist()[:16]}..."
+            )
 
     @property
     def groups(self) -> int:
@@ -71,8 +74,13 @@ class GroupedLayout:
         return (self.groups, self.rows_per_group, self.cols_per_group)
 
     @classmethod
-    def from_neighbors(cls, in_features: int, neighbors: np.ndarray, group_ids: np.ndarray | None = None,
-                       out_features: int | None = None) -> GroupedLayout:
+    def from_neighbors(
+        cls,
+        in_features: int,
+        neighbors: np.ndarray,
+        group_ids: np.ndarray | None = None,
+        out_features: int | None = None,
+    ) -> GroupedLayout:
         """Group the rows of a left-regular mask given as `(rows, nnz_per_row)` column lists.
 
         `group_ids` (one per row) says which rows form a group (they must have equal column sets);
@@ -99,4 +107,4 @@ class GroupedLayout:
         """The boolean (out, in) mask this layout covers (padding rows left out)."""
         mask = np.zeros((self.row_index.size, self.in_features), dtype=bool)
         mask[self.row_index[:, :, None], self.col_index[:, None, :]] = True
-        return mask[:self.out_features]
+        return mask[: self.out_features]

@@ -89,8 +89,10 @@ def product_mask(
     graph's last `padded_rows` rows complete the row groups and are not part of the weight."""
     m, n = matrix_shape(weight_shape)
     if (graph.m, graph.n) != (m + padded_rows, n):
-        raise ValueError(f"factor product is {graph.m}x{graph.n} but the weight matrix is {m}x{n} (out, in*kh*kw)"
-                         + (f" plus {padded_rows} padding rows" if padded_rows else ""))
+        raise ValueError(
+            f"factor product is {graph.m}x{graph.n} but the weight matrix is {m}x{n} (out, in*kh*kw)"
+            + (f" plus {padded_rows} padding rows" if padded_rows else "")
+        )
     if sparsity is not None and abs((1.0 - graph.density) - sparsity) > 1e-9:
         raise ValueError(f"factor product has sparsity {1 - graph.density:g}, not the requested {sparsity!r}")
     neighbors = graph.neighbors

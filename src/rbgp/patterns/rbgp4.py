@@ -140,9 +140,14 @@ class RBGP4Plan:
         return total + resources.product_layout_cost(self.out_features + self.padded_rows, self.nnz_per_row)
 
     def describe(self) -> dict:
-        return {**asdict(self), "density": self.density, "sparsity": self.sparsity,
-                "nnz_per_row": self.nnz_per_row, "rows_per_group": self.rows_per_group,
-                "biregular": self.biregular}
+        return {
+            **asdict(self),
+            "density": self.density,
+            "sparsity": self.sparsity,
+            "nnz_per_row": self.nnz_per_row,
+            "rows_per_group": self.rows_per_group,
+            "biregular": self.biregular,
+        }
 
 
 def _best_degree(m: int, n: int, target: float, biregular: bool) -> int | None:
@@ -158,8 +163,15 @@ def _best_degree(m: int, n: int, target: float, biregular: bool) -> int | None:
     return min(valid, key=lambda c: (abs(c / n - target), -c)) if valid else None
 
 
-def _plan_candidates(out: int, inp: int, density: float, block: tuple[int, int], group_rows: int,
-                     outer_density: float, tile: tuple[int, int]) -> list[RBGP4Plan]:
+def _plan_candidates(
+    out: int,
+    inp: int,
+    density: float,
+    block: tuple[int, int],
+    group_rows: int,
+    outer_density: float,
+    tile: tuple[int, int],
+) -> list[RBGP4Plan]:
     """Feasible plans from coarse (fast) to fine (flexible), biregular and near-biregular ones."""
     plans = []
     for bw in _halvings(block[1]):
@@ -198,8 +210,15 @@ def _preference(plan: RBGP4Plan, sparsity: float, exact: float, min_group_rows: 
     then big row groups: fast sub-GEMMs), the order the planner has always used; then the others in the
     same order, padding last."""
     miss = abs(plan.sparsity - sparsity)
-    return (plan.rows_per_group < min_group_rows, miss > exact + 1e-12, not plan.biregular or plan.padded_rows > 0, -plan.block[1],
-            -plan.rows_per_group, plan.padded_rows, miss)
+    return (
+        plan.rows_per_group < min_group_rows,
+        miss > exact + 1e-12,
+        not plan.biregular or plan.padded_rows > 0,
+        -plan.block[1],
+        -plan.rows_per_group,
+        plan.padded_rows,
+        miss,
+    )
 
 
 def _plain(sparsity: float) -> str:
@@ -301,15 +320,18 @@ class RBGP4(Pattern):
         density = 1.0 - check_sparsity(sparsity)
         if self.outer_sparsity >= sparsity:
             raise ValueError(f"outer_sparsity={self.outer_sparsity:g} must be below sparsity={sparsity:g}")
-        plans = _plan_candidates(out, inp, density, self.block, self.group_rows,
-                                 1.0 - self.outer_sparsity, self.tile)
+        plans = _plan_candidates(out, inp, density, self.block, self.group_rows, 1.0 - self.outer_sparsity, self.tile)
         within = [p for p in plans if abs(p.sparsity - sparsity) <= self.tol + 1e-12]
         sparse = [p for p in plans if p.sparsity >= MIN_SPARSITY]
         if not within and not sparse:
-            sparse = [p for d in FALLBACK_DENSITIES
-                      for p in _plan_candidates(out, inp, d, self.block, self.group_rows,
-                                                1.0 - self.outer_sparsity, self.tile)
-                      if p.sparsity >= MIN_SPARSITY and p.sparsity > self.outer_sparsity]
+            sparse = [
+                p
+                for d in FALLBACK_DENSITIES
+                for p in _plan_candidates(
+                    out, inp, d, self.block, self.group_rows, 1.0 - self.outer_sparsity, self.tile
+                )
+                if p.sparsity >= MIN_SPARSITY and p.sparsity > self.outer_sparsity
+            ]
         if within or (nearest and sparse):
             pool = within or [min(sparse, key=lambda p: abs(p.sparsity - sparsity))]
             miss = abs(pool[0].sparsity - sparsity)
@@ -324,8 +346,10 @@ class RBGP4(Pattern):
         group_rows trade speed, not feasibility); a sparse outer graph (outer_sparsity > 0) narrows the
         choice, so its removal is suggested when it would help."""
         tol = f" within tol={self.tol:g}" if self.tol != DEFAULT_TOL else ""
-        head = (f"RBGP4 cannot make a {out}x{inp} weight {sparsity:g} sparse{tol} (tried block={self.block}, "
-                f"group_rows={self.group_rows} and every halving of them")
+        head = (
+            f"RBGP4 cannot make a {out}x{inp} weight {sparsity:g} sparse{tol} (tried block={self.block}, "
+            f"group_rows={self.group_rows} and every halving of them"
+        )
         head += f", outer_sparsity={self.outer_sparsity:g}, tile={self.tile})" if self.outer_sparsity else ")"
         near = _plain_sparsities(plans, sparsity)
         dense_outer = ""
@@ -336,13 +360,17 @@ class RBGP4(Pattern):
             except ValueError:
                 pass
         if near:
-            return (f"{head}; nearest feasible sparsities: {', '.join(near)}; ask for one of them (sparsity, "
-                    f"--sparsity)" + (f", or use {dense_outer}" if dense_outer else ""))
+            return (
+                f"{head}; nearest feasible sparsities: {', '.join(near)}; ask for one of them (sparsity, "
+                f"--sparsity)" + (f", or use {dense_outer}" if dense_outer else "")
+            )
         if dense_outer:
             return f"{head}; no sparse plan with these settings; {dense_outer}"
-        return (f"{head}; no sparse RBGP4 plan fits a {out}x{inp} weight at all (its sparse inner graph "
-                f"needs at least 3 rows and 3 input columns); leave this layer dense or use "
-                f"another pattern")
+        return (
+            f"{head}; no sparse RBGP4 plan fits a {out}x{inp} weight at all (its sparse inner graph "
+            f"needs at least 3 rows and 3 input columns); leave this layer dense or use "
+            f"another pattern"
+        )
 
     def estimate(self, weight_shape, sparsity) -> resources.Cost:
         """Rough peak memory and time of `build`, from the plan alone (see `RBGP4Plan.cost`)."""
@@ -356,8 +384,10 @@ class RBGP4(Pattern):
         aligned micro-block (the plan's block width) at a time, which keeps the kernels' fast paths; a
         conv with channel micro-blocks always takes one input channel (all its taps) at a time."""
         if self.outer_sparsity:
-            raise ValueError(f"init='magnitude' fits RBGP4 plans with a complete outer graph; got "
-                             f"outer_sparsity={self.outer_sparsity:g} (use 0, or init='keep')")
+            raise ValueError(
+                f"init='magnitude' fits RBGP4 plans with a complete outer graph; got "
+                f"outer_sparsity={self.outer_sparsity:g} (use 0, or init='keep')"
+            )
         m, n = matrix_shape(weight_shape)
         weight = np.asarray(weight).reshape(m, n)
         shaped = self._for_shape(weight_shape)
@@ -370,9 +400,20 @@ class RBGP4(Pattern):
             cols = (layout.col_index[:, :, None] * unit + np.arange(unit)).reshape(layout.groups, -1)
             layout = GroupedLayout(m, n, layout.row_index, cols)
         ramanujan_gap = plan.factors(check_int("seed", seed, 0))[2].spectral_gap()
-        return fitted_mask(self.kind, tuple(weight_shape), layout, neighbors, n // unit,
-                           {"plan": plan.describe(), "fit_unit": unit, "kept_mass": history[-1] if history else 0.0,
-                            "kept_mass_by_round": history, "ramanujan_spectral_gap": ramanujan_gap})
+        return fitted_mask(
+            self.kind,
+            tuple(weight_shape),
+            layout,
+            neighbors,
+            n // unit,
+            {
+                "plan": plan.describe(),
+                "fit_unit": unit,
+                "kept_mass": history[-1] if history else 0.0,
+                "kept_mass_by_round": history,
+                "ramanujan_spectral_gap": ramanujan_gap,
+            },
+        )
 
     def nearest_sparsity(self, weight_shape, sparsity: float) -> float | None:
         """`sparsity` itself when a plan meets it within `tol`, else the nearest plan's sparsity, or
@@ -401,5 +442,6 @@ class RBGP4(Pattern):
         if self._for_shape(weight_shape) is not self:  # a conv with channel micro-blocks: rows group-major
             factors = [factors[0], factors[2], factors[1], factors[3]]
         graph = product(*factors)
-        return product_mask(self.kind, tuple(weight_shape), graph, None, self.input_shuffle,
-                            {"plan": plan.describe()}, plan.padded_rows)
+        return product_mask(
+            self.kind, tuple(weight_shape), graph, None, self.input_shuffle, {"plan": plan.describe()}, plan.padded_rows
+        )

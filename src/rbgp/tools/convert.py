@@ -21,8 +21,14 @@ import torch
 
 from rbgp.files import check_input_dir, check_output_dir, write_json, write_text
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
-                   "spiece.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "vocab.txt",
+    "tokenizer.model",
+    "spiece.model",
+)
 
 
 def _model_class(config: Any):
@@ -52,19 +58,31 @@ def calibration_windows(text: str, tokenizer: Any, vocab_size: int, seq_len: int
         ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
     else:
         if vocab_size < 256:
-            raise ValueError(f"the model folder has no tokenizer and its vocabulary ({vocab_size} ids) cannot hold "
-                             f"bytes (256 ids needed); save the tokenizer with the model")
+            raise ValueError(
+                f"the model folder has no tokenizer and its vocabulary ({vocab_size} ids) cannot hold "
+                f"bytes (256 ids needed); save the tokenizer with the model"
+            )
         ids = list(text.encode("utf-8"))
     count = min(samples, len(ids) // seq_len)
     if count == 0:
-        raise ValueError(f"the calibration text has {len(ids)} tokens, fewer than one window of --seq-len {seq_len}; "
-                         f"give more text or a shorter --seq-len")
-    return torch.tensor(ids[:count * seq_len], dtype=torch.long).view(count, seq_len)
+        raise ValueError(
+            f"the calibration text has {len(ids)} tokens, fewer than one window of --seq-len {seq_len}; "
+            f"give more text or a shorter --seq-len"
+        )
+    return torch.tensor(ids[: count * seq_len], dtype=torch.long).view(count, seq_len)
 
 
-def convert_pretrained(model_dir: str | Path, out_dir: str | Path, sparsity: float, calibration_file: str | Path,
-                       samples: int = 128, seq_len: int = 128, batch_size: int = 8, distribution: str = "uniform",
-                       **sparsify_kwargs: Any) -> Any:
+def convert_pretrained(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    sparsity: float,
+    calibration_file: str | Path,
+    samples: int = 128,
+    seq_len: int = 128,
+    batch_size: int = 8,
+    distribution: str = "uniform",
+    **sparsify_kwargs: Any,
+) -> Any:
     """Load MODEL_DIR, convert it with `rbgp.sparsify(..., calibration=...)`, save to OUT_DIR; the report."""
     from transformers import AutoConfig, AutoTokenizer
 
@@ -72,8 +90,10 @@ def convert_pretrained(model_dir: str | Path, out_dir: str | Path, sparsity: flo
 
     model_dir = check_input_dir(model_dir, "MODEL_DIR")
     if not (model_dir / "config.json").is_file():
-        raise ValueError(f"MODEL_DIR {str(model_dir)!r} has no config.json: give a folder written by a transformers "
-                         f"model's save_pretrained")
+        raise ValueError(
+            f"MODEL_DIR {str(model_dir)!r} has no config.json: give a folder written by a transformers "
+            f"model's save_pretrained"
+        )
     out_dir = check_output_dir(out_dir, "OUT_DIR")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ValueError(f"OUT_DIR {str(out_dir)!r} exists and is not empty; give a new folder")
@@ -92,8 +112,9 @@ def convert_pretrained(model_dir: str | Path, out_dir: str | Path, sparsity: flo
     try:
         text = calibration_file.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(f"--calibration {str(calibration_file)!r} is not UTF-8 text ({err.reason} at byte "
-                         f"{err.start})") from None
+        raise ValueError(
+            f"--calibration {str(calibration_file)!r} is not UTF-8 text ({err.reason} at byte {err.start})"
+        ) from None
     windows = calibration_windows(text, tokenizer, int(getattr(config, "vocab_size", 0) or 0), seq_len, samples)
     model = _model_class(config).from_pretrained(str(model_dir)).eval()
     batches = [{"input_ids": b} for b in windows.split(batch_size)]
@@ -104,9 +125,14 @@ def convert_pretrained(model_dir: str | Path, out_dir: str | Path, sparsity: flo
         model.save_pretrained(str(tmp))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
-        facts = {"source": str(model_dir), "calibration_file": str(calibration_file), "calibration_windows":
-                 int(windows.shape[0]), "seq_len": seq_len, "tokenizer": "model's own" if tokenizer else "utf-8 bytes",
-                 **report.to_dict()}
+        facts = {
+            "source": str(model_dir),
+            "calibration_file": str(calibration_file),
+            "calibration_windows": int(windows.shape[0]),
+            "seq_len": seq_len,
+            "tokenizer": "model's own" if tokenizer else "utf-8 bytes",
+            **report.to_dict(),
+        }
         write_json(tmp / "rbgp_report.json", facts)
         write_text(tmp / "rbgp_report.md", report.table() + "\n")
         if out_dir.exists():
@@ -119,10 +145,13 @@ def convert_pretrained(model_dir: str | Path, out_dir: str | Path, sparsity: flo
 
 
 def add_convert_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="convert a saved transformers model to RBGP with calibration text",
-                       description="Convert a transformers model saved with save_pretrained into RBGP4 layers fitted to "
-                                   "calibration text (structure chosen from the data, exact per-group least-squares "
-                                   "weights), and save it where rbgp.from_pretrained(ModelClass, OUT_DIR) loads it.")
+    p = sub.add_parser(
+        "convert",
+        help="convert a saved transformers model to RBGP with calibration text",
+        description="Convert a transformers model saved with save_pretrained into RBGP4 layers fitted to "
+        "calibration text (structure chosen from the data, exact per-group least-squares "
+        "weights), and save it where rbgp.from_pretrained(ModelClass, OUT_DIR) loads it.",
+    )
     p.add_argument("model_dir", metavar="MODEL_DIR", help="folder written by save_pretrained (config.json, weights)")
     p.add_argument("out_dir", metavar="OUT_DIR", help="new folder for the converted model")
     p.add_argument("--sparsity", type=float, default=0.75, help="fraction of zero weights per layer (default 0.75)")
@@ -130,15 +159,28 @@ def add_convert_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=128, help="calibration windows (default 128)")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per window (default 128)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
-    p.add_argument("--distribution", default="uniform", choices=["uniform", "hw", "erk"],
-                   help="how the sparsity is spread over layers (default uniform)")
+    p.add_argument(
+        "--distribution",
+        default="uniform",
+        choices=["uniform", "hw", "erk"],
+        help="how the sparsity is spread over layers (default uniform)",
+    )
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="layers to keep dense (repeatable)")
     p.set_defaults(func=_cmd_convert)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    report = convert_pretrained(args.model_dir, args.out_dir, args.sparsity, args.calibration, args.samples,
-                                args.seq_len, args.batch_size, args.distribution, exclude=args.exclude)
+    report = convert_pretrained(
+        args.model_dir,
+        args.out_dir,
+        args.sparsity,
+        args.calibration,
+        args.samples,
+        args.seq_len,
+        args.batch_size,
+        args.distribution,
+        exclude=args.exclude,
+    )
     print(report.table())
     print(f"\nwritten to {args.out_dir} (load it with rbgp.from_pretrained(<model class>, {json.dumps(args.out_dir)}))")
     return 0

@@ -26,8 +26,15 @@ from torch import nn
 from rbgp.files import atomic_write
 from rbgp.train.config import LEGACY_DEFAULTS, TrainConfig
 
-__all__ = ["CHECKPOINT_NAME", "check_finite", "check_resumable", "checkpoint_state", "load_checkpoint", "restore",
-           "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_NAME",
+    "check_finite",
+    "check_resumable",
+    "checkpoint_state",
+    "load_checkpoint",
+    "restore",
+    "save_checkpoint",
+]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "rbgp-train-checkpoint"
@@ -46,10 +53,18 @@ def _rng_state() -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
         "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)),
-                  "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
-        "python": {"version": int(version), "state": torch.tensor(py_state, dtype=torch.int64),
-                   "gauss_next": gauss_next},
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "python": {
+            "version": int(version),
+            "state": torch.tensor(py_state, dtype=torch.int64),
+            "gauss_next": gauss_next,
+        },
     }
 
 
@@ -58,8 +73,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["cached"]))
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     p = state["python"]
     random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
 
@@ -100,8 +114,10 @@ def check_finite(state: dict[str, Any], path: Path) -> None:
         for name, t in _tensors(state.get(part, {}), ""):
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 bad = int((~torch.isfinite(t)).sum())
-                raise ValueError(f"{path}: {part} tensor {name!r} holds {bad} non-finite value(s) (NaN or inf); "
-                                 f"refusing it (resume from an earlier copy or start over with --overwrite)")
+                raise ValueError(
+                    f"{path}: {part} tensor {name!r} holds {bad} non-finite value(s) (NaN or inf); "
+                    f"refusing it (resume from an earlier copy or start over with --overwrite)"
+                )
     for row in state.get("history", []):
         for key in ("train_loss", "test_loss"):
             value = row.get(key)
@@ -109,8 +125,7 @@ def check_finite(state: dict[str, Any], path: Path) -> None:
                 raise ValueError(f"{path}: epoch {row.get('epoch')} has {key} = {value}; refusing it")
 
 
-_CHECKPOINT_KEYS = ("format", "version", "epoch", "args", "model", "optimizer", "scheduler",
-                    "rng", "history")
+_CHECKPOINT_KEYS = ("format", "version", "epoch", "args", "model", "optimizer", "scheduler", "rng", "history")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -120,32 +135,41 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise FileNotFoundError(f"no checkpoint at {path}" + (" (a directory)" if path.is_dir() else ""))
     data = path.read_bytes()
     if data.startswith(MAGIC):
-        digest, payload = data[len(MAGIC):len(MAGIC) + _DIGEST_BYTES], memoryview(data)[len(MAGIC) + _DIGEST_BYTES:]
+        digest, payload = data[len(MAGIC) : len(MAGIC) + _DIGEST_BYTES], memoryview(data)[len(MAGIC) + _DIGEST_BYTES :]
         if hashlib.sha256(payload).digest() != digest:
-            raise ValueError(f"{path}: checksum mismatch, the checkpoint is corrupt (changed after it was "
-                             f"written); delete it, or start over with --overwrite")
+            raise ValueError(
+                f"{path}: checksum mismatch, the checkpoint is corrupt (changed after it was "
+                f"written); delete it, or start over with --overwrite"
+            )
         expected_version = CHECKPOINT_VERSION
     elif data.startswith(_ZIP_MAGIC):
         payload, expected_version = memoryview(data), 1
-        warnings.warn(f"{path}: a version-1 checkpoint (no checksum): its contents cannot be verified",
-                      stacklevel=2)
+        warnings.warn(f"{path}: a version-1 checkpoint (no checksum): its contents cannot be verified", stacklevel=2)
     else:
-        raise ValueError(f"{path}: not an rbgp training checkpoint (it does not start with the "
-                         f"checkpoint marker); corrupt, or another kind of file")
+        raise ValueError(
+            f"{path}: not an rbgp training checkpoint (it does not start with the "
+            f"checkpoint marker); corrupt, or another kind of file"
+        )
     try:
         state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:  # torch's weights_only refusal: never retry without it
-        raise ValueError(f"{path}: the checkpoint holds objects other than tensors and plain values; refused "
-                         f"(loading them could run code)") from None
+        raise ValueError(
+            f"{path}: the checkpoint holds objects other than tensors and plain values; refused "
+            f"(loading them could run code)"
+        ) from None
     except Exception as exc:  # truncated zip, garbage bytes, ...
         reason = str(exc).splitlines()[0][:200] if str(exc) else ""
-        raise ValueError(f"{path}: corrupt or unreadable checkpoint ({type(exc).__name__}"
-                         f"{': ' + reason if reason else ''}); delete it to start over") from None
+        raise ValueError(
+            f"{path}: corrupt or unreadable checkpoint ({type(exc).__name__}"
+            f"{': ' + reason if reason else ''}); delete it to start over"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not an rbgp training checkpoint (no {CHECKPOINT_FORMAT!r} marker)")
     if state.get("version") != expected_version:
-        raise ValueError(f"{path}: checkpoint version {state.get('version')!r}, this rbgp reads "
-                         f"{', '.join(map(str, range(1, CHECKPOINT_VERSION + 1)))}")
+        raise ValueError(
+            f"{path}: checkpoint version {state.get('version')!r}, this rbgp reads "
+            f"{', '.join(map(str, range(1, CHECKPOINT_VERSION + 1)))}"
+        )
     missing = [k for k in _CHECKPOINT_KEYS if k not in state]
     if missing:
         raise ValueError(f"{path}: checkpoint lacks {missing}")
@@ -162,15 +186,13 @@ def check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> N
         if k not in _RESUME_FREE and saved.get(k, LEGACY_DEFAULTS.get(k)) != mine[k]
     ]
     if diffs:
-        raise ValueError(
-            f"{path}: checkpoint was made with different settings, cannot resume: " + "; ".join(diffs)
-        )
-    if saved.get("epochs") != config.epochs and (config.schedule == "cosine"
-                                                 or config.method in ("magnitude", "autosparse")):
+        raise ValueError(f"{path}: checkpoint was made with different settings, cannot resume: " + "; ".join(diffs))
+    if saved.get("epochs") != config.epochs and (
+        config.schedule == "cosine" or config.method in ("magnitude", "autosparse")
+    ):
         what = "the cosine schedule" if config.schedule == "cosine" else f"the {config.method} schedule"
         raise ValueError(
-            f"{path}: {what} depends on epochs; checkpoint has epochs="
-            f"{saved.get('epochs')}, now {config.epochs}"
+            f"{path}: {what} depends on epochs; checkpoint has epochs={saved.get('epochs')}, now {config.epochs}"
         )
 
 

@@ -76,14 +76,10 @@ class TrainConfig:
         """Raise ValueError naming the first bad field and its valid options."""
         checks: list[tuple[bool, str]] = [
             (self.model in MODEL_NAMES, f"unknown model {self.model!r}; valid: {', '.join(MODEL_NAMES)}"),
-            (self.dataset in DATASET_NAMES,
-             f"unknown dataset {self.dataset!r}; valid: {', '.join(DATASET_NAMES)}"),
-            (self.pattern in PATTERN_NAMES,
-             f"unknown pattern {self.pattern!r}; valid: {', '.join(PATTERN_NAMES)}"),
-            (self.precision in PRECISIONS,
-             f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}"),
-            (self.schedule in SCHEDULES,
-             f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}"),
+            (self.dataset in DATASET_NAMES, f"unknown dataset {self.dataset!r}; valid: {', '.join(DATASET_NAMES)}"),
+            (self.pattern in PATTERN_NAMES, f"unknown pattern {self.pattern!r}; valid: {', '.join(PATTERN_NAMES)}"),
+            (self.precision in PRECISIONS, f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}"),
+            (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}"),
             (0.0 < self.sparsity < 1.0, f"sparsity must be in (0, 1), got {self.sparsity}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
@@ -94,21 +90,20 @@ class TrainConfig:
             (0 <= self.weight_decay < math.inf, f"weight_decay must be a number >= 0, got {self.weight_decay}"),
             (0 < self.gamma < math.inf, f"gamma must be a positive number, got {self.gamma}"),
             (0 <= self.seed < 2**63, f"seed must be in [0, 2**63), got {self.seed}"),
-            (self.milestones == sorted(set(self.milestones)) and all(m >= 1 for m in self.milestones),
-             f"milestones must be increasing positive epochs, got {self.milestones}"),
-            (self.limit_train is None or self.limit_train >= 1,
-             f"limit_train must be >= 1, got {self.limit_train}"),
-            (self.limit_test is None or self.limit_test >= 1,
-             f"limit_test must be >= 1, got {self.limit_test}"),
-            (self.max_steps is None or self.max_steps >= 1,
-             f"max_steps must be >= 1, got {self.max_steps}"),
-            (self.device in ("auto", "cpu", "cuda"),
-             f"unknown device {self.device!r}; valid: auto, cpu, cuda"),
+            (
+                self.milestones == sorted(set(self.milestones)) and all(m >= 1 for m in self.milestones),
+                f"milestones must be increasing positive epochs, got {self.milestones}",
+            ),
+            (self.limit_train is None or self.limit_train >= 1, f"limit_train must be >= 1, got {self.limit_train}"),
+            (self.limit_test is None or self.limit_test >= 1, f"limit_test must be >= 1, got {self.limit_test}"),
+            (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
+            (self.device in ("auto", "cpu", "cuda"), f"unknown device {self.device!r}; valid: auto, cpu, cuda"),
             (self.init in INITS, f"unknown init {self.init!r}; valid: {', '.join(INITS)}"),
-            (self.distribution in DISTRIBUTIONS,
-             f"unknown distribution {self.distribution!r}; valid: {', '.join(DISTRIBUTIONS)}"),
-            (self.method in METHOD_NAMES,
-             f"unknown method {self.method!r}; valid: {', '.join(METHOD_NAMES)}"),
+            (
+                self.distribution in DISTRIBUTIONS,
+                f"unknown distribution {self.distribution!r}; valid: {', '.join(DISTRIBUTIONS)}",
+            ),
+            (self.method in METHOD_NAMES, f"unknown method {self.method!r}; valid: {', '.join(METHOD_NAMES)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -122,8 +117,11 @@ class TrainConfig:
             )
         for key, widths in self.model_kwargs.items():
             flag = "hidden widths" if key == "hidden" else "channel widths"
-            if not (isinstance(widths, list) and widths
-                    and all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths)):
+            if not (
+                isinstance(widths, list)
+                and widths
+                and all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths)
+            ):
                 raise ValueError(f"{flag} (--hidden) must be a non-empty list of integers >= 1, got {widths!r}")
         if self.pattern != "dense":  # block sizes, group rows, ... checked by the pattern itself
             kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in self.pattern_kwargs.items()}
@@ -152,4 +150,3 @@ def _plain(v: Any) -> Any:
     if isinstance(v, dict):
         return {str(k): _plain(x) for k, x in v.items()}
     return v
-

@@ -152,9 +152,7 @@ def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
-def load_fashion_mnist(
-    root: str | Path | None = None, split: str = "train"
-) -> tuple[torch.Tensor, torch.Tensor]:
+def load_fashion_mnist(root: str | Path | None = None, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """Load a Fashion-MNIST split as uint8 images ``(N, 28, 28)`` and int64 labels ``(N,)``.
 
     ``root`` defaults to ``$RBGP_FASHION_MNIST``, else ``/usr/share/datasets/fashion-mnist``
@@ -168,9 +166,7 @@ def load_fashion_mnist(
     images = _read_idx(images_path, _IDX_IMAGES_MAGIC, 3)
     labels = _read_idx(labels_path, _IDX_LABELS_MAGIC, 1)
     if images.shape[1:] != (_FASHION_HW, _FASHION_HW):
-        raise ValueError(
-            f"{images_path}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28"
-        )
+        raise ValueError(f"{images_path}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28")
     if images.shape[0] != labels.shape[0]:
         raise ValueError(
             f"{images_path} holds {images.shape[0]} images but {labels_path} holds "
@@ -227,11 +223,17 @@ def _frombuffer(*args: Any) -> np.ndarray:
     """numpy's ``_frombuffer(buf, dtype, shape, order[, axis_order])``, how numpy writes an array at
     protocol 5, for plain (non-object) dtypes only."""
     buf, dtype, shape, order = args[:4] if 4 <= len(args) <= 5 else (None, None, None, None)
-    if not isinstance(buf, (bytes, bytearray, pickle.PickleBuffer)) or not isinstance(dtype, np.dtype) \
-            or dtype.hasobject or not isinstance(shape, tuple) \
-            or not all(isinstance(d, int) and d >= 0 for d in shape) or order not in ("C", "F", "K"):
-        raise UnsafePickleError(f"refusing numpy _frombuffer{_short(args)}: only a buffer, a plain dtype, a shape "
-                                f"and an order are allowed")
+    if (
+        not isinstance(buf, (bytes, bytearray, pickle.PickleBuffer))
+        or not isinstance(dtype, np.dtype)
+        or dtype.hasobject
+        or not isinstance(shape, tuple)
+        or not all(isinstance(d, int) and d >= 0 for d in shape)
+        or order not in ("C", "F", "K")
+    ):
+        raise UnsafePickleError(
+            f"refusing numpy _frombuffer{_short(args)}: only a buffer, a plain dtype, a shape and an order are allowed"
+        )
     return _numpy_frombuffer()(*args)
 
 
@@ -263,9 +265,7 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         factory = _ALLOWED_GLOBALS.get((module, name))
         if factory is None:
             allowed = ", ".join(f"{m}.{n}" for m, n in _ALLOWED_GLOBALS)
-            raise UnsafePickleError(
-                f"refusing to load global {module}.{name}: only {allowed} are allowed"
-            )
+            raise UnsafePickleError(f"refusing to load global {module}.{name}: only {allowed} are allowed")
         return factory()
 
 
@@ -309,9 +309,7 @@ _CIFAR_SPECS = {
 _CIFAR_PIXELS = 3 * 32 * 32
 
 
-def _parse_cifar_batch(
-    obj: Any, spec: _CifarSpec, source: str
-) -> tuple[np.ndarray, np.ndarray]:
+def _parse_cifar_batch(obj: Any, spec: _CifarSpec, source: str) -> tuple[np.ndarray, np.ndarray]:
     """Check one unpickled batch dict and return its ``(N, 3072)`` uint8 data and labels."""
     if not isinstance(obj, dict):
         raise ValueError(f"{source}: expected a dict batch, got {type(obj).__name__}")
@@ -328,23 +326,16 @@ def _parse_cifar_batch(
     raw_labels = entries[spec.label_key]
     if not isinstance(raw_labels, (list, np.ndarray)):
         raise ValueError(f"{source}: labels must be a list, got {type(raw_labels).__name__}")
-    if isinstance(raw_labels, list) and not all(
-        isinstance(v, int) and not isinstance(v, bool) for v in raw_labels
-    ):
+    if isinstance(raw_labels, list) and not all(isinstance(v, int) and not isinstance(v, bool) for v in raw_labels):
         raise ValueError(f"{source}: labels must all be ints")
     labels = np.asarray(raw_labels)
     if labels.ndim != 1 or labels.shape[0] != data.shape[0]:
-        raise ValueError(
-            f"{source}: {labels.shape} labels for {data.shape[0]} images; counts must match"
-        )
+        raise ValueError(f"{source}: {labels.shape} labels for {data.shape[0]} images; counts must match")
     if labels.size and labels.dtype.kind not in "iu":
         raise ValueError(f"{source}: labels have dtype {labels.dtype}, expected integers")
     labels = labels.astype(np.int64)
     if labels.size and (labels.min() < 0 or labels.max() >= spec.num_classes):
-        raise ValueError(
-            f"{source}: labels span {labels.min()}..{labels.max()}, "
-            f"expected 0..{spec.num_classes - 1}"
-        )
+        raise ValueError(f"{source}: labels span {labels.min()}..{labels.max()}, expected 0..{spec.num_classes - 1}")
     return data, labels
 
 
@@ -385,9 +376,7 @@ def _read_cifar_archive(archive: Path, folder: str, names: Sequence[str]) -> dic
     return out
 
 
-def _cifar_payloads(
-    root: Path, spec: _CifarSpec, names: Sequence[str]
-) -> tuple[dict[str, bytes], str]:
+def _cifar_payloads(root: Path, spec: _CifarSpec, names: Sequence[str]) -> tuple[dict[str, bytes], str]:
     """Find the batches under ``root`` (extracted folder first, then the archive)."""
     folder = root / spec.folder
     if folder.is_dir():
@@ -482,9 +471,7 @@ def _per_channel(values: float | Sequence[float], channels: int, what: str) -> t
     return t.view(1, channels, 1, 1)
 
 
-def normalize(
-    x: torch.Tensor, mean: float | Sequence[float], std: float | Sequence[float]
-) -> torch.Tensor:
+def normalize(x: torch.Tensor, mean: float | Sequence[float], std: float | Sequence[float]) -> torch.Tensor:
     """Scale uint8 images ``(N, C, H, W)`` to [0, 1] and standardise each channel (float32)."""
     if x.dtype != torch.uint8:
         raise TypeError(f"normalize expects uint8 images, got {x.dtype}")
@@ -576,8 +563,7 @@ class TensorLoader:
             raise ValueError(f"seed must be >= 0, got {seed}")
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(
-                f"need world_size >= 1 and 0 <= rank < world_size, got rank={rank}, "
-                f"world_size={world_size}"
+                f"need world_size >= 1 and 0 <= rank < world_size, got rank={rank}, world_size={world_size}"
             )
         self.x, self.y = x, y
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
@@ -651,9 +637,7 @@ def dataset_shape(name: str) -> tuple[int, tuple[int, int, int]]:
     return (100 if name == "cifar100" else 10), (3, 32, 32)
 
 
-def get_dataset(
-    name: str, data_dir: str | Path | None = None, split: str = "train"
-) -> LoadedDataset:
+def get_dataset(name: str, data_dir: str | Path | None = None, split: str = "train") -> LoadedDataset:
     """Load ``name`` (one of :data:`DATASET_NAMES`) as normalised float32 tensors."""
     _check_split(split)
     if name == "fashion_mnist":

@@ -33,9 +33,18 @@ from rbgp.train.data import LoadedDataset, get_dataset
 from rbgp.train.loop import TrainResult, sparse_layers, train
 from rbgp.train.recipes import get_recipe
 
-__all__ = ["CURVE_SPARSITIES", "DEMO_METHODS", "DemoMethod", "DemoSettings",
-           "inference_ms_per_batch", "model_counts", "run_demo", "run_sweep", "time_models",
-           "train_ms_per_batch"]
+__all__ = [
+    "CURVE_SPARSITIES",
+    "DEMO_METHODS",
+    "DemoMethod",
+    "DemoSettings",
+    "inference_ms_per_batch",
+    "model_counts",
+    "run_demo",
+    "run_sweep",
+    "time_models",
+    "train_ms_per_batch",
+]
 
 
 @dataclass(frozen=True)
@@ -49,8 +58,7 @@ class DemoMethod:
 
 def demo_methods(model: str) -> list[DemoMethod]:
     """Dense, RBGP4 and the three baselines; HBsNN blocks sized to tile the model's layers."""
-    hb = {"block": [32, 32], "sub_block": [4, 4]} if model == "mlp" else {
-        "block": [16, 16], "sub_block": [4, 4]}
+    hb = {"block": [32, 32], "sub_block": [4, 4]} if model == "mlp" else {"block": [16, 16], "sub_block": [4, 4]}
     return [
         DemoMethod("dense", "dense"),
         DemoMethod("rbgp4", "rbgp4"),
@@ -105,8 +113,13 @@ def inference_ms_per_batch(
 
 
 def train_ms_per_batch(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, warmup: int = 1, reps: int = 5,
-    lr: float = 1e-3, precision: str = "fp32",
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    warmup: int = 1,
+    reps: int = 5,
+    lr: float = 1e-3,
+    precision: str = "fp32",
 ) -> float:
     """Median wall time (ms) of one SGD step (forward, loss, backward, update) on ``(x, y)``.
 
@@ -129,7 +142,10 @@ def train_ms_per_batch(
 
 
 def time_models(
-    models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, rounds: int = 7,
+    models: dict[str, nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    rounds: int = 7,
     precision: str = "fp32",
 ) -> dict[str, dict[str, float]]:
     """Train-step and inference time per batch of every model, interleaved over ``rounds``.
@@ -140,13 +156,13 @@ def time_models(
     names = list(models)
     samples: dict[str, dict[str, list[float]]] = {n: {"train": [], "infer": []} for n in names}
     for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            samples[name]["train"].append(
-                train_ms_per_batch(models[name], x, y, precision=precision))
-            samples[name]["infer"].append(
-                inference_ms_per_batch(models[name], x, reps=10, precision=precision))
-    return {n: {"train_ms_per_batch": statistics.median(s["train"]),
-                "infer_ms_per_batch": statistics.median(s["infer"])} for n, s in samples.items()}
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            samples[name]["train"].append(train_ms_per_batch(models[name], x, y, precision=precision))
+            samples[name]["infer"].append(inference_ms_per_batch(models[name], x, reps=10, precision=precision))
+    return {
+        n: {"train_ms_per_batch": statistics.median(s["train"]), "infer_ms_per_batch": statistics.median(s["infer"])}
+        for n, s in samples.items()
+    }
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -178,8 +194,9 @@ class DemoSettings:
     timing_rounds: int = 7
     distribution: str = DEFAULT_DISTRIBUTION
 
-    def check(self, sweep: Sequence[float] | None = None, patterns: Sequence[str] = (),
-              distributions: Sequence[str] = ()) -> TrainConfig:
+    def check(
+        self, sweep: Sequence[float] | None = None, patterns: Sequence[str] = (), distributions: Sequence[str] = ()
+    ) -> TrainConfig:
         """Every setting checked before minutes of training (a table, or a sweep over `sweep` with
         `patterns` and `distributions`); the base config. ValueError naming the first bad value."""
         base = self.base_config()
@@ -195,8 +212,7 @@ class DemoSettings:
         return base
 
     def base_config(self) -> TrainConfig:
-        recipe = get_recipe("demo").with_overrides(
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
+        recipe = get_recipe("demo").with_overrides(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
         if self.model not in ("mlp", "cnn"):
             raise ValueError(f"the demo runs model 'mlp' or 'cnn', got {self.model!r}")
         if self.seeds < 1:
@@ -207,13 +223,25 @@ class DemoSettings:
         if self.hidden:
             model_kwargs = {"hidden" if self.model == "mlp" else "channels": list(self.hidden)}
         return TrainConfig(
-            model=self.model, dataset="fashion_mnist", data_dir=self.data_dir, pattern="dense",
+            model=self.model,
+            dataset="fashion_mnist",
+            data_dir=self.data_dir,
+            pattern="dense",
             sparsity=self.sparsity if self.sparsity is not None else DEFAULT_SPARSITY[self.model],
-            model_kwargs=model_kwargs, epochs=recipe.epochs,
-            batch_size=recipe.batch_size, lr=recipe.lr, momentum=recipe.momentum,
-            nesterov=recipe.nesterov, weight_decay=recipe.weight_decay, schedule=recipe.schedule,
-            milestones=list(recipe.milestones), gamma=recipe.gamma, precision=self.precision,
-            augment=False, limit_train=self.limit_train, limit_test=self.limit_test,
+            model_kwargs=model_kwargs,
+            epochs=recipe.epochs,
+            batch_size=recipe.batch_size,
+            lr=recipe.lr,
+            momentum=recipe.momentum,
+            nesterov=recipe.nesterov,
+            weight_decay=recipe.weight_decay,
+            schedule=recipe.schedule,
+            milestones=list(recipe.milestones),
+            gamma=recipe.gamma,
+            precision=self.precision,
+            augment=False,
+            limit_train=self.limit_train,
+            limit_test=self.limit_test,
             distribution=self.distribution,
         )
 
@@ -239,24 +267,34 @@ def _train_one(
     t0 = time.perf_counter()
     result = train(cfg, None, quiet=True, data=data)
     wall = time.perf_counter() - t0
-    _log(f"[rbgp demo] {label}: test acc {result.final['test_acc']:.2f}% "
-         f"({wall:.0f} s, {result.final['train_ms_per_batch_median']:.1f} ms/batch)", quiet)
+    _log(
+        f"[rbgp demo] {label}: test acc {result.final['test_acc']:.2f}% "
+        f"({wall:.0f} s, {result.final['train_ms_per_batch_median']:.1f} ms/batch)",
+        quiet,
+    )
     return result, wall
 
 
 def _load(settings: DemoSettings) -> tuple[LoadedDataset, LoadedDataset]:
-    return (get_dataset("fashion_mnist", settings.data_dir, "train"),
-            get_dataset("fashion_mnist", settings.data_dir, "test"))
+    return (
+        get_dataset("fashion_mnist", settings.data_dir, "train"),
+        get_dataset("fashion_mnist", settings.data_dir, "test"),
+    )
 
 
 def _environment() -> dict[str, Any]:
-    return {"torch": torch.__version__, "python": platform.python_version(),
-            "machine": platform.machine(), "processor": platform.processor() or None,
-            "threads": torch.get_num_threads()}
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "threads": torch.get_num_threads(),
+    }
 
 
-def run_demo(settings: DemoSettings, out_dir: str | Path = "runs/demo",
-             quiet: bool = False, command: str | None = None) -> dict[str, Any]:
+def run_demo(
+    settings: DemoSettings, out_dir: str | Path = "runs/demo", quiet: bool = False, command: str | None = None
+) -> dict[str, Any]:
     """Train every method for every seed; write demo.json, demo.md and demo.png to ``out_dir``."""
     t_start = time.perf_counter()
     base = settings.check()
@@ -266,40 +304,51 @@ def run_demo(settings: DemoSettings, out_dir: str | Path = "runs/demo",
     timed: dict[str, nn.Module] = {}
     for seed in range(settings.seeds):
         for method in methods:
-            cfg = TrainConfig.from_dict({**base.to_dict(), "pattern": method.pattern,
-                                         "pattern_kwargs": method.kwargs, "seed": seed})
+            cfg = TrainConfig.from_dict(
+                {**base.to_dict(), "pattern": method.pattern, "pattern_kwargs": method.kwargs, "seed": seed}
+            )
             result, wall = _train_one(cfg, data, quiet, f"{method.name} seed {seed}")
-            entry = per_method.setdefault(method.name, {"pattern": method.pattern,
-                                                        "pattern_kwargs": method.kwargs,
-                                                        "runs": []})
-            entry["runs"].append({
-                "seed": seed, "test_acc": result.final["test_acc"],
-                "test_loss": result.final["test_loss"], "train_loss": result.final["train_loss"],
-                "loop_train_ms_per_batch": statistics.median(
-                    h["train_ms_per_batch_median"] for h in result.history),
-                "wall_s": wall, **model_counts(result.model),
-            })
+            entry = per_method.setdefault(
+                method.name, {"pattern": method.pattern, "pattern_kwargs": method.kwargs, "runs": []}
+            )
+            entry["runs"].append(
+                {
+                    "seed": seed,
+                    "test_acc": result.final["test_acc"],
+                    "test_loss": result.final["test_loss"],
+                    "train_loss": result.final["train_loss"],
+                    "loop_train_ms_per_batch": statistics.median(
+                        h["train_ms_per_batch_median"] for h in result.history
+                    ),
+                    "wall_s": wall,
+                    **model_counts(result.model),
+                }
+            )
             if seed == 0:
                 timed[method.name] = result.model
     _log("[rbgp demo] timing train steps and inference, methods interleaved", quiet)
     n = base.batch_size
-    timings = time_models(timed, data[1].x[:n], data[1].y[:n], precision=settings.precision,
-                          rounds=settings.timing_rounds)
+    timings = time_models(
+        timed, data[1].x[:n], data[1].y[:n], precision=settings.precision, rounds=settings.timing_rounds
+    )
     for name, entry in per_method.items():
         entry.update(timings[name])
     rows = [_summarise(name, e) for name, e in per_method.items()]
     dense = next((r for r in rows if r["method"] == "dense"), None)
     for r in rows:
         r["acc_vs_dense"] = r["acc_mean"] - dense["acc_mean"] if dense else None
-        r["train_speedup_vs_dense"] = (dense["train_ms_per_batch"] / r["train_ms_per_batch"]
-                                       if dense else None)
-        r["infer_speedup_vs_dense"] = (dense["infer_ms_per_batch"] / r["infer_ms_per_batch"]
-                                       if dense else None)
+        r["train_speedup_vs_dense"] = dense["train_ms_per_batch"] / r["train_ms_per_batch"] if dense else None
+        r["infer_speedup_vs_dense"] = dense["infer_ms_per_batch"] / r["infer_ms_per_batch"] if dense else None
     report = {
         "kind": "rbgp-demo",
         "command": command,
-        "settings": {**base.to_dict(), "pattern": None, "seeds": settings.seeds,
-                     "methods": [m.name for m in methods], "timing_rounds": settings.timing_rounds},
+        "settings": {
+            **base.to_dict(),
+            "pattern": None,
+            "seeds": settings.seeds,
+            "methods": [m.name for m in methods],
+            "timing_rounds": settings.timing_rounds,
+        },
         "environment": _environment(),
         "rows": rows,
         "runs": per_method,
@@ -315,9 +364,13 @@ def _summarise(name: str, entry: dict[str, Any]) -> dict[str, Any]:
     runs = entry["runs"]
     acc_mean, acc_std = _mean_std([r["test_acc"] for r in runs])
     return {
-        "method": name, "pattern": entry["pattern"], "seeds": len(runs),
-        "acc_mean": acc_mean, "acc_std": acc_std,
-        "params": runs[0]["params"], "nonzeros": runs[0]["nonzeros"],
+        "method": name,
+        "pattern": entry["pattern"],
+        "seeds": len(runs),
+        "acc_mean": acc_mean,
+        "acc_std": acc_std,
+        "params": runs[0]["params"],
+        "nonzeros": runs[0]["nonzeros"],
         "structure_bytes": runs[0]["structure_bytes"],
         "train_ms_per_batch": entry["train_ms_per_batch"],
         "infer_ms_per_batch": entry["infer_ms_per_batch"],
@@ -334,7 +387,8 @@ def demo_markdown(report: dict[str, Any]) -> str:
     lines = [f"Command: `{report['command']}`", ""] if report.get("command") else []
     lines += [
         f"Fashion-MNIST, {model}, sparse layers at {s['sparsity']:g} global sparsity, distribution "
-        f"{s.get('distribution', 'uniform')} (first/last dense), {s['epochs']} epochs, batch {s['batch_size']}, SGD lr {s['lr']:g} "
+        f"{s.get('distribution', 'uniform')} (first/last dense), {s['epochs']} epochs, batch {s['batch_size']}, "
+        f"SGD lr {s['lr']:g} "
         f"({s['schedule']}), {s['seeds']} seed(s), {s['precision']}, "
         f"{report['environment']['threads']} CPU threads, torch {report['environment']['torch']}.",
         "",
@@ -376,10 +430,10 @@ def _plot_demo(report: dict[str, Any], path: Path) -> None:
     names = [r["method"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for r in rows:
-        ax1.errorbar(r["train_ms_per_batch"], r["acc_mean"], yerr=r["acc_std"], fmt="o",
-                     capsize=3, label=r["method"])
-        ax1.annotate(r["method"], (r["train_ms_per_batch"], r["acc_mean"]),
-                     textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax1.errorbar(r["train_ms_per_batch"], r["acc_mean"], yerr=r["acc_std"], fmt="o", capsize=3, label=r["method"])
+        ax1.annotate(
+            r["method"], (r["train_ms_per_batch"], r["acc_mean"]), textcoords="offset points", xytext=(5, 4), fontsize=8
+        )
     ax1.set_xlabel("train time per batch (ms)")
     ax1.set_ylabel("test accuracy (%)")
     ax1.set_title("accuracy vs training cost (up-left is better)")
@@ -393,8 +447,7 @@ def _plot_demo(report: dict[str, Any], path: Path) -> None:
     ax2.set_title(f"time per batch of {report['settings']['batch_size']}")
     ax2.legend()
     ax2.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"Fashion-MNIST {report['settings']['model']}, "
-                 f"{report['settings']['sparsity']:g} sparsity")
+    fig.suptitle(f"Fashion-MNIST {report['settings']['model']}, {report['settings']['sparsity']:g} sparsity")
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
     plt.close(fig)
@@ -411,9 +464,15 @@ def _write_outputs(out: Path, stem: str, report: dict[str, Any], markdown: str, 
 # ----------------------------------------------------------------------------------------------
 
 
-def run_sweep(settings: DemoSettings, sparsities: Sequence[float], out_dir: str | Path = "runs/demo",
-              quiet: bool = False, patterns: Sequence[str] = ("rbgp4", "unstructured"),
-              distributions: Sequence[str] | None = None, command: str | None = None) -> dict[str, Any]:
+def run_sweep(
+    settings: DemoSettings,
+    sparsities: Sequence[float],
+    out_dir: str | Path = "runs/demo",
+    quiet: bool = False,
+    patterns: Sequence[str] = ("rbgp4", "unstructured"),
+    distributions: Sequence[str] | None = None,
+    command: str | None = None,
+) -> dict[str, Any]:
     """Accuracy vs global sparsity for every pattern and distribution (plus dense); writes
     curve.json/.md/.png. `distributions` defaults to the settings' one."""
     distributions = list(distributions or [settings.distribution])
@@ -431,24 +490,48 @@ def run_sweep(settings: DemoSettings, sparsities: Sequence[float], out_dir: str 
             for sp in sparsities:
                 accs, ms, got = [], [], []
                 for seed in range(settings.seeds):
-                    cfg = TrainConfig.from_dict({**base.to_dict(), "pattern": pattern, "sparsity": sp, "seed": seed,
-                                                 "pattern_kwargs": kwargs[pattern], "distribution": dist})
+                    cfg = TrainConfig.from_dict(
+                        {
+                            **base.to_dict(),
+                            "pattern": pattern,
+                            "sparsity": sp,
+                            "seed": seed,
+                            "pattern_kwargs": kwargs[pattern],
+                            "distribution": dist,
+                        }
+                    )
                     res, _ = _train_one(cfg, data, quiet, f"{pattern} {dist} {sp:g} seed {seed}")
                     accs.append(res.final["test_acc"])
                     ms.append(statistics.median(h["train_ms_per_batch_median"] for h in res.history))
                     got.append(res.report.global_sparsity)
                 mean, std = _mean_std(accs)
-                points.append({"pattern": pattern, "distribution": dist, "sparsity": sp, "acc_mean": mean,
-                               "acc_std": std, "accs": accs, "global_sparsity": statistics.fmean(got),
-                               "layer_sparsity": {r.name: r.sparsity for r in res.report.layers},
-                               "loop_train_ms_per_batch": statistics.median(ms)})
+                points.append(
+                    {
+                        "pattern": pattern,
+                        "distribution": dist,
+                        "sparsity": sp,
+                        "acc_mean": mean,
+                        "acc_std": std,
+                        "accs": accs,
+                        "global_sparsity": statistics.fmean(got),
+                        "layer_sparsity": {r.name: r.sparsity for r in res.report.layers},
+                        "loop_train_ms_per_batch": statistics.median(ms),
+                    }
+                )
     dmean, dstd = _mean_std(dense_accs)
     report = {
         "kind": "rbgp-demo-sweep",
         "command": command,
-        "settings": {**base.to_dict(), "pattern": None, "sparsity": None, "distribution": None,
-                     "seeds": settings.seeds, "sparsities": list(sparsities), "patterns": list(patterns),
-                     "distributions": distributions},
+        "settings": {
+            **base.to_dict(),
+            "pattern": None,
+            "sparsity": None,
+            "distribution": None,
+            "seeds": settings.seeds,
+            "sparsities": list(sparsities),
+            "patterns": list(patterns),
+            "distributions": distributions,
+        },
         "environment": _environment(),
         "dense": {"acc_mean": dmean, "acc_std": dstd, "accs": dense_accs},
         "points": points,
@@ -505,8 +588,14 @@ def _plot_sweep(report: dict[str, Any], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for label, pts in _curves(report):
-        ax.errorbar([p["sparsity"] for p in pts], [p["acc_mean"] for p in pts],
-                    yerr=[p["acc_std"] for p in pts], marker="o", capsize=3, label=label)
+        ax.errorbar(
+            [p["sparsity"] for p in pts],
+            [p["acc_mean"] for p in pts],
+            yerr=[p["acc_std"] for p in pts],
+            marker="o",
+            capsize=3,
+            label=label,
+        )
     ax.axhline(report["dense"]["acc_mean"], color="gray", ls="--", label="dense")
     ax.set_xlabel("global sparsity of the sparse layers")
     ax.set_ylabel("test accuracy (%)")

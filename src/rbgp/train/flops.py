@@ -24,13 +24,15 @@ __all__ = ["flops", "layer_nnz", "layer_positions", "weight_layers"]
 
 def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
     """The linear and conv layers (dense, masked, RBGP or parametrized), by name."""
-    return {name: m for name, m in model.named_modules()
-            if isinstance(m, (nn.Linear, nn.Conv2d, *SPARSE_TYPES)) or is_hf_conv1d(m)}
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Linear, nn.Conv2d, *SPARSE_TYPES)) or is_hf_conv1d(m)
+    }
 
 
 @torch.no_grad()
-def layer_positions(model: nn.Module, input_shape: Sequence[int], device: torch.device | str = "cpu"
-                    ) -> dict[str, int]:
+def layer_positions(model: nn.Module, input_shape: Sequence[int], device: torch.device | str = "cpu") -> dict[str, int]:
     """Output positions per sample of every weight layer, from one forward pass on a zero sample."""
     layers = weight_layers(model)
     positions: dict[str, int] = {}
@@ -39,6 +41,7 @@ def layer_positions(model: nn.Module, input_shape: Sequence[int], device: torch.
         def record(module: nn.Module, inputs, output: torch.Tensor) -> None:
             channels = output.shape[1] if output.dim() == 4 else output.shape[-1]
             positions[name] = max(1, output.numel() // (output.shape[0] * channels))
+
         return record
 
     handles = [m.register_forward_hook(hook(name)) for name, m in layers.items()]

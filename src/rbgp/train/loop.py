@@ -117,8 +117,13 @@ def build_run_model(
     if config.pattern != "dense":  # with init_from and pattern dense: fine-tune the dense model
         budget = config.method_kwargs.get("budget") if config.method == "budgeted" else None
         report = sparsify(
-            model, budget or config.sparsity, config.pattern, exclude=tuple(config.exclude),
-            seed=config.seed, init=config.init, distribution=config.distribution,
+            model,
+            budget or config.sparsity,
+            config.pattern,
+            exclude=tuple(config.exclude),
+            seed=config.seed,
+            init=config.init,
+            distribution=config.distribution,
             **_pattern_kwargs(config.pattern_kwargs),
         )
     return model, report
@@ -128,13 +133,17 @@ def _load_dense_start(model: nn.Module, path: str) -> None:
     """Load the weights of a dense run's checkpoint (same model) to convert from (`init_from`)."""
     saved = load_checkpoint(path)
     if saved["args"].get("pattern") != "dense":
-        raise ValueError(f"{path}: init_from needs the checkpoint of a dense run, this one is "
-                         f"{saved['args'].get('pattern')!r} (train it with --pattern dense)")
+        raise ValueError(
+            f"{path}: init_from needs the checkpoint of a dense run, this one is "
+            f"{saved['args'].get('pattern')!r} (train it with --pattern dense)"
+        )
     try:
         model.load_state_dict(saved["model"])
     except RuntimeError as err:
-        raise ValueError(f"{path}: its model does not match this run's (same --model, --hidden and data set "
-                         f"needed): {str(err).splitlines()[0]}") from None
+        raise ValueError(
+            f"{path}: its model does not match this run's (same --model, --hidden and data set "
+            f"needed): {str(err).splitlines()[0]}"
+        ) from None
 
 
 def _subset(ds: LoadedDataset, limit: int | None) -> LoadedDataset:
@@ -224,9 +233,7 @@ def evaluate(
     return loss_sum / max(count, 1.0), 100.0 * correct / max(count, 1.0)
 
 
-def _make_scheduler(
-    config: TrainConfig, optimizer: torch.optim.Optimizer
-) -> torch.optim.lr_scheduler.LRScheduler:
+def _make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     milestones = config.milestones if config.schedule == "multistep" else []
@@ -257,8 +264,14 @@ def _train_epoch(
     steps = len(loader) if config.max_steps is None else min(len(loader), config.max_steps)
     loss_sum = correct = count = 0.0
     step_times: list[float] = []
-    bar = tqdm(total=steps, desc=f"epoch {epoch}/{config.epochs}", leave=False, file=sys.stderr,
-               disable=not show_progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=steps,
+        desc=f"epoch {epoch}/{config.epochs}",
+        leave=False,
+        file=sys.stderr,
+        disable=not show_progress,
+        dynamic_ncols=True,
+    )
     for step, (xb, yb) in enumerate(loader):
         if step >= steps:
             break
@@ -303,8 +316,9 @@ def _train_epoch(
 
 def _check_finite_loss(value: float, epoch: int, where: str) -> None:
     if not math.isfinite(value):
-        raise TrainingDiverged(f"training diverged: epoch {epoch}, {where}: the loss is {value}; "
-                               f"try a smaller --lr, or --precision fp32")
+        raise TrainingDiverged(
+            f"training diverged: epoch {epoch}, {where}: the loss is {value}; try a smaller --lr, or --precision fp32"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -349,8 +363,9 @@ def train(
         ddp.cleanup(info)
 
 
-def preflight(config: TrainConfig, out_dir: str | Path | None, resume: bool | str = False,
-              overwrite: bool = False) -> dict[str, Any] | None:
+def preflight(
+    config: TrainConfig, out_dir: str | Path | None, resume: bool | str = False, overwrite: bool = False
+) -> dict[str, Any] | None:
     """The checks `train` makes before any work: the run folder can be written, ``resume`` and
     ``overwrite`` fit what it holds, a checkpoint to resume is sound and made with the same settings.
     Returns that checkpoint (None when starting fresh); ValueError otherwise."""
@@ -366,8 +381,10 @@ def preflight(config: TrainConfig, out_dir: str | Path | None, resume: bool | st
     if resume and out is None:
         raise ValueError("resume needs an out_dir holding the checkpoint")
     if resume is True and not ckpt_path.exists():
-        raise ValueError(f"--resume: no checkpoint at {ckpt_path}, nothing to continue; drop --resume to start "
-                         f"a new run there, or pass --resume-if-present to start fresh when there is none")
+        raise ValueError(
+            f"--resume: no checkpoint at {ckpt_path}, nothing to continue; drop --resume to start "
+            f"a new run there, or pass --resume-if-present to start fresh when there is none"
+        )
     if not resume or not ckpt_path.exists():
         return None
     saved = load_checkpoint(ckpt_path)  # fail on a bad file before any expensive work
@@ -398,8 +415,7 @@ def _run(
     if out is not None and info.is_main and out.is_dir():
         for stale in remove_stale_temps(out, _RUN_FILES):
             if not quiet:
-                print(f"[rbgp train] removed {stale.name}, a temp file left by an interrupted write",
-                      file=sys.stderr)
+                print(f"[rbgp train] removed {stale.name}, a temp file left by an interrupted write", file=sys.stderr)
 
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
@@ -409,16 +425,26 @@ def _run(
         train_ds = train_ds._replace(x=train_ds.x.to(info.device), y=train_ds.y.to(info.device))
         test_ds = test_ds._replace(x=test_ds.x.to(info.device), y=test_ds.y.to(info.device))
     model, report = build_run_model(config, train_ds.num_classes, train_ds.input_shape)
-    loader = TensorLoader(train_ds.x, train_ds.y, config.batch_size, shuffle=True, seed=config.seed,
-                          transform=default_transform(config.dataset) if config.augment else None,
-                          rank=info.rank, world_size=info.world_size)
+    loader = TensorLoader(
+        train_ds.x,
+        train_ds.y,
+        config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        transform=default_transform(config.dataset) if config.augment else None,
+        rank=info.rank,
+        world_size=info.world_size,
+    )
     steps = len(loader) if config.max_steps is None else min(len(loader), config.max_steps)
     method = make_method(config)
     method.prepare(model, steps * config.epochs)
     model.to(info.device)
     positions = layer_positions(model, train_ds.input_shape, info.device)
     optimizer = torch.optim.SGD(
-        method.param_groups(model), lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+        method.param_groups(model),
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
         weight_decay=config.weight_decay,
     )
     scheduler = _make_scheduler(config, optimizer)
@@ -432,14 +458,23 @@ def _run(
     log = info.is_main and not quiet
     if out is not None and info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "run.json", {"config": config.to_dict(), "world_size": info.world_size,
-                                      "sparsify": report.to_dict() if report else None})
+        write_json(
+            out / "run.json",
+            {
+                "config": config.to_dict(),
+                "world_size": info.world_size,
+                "sparsify": report.to_dict() if report else None,
+            },
+        )
         _write_metrics(out, history)
     if log:
         what = _describe(config, report)
         where = f", resuming after epoch {start_epoch - 1}" if saved is not None else ""
-        print(f"[rbgp train] {config.model} on {config.dataset}, {what}, {config.precision}, "
-              f"{info.world_size} process(es) on {info.device}{where}", flush=True)
+        print(
+            f"[rbgp train] {config.model} on {config.dataset}, {what}, {config.precision}, "
+            f"{info.world_size} process(es) on {info.device}{where}",
+            flush=True,
+        )
 
     net: nn.Module = model
     if info.distributed:
@@ -456,11 +491,13 @@ def _run(
         row: dict[str, Any] = {"epoch": epoch}
         before = _sparsity_metrics(model, method, positions)
         try:
-            row.update(_train_epoch(net, loader, optimizer, config, info, method, epoch, show_progress,
-                                    on_batch))
+            row.update(_train_epoch(net, loader, optimizer, config, info, method, epoch, show_progress, on_batch))
         except TrainingDiverged as err:
-            kept = (f"the checkpoint of epoch {epoch - 1} in {out} is kept" if out is not None and epoch > 1
-                    else "no checkpoint was written")
+            kept = (
+                f"the checkpoint of epoch {epoch - 1} in {out} is kept"
+                if out is not None and epoch > 1
+                else "no checkpoint was written"
+            )
             raise TrainingDiverged(f"{err}; {kept}") from None
         scheduler.step()
         row.update(_epoch_accounting(model, method, positions, before, history, row["steps"], config, info))
@@ -476,10 +513,13 @@ def _run(
             save_checkpoint(ckpt_path, state)
             _write_metrics(out, history)
         if log:
-            print(f"[rbgp train] epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f} "
-                  f"acc {row['train_acc']:.2f}% | test loss {row['test_loss']:.4f} acc "
-                  f"{row['test_acc']:.2f}% | lr {lr:.4g} | {row['epoch_time_s']:.1f}s, "
-                  f"{row['train_ms_per_batch']:.2f} ms/batch{_sparsity_note(row)}", flush=True)
+            print(
+                f"[rbgp train] epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f} "
+                f"acc {row['train_acc']:.2f}% | test loss {row['test_loss']:.4f} acc "
+                f"{row['test_acc']:.2f}% | lr {lr:.4g} | {row['epoch_time_s']:.1f}s, "
+                f"{row['train_ms_per_batch']:.2f} ms/batch{_sparsity_note(row)}",
+                flush=True,
+            )
         if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < config.epochs:
             stopped = True
             break
@@ -507,14 +547,23 @@ def _sparsity_metrics(model: nn.Module, method: Method, positions: dict[str, int
     counts = {name: layer_nnz(m) for name, m in layers.items()}
     total = sum(n for _, n in counts.values())
     dense_grad = layers if method.dense_weight_grad() else ()
-    return {"sparsity": 1 - sum(k for k, _ in counts.values()) / total if total else 0.0,
-            "layer_sparsity": {name: 1 - k / n for name, (k, n) in counts.items()},
-            **flops(model, positions, dense_grad)}
+    return {
+        "sparsity": 1 - sum(k for k, _ in counts.values()) / total if total else 0.0,
+        "layer_sparsity": {name: 1 - k / n for name, (k, n) in counts.items()},
+        **flops(model, positions, dense_grad),
+    }
 
 
-def _epoch_accounting(model: nn.Module, method: Method, positions: dict[str, int], before: dict[str, Any],
-                      history: list[dict[str, Any]], steps: int, config: TrainConfig, info: ddp.DistInfo
-                      ) -> dict[str, Any]:
+def _epoch_accounting(
+    model: nn.Module,
+    method: Method,
+    positions: dict[str, int],
+    before: dict[str, Any],
+    history: list[dict[str, Any]],
+    steps: int,
+    config: TrainConfig,
+    info: ddp.DistInfo,
+) -> dict[str, Any]:
     """The epoch's metrics beyond loss and time: sparsity now, inference FLOPs per sample now, and
     the run's training FLOPs so far (this epoch's steps at the mean of its start and end costs)."""
     after = _sparsity_metrics(model, method, positions)

@@ -12,8 +12,18 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-__all__ = ["MLP", "MODEL_NAMES", "ResNet", "SmallCNN", "VGG", "WideResNet", "build_model", "resnet18", "vgg19_bn",
-           "wrn"]
+__all__ = [
+    "MLP",
+    "MODEL_NAMES",
+    "ResNet",
+    "SmallCNN",
+    "VGG",
+    "WideResNet",
+    "build_model",
+    "resnet18",
+    "vgg19_bn",
+    "wrn",
+]
 
 
 def _init_weights(model: nn.Module) -> None:
@@ -56,9 +66,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
         if x.shape[1] != self.in_features:
-            raise ValueError(
-                f"MLP expects {self.in_features} features per sample, got {x.shape[1]}"
-            )
+            raise ValueError(f"MLP expects {self.in_features} features per sample, got {x.shape[1]}")
         return self.net(x)
 
 
@@ -99,9 +107,7 @@ VGG19_CFG: tuple[int | str, ...] = (
 class VGG(nn.Module):
     """CIFAR-style VGG: conv3x3-BN-ReLU stages with max-pools, then one ``Linear``."""
 
-    def __init__(
-        self, cfg: Sequence[int | str], num_classes: int = 10, in_channels: int = 3
-    ) -> None:
+    def __init__(self, cfg: Sequence[int | str], num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         cin = in_channels
@@ -162,9 +168,7 @@ class WideResNet(nn.Module):
     ) -> None:
         super().__init__()
         if depth < 10 or (depth - 4) % 6:
-            raise ValueError(
-                f"WRN depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 40, ...), got {depth}"
-            )
+            raise ValueError(f"WRN depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 40, ...), got {depth}")
         if widen_factor < 1:
             raise ValueError(f"widen_factor must be >= 1, got {widen_factor}")
         n = (depth - 4) // 6
@@ -189,7 +193,10 @@ class WideResNet(nn.Module):
 
 
 def wrn(
-    depth: int = 40, widen_factor: int = 4, num_classes: int = 10, dropout: float = 0.0,
+    depth: int = 40,
+    widen_factor: int = 4,
+    num_classes: int = 10,
+    dropout: float = 0.0,
     in_channels: int = 3,
 ) -> WideResNet:
     """WideResNet for CIFAR; the defaults give WRN-40-4 (about 8.9M parameters)."""
@@ -255,14 +262,10 @@ _BUILDERS: dict[str, Callable[[int, int, int | None], nn.Module]] = {
 MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 
 
-def build_model(
-    name: str, num_classes: int = 10, in_channels: int = 1, image_size: int | None = None
-) -> nn.Module:
+def build_model(name: str, num_classes: int = 10, in_channels: int = 1, image_size: int | None = None) -> nn.Module:
     """Build one of :data:`MODEL_NAMES`; ``image_size`` (default 28) only sizes the MLP input."""
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
     if num_classes < 1 or in_channels < 1:
-        raise ValueError(
-            f"num_classes and in_channels must be >= 1, got {num_classes} and {in_channels}"
-        )
+        raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes} and {in_channels}")
     return _BUILDERS[name](num_classes, in_channels, image_size)

@@ -73,8 +73,7 @@ _RECIPES = {
     "paper-vgg19": _PAPER["vgg19"],
     "paper-wrn40_4": _PAPER["wrn40_4"],
     # Short Fashion-MNIST recipe used by `rbgp demo` (chosen by measurement, see demo.py).
-    "demo": Recipe(lr=0.05, batch_size=128, epochs=3, momentum=0.9, nesterov=True,
-                   weight_decay=0.0, schedule="cosine"),
+    "demo": Recipe(lr=0.05, batch_size=128, epochs=3, momentum=0.9, nesterov=True, weight_decay=0.0, schedule="cosine"),
     "smoke": Recipe(lr=0.05, batch_size=16, epochs=1, weight_decay=0.0, schedule="constant"),
 }
 RECIPE_NAMES: tuple[str, ...] = ("paper", *_RECIPES)

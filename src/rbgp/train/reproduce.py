@@ -67,26 +67,48 @@ class ReproduceSettings:
         extra: dict[str, Any] = {}
         if self.smoke:
             recipe = recipe.with_overrides(epochs=1, batch_size=8)
-            extra = {"dataset": "synthetic_cifar10", "data_dir": None, "max_steps": 2,
-                     "limit_train": 32, "limit_test": 32, "eval_batch_size": 32}
+            extra = {
+                "dataset": "synthetic_cifar10",
+                "data_dir": None,
+                "max_steps": 2,
+                "limit_train": 32,
+                "limit_test": 32,
+                "eval_batch_size": 32,
+            }
         recipe = recipe.with_overrides(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
         base = {
-            "model": self.model, "dataset": self.dataset, "data_dir": self.data_dir,
-            "exclude": _EXCLUDE[self.model], "epochs": recipe.epochs,
-            "batch_size": recipe.batch_size, "lr": recipe.lr, "momentum": recipe.momentum,
-            "nesterov": recipe.nesterov, "weight_decay": recipe.weight_decay,
-            "schedule": recipe.schedule, "milestones": list(recipe.milestones),
-            "gamma": recipe.gamma, "seed": self.seed, "precision": self.precision,
-            "max_steps": self.max_steps, "distribution": "uniform", **extra,  # the paper: every layer at one sparsity
+            "model": self.model,
+            "dataset": self.dataset,
+            "data_dir": self.data_dir,
+            "exclude": _EXCLUDE[self.model],
+            "epochs": recipe.epochs,
+            "batch_size": recipe.batch_size,
+            "lr": recipe.lr,
+            "momentum": recipe.momentum,
+            "nesterov": recipe.nesterov,
+            "weight_decay": recipe.weight_decay,
+            "schedule": recipe.schedule,
+            "milestones": list(recipe.milestones),
+            "gamma": recipe.gamma,
+            "seed": self.seed,
+            "precision": self.precision,
+            "max_steps": self.max_steps,
+            "distribution": "uniform",
+            **extra,  # the paper: every layer at one sparsity
         }
         if self.max_steps is not None:  # an explicit cap wins over the smoke default
             base["max_steps"] = self.max_steps
         runs = [("dense", TrainConfig(**base, pattern="dense"))]
         for pattern in self.patterns:
             for sp in self.sparsities:
-                runs.append((f"{pattern}_{sp:g}", TrainConfig(
-                    **base, pattern=pattern, sparsity=float(sp),
-                    pattern_kwargs=_PATTERN_KWARGS.get(pattern, {}))))
+                runs.append(
+                    (
+                        f"{pattern}_{sp:g}",
+                        TrainConfig(
+                            **base, pattern=pattern, sparsity=float(sp), pattern_kwargs=_PATTERN_KWARGS.get(pattern, {})
+                        ),
+                    )
+                )
         return runs
 
 
@@ -107,8 +129,7 @@ def _finished(run_dir: Path, cfg: TrainConfig) -> dict[str, Any] | None:
     return stored if stored.get("config") == cfg.to_dict() else None
 
 
-def run_reproduce(settings: ReproduceSettings, out_dir: str | Path, quiet: bool = False
-                  ) -> dict[str, Any]:
+def run_reproduce(settings: ReproduceSettings, out_dir: str | Path, quiet: bool = False) -> dict[str, Any]:
     """Run (or pick up) every run and write reproduce.json / reproduce.md under ``out_dir``."""
     t_start = time.perf_counter()
     out = Path(out_dir)
@@ -120,16 +141,19 @@ def run_reproduce(settings: ReproduceSettings, out_dir: str | Path, quiet: bool 
         if done is None:
             _log(f"[rbgp reproduce] {name}: training ({cfg.epochs} epochs)", quiet)
             t0 = time.perf_counter()
-            res = train(cfg, None if settings.smoke else run_dir, resume=not settings.smoke,
-                        quiet=quiet)
+            res = train(cfg, None if settings.smoke else run_dir, resume=not settings.smoke, quiet=quiet)
             h = res.history
             done = {
-                "run": name, "pattern": cfg.pattern,
+                "run": name,
+                "pattern": cfg.pattern,
                 "sparsity": None if cfg.pattern == "dense" else cfg.sparsity,
-                "final_acc": h[-1]["test_acc"], "best_acc": max(r["test_acc"] for r in h),
-                "epochs": len(h), "params": sum(p.numel() for p in res.model.parameters()),
+                "final_acc": h[-1]["test_acc"],
+                "best_acc": max(r["test_acc"] for r in h),
+                "epochs": len(h),
+                "params": sum(p.numel() for p in res.model.parameters()),
                 "sparse_params": res.report.params_after if res.report else None,
-                "wall_s": time.perf_counter() - t0, "config": cfg.to_dict(),
+                "wall_s": time.perf_counter() - t0,
+                "config": cfg.to_dict(),
             }
             if is_main and not settings.smoke:
                 write_json(run_dir / RESULT_NAME, done)
@@ -138,10 +162,13 @@ def run_reproduce(settings: ReproduceSettings, out_dir: str | Path, quiet: bool 
         _log(f"[rbgp reproduce] {name}: final test acc {done['final_acc']:.2f}%", quiet)
         results.append(done)
     report = {
-        "kind": "rbgp-reproduce", "model": settings.model,
+        "kind": "rbgp-reproduce",
+        "model": settings.model,
         "dataset": "synthetic_cifar10" if settings.smoke else settings.dataset,
-        "smoke": settings.smoke, "sparsities": [float(s) for s in settings.sparsities],
-        "patterns": list(settings.patterns), "runs": results,
+        "smoke": settings.smoke,
+        "sparsities": [float(s) for s in settings.sparsities],
+        "patterns": list(settings.patterns),
+        "runs": results,
         "wall_s": time.perf_counter() - t_start,
     }
     if is_main:
@@ -159,11 +186,12 @@ def reproduce_markdown(report: dict[str, Any]) -> str:
     runs = report["runs"]
     first = runs[0]["config"]
     smoke = " (SMOKE: a few steps, not a result)" if report["smoke"] else ""
-    head = (f"{report['model']} on {report['dataset']}{smoke}: test accuracy %, final (best) "
-            f"after {first['epochs']} epochs, batch {first['batch_size']}, SGD lr {first['lr']:g} "
-            f"Nesterov, wd {first['weight_decay']:g}, lr x{first['gamma']:g} at {first['milestones']}.")
-    lines = [head, "", "| method | " + " | ".join(f"{s:g}" for s in sps) + " |",
-             "|---|" + "---|" * len(sps)]
+    head = (
+        f"{report['model']} on {report['dataset']}{smoke}: test accuracy %, final (best) "
+        f"after {first['epochs']} epochs, batch {first['batch_size']}, SGD lr {first['lr']:g} "
+        f"Nesterov, wd {first['weight_decay']:g}, lr x{first['gamma']:g} at {first['milestones']}."
+    )
+    lines = [head, "", "| method | " + " | ".join(f"{s:g}" for s in sps) + " |", "|---|" + "---|" * len(sps)]
 
     def cell(r: dict[str, Any]) -> str:
         return f"{r['final_acc']:.2f} ({r['best_acc']:.2f})"
@@ -177,7 +205,6 @@ def reproduce_markdown(report: dict[str, Any]) -> str:
             cells.append(cell(r) if r else "")
         lines.append(f"| {pattern} | " + " | ".join(cells) + " |")
     if first.get("exclude"):
-        lines += ["", f"Kept dense in every run besides the first and last layers: "
-                      f"{', '.join(first['exclude'])}."]
+        lines += ["", f"Kept dense in every run besides the first and last layers: {', '.join(first['exclude'])}."]
     lines += ["", f"Wall time: {report['wall_s']:.0f} s."]
     return "\n".join(lines)

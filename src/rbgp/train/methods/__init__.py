@@ -30,8 +30,19 @@ METHODS: dict[str, type[Method]] = {
 }
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
 
-__all__ = ["METHODS", "METHOD_NAMES", "Method", "MethodSettings", "alpha_schedule", "bake", "budget_from_run", "check_method",
-           "cubic_sparsity", "ga_threshold", "make_method"]
+__all__ = [
+    "METHODS",
+    "METHOD_NAMES",
+    "Method",
+    "MethodSettings",
+    "alpha_schedule",
+    "bake",
+    "budget_from_run",
+    "check_method",
+    "cubic_sparsity",
+    "ga_threshold",
+    "make_method",
+]
 
 
 def check_method(config: Any) -> None:
@@ -60,8 +71,7 @@ def make_method(config: Any, **options: Any) -> Method:
     end_step=5000)`; then `prepare(model, total_steps)`, build the optimizer on `param_groups(model)`,
     and call `on_epoch_start(epoch)` and `after_step(model, step)` from your loop."""
     if isinstance(config, str):
-        own = {k: options.pop(k) for k in ("sparsity", "epochs", "exclude", "pattern", "distribution")
-               if k in options}
+        own = {k: options.pop(k) for k in ("sparsity", "epochs", "exclude", "pattern", "distribution") if k in options}
         config = MethodSettings(config, method_kwargs=options, **own)
         check_method(config)
     elif options:

@@ -70,13 +70,19 @@ class AutoSparseOptions(Options):
     def check(self, method: str) -> None:
         problems = [
             (math.isfinite(self.alpha0) and 0.0 <= self.alpha0 <= 1.0, f"alpha0 must be in [0, 1], got {self.alpha0}"),
-            (self.alpha_zero_epoch is None or self.alpha_zero_epoch >= 0,
-             f"alpha_zero_epoch must be >= 0 (0-based epoch), got {self.alpha_zero_epoch}"),
+            (
+                self.alpha_zero_epoch is None or self.alpha_zero_epoch >= 0,
+                f"alpha_zero_epoch must be >= 0 (0-based epoch), got {self.alpha_zero_epoch}",
+            ),
             (math.isfinite(self.threshold_init), f"threshold_init must be a finite number, got {self.threshold_init}"),
-            (self.init_sparsity is None or 0.0 < self.init_sparsity < 1.0,
-             f"init_sparsity must be in (0, 1), got {self.init_sparsity}"),
-            (math.isfinite(self.threshold_decay) and self.threshold_decay >= 0,
-             f"threshold_decay must be >= 0, got {self.threshold_decay}"),
+            (
+                self.init_sparsity is None or 0.0 < self.init_sparsity < 1.0,
+                f"init_sparsity must be in (0, 1), got {self.init_sparsity}",
+            ),
+            (
+                math.isfinite(self.threshold_decay) and self.threshold_decay >= 0,
+                f"threshold_decay must be >= 0, got {self.threshold_decay}",
+            ),
         ]
         for ok, message in problems:
             if not ok:
@@ -108,7 +114,9 @@ class AutoSparse(DenseStartMethod):
         super().prepare(model, total_steps)
         o = self.options
         init = o.threshold_init if o.init_sparsity is None else _logit_of_quantile(model, self.config, o.init_sparsity)
-        self.layers = attach_parametrization(model, self.config, lambda m: LearnedThreshold(m, init, o.per_channel, o.alpha0))
+        self.layers = attach_parametrization(
+            model, self.config, lambda m: LearnedThreshold(m, init, o.per_channel, o.alpha0)
+        )
         self.alpha = o.alpha0
 
     def thresholds(self) -> list[nn.Parameter]:
@@ -136,8 +144,9 @@ class AutoSparse(DenseStartMethod):
 @torch.no_grad()
 def _logit_of_quantile(model: nn.Module, config, sparsity: float) -> float:
     """logit(q) for q the `sparsity` quantile of |W| over the layers AutoSparse will threshold."""
-    flat = torch.cat([m.weight.detach().abs().float().flatten()
-                      for _, m in convertible_layers(model, exclude=tuple(config.exclude))])
+    flat = torch.cat(
+        [m.weight.detach().abs().float().flatten() for _, m in convertible_layers(model, exclude=tuple(config.exclude))]
+    )
     q = float(flat.kthvalue(max(1, int(sparsity * flat.numel()))).values)
     q = min(max(q, 1e-6), 1 - 1e-6)
     return math.log(q / (1 - q))

@@ -86,8 +86,10 @@ def attach_parametrization(model: nn.Module, config, make: Callable[[nn.Module],
     """Register `make(module)` as the weight parametrization of every layer `sparsify` would convert."""
     layers = dict(convertible_layers(model, exclude=tuple(config.exclude)))
     if not layers:
-        raise ValueError(f"method {config.method!r}: the model has no layer to prune (first and last layers "
-                         f"stay dense, excluded: {config.exclude or 'none'})")
+        raise ValueError(
+            f"method {config.method!r}: the model has no layer to prune (first and last layers "
+            f"stay dense, excluded: {config.exclude or 'none'})"
+        )
     for module in layers.values():
         parametrize.register_parametrization(module, "weight", make(module))
     return layers
@@ -102,8 +104,10 @@ class DenseStartMethod(Method):
     def check_config(cls, config: Any) -> None:
         super().check_config(config)
         if config.pattern != "dense":
-            raise ValueError(f"method {cls.name!r} makes its own masks on a dense start: use pattern 'dense' "
-                             f"(got {config.pattern!r})")
+            raise ValueError(
+                f"method {cls.name!r} makes its own masks on a dense start: use pattern 'dense' "
+                f"(got {config.pattern!r})"
+            )
 
     def sparse_layers(self, model: nn.Module) -> dict[str, nn.Module]:
         return dict(self.layers)

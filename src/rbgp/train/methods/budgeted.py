@@ -24,8 +24,10 @@ class BudgetOptions(Options):
 
     def check(self, method: str) -> None:
         if not self.budget:
-            raise ValueError(f"method {method!r} needs a budget: layer name -> sparsity (rbgp train "
-                             f"--budget-from RUN takes it from a finished autosparse or magnitude run)")
+            raise ValueError(
+                f"method {method!r} needs a budget: layer name -> sparsity (rbgp train "
+                f"--budget-from RUN takes it from a finished autosparse or magnitude run)"
+            )
         bad = {k: v for k, v in self.budget.items() if not (isinstance(v, (int, float)) and 0.0 < v < 1.0)}
         if bad:
             raise ValueError(f"method {method!r}: budget sparsities must be in (0, 1), got {bad}")
@@ -39,19 +41,24 @@ class Budgeted(Method):
     def check_config(cls, config) -> None:
         super().check_config(config)
         if config.pattern == "dense":
-            raise ValueError(f"method {cls.name!r} realises the budget as a structured pattern: choose one "
-                             f"(e.g. pattern 'rbgp4'), not 'dense'")
+            raise ValueError(
+                f"method {cls.name!r} realises the budget as a structured pattern: choose one "
+                f"(e.g. pattern 'rbgp4'), not 'dense'"
+            )
         if config.distribution != "uniform":
-            raise ValueError(f"method {cls.name!r} gives every layer its own sparsity: distribution must be "
-                             f"'uniform', got {config.distribution!r}")
+            raise ValueError(
+                f"method {cls.name!r} gives every layer its own sparsity: distribution must be "
+                f"'uniform', got {config.distribution!r}"
+            )
 
 
 def budget_from_run(run_dir: str | Path) -> dict[str, float]:
     """The final per-layer sparsities of a finished run (its metrics.jsonl), layers nearly dense left out."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"no metrics.jsonl in {run_dir} (give the --out-dir of a finished "
-                                f"autosparse or magnitude run)")
+        raise FileNotFoundError(
+            f"no metrics.jsonl in {run_dir} (give the --out-dir of a finished autosparse or magnitude run)"
+        )
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     layers = rows[-1].get("layer_sparsity") if rows else None
     if not layers:

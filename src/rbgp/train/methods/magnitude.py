@@ -56,14 +56,20 @@ class MagnitudeOptions(Options):
     def check(self, method: str) -> None:
         problems = [
             (self.start_step >= 0, f"start_step must be >= 0, got {self.start_step}"),
-            (self.end_step is None or self.end_step >= max(self.start_step, 1),
-             f"end_step must be >= start_step and >= 1, got {self.end_step} (start_step {self.start_step})"),
+            (
+                self.end_step is None or self.end_step >= max(self.start_step, 1),
+                f"end_step must be >= start_step and >= 1, got {self.end_step} (start_step {self.start_step})",
+            ),
             (self.frequency >= 1, f"frequency must be >= 1 step, got {self.frequency}"),
             (0.0 <= self.initial_sparsity < 1.0, f"initial_sparsity must be in [0, 1), got {self.initial_sparsity}"),
-            (self.granularity in GRANULARITIES,
-             f"granularity must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}"),
-            (len(self.block) == 2 and all(int(b) >= 1 for b in self.block),
-             f"block must be two sizes >= 1, got {self.block}"),
+            (
+                self.granularity in GRANULARITIES,
+                f"granularity must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}",
+            ),
+            (
+                len(self.block) == 2 and all(int(b) >= 1 for b in self.block),
+                f"block must be two sizes >= 1, got {self.block}",
+            ),
             (self.scope in SCOPES, f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}"),
         ]
         for ok, message in problems:
@@ -135,4 +141,3 @@ class MagnitudePruning(DenseStartMethod):
         rows, cols = shape[0], math.prod(shape[1:])
         full = keep.repeat_interleave(bh, 0).repeat_interleave(bw, 1)[:rows, :cols]
         return full.reshape(shape)
-
