@@ -120,7 +120,9 @@ def test_inference_skips_autograd_and_matches_reference(dtype, feature_major):
     assert y.grad_fn is None
     assert (y.double() - ref).abs().max().item() <= TOL[dtype] * ref.abs().max().item()
     y_grad = rbgp_linear(xt, SparseWeight(vt, layout), backend="grouped")  # values need a gradient: the autograd path
-    assert y_grad.grad_fn is not None and torch.equal(y_grad.detach(), y)
+    # fp32 without a gradient runs on the native kernel where available: the same values up to rounding
+    tol = TOL[dtype] * ref.abs().max().item()
+    assert y_grad.grad_fn is not None and (y_grad.detach() - y).abs().max().item() <= tol
     y_plain = rbgp_linear(xt, SparseWeight(vt.detach(), layout), backend="grouped")  # nothing needs a gradient
     assert y_plain.grad_fn is None and torch.equal(y_plain, y)
 

@@ -10,6 +10,7 @@ import torch
 
 from rbgp.ops.autocast import autocast_inputs
 from rbgp.ops.grouped import grouped_linear
+from rbgp.ops.native import grouped_small, native_applies
 from rbgp.ops.reference import reference_linear
 from rbgp.ops.weight import SparseWeight
 
@@ -24,7 +25,8 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype | Non
     """The backend `auto` stands for on `device` (and `dtype`), or `backend` itself after validation.
 
     auto: the Triton kernels for CUDA fp16/bf16/fp32 tensors when triton is installed, else the grouped
-    torch path.
+    torch path ("grouped": on the CPU, batches of up to `rbgp.ops.native.MAX_BATCH` rows that need no
+    gradient run on the native kernel where it is available).
     triton: CUDA tensors, or CPU tensors under Triton's interpreter (TRITON_INTERPRET=1, slow, for tests).
     """
     if backend not in BACKENDS:
@@ -69,6 +71,8 @@ def rbgp_linear(
             from rbgp.ops.triton_ops import triton_linear
 
             y = triton_linear(x2, values, layout)
+        elif native_applies(x2, values):
+            y = grouped_small(x2, values, layout)  # (N, out) in row order, contiguous
         else:
             y = grouped_linear(x2, values, layout)
     if y.shape[1] != layout.out_features:

@@ -121,7 +121,7 @@ def _gathered_inputs(
 def _group_major(yt: torch.Tensor, layout: LayoutTensors) -> torch.Tensor | None:
     """The (G, R, N) view of a feature-major (G*R, N) buffer in row order, or None (see `detect_row_strides`)."""
     strides = layout.row_strides
-    if strides is None:
+    if strides is None or torch.compiler.is_compiling():  # dynamo does not trace as_strided views of new buffers
         return None
     n = yt.shape[1]
     return yt.as_strided((*layout.row_index.shape, n), (strides[0] * n, strides[1] * n, 1), yt.storage_offset())

@@ -1,0 +1,212 @@
+"""The native CPU kernel for small batches (`native/grouped_small.c`), compiled on first use and cached.
+
+At batch 1 to a few dozen the grouped product is bound by reading the values once; the torch path
+spends most of its time in fixed costs there (a gather index per call, many small GEMMs, Python).
+The C kernel gathers each group's inputs into a small per-thread buffer and takes one dot product
+per row and sample, with the values streamed once, the output written in row order (contiguous),
+and threads over groups; it reads fp32, bf16 or int8 (per-row scale) values, widened in registers.
+
+It is compiled with the system C compiler (`cc`, or $CC) the first time it is needed, into
+$RBGP_CACHE_DIR or ~/.cache/rbgp, under a name that hashes the source, the flags and the compiler,
+written atomically; vectorised for AVX-512, AVX2+FMA or baseline x86-64, chosen at run time (never
+-march=native). Where it cannot be built or loaded, the torch path runs, with one warning naming why.
+RBGP_NATIVE=0 turns it off. It is called through ctypes in eager mode (a few microseconds), and
+through the custom op `rbgp::grouped_small` when torch.compile or torch.export trace it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from rbgp.ops.layout import LayoutTensors
+
+SOURCE = Path(__file__).with_name("native") / "grouped_small.c"
+FLAGS = ("-O3", "-std=gnu11", "-fopenmp", "-shared", "-fPIC")
+MAX_BATCH = 16
+"""Batches up to this many rows run on the native kernel (CPU, fp32 inputs, no gradient wanted);
+larger ones on the batched GEMMs of the torch path, which win there (`benchmarks/small_batch.md`)."""
+KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("RBGP_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "rbgp"
+    )
+    return Path(base)
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def _build(compiler: str, target: Path) -> None:
+    """Compile SOURCE into `target`, atomically (a temp file in the same folder, then renamed)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so.tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        run = subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300)
+        if run.returncode != 0:
+            raise RuntimeError(f"{compiler} failed: {run.stderr.strip()[-500:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class _Library:
+    """The process's one loaded kernel library (a shared object is loaded once per process)."""
+
+    handle: ctypes.CDLL | None = None
+    tried = False
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernel library, built first if needed; None (with one warning) where it cannot be."""
+    if not _Library.tried:
+        _Library.tried = True
+        _Library.handle = _load()
+    return _Library.handle
+
+
+def _load() -> ctypes.CDLL | None:
+    if os.environ.get("RBGP_NATIVE", "1") == "0":
+        return None
+    compiler = _compiler()
+    if compiler is None:
+        warnings.warn("rbgp: no C compiler (cc) found; small batches run on the torch path", stacklevel=4)
+        return None
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+        digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + version.encode()).hexdigest()[:16]
+        target = cache_dir() / f"grouped_small-{digest}.so"
+        if not target.exists():
+            _build(compiler, target)
+        lib = ctypes.CDLL(str(target))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+        warnings.warn(
+            f"rbgp: the native small-batch kernel is not available ({err}); the torch path runs", stacklevel=4
+        )
+        return None
+    fn = lib.rbgp_grouped_small
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    fn.argtypes = [ctypes.c_int, i64, i64, i64, i64, i64, ptr, i64, ptr, ptr, ptr, ptr, i64, ptr, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return lib
+
+
+def available() -> bool:
+    """Whether the kernel can run here (built and loaded on the first call in eager mode; while
+    torch.compile traces, whether eager code loaded it already: nothing is built inside a graph)."""
+    if torch.compiler.is_compiling():
+        return _Library.handle is not None
+    return library() is not None
+
+
+def native_applies(x: torch.Tensor, values: torch.Tensor) -> bool:
+    """Whether the product of x (N, in) with `values` runs on the native kernel: fp32 CPU tensors, at
+    most MAX_BATCH rows, no gradient wanted, and the kernel available."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and values.dtype == torch.float32
+        and x.shape[0] <= MAX_BATCH
+        and not (torch.is_grad_enabled() and (x.requires_grad or values.requires_grad))
+        and available()
+    )
+
+
+def _run(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    scales: torch.Tensor | None,
+    blocks: torch.Tensor,
+    rows: torch.Tensor,
+    block_width: int,
+    out_features: int,
+) -> torch.Tensor:
+    n, g, r, k = x.shape[0], *values.shape
+    y = torch.empty(n, out_features, dtype=torch.float32)
+    if n == 0:
+        return y
+    lib = library()
+    assert lib is not None
+    status = lib.rbgp_grouped_small(
+        KINDS[values.dtype],
+        n,
+        g,
+        r,
+        k,
+        block_width,
+        x.data_ptr(),
+        x.stride(0),
+        values.data_ptr(),
+        None if scales is None else scales.data_ptr(),
+        blocks.data_ptr(),
+        rows.data_ptr(),
+        out_features,
+        y.data_ptr(),
+        torch.get_num_threads(),
+    )
+    if status:
+        raise MemoryError("rbgp: the native kernel could not allocate its input buffers")
+    return y
+
+
+@torch.library.custom_op("rbgp::grouped_small", mutates_args=())
+def _grouped_small_op(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    scales: torch.Tensor | None,
+    blocks: torch.Tensor,
+    rows: torch.Tensor,
+    block_width: int,
+    out_features: int,
+) -> torch.Tensor:
+    return _run(x, values, scales, blocks, rows, block_width, out_features)
+
+
+@_grouped_small_op.register_fake
+def _(x, values, scales, blocks, rows, block_width, out_features):
+    return x.new_empty(x.shape[0], out_features, dtype=torch.float32)
+
+
+def native_tables(layout: LayoutTensors) -> tuple[torch.Tensor, torch.Tensor]:
+    """(block ids (G, K // BW) int64, row ids (G, R) int64) as the kernel reads them, kept in the
+    layout's workspace."""
+
+    def build() -> tuple[torch.Tensor, torch.Tensor]:
+        blocks = layout.col_blocks if layout.block_width > 1 else layout.col_index
+        return blocks.to(torch.int64).contiguous(), layout.row_index.to(torch.int64).contiguous()
+
+    return build() if layout.workspace is None else layout.workspace.get("native", (), build)
+
+
+def grouped_small(
+    x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors, scales: torch.Tensor | None = None
+) -> torch.Tensor:
+    """y (N, out) = x W^T on the native kernel, contiguous and in row order; x (N, in) fp32 on the CPU,
+    values fp32, bf16 or int8 (then `scales` (G, R) fp32, one per row). No autograd."""
+    if values.dtype not in KINDS or x.dtype != torch.float32 or x.device.type != "cpu":
+        raise ValueError(
+            f"the native kernel takes fp32 CPU inputs and fp32/bf16/int8 values, got x {x.dtype} on "
+            f"{x.device.type}, values {values.dtype}"
+        )
+    if (values.dtype == torch.int8) != (scales is not None):
+        raise ValueError("int8 values need their per-row scales (G, R), and only they take scales")
+    blocks, rows = native_tables(layout)
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    values = values.contiguous()
+    scales = None if scales is None else scales.to(torch.float32).contiguous()
+    if torch.compiler.is_compiling():
+        return _grouped_small_op(x, values, scales, blocks, rows, layout.block_width, layout.out_features)
+    return _run(x, values, scales, blocks, rows, layout.block_width, layout.out_features)

@@ -1,0 +1,145 @@
+"""The native small-batch CPU kernel against the fp64 reference, its dispatch, fallback and compile path."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from rbgp.ops import LayoutTensors, SparseWeight, native, rbgp_linear, reference_linear
+from rbgp.patterns import RBGP4, GroupedLayout
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler to build the native kernel")
+
+# relative to max |y|: fp32 dot products of up to ~500 terms; bf16 and int8 values are exact in fp32
+# arithmetic, so the same bound holds against a reference on the rounded values
+TOL = 1e-5
+
+
+def make_layout(out: int, inp: int, sparsity: float, **kw) -> LayoutTensors:
+    return LayoutTensors.from_layout(RBGP4(**kw).build((out, inp), sparsity, 0).layout)
+
+
+def random_group_layout(out: int, inp: int, rows: int, cols: int) -> LayoutTensors:
+    """Groups of `rows` rows reading `cols` random (unblocked) columns."""
+    rng = np.random.default_rng(0)
+    row_index = rng.permutation(out).reshape(out // rows, rows)
+    col_index = np.sort(np.stack([rng.choice(inp, cols, replace=False) for _ in range(out // rows)]), axis=1)
+    return LayoutTensors.from_layout(GroupedLayout(out, inp, row_index, col_index))
+
+
+def _check(layout, batch: int, kind: str, seed: int = 0, strided: bool = False) -> None:
+    g = torch.Generator().manual_seed(seed)
+    values = torch.randn(layout.values_shape, generator=g)
+    x = torch.randn(batch, layout.in_features, generator=g)
+    if strided:
+        x = x.t().contiguous().t()  # the transposed view another RBGP layer hands on
+    scales = None
+    if kind == "bf16":
+        values = values.bfloat16()
+        exact = values.double()
+    elif kind == "int8":
+        scales = values.abs().amax(-1) / 127
+        values = torch.round(values / scales[..., None]).to(torch.int8)
+        exact = values.double() * scales.double()[..., None]
+    else:
+        exact = values.double()
+    y = native.grouped_small(x, values, layout, scales)
+    ref = reference_linear(x.double(), exact, layout)
+    assert y.shape == (batch, layout.out_features) and y.dtype == torch.float32 and y.is_contiguous()
+    if batch:
+        assert (y.double() - ref).abs().max().item() <= TOL * max(1.0, ref.abs().max().item())
+
+
+@pytest.mark.parametrize("kind", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("batch", [0, 1, 3, 4, 16, 37])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (512, 256, 0.75, {}),  # micro-blocks of 16
+        (56, 96, 0.75, {"block": (1, 8), "group_rows": 8}),  # of 8
+        (688, 256, 0.9, {}),  # padding rows
+        (100, 60, 0.5, {"block": (1, 1)}),  # one column at a time
+    ],
+)
+def test_matches_reference(shape, batch, kind):
+    out, inp, sparsity, kw = shape
+    _check(make_layout(out, inp, sparsity, **kw), batch, kind)
+
+
+def test_unaligned_columns_and_strided_input():
+    layout = random_group_layout(96, 77, 8, 13)
+    assert layout.block_width == 1
+    for batch in (1, 5):
+        _check(layout, batch, "fp32", strided=True)
+
+
+def test_bad_inputs():
+    layout = make_layout(64, 64, 0.75)
+    values = torch.randn(layout.values_shape)
+    with pytest.raises(ValueError, match="fp32 CPU inputs"):
+        native.grouped_small(torch.randn(2, 64, dtype=torch.float64), values, layout)
+    with pytest.raises(ValueError, match="int8 values need their per-row scales"):
+        native.grouped_small(torch.randn(2, 64), values.to(torch.int8), layout)
+
+
+def test_dispatch_small_batches_without_gradient():
+    layout = make_layout(512, 256, 0.75)
+    values = torch.randn(layout.values_shape, requires_grad=True)
+    weight = SparseWeight(values, layout)
+    x = torch.randn(4, 256)
+    with torch.no_grad():
+        y = rbgp_linear(x, weight)
+    assert y.is_contiguous() and y.grad_fn is None  # the native kernel: row order, no transposed view
+    y_grad = rbgp_linear(x, weight)  # a gradient is wanted: the autograd path
+    assert y_grad.grad_fn is not None
+    torch.testing.assert_close(y_grad.detach(), y, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        big = rbgp_linear(torch.randn(native.MAX_BATCH + 1, 256), weight)
+    assert not big.is_contiguous()  # beyond MAX_BATCH: the batched GEMMs (a transposed view)
+
+
+def test_unavailable_kernel_falls_back_with_one_warning(monkeypatch, tmp_path):
+    monkeypatch.setattr(native._Library, "tried", False)
+    monkeypatch.setattr(native._Library, "handle", None)
+    monkeypatch.setenv("RBGP_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    with pytest.warns(UserWarning, match="native small-batch kernel is not available"):
+        assert not native.available()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once
+        assert not native.available()
+        layout = make_layout(64, 64, 0.75)
+        values = torch.randn(layout.values_shape)
+        x = torch.randn(2, 64)
+        with torch.no_grad():
+            y = rbgp_linear(x, SparseWeight(values, layout))
+    torch.testing.assert_close(y, reference_linear(x, values, layout), rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(native._Library, "tried", False)
+    monkeypatch.setenv("RBGP_NATIVE", "0")
+    assert not native.available()  # turned off: no warning, no build
+    assert not list(tmp_path.iterdir())
+
+
+def test_built_once_into_the_cache(monkeypatch, tmp_path):
+    monkeypatch.setattr(native._Library, "tried", False)
+    monkeypatch.setattr(native._Library, "handle", None)
+    monkeypatch.setenv("RBGP_CACHE_DIR", str(tmp_path))
+    assert native.available()
+    built = list(tmp_path.iterdir())
+    assert len(built) == 1 and built[0].name.startswith("grouped_small-") and built[0].suffix == ".so"
+    monkeypatch.setattr(native._Library, "tried", False)
+    stamp = built[0].stat().st_mtime_ns
+    assert native.available() and built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
+
+
+def test_compiled_with_dynamic_batch():
+    from rbgp.nn import RBGPLinear
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(RBGPLinear(256, 512, 0.75), torch.nn.ReLU(), RBGPLinear(512, 256, 0.75)).eval()
+    compiled = torch.compile(model, dynamic=True, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        for batch in (1, 3, 7):
+            x = torch.randn(batch, 256)
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
