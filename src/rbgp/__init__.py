@@ -17,6 +17,7 @@ _LAZY = {
     "from_pretrained": "rbgp.nn",
     "load_state": "rbgp.nn",
     "prune_oneshot": "rbgp.nn",
+    "store_values_": "rbgp.nn",
     "RBGPLinear": "rbgp.nn",
     "RBGPConv2d": "rbgp.nn",
     "MaskedLinear": "rbgp.nn",

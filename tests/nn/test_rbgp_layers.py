@@ -213,3 +213,28 @@ def test_conv_dispatch_is_planned_once(kernel, sparsity, monkeypatch):
         monkeypatch.setattr(conv, name, refuse, raising=False)
     torch.testing.assert_close(layer(x), expected)
     assert isinstance(layer.conv_args, conv.ConvArgs)
+
+
+@pytest.mark.parametrize("batch", [1, 4, 40])
+def test_values_stored_in_bf16_compute_in_fp32(batch):
+    import rbgp
+
+    torch.manual_seed(0)
+    model = nn.Sequential(RBGPLinear(64, 256, 0.75), nn.ReLU(), RBGPLinear(256, 32, 0.75))
+    x = torch.randn(batch, 64)
+    with torch.no_grad():
+        ref = model(x)
+        assert rbgp.store_values_(model, torch.bfloat16) == 2
+        assert model[0].values.dtype == torch.bfloat16 and model[0].bias.dtype == torch.float32
+        y = model(x)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item())
+    # exactly the fp32 product of the rounded values
+    widened = nn.Sequential(RBGPLinear(64, 256, 0.75), nn.ReLU(), RBGPLinear(256, 32, 0.75))
+    widened.load_state_dict(model.state_dict())  # fp32 layers take the bf16 values, widened exactly
+    with torch.no_grad():
+        torch.testing.assert_close(y, widened(x), rtol=1e-5, atol=1e-5)
+    model(x).sum().backward()  # the autograd path runs too (gradients in the values' dtype)
+    assert model[0].values.grad.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        rbgp.store_values_(model, torch.int8)

@@ -364,6 +364,24 @@ class RBGPLinear(_RBGPBase):
         return layer
 
 
+STORED_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def store_values_(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Store the values of every RBGPLinear in `model` in `dtype` (in place; the number of layers
+    changed). With bf16 values and fp32 inputs a layer still computes in fp32 and returns fp32: the
+    values are widened in registers (batches up to `rbgp.ops.native.MAX_BATCH` on the CPU) or once
+    per call, so a batch-1 (decode) product reads half the bytes (`benchmarks/small_batch.md`), at
+    bf16's rounding of the weights (relative error up to 2^-8). For inference: train with fp32
+    values (or under autocast). RBGPConv2d layers are left as they are."""
+    if dtype not in STORED_DTYPES:
+        raise ValueError(f"dtype must be one of {STORED_DTYPES}, got {dtype!r}")
+    layers = [m for m in model.modules() if isinstance(m, RBGPLinear)]
+    for layer in layers:
+        layer.values.data = layer.values.data.to(dtype)
+    return len(layers)
+
+
 class RBGPConv2d(_RBGPBase):
     """A 2-D convolution (groups=1) whose (c_out, c_in*kh*kw) weight follows an RBGP pattern.
 

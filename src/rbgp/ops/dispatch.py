@@ -53,15 +53,24 @@ def rbgp_linear(
     """y = x W^T + b for the grouped-sparse `weight`; x may have any leading dims.
 
     Under torch.autocast the GEMM inputs are cast to the autocast dtype (bf16: fp32 master weights,
-    low-precision GEMM inputs, fp32 accumulation inside the GEMM).
+    low-precision GEMM inputs, fp32 accumulation inside the GEMM). bf16 values with fp32 inputs outside
+    autocast are stored weights (`rbgp.nn.store_values_`): widened to fp32 in registers by the native
+    kernel, or once per call for the other paths; the output is fp32.
     """
     values, layout = weight.values, weight.layout
     if x.shape[-1] != layout.in_features:
         raise ValueError(f"input has {x.shape[-1]} features in its last dim, the layer expects {layout.in_features}")
     if values.shape != layout.values_shape:
         raise ValueError(f"values shape {tuple(values.shape)} does not match the layout {layout.values_shape}")
-    x, values, bias = autocast_inputs(x, values, bias)
     lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    stored_bf16 = values.dtype == torch.bfloat16 and x.dtype == torch.float32
+    if stored_bf16 and not torch.is_autocast_enabled(x.device.type):
+        if backend in ("auto", "grouped") and native_applies(x2, values):
+            y = grouped_small(x2, values, layout)
+            return (y if bias is None else y + bias).reshape(*lead, layout.out_features)
+        values = values.float()
+    x, values, bias = autocast_inputs(x, values, bias)
     x2 = x.reshape(-1, x.shape[-1])
     kind = resolve_backend(backend, x.device, x.dtype)
     with torch.autocast(x.device.type, enabled=False):
