@@ -392,6 +392,47 @@ def preflight(
     return saved
 
 
+def _check_out_dir(
+    saved: dict | None, out: Path | None, ckpt_path: Path | None, info: ddp.DistInfo, quiet: bool
+) -> None:
+    """Refuse resuming with another process count; remove temp files an interrupted write left."""
+    if saved is not None and saved.get("world_size", 1) != info.world_size:
+        raise ValueError(
+            f"{ckpt_path}: checkpoint was written by a run of {saved.get('world_size')} "
+            f"process(es), this one has {info.world_size}; the data shards (and numbers) "
+            f"would differ, so resume with the same number of processes"
+        )
+    if out is not None and info.is_main and out.is_dir():
+        for stale in remove_stale_temps(out, _RUN_FILES):
+            if not quiet:
+                print(f"[rbgp train] removed {stale.name}, a temp file left by an interrupted write", file=sys.stderr)
+
+
+def _start_run_files(
+    out: Path | None, config: TrainConfig, info: ddp.DistInfo, report, history: list, resumed_at: int | None, log: bool
+) -> None:
+    """Write run.json and the metrics so far (main process), and say what runs."""
+    if out is not None and info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(
+            out / "run.json",
+            {
+                "config": config.to_dict(),
+                "world_size": info.world_size,
+                "sparsify": report.to_dict() if report else None,
+            },
+        )
+        _write_metrics(out, history)
+    if log:
+        what = _describe(config, report)
+        where = f", resuming after epoch {resumed_at - 1}" if resumed_at is not None else ""
+        print(
+            f"[rbgp train] {config.model} on {config.dataset}, {what}, {config.precision}, "
+            f"{info.world_size} process(es) on {info.device}{where}",
+            flush=True,
+        )
+
+
 def _run(
     config: TrainConfig,
     info: ddp.DistInfo,
@@ -406,16 +447,7 @@ def _run(
     out = Path(out_dir) if out_dir is not None else None
     ckpt_path = out / CHECKPOINT_NAME if out is not None else None
     saved = preflight(config, out, resume, overwrite)
-    if saved is not None and saved.get("world_size", 1) != info.world_size:
-        raise ValueError(
-            f"{ckpt_path}: checkpoint was written by a run of {saved.get('world_size')} "
-            f"process(es), this one has {info.world_size}; the data shards (and numbers) "
-            f"would differ, so resume with the same number of processes"
-        )
-    if out is not None and info.is_main and out.is_dir():
-        for stale in remove_stale_temps(out, _RUN_FILES):
-            if not quiet:
-                print(f"[rbgp train] removed {stale.name}, a temp file left by an interrupted write", file=sys.stderr)
+    _check_out_dir(saved, out, ckpt_path, info, quiet)
 
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
@@ -456,25 +488,7 @@ def _run(
         start_epoch = int(saved["epoch"]) + 1
 
     log = info.is_main and not quiet
-    if out is not None and info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(
-            out / "run.json",
-            {
-                "config": config.to_dict(),
-                "world_size": info.world_size,
-                "sparsify": report.to_dict() if report else None,
-            },
-        )
-        _write_metrics(out, history)
-    if log:
-        what = _describe(config, report)
-        where = f", resuming after epoch {start_epoch - 1}" if saved is not None else ""
-        print(
-            f"[rbgp train] {config.model} on {config.dataset}, {what}, {config.precision}, "
-            f"{info.world_size} process(es) on {info.device}{where}",
-            flush=True,
-        )
+    _start_run_files(out, config, info, report, history, start_epoch if saved is not None else None, log)
 
     net: nn.Module = model
     if info.distributed:
