@@ -474,8 +474,8 @@ def _checked_arguments(
 def _nothing_to_convert(report: SparsifyReport, skipped: list[tuple[str, str]]) -> SparsifyReport:
     """The report of a model without a convertible layer (a warning when they are all sparse already),
     or a ValueError when it has none at all."""
-    if any(why == "already sparse" for _, why in skipped):
-        sparse = sum(why == "already sparse" for _, why in skipped)
+    sparse = sum(why == "already sparse" for _, why in skipped)
+    if sparse:
         warnings.warn(f"sparsify: nothing left to convert ({sparse} layers are already sparse)", stacklevel=3)
         report.skipped, report.params_after = skipped, report.params_before
         return report

@@ -64,14 +64,13 @@ def rbgp_linear(
         raise ValueError(f"values shape {tuple(values.shape)} does not match the layout {layout.values_shape}")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
-    stored_bf16 = values.dtype == torch.bfloat16 and x.dtype == torch.float32
-    if stored_bf16 and not torch.is_autocast_enabled(x.device.type):
-        if backend in ("auto", "grouped") and native_applies(x2, values):
-            y = grouped_small(x2, values, layout)
-            return (y if bias is None else y + bias).reshape(*lead, layout.out_features)
-        values = values.float()
-    x, values, bias = autocast_inputs(x, values, bias)
-    x2 = x.reshape(-1, x.shape[-1])
+    if values.dtype == torch.bfloat16 and x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type):
+        # stored bf16 values: the native kernel widens them in registers, every other path takes fp32
+        if not (backend in ("auto", "grouped") and native_applies(x2, values)):
+            values = values.float()
+    else:
+        x, values, bias = autocast_inputs(x, values, bias)
+        x2 = x.reshape(-1, x.shape[-1])
     kind = resolve_backend(backend, x.device, x.dtype)
     with torch.autocast(x.device.type, enabled=False):
         if kind == "reference":

@@ -21,11 +21,6 @@ class SparseWeight(NamedTuple):
     layout: LayoutTensors
     channels: torch.Tensor | None = None
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        """(out, in) of the weight matrix (a conv's in counts every tap)."""
-        return (self.layout.out_features, self.layout.in_features)
-
     def dense(self) -> torch.Tensor:
         """The masked dense (out, in) matrix, differentiable in `values` (see `dense_weight`)."""
         return dense_weight(self.values, self.layout)

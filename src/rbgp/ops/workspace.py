@@ -44,12 +44,6 @@ class Workspace:
             self._slots.pop(name, None)
         return value
 
-    def clear(self) -> None:
-        self._slots.clear()
-
-    def __len__(self) -> int:
-        return len(self._slots)
-
     def __deepcopy__(self, memo) -> Workspace:
         return Workspace()  # tables are rebuilt on demand; a copy shares nothing
 
