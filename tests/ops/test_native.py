@@ -83,20 +83,24 @@ def test_bad_inputs():
         native.grouped_small(torch.randn(2, 64), values.to(torch.int8), layout)
 
 
-def test_dispatch_small_batches_without_gradient():
+def test_dispatch_small_batches_without_gradient(monkeypatch):
+    import rbgp.ops.dispatch as dispatch
+
+    calls = []
+    monkeypatch.setattr(dispatch, "grouped_small", lambda *a: calls.append(a[0].shape[0]) or native.grouped_small(*a))
     layout = make_layout(512, 256, 0.75)
     values = torch.randn(layout.values_shape, requires_grad=True)
     weight = SparseWeight(values, layout)
     x = torch.randn(4, 256)
     with torch.no_grad():
         y = rbgp_linear(x, weight)
-    assert y.is_contiguous() and y.grad_fn is None  # the native kernel: row order, no transposed view
+    assert y.is_contiguous() and y.grad_fn is None and calls == [4]  # the native kernel
     y_grad = rbgp_linear(x, weight)  # a gradient is wanted: the autograd path
     assert y_grad.grad_fn is not None
     torch.testing.assert_close(y_grad.detach(), y, rtol=1e-5, atol=1e-5)
     with torch.no_grad():
         big = rbgp_linear(torch.randn(native.MAX_BATCH + 1, 256), weight)
-    assert not big.is_contiguous()  # beyond MAX_BATCH: the batched GEMMs (a transposed view)
+    assert big.is_contiguous() and calls == [4]  # beyond MAX_BATCH: the batched GEMMs, row-major too
 
 
 def test_unavailable_kernel_falls_back_with_one_warning(monkeypatch, tmp_path):

@@ -131,13 +131,40 @@ def rbgp_conv2d(
     x: torch.Tensor, weight: SparseWeight, conv: ConvArgs, bias: torch.Tensor | None = None, backend: str = "auto"
 ) -> torch.Tensor:
     """The RBGP conv of x (N, C, H, W) on the path `conv` planned (see the module docstring); backends
-    "triton" and "reference" always take im2col."""
+    "triton" and "reference" always take im2col. The output is what nn.Conv2d gives: contiguous in the
+    input's memory format, and NaN at every output position whose window holds an inf or NaN input
+    (the densified weight's zeros times inf or NaN)."""
     left, right, top, bottom = conv.pad
     if conv.padding_mode == "zeros" and left == right and top == bottom:
         padding = (top, left)  # the conv (or im2col) pads with zeros itself
     else:
         x = F.pad(x, conv.pad, mode="constant" if conv.padding_mode == "zeros" else conv.padding_mode)
         padding = (0, 0)
+    y = _conv_on_path(x, weight, conv, padding, bias, backend)
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    y = y.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    flags = _nonfinite_windows(x, conv, padding).to(y.dtype)
+    return y + flags if y.requires_grad else y.add_(flags)
+
+
+def _nonfinite_windows(x: torch.Tensor, conv: ConvArgs, padding: tuple[int, int]) -> torch.Tensor:
+    """(N, 1, OH, OW): 0, or NaN where the conv window reads an inf or NaN input."""
+    flags = x.detach().mul(0).sum(1, keepdim=True)  # 0, or NaN at a position with an inf or NaN channel
+    if conv.kernel_size == (1, 1) and padding == (0, 0):
+        return flags[:, :, :: conv.stride[0], :: conv.stride[1]]
+    ones = flags.new_ones(1, 1, *conv.kernel_size)
+    with torch.autocast(x.device.type, enabled=False):
+        return F.conv2d(flags, ones, None, conv.stride, padding, conv.dilation)
+
+
+def _conv_on_path(
+    x: torch.Tensor,
+    weight: SparseWeight,
+    conv: ConvArgs,
+    padding: tuple[int, int],
+    bias: torch.Tensor | None,
+    backend: str,
+) -> torch.Tensor:
     layout = weight.layout
     if weight.channels is not None and backend in ("auto", "grouped"):
         if conv.merge is None:  # tiny groups: the masked dense conv is faster
@@ -175,4 +202,4 @@ def rbgp_conv2d(
     cols, oh, ow = im2col_feature_major(x, conv.kernel_size, conv.stride, padding, conv.dilation)
     # the feature-major matrix goes in as its transposed (N*L, C*kh*kw) view: the gather reads rows
     y = rbgp_linear(cols.t(), weight, bias, backend)  # (N*L, out)
-    return y.t().reshape(conv.out_channels, x.shape[0], oh, ow).transpose(0, 1)
+    return y.view(x.shape[0], oh, ow, conv.out_channels).permute(0, 3, 1, 2)  # channels-last

@@ -72,6 +72,7 @@ def rbgp_linear(
         x, values, bias = autocast_inputs(x, values, bias)
         x2 = x.reshape(-1, x.shape[-1])
     kind = resolve_backend(backend, x.device, x.dtype)
+    native = kind == "grouped" and native_applies(x2, values)
     with torch.autocast(x.device.type, enabled=False):
         if kind == "reference":
             y = reference_linear(x2, values, layout)
@@ -79,12 +80,26 @@ def rbgp_linear(
             from rbgp.ops.triton_ops import triton_linear
 
             y = triton_linear(x2, values, layout)
-        elif native_applies(x2, values):
-            y = grouped_small(x2, values, layout)  # (N, out) in row order, contiguous
+        elif native:
+            y = grouped_small(x2, values, layout)  # (N, out) in row order, with non-finite inputs as NaN
         else:
             y = grouped_linear(x2, values, layout)
-    if y.shape[1] != layout.out_features:
-        y = y[:, : layout.out_features]  # drop the padding rows (a view; its backward pads with zeros)
-    if bias is not None:
-        y = y + bias
+        y = _as_dense_linear(y, layout.out_features, None if native else x2, bias)
     return y.reshape(*lead, layout.out_features)
+
+
+def _as_dense_linear(
+    y: torch.Tensor, out_features: int, x: torch.Tensor | None, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """The output as nn.Linear gives it: the padding rows dropped, contiguous, the bias added, and a
+    sample with an inf or NaN input NaN in every row, as the dense product of the densified weight is
+    (its zeros times inf or NaN); `x` None when the kernel did that already."""
+    if y.shape[1] != out_features:
+        y = y[:, :out_features]  # drop the padding rows (its backward pads with zeros)
+    y = y.contiguous()
+    if x is not None:
+        flags = x.detach().mul(0).sum(-1, keepdim=True).to(y.dtype)  # 0, or NaN where a sample has an inf or NaN
+        y = y + flags if y.requires_grad else y.add_(flags)
+    if bias is None:
+        return y
+    return y + bias if y.requires_grad or bias.requires_grad else y.add_(bias)

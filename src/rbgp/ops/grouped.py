@@ -1,19 +1,18 @@
 """The generic torch path: gather the inputs each group reads, then batched GEMMs.
 
 Every group of R rows shares its K input columns, so the sparse product is G dense (R x K) GEMMs:
-y[:, rows_g] = x[:, cols_g] @ V_g^T. Outputs are feature-major ((features, N), handed on as a
-transposed view), and an input that comes from another RBGP layer is one: its gather copies whole
-contiguous rows, in chunks whose gathered inputs fit in cache (~2 MB). A row-major input with
-micro-blocks of ROW_GATHER_MIN_WIDTH columns or more is not transposed first: its (N x BW)
-micro-blocks are gathered as rows of BW values (`gather_rows`), in few big chunks, and the GEMM
-reads them transposed (`benchmarks/linear_fixed_costs.md` times both against the pieces); the index
-of that gather is kept in the layout's workspace. The GEMM outputs come group-major. A conv's rows run group by
-group, so they are row order already; RBGP4 linear plans interleave the groups' rows (row g + r * G),
-so they are copied into row order through a strided view, a few groups at a time while in cache;
-other row orders are gathered back once. Without a gradient to compute no autograd node is built.
-Backward: grad-input is the same GEMMs transposed plus a scatter-add, grad-weight is computed on the
-non-zeros only, from the input re-gathered the way the forward gathered it (instead of keeping
-G*K*N values); for those two row orders the output gradient is read group-major in place.
+y[:, rows_g] = x[:, cols_g] @ V_g^T. Outputs are row-major and contiguous, as nn.Linear's. Inputs are
+gathered in chunks of groups whose gathered inputs fit in cache (~2 MB): a row-major input with
+micro-blocks of ROW_GATHER_MIN_WIDTH columns or more has its (N x BW) micro-blocks gathered as rows
+of BW values (`gather_rows`, in few big chunks; the index of that gather is kept in the layout's
+workspace), any other input is made feature-major once and its rows gathered whole
+(`benchmarks/linear_fixed_costs.md` times both against the pieces). Each chunk's products are
+copied into their rows while in cache: through a strided view when the rows run group by group
+(convs) or interleaved (row g + r * G: every RBGP4 linear plan), by index otherwise. Without a
+gradient to compute no autograd node is built. Backward: grad-input is the same GEMMs transposed
+plus a scatter-add, grad-weight is computed on the non-zeros only, from the input re-gathered the
+way the forward gathered it (instead of keeping G*K*N values); for those two row orders the output
+gradient is read group-major from one feature-major copy.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ from rbgp.ops.workspace import Workspace, tensor_bytes
 CHUNK_BYTES = 2 << 20
 ROW_CHUNK_BYTES = 16 << 20  # the micro-block gather runs best in few big calls
 ROW_GATHER_MIN_WIDTH = 8
-OUT_CHUNK_BYTES = 2 << 20  # products copied into interleaved rows while in cache
 
 
 def feature_major(t: torch.Tensor) -> torch.Tensor:
@@ -76,17 +74,6 @@ def _block_index(layout: LayoutTensors, c: slice, n: int, per_row: int, device: 
     return layout.workspace.get(f"block_index {c.start}", (c.stop, n, per_row, device), build, tensor_bytes)
 
 
-def _bmm_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
-    """out = a @ b, batched. A strided `out` (interleaved rows) is filled from products of about
-    OUT_CHUNK_BYTES, copied while in cache: torch's bmm would fall back to one GEMM per group there."""
-    if out.is_contiguous():
-        torch.bmm(a, b, out=out)
-        return
-    per = max(1, OUT_CHUNK_BYTES // max(1, out[0].numel() * out.element_size()))
-    for s in range(0, a.shape[0], per):
-        out[s : s + per].copy_(torch.bmm(a[s : s + per], b[s : s + per]))
-
-
 def _chunks(layout: LayoutTensors, n: int, itemsize: int, limit: int | None = None) -> list[slice]:
     """Slices of groups whose gathered inputs fit in `limit` bytes (default CHUNK_BYTES), at least one group each."""
     g, k = layout.col_index.shape
@@ -127,15 +114,30 @@ def _group_major(yt: torch.Tensor, layout: LayoutTensors) -> torch.Tensor | None
     return yt.as_strided((*layout.row_index.shape, n), (strides[0] * n, strides[1] * n, 1), yt.storage_offset())
 
 
+def _groups_of_rows(y: torch.Tensor, layout: LayoutTensors) -> torch.Tensor | None:
+    """The (G, N, R) view of a row-major (N, G*R) output, group by group, or None (see `detect_row_strides`)."""
+    strides = layout.row_strides
+    if strides is None or torch.compiler.is_compiling():
+        return None
+    g, r = layout.row_index.shape
+    return y.as_strided((g, y.shape[0], r), (strides[0], y.shape[1], strides[1]), y.storage_offset())
+
+
 def grouped_forward(x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors) -> torch.Tensor:
-    """yt (out, N) = W x^T for x (N, in), row-major or a transposed view of a feature-major buffer."""
+    """y (N, G*R) = x W^T, row-major, for x (N, in) row-major or a transposed view of a feature-major
+    buffer. Each chunk of groups is one batched GEMM, (cs, N, K) @ (cs, K, R), whose products are
+    copied into their rows while in cache."""
     g, r, _ = values.shape
-    yt = x.new_empty(g * r, x.shape[0])
-    in_order = _group_major(yt, layout)
-    yg = yt.view(g, r, -1) if in_order is None else in_order
+    n = x.shape[0]
+    y = x.new_empty(n, g * r)
+    groups = _groups_of_rows(y, layout)
     for c, xg in _gathered_inputs(x, layout):
-        _bmm_into(values[c], xg, yg[c])
-    return yt if in_order is not None else yt.index_select(0, layout.row_order)
+        p = torch.bmm(xg.transpose(1, 2), values[c].transpose(1, 2))  # (cs, N, R)
+        if groups is not None:
+            groups[c].copy_(p)
+        else:
+            y.index_copy_(1, layout.row_index[c].reshape(-1), p.transpose(0, 1).reshape(n, -1))
+    return y
 
 
 def grouped_backward(
@@ -172,15 +174,14 @@ def grouped_backward(
 class GroupedLinearFunction(torch.autograd.Function):
     """y = x W^T for a grouped-sparse W given as (G, R, K) values; x is 2-D (N, in).
 
-    The output is the transposed view of a feature-major (out, N) buffer, so stacked layers hand
-    each other feature-major activations without copies.
+    The output is row-major and contiguous (N, G*R), padding rows included.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors) -> torch.Tensor:
         ctx.save_for_backward(x, values)
         ctx.layout = layout
-        return grouped_forward(x, values, layout).t()
+        return grouped_forward(x, values, layout)
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
@@ -195,4 +196,4 @@ def grouped_linear(x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors)
     (`benchmarks/linear_fixed_costs.md`)."""
     if torch.is_grad_enabled() and (x.requires_grad or values.requires_grad):
         return GroupedLinearFunction.apply(x, values, layout)
-    return grouped_forward(x, values, layout).t()
+    return grouped_forward(x, values, layout)

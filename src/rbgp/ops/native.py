@@ -99,7 +99,7 @@ def _load() -> ctypes.CDLL | None:
         return None
     fn = lib.rbgp_grouped_small
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    fn.argtypes = [ctypes.c_int, i64, i64, i64, i64, i64, ptr, i64, ptr, ptr, ptr, ptr, i64, ptr, ctypes.c_int]
+    fn.argtypes = [ctypes.c_int, i64, i64, i64, i64, i64, ptr, i64, i64, ptr, ptr, ptr, ptr, i64, ptr, ctypes.c_int]
     fn.restype = ctypes.c_int
     return lib
 
@@ -148,6 +148,7 @@ def _run(
         k,
         block_width,
         x.data_ptr(),
+        x.shape[1],
         x.stride(0),
         values.data_ptr(),
         None if scales is None else scales.data_ptr(),

@@ -45,7 +45,8 @@ class PointwiseConvFunction(torch.autograd.Function):
     ) -> torch.Tensor:
         g, r, k = values.shape
         n, _, oh, ow = x.shape
-        y = x.new_empty(n, out_channels, oh * ow)
+        y = x.new_empty(n, out_channels, oh, ow)
+        rows_of = y.view(n, out_channels, oh * ow)
         step = samples_per_chunk(n, (g * k + g * r) * oh * ow * x.element_size())
         for s in range(0, n, step):
             xg = x[s : s + step].transpose(0, 1).index_select(0, channels)  # (G*K, n, oh, ow)
@@ -53,10 +54,10 @@ class PointwiseConvFunction(torch.autograd.Function):
             yg = yg[:out_channels] if order is None else yg.index_select(0, order)
             if bias is not None:
                 yg += bias.view(-1, 1, 1)
-            y[s : s + step].copy_(yg.transpose(0, 1))
+            rows_of[s : s + step].copy_(yg.transpose(0, 1))
         ctx.save_for_backward(x, values, channels, rows)
         ctx.has_bias = bias is not None
-        return y.view(n, out_channels, oh, ow)
+        return y
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):

@@ -6,7 +6,8 @@
  * (whole micro-blocks with memcpy), then each of the group's rows is one dot product per sample
  * against it: every value of W is read from memory once per call, which is what bounds a batch-1
  * (decode) product. Rows with ids >= out are padding rows and are skipped. The output is written
- * in row order, row-major.
+ * in row order, row-major. A sample with an inf or NaN input gets NaN in every row, as the dense
+ * product of the densified weight does (its zeros times inf or NaN).
  *
  * Vectorised by the compiler for AVX-512, AVX2+FMA or plain x86-64, picked at run time
  * (target_clones); never -march=native, so the library can move to another CPU.
@@ -33,41 +34,42 @@ static inline float widen_bf16(bf16_t v) {
 static inline float widen_i8(int8_t v) { return (float)v; }
 
 /* Each row of the group against the gathered inputs of every sample: four samples at a time, so
- * that each value is loaded once per four dot products; `scale` (per row) or NULL. */
+ * that each value is loaded once per four dot products; `scale` (per row) or NULL; `nonfinite` (per
+ * sample, 0 or NaN) is added to every output. */
 #define ROWS_KERNEL(NAME, T, WIDEN)                                                                          \
-    RBGP_CLONES                                                                                             \
-    static void NAME(int64_t n, int64_t r, int64_t k, const T *v, const float *scale, const float *xg,     \
-                     const int64_t *rows, int64_t out, float *y) {                                        \
-        for (int64_t i = 0; i < r; i++) {                                                                   \
-            const int64_t row = rows[i];                                                                    \
-            if (row >= out) continue;                                                                       \
-            const T *vi = v + i * k;                                                                        \
-            const float f = scale ? scale[i] : 1.0f;                                                        \
-            int64_t s = 0;                                                                                  \
-            for (; s + 4 <= n; s += 4) {                                                                    \
-                const float *x0 = xg + s * k, *x1 = x0 + k, *x2 = x1 + k, *x3 = x2 + k;                     \
-                float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;                                           \
-                _Pragma("omp simd reduction(+ : a0, a1, a2, a3)")                                           \
-                for (int64_t j = 0; j < k; j++) {                                                           \
-                    const float w = WIDEN(vi[j]);                                                           \
-                    a0 += w * x0[j];                                                                        \
-                    a1 += w * x1[j];                                                                        \
-                    a2 += w * x2[j];                                                                        \
-                    a3 += w * x3[j];                                                                        \
-                }                                                                                           \
-                y[s * out + row] = a0 * f;                                                                  \
-                y[(s + 1) * out + row] = a1 * f;                                                            \
-                y[(s + 2) * out + row] = a2 * f;                                                            \
-                y[(s + 3) * out + row] = a3 * f;                                                            \
-            }                                                                                               \
-            for (; s < n; s++) {                                                                            \
-                const float *xs = xg + s * k;                                                               \
-                float a = 0.0f;                                                                             \
-                _Pragma("omp simd reduction(+ : a)")                                                        \
-                for (int64_t j = 0; j < k; j++) a += WIDEN(vi[j]) * xs[j];                                  \
-                y[s * out + row] = a * f;                                                                   \
-            }                                                                                               \
-        }                                                                                                   \
+    RBGP_CLONES                                                                                              \
+    static void NAME(int64_t n, int64_t r, int64_t k, const T *v, const float *scale, const float *xg,       \
+                     const int64_t *rows, int64_t out, const float *nf, float *y) {                          \
+        for (int64_t i = 0; i < r; i++) {                                                                    \
+            const int64_t row = rows[i];                                                                     \
+            if (row >= out) continue;                                                                        \
+            const T *vi = v + i * k;                                                                         \
+            const float f = scale ? scale[i] : 1.0f;                                                         \
+            int64_t s = 0;                                                                                   \
+            for (; s + 4 <= n; s += 4) {                                                                     \
+                const float *x0 = xg + s * k, *x1 = x0 + k, *x2 = x1 + k, *x3 = x2 + k;                      \
+                float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;                                            \
+                _Pragma("omp simd reduction(+ : a0, a1, a2, a3)")                                            \
+                for (int64_t j = 0; j < k; j++) {                                                            \
+                    const float w = WIDEN(vi[j]);                                                            \
+                    a0 += w * x0[j];                                                                         \
+                    a1 += w * x1[j];                                                                         \
+                    a2 += w * x2[j];                                                                         \
+                    a3 += w * x3[j];                                                                         \
+                }                                                                                            \
+                y[s * out + row] = a0 * f + nf[s];                                                           \
+                y[(s + 1) * out + row] = a1 * f + nf[s + 1];                                                 \
+                y[(s + 2) * out + row] = a2 * f + nf[s + 2];                                                 \
+                y[(s + 3) * out + row] = a3 * f + nf[s + 3];                                                 \
+            }                                                                                                \
+            for (; s < n; s++) {                                                                             \
+                const float *xs = xg + s * k;                                                                \
+                float a = 0.0f;                                                                              \
+                _Pragma("omp simd reduction(+ : a)")                                                         \
+                for (int64_t j = 0; j < k; j++) a += WIDEN(vi[j]) * xs[j];                                   \
+                y[s * out + row] = a * f + nf[s];                                                            \
+            }                                                                                                \
+        }                                                                                                    \
     }
 
 ROWS_KERNEL(rows_f32, float, widen_f32)
@@ -87,27 +89,42 @@ static void gather(int64_t n, int64_t k, int64_t bw, const float *x, int64_t ldx
     }
 }
 
+/* 0 for a sample whose inputs are all finite, NaN otherwise (x * 0 is NaN exactly for inf and NaN). */
+RBGP_CLONES
+static void nonfinite(int64_t n, int64_t in, const float *x, int64_t ldx, float *nf) {
+    for (int64_t s = 0; s < n; s++) {
+        const float *xs = x + s * ldx;
+        float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t j = 0; j < in; j++) acc += xs[j] * 0.0f;
+        nf[s] = acc;
+    }
+}
+
 /* kind 0: fp32 values; 1: bf16 values (uint16 bits); 2: int8 values with one fp32 scale per row
  * (`scales`, (G, R)). Returns 0, or 1 when a buffer could not be allocated. */
-int rbgp_grouped_small(int kind, int64_t n, int64_t g, int64_t r, int64_t k, int64_t bw, const float *x, int64_t ldx,
+int rbgp_grouped_small(int kind, int64_t n, int64_t g, int64_t r, int64_t k, int64_t bw, const float *x, int64_t in,
+                       int64_t ldx,
                        const void *values, const float *scales, const int64_t *blocks, const int64_t *rows,
                        int64_t out, float *y, int threads) {
     const int64_t kb = k / bw;
     const int64_t per = n * k > 0 ? n * k : 1;
     if (threads < 1) threads = 1;
-    float *buffers = (float *)malloc((size_t)(per * threads) * sizeof(float));
+    float *buffers = (float *)malloc((size_t)(per * threads + n) * sizeof(float));
     if (!buffers) return 1;
+    float *nf = buffers + per * threads;
+    nonfinite(n, in, x, ldx, nf);
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t gi = 0; gi < g; gi++) {
         float *xg = buffers + per * omp_get_thread_num();
         gather(n, k, bw, x, ldx, blocks + gi * kb, xg);
         const int64_t *grow = rows + gi * r;
         if (kind == 0)
-            rows_f32(n, r, k, (const float *)values + gi * r * k, NULL, xg, grow, out, y);
+            rows_f32(n, r, k, (const float *)values + gi * r * k, NULL, xg, grow, out, nf, y);
         else if (kind == 1)
-            rows_bf16(n, r, k, (const bf16_t *)values + gi * r * k, NULL, xg, grow, out, y);
+            rows_bf16(n, r, k, (const bf16_t *)values + gi * r * k, NULL, xg, grow, out, nf, y);
         else
-            rows_i8(n, r, k, (const int8_t *)values + gi * r * k, scales + gi * r, xg, grow, out, y);
+            rows_i8(n, r, k, (const int8_t *)values + gi * r * k, scales + gi * r, xg, grow, out, nf, y);
     }
     free(buffers);
     return 0;
