@@ -238,3 +238,19 @@ def test_values_stored_in_bf16_compute_in_fp32(batch):
     assert model[0].values.grad.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="dtype must be one of"):
         rbgp.store_values_(model, torch.int8)
+
+
+def test_dropout_lands_as_in_the_densified_model():
+    """Train-mode runs reproduce their dense twin under one seed: the sparse layers' outputs have the
+    dense layers' memory layout, so dropout draws its mask over the same elements."""
+    import rbgp
+
+    torch.manual_seed(0)
+    model = nn.Sequential(RBGPLinear(64, 128, 0.75), nn.Dropout(0.5), RBGPLinear(128, 96, 0.75), nn.Dropout(0.3))
+    dense = rbgp.densify(model, inplace=False)
+    x = torch.randn(37, 64)
+    for batch in (x, x[:5], x.view(37, 1, 64)):
+        torch.manual_seed(1)
+        got = model(batch)
+        torch.manual_seed(1)
+        torch.testing.assert_close(got, dense(batch), rtol=1e-5, atol=1e-5)

@@ -10,7 +10,7 @@ import torch
 
 from rbgp.ops.autocast import autocast_inputs
 from rbgp.ops.grouped import grouped_linear
-from rbgp.ops.native import grouped_small, native_applies
+from rbgp.ops.native import MAX_BATCH, grouped_small, native_applies
 from rbgp.ops.reference import reference_linear
 from rbgp.ops.weight import SparseWeight
 
@@ -72,7 +72,8 @@ def rbgp_linear(
         x, values, bias = autocast_inputs(x, values, bias)
         x2 = x.reshape(-1, x.shape[-1])
     kind = resolve_backend(backend, x.device, x.dtype)
-    native = kind == "grouped" and native_applies(x2, values)
+    compiling = torch.compiler.is_compiling()
+    native = kind == "grouped" and not compiling and native_applies(x2, values)
     with torch.autocast(x.device.type, enabled=False):
         if kind == "reference":
             y = reference_linear(x2, values, layout)
@@ -82,10 +83,27 @@ def rbgp_linear(
             y = triton_linear(x2, values, layout)
         elif native:
             y = grouped_small(x2, values, layout)  # (N, out) in row order, with non-finite inputs as NaN
+        elif kind == "grouped" and compiling and _native_in_graph(x2, values):
+            # both paths in the graph, chosen when it runs: no guard (and no recompilation) on the batch
+            y = torch.cond(
+                x2.shape[0] <= MAX_BATCH,
+                lambda a, v: grouped_small(a, v, layout),
+                lambda a, v: grouped_linear(a, v, layout)[:, : layout.out_features].contiguous(),
+                (x2, values),
+            )
         else:
             y = grouped_linear(x2, values, layout)
         y = _as_dense_linear(y, layout.out_features, None if native else x2, bias)
-    return y.reshape(*lead, layout.out_features)
+    if x.dim() == 2:
+        return y
+    # not a view, as F.linear's output (an in-place op on a view would bypass FSDP2's backward hooks)
+    return torch.ops.aten._unsafe_view(y, (*lead, layout.out_features))
+
+
+def _native_in_graph(x: torch.Tensor, values: torch.Tensor) -> bool:
+    """Whether a compiled graph takes the native kernel for its small batches: not in an exported
+    program (which must run without rbgp, e.g. in ONNX), only where the kernel would run eagerly."""
+    return not torch.compiler.is_exporting() and native_applies(x, values, any_batch=True)
 
 
 def _as_dense_linear(

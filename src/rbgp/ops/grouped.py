@@ -28,6 +28,7 @@ from rbgp.ops.workspace import Workspace, tensor_bytes
 CHUNK_BYTES = 2 << 20
 ROW_CHUNK_BYTES = 16 << 20  # the micro-block gather runs best in few big calls
 ROW_GATHER_MIN_WIDTH = 8
+COMPILED_BATCH = 64  # the batch chunks are sized for in a compiled graph, which serves all batches
 
 
 def feature_major(t: torch.Tensor) -> torch.Tensor:
@@ -50,7 +51,7 @@ def gather_rows(table: torch.Tensor, index: torch.Tensor, workspace: Workspace |
 
 def _bag_offsets(count: int, dtype: torch.dtype, device: torch.device, workspace: Workspace | None) -> torch.Tensor:
     """arange(count): a slice of a kept arange of the next power of two, instead of a new one per call."""
-    if workspace is None:
+    if workspace is None or torch.compiler.is_compiling():  # no Python arithmetic on a symbolic batch
         return torch.arange(count, dtype=dtype, device=device)
     size = 1 << max(0, count - 1).bit_length()
     return workspace.get(
@@ -65,7 +66,8 @@ def _block_index(layout: LayoutTensors, c: slice, n: int, per_row: int, device: 
     forward at batch 256)."""
 
     def build() -> torch.Tensor:
-        dtype = torch.int32 if n * per_row < 2**31 else torch.int64
+        small = not torch.compiler.is_compiling() and n * per_row < 2**31  # no guard on a symbolic batch
+        dtype = torch.int32 if small else torch.int64
         first = torch.arange(0, n * per_row, per_row, dtype=dtype, device=device)[:, None]
         return (first + layout.col_blocks[c].to(device).reshape(1, -1)).reshape(-1)
 
@@ -75,9 +77,12 @@ def _block_index(layout: LayoutTensors, c: slice, n: int, per_row: int, device: 
 
 
 def _chunks(layout: LayoutTensors, n: int, itemsize: int, limit: int | None = None) -> list[slice]:
-    """Slices of groups whose gathered inputs fit in `limit` bytes (default CHUNK_BYTES), at least one group each."""
+    """Slices of groups whose gathered inputs fit in `limit` bytes (default CHUNK_BYTES), at least one group
+    each. Under torch.compile/export the batch is taken as COMPILED_BATCH, so that no guard on it
+    enters the graph (one graph serves every batch size)."""
     g, k = layout.col_index.shape
     limit = CHUNK_BYTES if limit is None else limit
+    n = COMPILED_BATCH if torch.compiler.is_compiling() else n
     per = max(1, limit // max(1, k * n * itemsize))
     return [slice(s, min(s + per, g)) for s in range(0, g, per)]
 
