@@ -84,6 +84,40 @@ def test_quantised_round_trip_within_the_bound(tmp_path, kind, huffman):
     assert masked and all((m.weight[m.mask == 0] == 0).all() for m in masked)  # off the mask: exact zeros
 
 
+@pytest.mark.parametrize("huffman", [False, True])
+def test_int8_file_loads_into_int8_values(tmp_path, huffman):
+    """An int8 file loads straight into int8 RBGPLinear values with per-row scales: the file's
+    weights (to within an ulp), one quarter of the fp32 bytes, the same outputs."""
+    model = _net("rbgp4")
+    save(model, tmp_path / "q.rbgp", quantize="int8", huffman=huffman)
+    widened = load(tmp_path / "q.rbgp", _blank("rbgp4"))
+    narrow = load(tmp_path / "q.rbgp", _blank("rbgp4"), int8_values=True)
+    linears = [(n, m) for n, m in narrow.named_modules() if isinstance(m, rbgp.RBGPLinear)]
+    assert linears and all(m.values.dtype == torch.int8 for _, m in linears)
+    assert not any(m.values.dtype == torch.int8 for m in narrow.modules() if isinstance(m, rbgp.RBGPConv2d))
+    for name, m in linears:
+        torch.testing.assert_close(m.sparse_weight.float_values(), widened.get_submodule(name).values,
+                                   rtol=1e-6, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(narrow(X), widened(X), rtol=1e-5, atol=1e-5)
+    plain = load(tmp_path / "q.rbgp", _blank("rbgp4"), int8_values=False)
+    assert all(m.values.dtype == torch.float32 for m in plain.modules() if isinstance(m, rbgp.RBGPLinear))
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 6), st.integers(1, 40), st.integers(0, 2**31))
+def test_layer_int8_is_the_file_int8(g, r, k, seed):
+    """`rbgp.ops.quantize_rows` (int8 layers) and the files' "int8" are one rule."""
+    from rbgp.ops import quantize_rows
+
+    values = torch.randn(g, r, k, generator=torch.Generator().manual_seed(seed)) * 3
+    values[0, 0] = 0  # an all-zero row: scale 0, symbols 0
+    q, scales = quantize_rows(values)
+    ref = quantize(values.numpy().reshape(-1), np.repeat(np.arange(g * r), k), g * r, "int8")
+    assert np.array_equal(q.numpy().reshape(-1).astype(np.int64), ref.symbols.astype(np.int64) - 128)
+    assert np.array_equal(scales.numpy().reshape(-1), ref.table)
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.sampled_from(["int8", "int4"]), st.integers(1, 40), st.integers(1, 60), st.integers(0, 2**31))
 def test_uniform_quantisation_bound(kind, rows, cols, seed):

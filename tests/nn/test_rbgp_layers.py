@@ -2,6 +2,7 @@ import io
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rbgp.nn import MaskedConv2d, MaskedLinear, RBGPConv2d, RBGPLinear
@@ -237,7 +238,48 @@ def test_values_stored_in_bf16_compute_in_fp32(batch):
     model(x).sum().backward()  # the autograd path runs too (gradients in the values' dtype)
     assert model[0].values.grad.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="dtype must be one of"):
-        rbgp.store_values_(model, torch.int8)
+        rbgp.store_values_(model, torch.float16)
+
+
+@pytest.mark.parametrize("batch", [1, 4, 17, 40])
+def test_values_stored_in_int8_compute_in_fp32(batch):
+    """int8 values with one scale per row: the exact fp32 product of the dequantised values, on the
+    native kernel (small batches) and the torch path alike; error within half a scale step per weight."""
+    import rbgp
+    from rbgp.ops import quantize_rows
+
+    torch.manual_seed(0)
+    model = nn.Sequential(RBGPLinear(64, 256, 0.75), nn.ReLU(), RBGPLinear(256, 40, 0.75))
+    x = torch.randn(batch, 64)
+    with torch.no_grad():
+        ref = model(x)
+        weights = [m.dense_weight() for m in (model[0], model[2])]
+        assert rbgp.store_values_(model, torch.int8) == 2
+        layer = model[0]
+        assert layer.values.dtype == torch.int8 and not layer.values.requires_grad
+        assert layer.value_scales.shape == layer.values.shape[:2] and layer.values.abs().max() == 127
+        for w, m in zip(weights, (model[0], model[2])):
+            step = m.value_scales.max().item()
+            assert (m.dense_weight() - w).abs().max().item() <= step / 2 + 1e-7
+        y = model(x)
+        dequantised = nn.Sequential(RBGPLinear(64, 256, 0.75), nn.ReLU(), RBGPLinear(256, 40, 0.75))
+        for src, dst in zip((model[0], model[2]), (dequantised[0], dequantised[2])):
+            dst.values.copy_(src.sparse_weight.float_values())
+            dst.bias.copy_(src.bias)
+        torch.testing.assert_close(y, dequantised(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(y, ref, rtol=0.05, atol=0.05 * ref.abs().max().item())
+        torch.testing.assert_close(layer(x), F.linear(x, layer.dense_weight(), layer.bias), rtol=1e-5, atol=1e-5)
+        state = model.state_dict()  # int8 values and their scales round-trip through a state dict
+        assert state["0.value_scales"].dtype == torch.float32
+        copy = nn.Sequential(RBGPLinear(64, 256, 0.75), nn.ReLU(), RBGPLinear(256, 40, 0.75))
+        rbgp.store_values_(copy, torch.int8)
+        copy.load_state_dict(state)
+        torch.testing.assert_close(copy(x), y, rtol=0, atol=0)
+        assert rbgp.store_values_(model, torch.float32) == 2  # back to trainable fp32 values
+        assert model[0].values.requires_grad and not hasattr(model[0], "value_scales")
+        torch.testing.assert_close(model(x), y, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="non-finite"):
+        quantize_rows(torch.tensor([[[1.0, float("nan")]]]))
 
 
 def test_dropout_lands_as_in_the_densified_model():

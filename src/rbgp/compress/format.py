@@ -31,7 +31,7 @@ from rbgp.compress.huffman import CHUNK, HuffmanStream, decode, encode
 from rbgp.compress.quantize import QUANTIZERS, dequantize
 from rbgp.compress.quantize import quantize as quantize_values
 from rbgp.files import atomic_write
-from rbgp.nn import MaskedConv2d, MaskedLinear, RBGPConv2d, RBGPLinear
+from rbgp.nn import MaskedConv2d, MaskedLinear, RBGPConv2d, RBGPLinear, store_values_
 
 __all__ = ["FORMAT", "VERSION", "CompressedFileError", "load", "read", "save"]
 
@@ -239,8 +239,11 @@ def read(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     return header, tensors
 
 
-def load(path: str | Path, model: nn.Module) -> nn.Module:
-    """Fill `model` (built and sparsified like the saved one) from `path`; returns it."""
+def load(path: str | Path, model: nn.Module, *, int8_values: bool = False) -> nn.Module:
+    """Fill `model` (built and sparsified like the saved one) from `path`; returns it. With
+    `int8_values`, every RBGPLinear whose values the file holds as int8 keeps them as int8 with their
+    per-row scales (`rbgp.store_values_`), so a decode step reads a quarter of the fp32 bytes; the
+    weights are the file's (rescaled to within an ulp)."""
     header, tensors = read(path)
     state = model.state_dict()
     entries = header["entries"]
@@ -261,6 +264,10 @@ def load(path: str | Path, model: nn.Module) -> nn.Module:
     except (RuntimeError, ValueError) as err:
         detail = " ".join(str(err).split()).removeprefix("Error(s) in loading state_dict for ")
         raise CompressedFileError(f"{path} does not match the model: {detail[:600]}") from None
+    if int8_values:
+        for name, layer in _named(model, (RBGPLinear,)):
+            if entries[f"{name}.values" if name else "values"].get("values") == "int8":
+                store_values_(layer, torch.int8)
     return model
 
 

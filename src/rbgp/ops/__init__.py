@@ -10,7 +10,7 @@ from rbgp.ops.dispatch import BACKENDS, HAS_TRITON, rbgp_linear, resolve_backend
 from rbgp.ops.grouped import GroupedLinearFunction
 from rbgp.ops.layout import LayoutTensors
 from rbgp.ops.reference import dense_weight, grouped_values, reference_linear
-from rbgp.ops.weight import SparseWeight
+from rbgp.ops.weight import SparseWeight, quantize_rows
 
 __all__ = [
     "BACKENDS",
@@ -19,6 +19,7 @@ __all__ = [
     "LayoutTensors",
     "GroupedLinearFunction",
     "SparseWeight",
+    "quantize_rows",
     "dense_weight",
     "grouped_values",
     "plan_conv",

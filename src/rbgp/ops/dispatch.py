@@ -54,8 +54,9 @@ def rbgp_linear(
 
     Under torch.autocast the GEMM inputs are cast to the autocast dtype (bf16: fp32 master weights,
     low-precision GEMM inputs, fp32 accumulation inside the GEMM). bf16 values with fp32 inputs outside
-    autocast are stored weights (`rbgp.nn.store_values_`): widened to fp32 in registers by the native
-    kernel, or once per call for the other paths; the output is fp32.
+    autocast are stored weights (`rbgp.nn.store_values_`), and so are int8 values with their per-row
+    scales: widened to fp32 in registers by the native kernel, or once per call for the other paths;
+    the output is fp32.
     """
     values, layout = weight.values, weight.layout
     if x.shape[-1] != layout.in_features:
@@ -64,11 +65,17 @@ def rbgp_linear(
         raise ValueError(f"values shape {tuple(values.shape)} does not match the layout {layout.values_shape}")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
-    if values.dtype == torch.bfloat16 and x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type):
-        # stored bf16 values: the native kernel widens them in registers, every other path takes fp32
-        if not (backend in ("auto", "grouped") and native_applies(x2, values)):
-            values = values.float()
+    scales = None
+    stored = values.dtype in (torch.bfloat16, torch.int8) and x.dtype == torch.float32
+    if stored and not torch.is_autocast_enabled(x.device.type):
+        # stored bf16/int8 values: the native kernel widens them in registers, every other path takes fp32
+        compiled = torch.compiler.is_compiling()  # any batch may take the kernel: see `_native_in_graph`
+        if backend in ("auto", "grouped") and native_applies(x2, values, any_batch=compiled) and not _exporting():
+            scales = weight.scales
+        else:
+            values = weight.float_values(torch.float32)
     else:
+        values = weight.float_values() if values.dtype == torch.int8 else values
         x, values, bias = autocast_inputs(x, values, bias)
         x2 = x.reshape(-1, x.shape[-1])
     kind = resolve_backend(backend, x.device, x.dtype)
@@ -82,14 +89,14 @@ def rbgp_linear(
 
             y = triton_linear(x2, values, layout)
         elif native:
-            y = grouped_small(x2, values, layout)  # (N, out) in row order, with non-finite inputs as NaN
+            y = grouped_small(x2, values, layout, scales)  # (N, out) in row order, non-finite inputs as NaN
         elif kind == "grouped" and compiling and _native_in_graph(x2, values):
             # both paths in the graph, chosen when it runs: no guard (and no recompilation) on the batch
             y = torch.cond(
                 x2.shape[0] <= MAX_BATCH,
-                lambda a, v: grouped_small(a, v, layout),
-                lambda a, v: grouped_linear(a, v, layout)[:, : layout.out_features].contiguous(),
-                (x2, values),
+                lambda a, v, w: grouped_small(a, v, layout, scales),
+                lambda a, v, w: grouped_linear(a, w, layout)[:, : layout.out_features].contiguous(),
+                (x2, values, values if values.dtype == x2.dtype else weight.float_values(x2.dtype)),
             )
         else:
             y = grouped_linear(x2, values, layout)
@@ -103,7 +110,11 @@ def rbgp_linear(
 def _native_in_graph(x: torch.Tensor, values: torch.Tensor) -> bool:
     """Whether a compiled graph takes the native kernel for its small batches: not in an exported
     program (which must run without rbgp, e.g. in ONNX), only where the kernel would run eagerly."""
-    return not torch.compiler.is_exporting() and native_applies(x, values, any_batch=True)
+    return not _exporting() and native_applies(x, values, any_batch=True)
+
+
+def _exporting() -> bool:
+    return torch.compiler.is_compiling() and torch.compiler.is_exporting()
 
 
 def _as_dense_linear(

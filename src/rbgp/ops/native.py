@@ -113,13 +113,13 @@ def available() -> bool:
 
 
 def native_applies(x: torch.Tensor, values: torch.Tensor, any_batch: bool = False) -> bool:
-    """Whether the product of x (N, in) with `values` runs on the native kernel: fp32 CPU inputs, fp32
-    or bf16 values, at most MAX_BATCH rows (unless `any_batch`), no gradient wanted, and the kernel
+    """Whether the product of x (N, in) with `values` runs on the native kernel: fp32 CPU inputs, fp32,
+    bf16 or int8 values, at most MAX_BATCH rows (unless `any_batch`), no gradient wanted, and the kernel
     available."""
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
-        and values.dtype in (torch.float32, torch.bfloat16)
+        and values.dtype in KINDS
         and (any_batch or x.shape[0] <= MAX_BATCH)
         and not (torch.is_grad_enabled() and (x.requires_grad or values.requires_grad))
         and available()
