@@ -33,9 +33,15 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--suite",
         default="layers",
-        choices=["layers", "models"],
+        choices=["layers", "models", "decode"],
         help="layers: single layers against dense/CSR/BSR/2:4 (default); models: VGG19-bn, ResNet-18 "
-        "and WRN-40-4 for CIFAR, dense vs sparsified, inference and a training step",
+        "and WRN-40-4 for CIFAR, dense vs sparsified, inference and a training step; decode: a "
+        "LLaMA-shaped decoder, prefill and greedy decode, dense vs RBGP with fp32/bf16/int8 values (CPU)",
+    )
+    p.add_argument(
+        "--decode-sparsity",
+        default="0.75,0.9",
+        help="decode suite: comma-separated sparsities of the converted models (default 0.75,0.9)",
     )
     p.add_argument("--only", choices=["linear", "conv"], help="layers on cuda: run only the linear or the conv cases")
     p.add_argument("--models", default="vgg19,resnet18,wrn40_4", help="models suite: comma-separated names")
@@ -100,6 +106,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         check_output_file(Path(args.out_dir) / f"{args.name}.json", "--name")
     if args.suite == "models":
         return _cmd_models(args)
+    if args.suite == "decode":
+        return _cmd_decode(args)
     if args.dry_run:
         print(
             f"[dry run] settings checked; would run the layer benchmarks on {args.device} ({args.dtype}) "
@@ -186,4 +194,38 @@ def _cmd_models(args: argparse.Namespace) -> int:
         args.per_layer,
     )
     print(markdown_table(data))
+    return 0
+
+
+def _cmd_decode(args: argparse.Namespace) -> int:
+    from rbgp.bench.decode import decode_markdown, plot_decode, run_decode_bench
+    from rbgp.files import write_json, write_text
+
+    if args.device != "cpu" or args.dtype != "fp32":
+        raise ValueError("--suite decode runs on the CPU with fp32 activations (--device cpu --dtype fp32)")
+    try:
+        sparsities = [float(s) for s in args.decode_sparsity.split(",")]
+    except ValueError:
+        raise ValueError(f"--decode-sparsity must be comma-separated numbers, got {args.decode_sparsity!r}") from None
+    bad = [s for s in sparsities if not 0 < s < 1]
+    if bad or not sparsities:
+        raise ValueError(f"--decode-sparsity values must lie in (0, 1), got {args.decode_sparsity!r}")
+    if args.dry_run:
+        print(f"[dry run] settings checked; would time the decode suite at sparsity {sparsities} into {args.out_dir}")
+        return 0
+    _set_allocator(args.allocator)
+    command = (
+        f"rbgp bench --suite decode --decode-sparsity {','.join(f'{s:g}' for s in sparsities)} "
+        f"--repeats {args.repeats}" + (" --quick" if args.quick else "") + _allocator_flag(args.allocator)
+    )
+    progress = lambda line: print(f"[decode] {line}", file=sys.stderr, flush=True)
+    data = run_decode_bench(sparsities, args.repeats, args.quick, command, progress)
+    stem = args.name or ("decode-quick" if args.quick else "decode")
+    out = Path(args.out_dir)
+    write_json(out / f"{stem}.json", data)
+    table = decode_markdown(data)
+    write_text(out / f"{stem}.md", table)
+    plot_decode(data, out / f"{stem}.png")
+    print(table)
+    print(f"wrote {out / (stem + '.json')}, .md and .png")
     return 0
