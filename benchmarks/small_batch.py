@@ -5,7 +5,7 @@ interleaved in one process (a new random order every round, medians), under torc
 dense `nn.Linear`, torch CSR and torch BSR (16x16 blocks, a random block mask at the same density)
 on the same product, the RBGP layer as a user calls it (the native kernel up to
 `rbgp.ops.native.MAX_BATCH` rows, the batched GEMMs beyond), the torch path alone (what ran before
-the native kernel), and the native kernel on bf16 and int8 values (per-row scales) at every batch.
+the native kernel), and the native kernel on fp32, bf16 and int8 values (per-row scales) at every batch.
 `share of ideal` = speedup over dense x density (1.0 = the full 1/density).
 
     python benchmarks/small_batch.py      # writes benchmarks/small_batch.{json,md,png}
@@ -54,6 +54,7 @@ def methods(layer: RBGPLinear, dense: torch.nn.Linear, csr: torch.Tensor, bsr: t
         "bsr16": lambda: torch.sparse.mm(bsr, xt),
         "rbgp": lambda: layer(x),
         "rbgp torch path": lambda: grouped_forward(x, values, layout),
+        "rbgp native fp32": lambda: native.grouped_small(x, values, layout),
         "rbgp native bf16": lambda: native.grouped_small(x, bf16, layout),
         "rbgp native int8": lambda: native.grouped_small(x, q, layout, scales),
     }

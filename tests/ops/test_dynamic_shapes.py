@@ -72,29 +72,35 @@ def test_export_with_a_dynamic_batch(name):
             torch.testing.assert_close(program.module()(x), sparse(x), rtol=1e-5, atol=1e-5)
 
 
-def _compiles(model: nn.Module, inp) -> int:
+def _compiles(model: nn.Module, inp) -> list[int]:
+    """Graphs compiled so far after each batch size of BATCHES (outputs checked against eager)."""
     from torch._dynamo.testing import CompileCounter
 
     torch._dynamo.reset()
     counter = CompileCounter()
     compiled = torch.compile(model, backend=counter, dynamic=True)
+    counts = []
     with torch.no_grad():
         for n in BATCHES:
             x = inp(n)
             torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
-    return counter.frame_count
+            counts.append(counter.frame_count)
+    return counts
 
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_compile_does_not_recompile_per_batch_size(name):
-    """At most twice over 12 batch sizes (batch 1 is specialised by dynamo itself), and no more graphs
-    than the dense twin (a dense conv's fake kernel guards on the batch on its own)."""
+    """Two compilations at most over 12 batch sizes (batch 1 is specialised by dynamo itself): after
+    the second batch size nothing compiles again, except where the dense twin recompiles too (a dense
+    conv's fake kernel guards on the batch on its own). Graph breaks inside transformers count as
+    frames, so the MLP, which has none, also bounds the total."""
     dense, sparse = _sparse(name)
     inp = MODELS[name][1]
-    sparse_count, dense_count = _compiles(sparse, inp), _compiles(dense, inp)
-    assert sparse_count <= dense_count, (sparse_count, dense_count)
+    sparse_counts, dense_counts = _compiles(sparse, inp), _compiles(dense, inp)
+    # graphs compiled after the second batch size
+    assert sparse_counts[-1] - sparse_counts[1] <= dense_counts[-1] - dense_counts[1], (sparse_counts, dense_counts)
     if name == "mlp":
-        assert sparse_count <= 2
+        assert sparse_counts[-1] <= 2
 
 
 def test_onnx_export_with_a_dynamic_batch(tmp_path):

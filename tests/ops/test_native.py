@@ -67,6 +67,15 @@ def test_matches_reference(shape, batch, kind):
     _check(make_layout(out, inp, sparsity, **kw), batch, kind)
 
 
+@pytest.mark.parametrize("kind", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("rows", [1, 3, 7])
+def test_odd_group_rows(rows, kind):
+    """The kernel takes rows two at a time: odd groups end on a row of their own."""
+    layout = random_group_layout(rows * 15, 77, rows, 13)
+    for batch in (1, 5, 37):
+        _check(layout, batch, kind)
+
+
 def test_unaligned_columns_and_strided_input():
     layout = random_group_layout(96, 77, 8, 13)
     assert layout.block_width == 1

@@ -94,7 +94,9 @@ class _RBGPBase(nn.Module):
         for name, t in layout.buffers.items():
             self.register_buffer(name, t, persistent=saved and name in ("row_index", "col_index"))
         self.block_width = layout.block_width
-        self._row_strides, self._workspace = layout.row_strides, layout.workspace
+        # the layout's static facts, kept as plain values: `layout` is rebuilt on every forward
+        self._static = (layout.in_features, layout.block_width, layout.out_features, layout.row_strides)
+        self._workspace = layout.workspace
         self.register_buffer("structure_id", self._structure_id(layout).to(device))
 
     def _adopt_saved_structure(self, rows, cols, saved_id, name: str) -> str | None:
@@ -150,16 +152,18 @@ class _RBGPBase(nn.Module):
 
     @property
     def layout(self) -> LayoutTensors:
+        in_features, block_width, out_features, row_strides = self._static
+        buffers = self._buffers
         return LayoutTensors(
-            self.row_index,
-            self.col_index,
-            self.row_order,
-            self.structure.shape[1],
-            self.block_width,
-            self.col_blocks,
-            self.col_entries,
-            self.structure.shape[0],
-            self._row_strides,
+            buffers["row_index"],
+            buffers["col_index"],
+            buffers["row_order"],
+            in_features,
+            block_width,
+            buffers["col_blocks"],
+            buffers["col_entries"],
+            out_features,
+            row_strides,
             self._workspace,
         )
 

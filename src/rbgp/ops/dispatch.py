@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from contextlib import nullcontext
 
 import torch
 
 from rbgp.ops.autocast import autocast_inputs
 from rbgp.ops.grouped import grouped_linear
-from rbgp.ops.native import MAX_BATCH, grouped_small, native_applies
+from rbgp.ops.native import MAX_BATCH, batch_limit, grouped_small, native_applies
 from rbgp.ops.reference import reference_linear
 from rbgp.ops.weight import SparseWeight
 
@@ -79,32 +80,45 @@ def rbgp_linear(
         x, values, bias = autocast_inputs(x, values, bias)
         x2 = x.reshape(-1, x.shape[-1])
     kind = resolve_backend(backend, x.device, x.dtype)
-    compiling = torch.compiler.is_compiling()
-    native = kind == "grouped" and not compiling and native_applies(x2, values)
-    with torch.autocast(x.device.type, enabled=False):
+    with torch.autocast(x.device.type, enabled=False) if torch.is_autocast_enabled(x.device.type) else nullcontext():
+        flagged = False
         if kind == "reference":
             y = reference_linear(x2, values, layout)
         elif kind == "triton":
             from rbgp.ops.triton_ops import triton_linear
 
             y = triton_linear(x2, values, layout)
-        elif native:
-            y = grouped_small(x2, values, layout, scales)  # (N, out) in row order, non-finite inputs as NaN
-        elif kind == "grouped" and compiling and _native_in_graph(x2, values):
-            # both paths in the graph, chosen when it runs: no guard (and no recompilation) on the batch
-            y = torch.cond(
-                x2.shape[0] <= MAX_BATCH,
-                lambda a, v, w: grouped_small(a, v, layout, scales),
-                lambda a, v, w: grouped_linear(a, w, layout)[:, : layout.out_features].contiguous(),
-                (x2, values, values if values.dtype == x2.dtype else weight.float_values(x2.dtype)),
-            )
         else:
-            y = grouped_linear(x2, values, layout)
-        y = _as_dense_linear(y, layout.out_features, None if native else x2, bias)
+            y, flagged = _grouped(x2, weight, values, scales)
+        y = _as_dense_linear(y, layout.out_features, None if flagged else x2, bias)
     if x.dim() == 2:
         return y
     # not a view, as F.linear's output (an in-place op on a view would bypass FSDP2's backward hooks)
     return torch.ops.aten._unsafe_view(y, (*lead, layout.out_features))
+
+
+def _grouped(
+    x: torch.Tensor, weight: SparseWeight, values: torch.Tensor, scales: torch.Tensor | None
+) -> tuple[torch.Tensor, bool]:
+    """(y, whether y has its non-finite flags) on the native kernel or the batched GEMMs; compiled, the
+    choice between them is made when the graph runs (`torch.cond`), never by a guard on the batch."""
+    layout = weight.layout
+    if not torch.compiler.is_compiling():
+        if native_applies(x, values):
+            return grouped_small(x, values, layout, scales), True
+        return grouped_linear(x, values, layout), False
+    if not _native_in_graph(x, values):
+        return grouped_linear(x, values, layout), False
+    if batch_limit(values) is None:
+        return grouped_small(x, values, layout, scales), True
+    wide = values if values.dtype == x.dtype else weight.float_values(x.dtype)
+    y = torch.cond(
+        x.shape[0] <= MAX_BATCH,
+        lambda a, v, w: grouped_small(a, v, layout, scales),
+        lambda a, v, w: grouped_linear(a, w, layout)[:, : layout.out_features].contiguous(),
+        (x, values, wide),
+    )
+    return y, False
 
 
 def _native_in_graph(x: torch.Tensor, values: torch.Tensor) -> bool:

@@ -33,7 +33,12 @@ SOURCE = Path(__file__).with_name("native") / "grouped_small.c"
 FLAGS = ("-O3", "-std=gnu11", "-fopenmp", "-shared", "-fPIC")
 MAX_BATCH = 16
 """Batches up to this many rows run on the native kernel (CPU, fp32 inputs, no gradient wanted);
-larger ones on the batched GEMMs of the torch path, which win there (`benchmarks/small_batch.md`)."""
+larger ones on the batched GEMMs of the torch path, which win there (`benchmarks/small_batch.md`),
+except for layers of small row groups (see SMALL_GROUP_ROWS)."""
+SMALL_GROUP_ROWS = 16
+"""Row groups of at most this many rows run on the native kernel at every batch size: batched GEMMs
+that short are slow (5632x2048 at 0.9, 16-row groups: the kernel 2-2.5x faster at batch 64-256 in
+`benchmarks/small_batch.md`)."""
 KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
 
 
@@ -112,15 +117,20 @@ def available() -> bool:
     return library() is not None
 
 
+def batch_limit(values: torch.Tensor) -> int | None:
+    """The largest batch the native kernel takes for these (G, R, K) values; None: any batch."""
+    return None if values.shape[1] <= SMALL_GROUP_ROWS else MAX_BATCH
+
+
 def native_applies(x: torch.Tensor, values: torch.Tensor, any_batch: bool = False) -> bool:
     """Whether the product of x (N, in) with `values` runs on the native kernel: fp32 CPU inputs, fp32,
-    bf16 or int8 values, at most MAX_BATCH rows (unless `any_batch`), no gradient wanted, and the kernel
+    bf16 or int8 values, at most `batch_limit` rows (unless `any_batch`), no gradient wanted, and the kernel
     available."""
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
         and values.dtype in KINDS
-        and (any_batch or x.shape[0] <= MAX_BATCH)
+        and (any_batch or batch_limit(values) is None or x.shape[0] <= MAX_BATCH)
         and not (torch.is_grad_enabled() and (x.requires_grad or values.requires_grad))
         and available()
     )
