@@ -103,8 +103,21 @@ def test_no_traceback_and_exit_0_or_2(data, paths, capsys, monkeypatch, tmp_path
     err = capsys.readouterr().err
     assert code in (0, 2), (argv, code, err)
     if code == 2 and not err.startswith("usage:"):
-        lines = [ln for ln in err.strip().splitlines() if "Warning" not in ln and not ln.startswith("  warnings")]
+        lines = _without_warnings(err)
         assert len(lines) == 1 and lines[0].startswith(f"rbgp {argv[0]}: error: "), (argv, err)
+
+
+def _without_warnings(err: str) -> list[str]:
+    """stderr's lines less the warnings (a "file:line: SomeWarning: message" line and the indented
+    source line that `warnings` prints after it)."""
+    lines, after_warning = [], False
+    for ln in err.strip().splitlines():
+        if "Warning" in ln or (after_warning and ln.startswith("  ")):
+            after_warning = True
+            continue
+        after_warning = False
+        lines.append(ln)
+    return lines
 
 
 def test_debug_shows_the_traceback(capsys):
