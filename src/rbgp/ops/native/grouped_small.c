@@ -35,25 +35,24 @@ static inline float widen_i8(int8_t v) { return (float)v; }
 
 /* The group's rows against the gathered inputs of every sample, two rows by four samples at a time:
  * each loaded value serves four dot products and each loaded input two, which keeps the FMA units
- * busy rather than the loads. `scale` (per row) or NULL; `nf` (per sample, 0 or NaN) is added to
- * every output; rows with ids >= out (padding) are computed with their pair but not stored. */
-#define STORE(ROW, S, ACC, F)                                  \
-    do {                                                       \
-        if ((ROW) < out) y[(S) * out + (ROW)] = (ACC) * (F) + nf[S]; \
+ * busy rather than the loads; the samples left over (all of them below four: decode) one row and
+ * one sample at a time, which streams the values fastest. `scale` (per row) or NULL; `nf` (per
+ * sample, 0 or NaN) is added to every output; rows with ids >= out (padding) are not stored. */
+#define STORE(ROW, S, ACC, F)                                                                                \
+    do {                                                                                                     \
+        if ((ROW) < out) y[(S) * out + (ROW)] = (ACC) * (F) + nf[S];                                         \
     } while (0)
 
 #define ROWS_KERNEL(NAME, T, WIDEN)                                                                          \
     RBGP_CLONES                                                                                              \
     static void NAME(int64_t n, int64_t r, int64_t k, const T *v, const float *scale, const float *xg,       \
                      const int64_t *rows, int64_t out, const float *nf, float *y) {                          \
-        int64_t i = 0;                                                                                       \
-        for (; i + 2 <= r; i += 2) {                                                                         \
+        for (int64_t i = 0; i + 2 <= r; i += 2) {                                                            \
             const int64_t row0 = rows[i], row1 = rows[i + 1];                                                \
             if (row0 >= out && row1 >= out) continue;                                                        \
             const T *v0 = v + i * k, *v1 = v0 + k;                                                           \
             const float f0 = scale ? scale[i] : 1.0f, f1 = scale ? scale[i + 1] : 1.0f;                      \
-            int64_t s = 0;                                                                                   \
-            for (; s + 4 <= n; s += 4) {                                                                     \
+            for (int64_t s = 0; s + 4 <= n; s += 4) {                                                        \
                 const float *x0 = xg + s * k, *x1 = x0 + k, *x2 = x1 + k, *x3 = x2 + k;                      \
                 float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f, b0 = 0.0f, b1 = 0.0f, b2 = 0.0f, b3 = 0.0f; \
                 _Pragma("omp simd reduction(+ : a0, a1, a2, a3, b0, b1, b2, b3)")                            \
@@ -77,24 +76,14 @@ static inline float widen_i8(int8_t v) { return (float)v; }
                 STORE(row1, s + 2, b2, f1);                                                                  \
                 STORE(row1, s + 3, b3, f1);                                                                  \
             }                                                                                                \
-            for (; s < n; s++) {                                                                             \
-                const float *xs = xg + s * k;                                                                \
-                float a = 0.0f, b = 0.0f;                                                                    \
-                _Pragma("omp simd reduction(+ : a, b)")                                                      \
-                for (int64_t j = 0; j < k; j++) {                                                            \
-                    a += WIDEN(v0[j]) * xs[j];                                                               \
-                    b += WIDEN(v1[j]) * xs[j];                                                               \
-                }                                                                                            \
-                STORE(row0, s, a, f0);                                                                       \
-                STORE(row1, s, b, f1);                                                                       \
-            }                                                                                                \
         }                                                                                                    \
-        for (; i < r; i++) { /* an odd last row */                                                           \
+        const int64_t n4 = n - n % 4; /* the samples left over, and an odd last row */                       \
+        for (int64_t i = 0; i < r; i++) {                                                                    \
             const int64_t row = rows[i];                                                                     \
             if (row >= out) continue;                                                                        \
             const T *vi = v + i * k;                                                                         \
             const float f = scale ? scale[i] : 1.0f;                                                         \
-            for (int64_t s = 0; s < n; s++) {                                                                \
+            for (int64_t s = (i < r - r % 2) ? n4 : 0; s < n; s++) {                                         \
                 const float *xs = xg + s * k;                                                                \
                 float a = 0.0f;                                                                              \
                 _Pragma("omp simd reduction(+ : a)")                                                         \
