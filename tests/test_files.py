@@ -67,3 +67,35 @@ def test_stale_temps_are_removed(tmp_path):
     removed = remove_stale_temps(tmp_path, ("checkpoint.pt", "metrics.csv"))
     assert sorted(p.name for p in removed) == [".checkpoint.pt.ab12cd34.tmp", ".metrics.csv.zz_9.tmp"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.txt.ab12cd34.tmp", "mine.tmp"]
+
+
+def test_folder_lock_keeps_a_second_writer_out(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from rbgp.files import LOCK_NAME, FolderBusy, folder_lock
+
+    with folder_lock(tmp_path / "new"):
+        assert (tmp_path / "new").is_dir()
+    assert not (tmp_path / "new").exists()  # made for the lock and left empty: removed again
+    run = tmp_path / "run"
+    run.mkdir()
+    with folder_lock(run) as lock:
+        assert lock == run / LOCK_NAME and lock.read_text().split()[0] == str(os.getpid())
+        with pytest.raises(FolderBusy, match=f"in use by process {os.getpid()}"):
+            with folder_lock(run):
+                pass
+    assert not (run / LOCK_NAME).exists()  # released
+    # a lock left by a process that is gone (kill -9) is taken over, with a message
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (run / LOCK_NAME).write_text(f"{dead.stdout.strip()} {os.uname().nodename}\n")
+    said = []
+    with folder_lock(run, said.append):
+        pass
+    assert said and "no longer runs" in said[0] and not (run / LOCK_NAME).exists()
+    # another host's lock is never taken over
+    (run / LOCK_NAME).write_text("1 some-other-host\n")
+    with pytest.raises(FolderBusy, match="on some-other-host"):
+        with folder_lock(run):
+            pass

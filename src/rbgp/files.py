@@ -123,3 +123,65 @@ def remove_stale_temps(folder: str | Path, names: tuple[str, ...]) -> list[Path]
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
     return stale
+
+
+LOCK_NAME = ".rbgp.lock"
+
+
+class FolderBusy(ValueError):
+    """Another live process holds the folder's lock."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, on_stale: Any = None) -> Iterator[Path]:
+    """Hold `folder`/.rbgp.lock (created exclusively, holding this process's id and host) while the
+    block runs, so that two writers never share a folder. A lock whose process is alive on this host
+    raises FolderBusy naming it; one left by a dead process (kill -9) is taken over, after
+    `on_stale(message)`. A lock from another host is never taken over: delete it by hand. A folder
+    this made and left empty is removed again."""
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_NAME
+    me = f"{os.getpid()} {os.uname().nodename}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = lock.read_text(errors="replace").split() if lock.exists() else []
+            pid = int(holder[0]) if holder and holder[0].isdigit() else None
+            host = holder[1] if len(holder) > 1 else "?"
+            if pid is not None and host == os.uname().nodename and not _alive(pid):
+                if on_stale is not None:
+                    on_stale(f"{folder}: taking over the lock of process {pid}, which no longer runs")
+                with contextlib.suppress(FileNotFoundError):
+                    lock.unlink()
+                continue
+            raise FolderBusy(
+                f"{folder} is in use by process {pid if pid is not None else '?'} on {host} (lock file "
+                f"{lock}); wait for it to finish, or delete the lock file if that process is gone"
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            f.write(me + "\n")
+        break
+    else:
+        raise FolderBusy(f"{folder}: could not take the lock {lock} (another process took it first)")
+    try:
+        yield lock
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            if lock.read_text(errors="replace").strip() == me:
+                lock.unlink()
+        if created:  # a run that stopped before writing anything leaves no folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()

@@ -267,3 +267,84 @@ def test_round_trip_of_a_transformers_model_with_tied_weights(tmp_path):
     load(tmp_path / "g.rbgp", twin)
     assert torch.equal(twin(ids).logits, model(ids).logits)
     assert twin.lm_head.weight.data_ptr() == twin.transformer.wte.weight.data_ptr()  # still tied
+
+
+def _craft(src, dst, change) -> None:
+    """A file as someone would craft it: tensors and header changed, the checksum recomputed."""
+    from safetensors.torch import save as st_save
+
+    from rbgp.compress.format import _checksum, read
+
+    header, tensors = read(src)
+    change(header, tensors)
+    header["checksum"] = _checksum(header, tensors)
+    dst.write_bytes(st_save(tensors, metadata={"rbgp": json.dumps(header, sort_keys=True)}))
+
+
+def _first(tensors, suffix):
+    return next(k for k in sorted(tensors) if k.endswith(suffix))
+
+
+def _poke(suffix, value):
+    def change(header, tensors):
+        t = tensors[_first(tensors, suffix)].clone()
+        t.view(-1)[0] = value
+        tensors[_first(tensors, suffix)] = t
+    return change
+
+
+@pytest.mark.parametrize("kind,suffix,value,message", [
+    ("int8", "::table", float("nan"), "scale or centroid is inf or NaN"),
+    ("int8", "::table", float("inf"), "scale or centroid is inf or NaN"),
+    ("kmeans16", "::table", float("-inf"), "scale or centroid is inf or NaN"),
+    ("int8", "::sym", 0, "symbol outside 1..255"),  # symbol 0 would decode to -128 x scale
+    ("int4", "::sym", 0, "symbol outside 1..15"),  # int4 symbol 0: -8 x scale, outside -7..7
+    (None, "bias", float("nan"), "inf or NaN"),
+    (None, "::val", float("inf"), "inf or NaN"),
+])
+def test_crafted_values_are_refused(tmp_path, kind, suffix, value, message):
+    good, bad = tmp_path / "good.rbgp", tmp_path / "bad.rbgp"
+    save(_net("unstructured"), good, quantize=kind)
+    _craft(good, bad, _poke(suffix, value))
+    twin = _blank("unstructured")
+    before = {k: v.clone() for k, v in twin.state_dict().items()}
+    with pytest.raises(CompressedFileError, match=message):
+        load(bad, twin)
+    assert all(torch.equal(before[k], v) for k, v in twin.state_dict().items())  # a refused load changes nothing
+
+
+def test_crafted_csr_entries_are_refused(tmp_path):
+    good = tmp_path / "good.rbgp"
+    save(_net("unstructured"), good)
+
+    def duplicate(header, tensors):  # row 0's second entry moved onto its first column
+        key = _first(tensors, "::col")
+        col = tensors[key].clone()
+        col[1] = col[0]
+        tensors[key] = col
+
+    def off_mask(header, tensors):  # an entry moved to a column the mask does not hold
+        key = _first(tensors, "::col")
+        weight = key.removesuffix("::col")
+        mask = _blank("unstructured").state_dict()[weight.removesuffix("weight") + "mask"].reshape(
+            header["entries"][weight]["shape"][0], -1)
+        crow = tensors[weight + "::crow"]
+        free = (~mask[0].bool()).nonzero().view(-1)
+        col = tensors[key].clone()
+        col[int(crow[1]) - 1] = int(free[free > col[int(crow[1]) - 2]][0])  # still sorted, off the mask
+        tensors[key] = col
+
+    for name, change, message in (("dup", duplicate, "increase within each row"), ("off", off_mask, "off its saved mask")):
+        bad = tmp_path / f"{name}.rbgp"
+        _craft(good, bad, change)
+        with pytest.raises(CompressedFileError, match=message):
+            load(bad, _blank("unstructured"))
+
+
+def test_non_finite_weights_are_not_saved(tmp_path):
+    model = _net("unstructured")
+    with torch.no_grad():
+        model[0].bias[0] = float("nan")
+    with pytest.raises(ValueError, match="'0.bias' holds inf or NaN"):
+        save(model, tmp_path / "m.rbgp")
+    assert not (tmp_path / "m.rbgp").exists()

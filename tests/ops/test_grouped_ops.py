@@ -206,3 +206,15 @@ def test_inference_mode_then_training():
     assert torch.allclose(y.detach(), y_inf, atol=1e-6)
     assert torch.allclose(y.detach(), reference_linear(x.detach(), values.detach(), layout), atol=1e-5)
     assert x.grad is not None and values.grad is not None
+
+
+@pytest.mark.parametrize("rows,cols,message", [
+    ([[0, 1], [1, 3]], [[0, 1], [2, 3]], "every row id 0..3 exactly once"),  # row 1 twice: a kernel would write it twice
+    ([[0, -1], [2, 3]], [[0, 1], [2, 3]], "every row id"),  # a negative id: an out-of-bounds write in C
+    ([[0, 1], [2, 3]], [[1, 1], [2, 3]], "strictly increasing"),  # a column read twice
+    ([[0, 1], [2, 3]], [[3, 1], [2, 3]], "strictly increasing"),
+    ([[0, 1], [2, 3]], [[0, 1], [2, 9]], "outside \\[0, 8\\)"),
+])
+def test_bad_index_tables_are_refused_where_they_are_built(rows, cols, message):
+    with pytest.raises(ValueError, match=message):
+        LayoutTensors.from_indices(torch.tensor(rows), torch.tensor(cols), 8)

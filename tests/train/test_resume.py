@@ -253,3 +253,26 @@ def test_divergence_stops_and_keeps_last_checkpoint(tmp_path):
         loop_build.undo()
     assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["epoch"] == 1
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, capsys):
+    """Two writers never share a run folder: the second stops before it touches a file (not even a
+    temp file the live writer is writing), in one line naming the running process."""
+    import os
+
+    from rbgp.cli import main
+    from rbgp.files import folder_lock
+
+    run = tmp_path / "run"
+    argv = ["train", "--model", "mlp", "--dataset", "synthetic_cifar10", "--hidden", "64", "--epochs", "1",
+            "--limit-train", "64", "--limit-test", "32", "--out-dir", str(run), "--quiet"]
+    with folder_lock(run):  # the live writer
+        writing = run / ".checkpoint.pt.abc123.tmp"
+        writing.write_bytes(b"half a checkpoint")
+        for extra in ([], ["--resume-if-present"], ["--overwrite"]):
+            assert main(argv + extra) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert err[-1].startswith("rbgp train: error: ") and f"in use by process {os.getpid()}" in err[-1]
+        assert writing.exists() and sorted(p.name for p in run.iterdir()) == [".checkpoint.pt.abc123.tmp", ".rbgp.lock"]
+    assert main(argv) == 0  # free again
+    assert not (run / ".rbgp.lock").exists()

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from rbgp.files import save_figure
 from rbgp.nn import sparsify, store_values_
 
 PROMPT, NEW = 256, 32
@@ -187,5 +188,5 @@ def plot_decode(data: dict, path: str | Path) -> None:
     ax.set_title(f"{data['machine']}, {data['date']}", fontsize=9)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)

@@ -70,6 +70,8 @@ def save(
     entries: dict[str, dict[str, Any]] = {}
     for key, t in state.items():
         t = t.detach().cpu()
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"tensor {key!r} holds inf or NaN: a compressed file keeps finite values only")
         entry: dict[str, Any] = {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
         if key in masked:
             _put_csr(key, t, masked[key].mask.cpu(), quantize, huffman, tensors, entry)
@@ -212,7 +214,7 @@ def read(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     try:
         meta = json.loads(data[8 : 8 + n].decode("utf-8")).get("__metadata__") or {}
         header = json.loads(meta["rbgp"])
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError, RecursionError) as err:
         raise CompressedFileError(
             f"{path}: not an rbgp compressed model file (no {FORMAT!r} header: {type(err).__name__})"
         ) from None
@@ -245,8 +247,23 @@ def load(path: str | Path, model: nn.Module, *, int8_values: bool = False) -> nn
     per-row scales (`rbgp.store_values_`), so a decode step reads a quarter of the fp32 bytes; the
     weights are the file's (rescaled to within an ulp)."""
     header, tensors = read(path)
+    return fill(path, header, tensors, model, int8_values=int8_values)
+
+
+def fill(
+    path: str | Path,
+    header: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    model: nn.Module,
+    *,
+    int8_values: bool = False,
+) -> nn.Module:
+    """`load` on a file already `read`: every entry decoded and checked before the model changes
+    (CompressedFileError naming the file and tensor otherwise)."""
     state = model.state_dict()
-    entries = header["entries"]
+    entries = header.get("entries")
+    if not isinstance(entries, dict) or not all(isinstance(e, dict) for e in entries.values()):
+        raise CompressedFileError(f"{path}: 'entries' must map tensor names to entries, got {type(entries).__name__}")
     missing, extra = sorted(set(state) - set(entries)), sorted(set(entries) - set(state))
     if missing or extra:
         raise CompressedFileError(
@@ -259,6 +276,11 @@ def load(path: str | Path, model: nn.Module, *, int8_values: bool = False) -> nn
             new_state[key] = decode_entry(key, entries[key], tensors, target)
         except (KeyError, TypeError, ValueError) as err:
             raise CompressedFileError(f"{path}: tensor {key!r}: {err}") from None
+    for name, _ in _named(model, (MaskedLinear, MaskedConv2d)):
+        prefix = f"{name}." if name else ""
+        off_mask = new_state[prefix + "weight"][~new_state[prefix + "mask"].bool()]
+        if bool((off_mask != 0).any()):
+            raise CompressedFileError(f"{path}: tensor {prefix + 'weight'!r} has entries off its saved mask")
     try:
         model.load_state_dict(new_state, strict=True)
     except (RuntimeError, ValueError) as err:
@@ -274,6 +296,15 @@ def load(path: str | Path, model: nn.Module, *, int8_values: bool = False) -> nn
 def decode_entry(
     key: str, entry: dict[str, Any], tensors: dict[str, torch.Tensor], target: torch.Tensor
 ) -> torch.Tensor:
+    """The tensor for `key`, checked: shape and dtype of the model's, finite, its indices and symbols
+    in range."""
+    t = _decode(key, entry, tensors, target)
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise ValueError("holds inf or NaN (a file written by rbgp never does)")
+    return t
+
+
+def _decode(key: str, entry: dict[str, Any], tensors: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
     if list(entry["shape"]) != list(target.shape) or entry["dtype"] != str(target.dtype).removeprefix("torch."):
         raise ValueError(
             f"the file has {entry['dtype']} {entry['shape']}, the model {target.dtype} {list(target.shape)}"
@@ -316,6 +347,9 @@ def _decode_csr(
     ):
         raise ValueError("inconsistent CSR indices")
     row_ids = torch.repeat_interleave(torch.arange(rows), crow.diff()).numpy()
+    same_row = torch.from_numpy(row_ids[1:] == row_ids[:-1])
+    if nnz > 1 and bool((col.diff()[same_row] <= 0).any()):
+        raise ValueError("CSR columns must increase within each row (an entry is stored twice or out of order)")
     values = _values(key, entry, tensors, nnz, row_ids)
     dense = torch.zeros(rows, cols, dtype=target.dtype)
     dense[torch.from_numpy(row_ids), col] = values.to(target.dtype)
@@ -350,6 +384,10 @@ def _values(
         if packed.size < (count if alphabet > 16 else -(-count // 2)):
             raise ValueError("fewer quantised symbols than values")
         symbols = _unpack(packed, alphabet, count)
-    if symbols.size and int(symbols.max()) >= (16 if kind == "kmeans16" else alphabet):
-        raise ValueError("a quantised symbol out of range")
+    if not np.isfinite(table).all():
+        raise ValueError("a scale or centroid is inf or NaN")
+    qmax = QUANTIZERS[kind][0]
+    low, high = (0, 15) if kind == "kmeans16" else (alphabet // 2 - qmax, alphabet // 2 + qmax)
+    if symbols.size and (int(symbols.min()) < low or int(symbols.max()) > high):
+        raise ValueError(f"a quantised symbol outside {low}..{high}")
     return torch.from_numpy(dequantize(kind, symbols, table, row_ids))

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rbgp.compress.format import decode_entry, read
+from rbgp.compress.format import decode_entry, fill, read
 from rbgp.resources import parse_size
 
 __all__ = ["BudgetPlan", "CompressedRunner", "parse_bytes", "peak_rss", "process_memory", "run_all"]
@@ -63,9 +63,6 @@ class CompressedRunner:
         self.model = model.eval()
         self.entries = self.header["entries"]
         state = model.state_dict()
-        missing = sorted(set(state) - set(self.entries))
-        if missing:
-            raise ValueError(f"{path} does not match the model: missing {missing[:5]}")
         self.compressed_bytes = sum(t.numel() * t.element_size() for t in self.tensors.values())
         self.decoded_bytes = sum(t.numel() * t.element_size() for t in state.values())
         self._params = {name: dict(m.named_parameters(recurse=False)) for name, m in model.named_modules()}
@@ -85,8 +82,7 @@ class CompressedRunner:
         return decode_entry(key, self.entries[key], self.tensors, target)
 
     def _decode_all(self) -> None:
-        state = self.model.state_dict()
-        self.model.load_state_dict({k: decode_entry(k, self.entries[k], self.tensors, t) for k, t in state.items()})
+        fill(self.path, self.header, self.tensors, self.model)  # every entry checked, errors name the tensor
 
     def _fill(self, name: str) -> None:
         for pname, p in self._params[name].items():

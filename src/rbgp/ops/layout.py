@@ -116,6 +116,11 @@ class LayoutTensors(NamedTuple):
         if col_index.numel() and (int(col_index.min()) < 0 or int(col_index.max()) >= in_features):
             raise ValueError(f"col_index holds columns outside [0, {in_features})")
         rows, cols = row_index.long().cpu(), col_index.long().cpu()
+        # checked once here, where the kernels' tables are built: the native kernel writes by these ids
+        if not torch.equal(rows.reshape(-1).sort().values, torch.arange(rows.numel())):
+            raise ValueError(f"row_index must hold every row id 0..{rows.numel() - 1} exactly once")
+        if cols.shape[1] > 1 and not bool((cols.diff(dim=1) > 0).all()):
+            raise ValueError("col_index must be strictly increasing within each group (sorted, no column twice)")
         bw = detect_block_width(cols) if block_width is None else block_width
         col_blocks, col_entries = block_tables(cols, in_features, bw)
         order = torch.argsort(rows.reshape(-1))

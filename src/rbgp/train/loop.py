@@ -16,6 +16,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from rbgp.files import atomic_write, check_output_dir, remove_stale_temps, write_json
+from rbgp.files import atomic_write, check_output_dir, folder_lock, remove_stale_temps, write_json
 from rbgp.nn import SPARSE_TYPES, SparsifyReport, sparsify
 from rbgp.precision import bf16_autocast
 from rbgp.resources import check_memory
@@ -356,11 +357,17 @@ def train(
         if config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
-        return _run(config, info, out_dir, resume, overwrite, quiet, stop_after_epoch, on_batch, data)
+        lock = folder_lock(out_dir, _say_stale) if out_dir is not None and info.is_main else nullcontext()
+        with lock:  # one writer per run folder: a second run into it stops here, before touching a file
+            return _run(config, info, out_dir, resume, overwrite, quiet, stop_after_epoch, on_batch, data)
     finally:
         torch.use_deterministic_algorithms(prev_det, warn_only=prev_det_warn)
         torch.backends.cudnn.benchmark = prev_cudnn
         ddp.cleanup(info)
+
+
+def _say_stale(message: str) -> None:
+    print(f"[rbgp train] {message}", file=sys.stderr)
 
 
 def preflight(
