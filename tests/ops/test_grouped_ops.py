@@ -176,7 +176,7 @@ def test_block_index_kept_in_the_layouts_workspace():
     assert _block_index(other, slice(0, 3), 2, 4, cpu) is not _block_index(other, slice(0, 3), 2, 4, cpu)
 
 
-@pytest.mark.parametrize("name", ["autocast", "channel_conv", "conv", "dispatch", "grouped", "im2col", "layout",
+@pytest.mark.parametrize("name", ["autocast", "channel_conv", "conv", "dispatch", "finite", "grouped", "im2col", "layout",
                                   "pointwise_conv", "reference", "weight", "workspace"])
 def test_no_module_level_state(name):
     """Kept tables live in a weight's workspace, never in a module global (mutable containers)."""

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from rbgp.ops.autocast import autocast_inputs
 from rbgp.ops.channel_conv import channel_grouped_conv2d
 from rbgp.ops.dispatch import rbgp_linear
+from rbgp.ops.finite import nonfinite_rows, surely_finite
 from rbgp.ops.im2col import im2col_feature_major
 from rbgp.ops.layout import LayoutTensors
 from rbgp.ops.pointwise_conv import pointwise_conv2d
@@ -143,13 +144,15 @@ def rbgp_conv2d(
     y = _conv_on_path(x, weight, conv, padding, bias, backend)
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     y = y.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if surely_finite(x):
+        return y
     flags = _nonfinite_windows(x, conv, padding).to(y.dtype)
     return y + flags if y.requires_grad else y.add_(flags)
 
 
 def _nonfinite_windows(x: torch.Tensor, conv: ConvArgs, padding: tuple[int, int]) -> torch.Tensor:
     """(N, 1, OH, OW): 0, or NaN where the conv window reads an inf or NaN input."""
-    flags = x.detach().mul(0).sum(1, keepdim=True)  # 0, or NaN at a position with an inf or NaN channel
+    flags = nonfinite_rows(x, 1)  # 0, or NaN at a position with an inf or NaN channel
     if conv.kernel_size == (1, 1) and padding == (0, 0):
         return flags[:, :, :: conv.stride[0], :: conv.stride[1]]
     ones = flags.new_ones(1, 1, *conv.kernel_size)

@@ -10,6 +10,7 @@ from contextlib import nullcontext
 import torch
 
 from rbgp.ops.autocast import autocast_inputs
+from rbgp.ops.finite import nonfinite_rows, surely_finite
 from rbgp.ops.grouped import grouped_linear
 from rbgp.ops.native import MAX_BATCH, batch_limit, grouped_small, native_applies
 from rbgp.ops.reference import reference_linear
@@ -140,8 +141,8 @@ def _as_dense_linear(
     if y.shape[1] != out_features:
         y = y[:, :out_features]  # drop the padding rows (its backward pads with zeros)
     y = y.contiguous()
-    if x is not None:
-        flags = x.detach().mul(0).sum(-1, keepdim=True).to(y.dtype)  # 0, or NaN where a sample has an inf or NaN
+    if x is not None and not surely_finite(x):
+        flags = nonfinite_rows(x).to(y.dtype)  # 0, or NaN where a sample has an inf or NaN
         y = y + flags if y.requires_grad else y.add_(flags)
     if bias is None:
         return y
