@@ -116,3 +116,31 @@ def test_onnx_export_with_a_dynamic_batch(tmp_path):
         x = torch.randn(n, 256)
         (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
         torch.testing.assert_close(torch.from_numpy(got), sparse(x).detach(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_legacy_onnx_export(tmp_path, grad):
+    """The TorchScript-based exporter (dynamo=False) traces the plain torch path: the graph takes its
+    input and computes (a traced native kernel would be a baked constant)."""
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    _, sparse = _sparse("mlp")
+    path = tmp_path / "mlp.onnx"
+    with warnings.catch_warnings(), torch.set_grad_enabled(grad):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(sparse, (torch.randn(5, 256),), str(path), dynamo=False, input_names=["x"])
+    session = ort.InferenceSession(str(path))
+    assert [i.name for i in session.get_inputs()] == ["x"]
+    x = torch.randn(5, 256)
+    (got,) = session.run(None, {"x": x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(got), sparse(x).detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_traced_model_computes(tmp_path):
+    """torch.jit.trace too: the trace runs the torch path, not a constant."""
+    _, sparse = _sparse("mlp")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(sparse, (torch.randn(5, 256),))
+        x = torch.randn(5, 256)
+        torch.testing.assert_close(traced(x), sparse(x), rtol=1e-5, atol=1e-5)

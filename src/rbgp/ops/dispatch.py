@@ -11,7 +11,7 @@ import torch
 
 from rbgp.ops.autocast import autocast_inputs
 from rbgp.ops.finite import nonfinite_rows, surely_finite
-from rbgp.ops.grouped import grouped_linear
+from rbgp.ops.grouped import grouped_forward, grouped_linear
 from rbgp.ops.native import MAX_BATCH, batch_limit, grouped_small, native_applies
 from rbgp.ops.reference import reference_linear
 from rbgp.ops.weight import SparseWeight
@@ -104,6 +104,8 @@ def _grouped(
     """(y, whether y has its non-finite flags) on the native kernel or the batched GEMMs; compiled, the
     choice between them is made when the graph runs (`torch.cond`), never by a guard on the batch."""
     layout = weight.layout
+    if torch.jit.is_tracing():  # the legacy ONNX exporter: plain traceable ops, no custom autograd node
+        return grouped_forward(x, values, layout), False
     if not torch.compiler.is_compiling():
         if native_applies(x, values):
             return grouped_small(x, values, layout, scales), True

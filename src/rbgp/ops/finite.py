@@ -8,9 +8,9 @@ import torch
 def surely_finite(x: torch.Tensor) -> bool:
     """True when x holds no inf or NaN, known from one sum (a finite sum has only finite terms: an inf
     or NaN term makes it inf or NaN). False when the sum is not finite (an inf or NaN, or an overflow
-    of finite terms) and always while compiling, where a branch on data has no place: then the exact
-    flags (`nonfinite_rows`) are added."""
-    if torch.compiler.is_compiling():
+    of finite terms), and always while compiling or tracing, where a branch on data has no place; the
+    exact flags (`nonfinite_rows`) are added then."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
     return bool(torch.isfinite(x.detach().sum()))
 

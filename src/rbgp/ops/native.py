@@ -132,6 +132,7 @@ def native_applies(x: torch.Tensor, values: torch.Tensor, any_batch: bool = Fals
         and values.dtype in KINDS
         and (any_batch or batch_limit(values) is None or x.shape[0] <= MAX_BATCH)
         and not (torch.is_grad_enabled() and (x.requires_grad or values.requires_grad))
+        and not torch.jit.is_tracing()  # a traced graph would hold the kernel's output as a constant
         and available()
     )
 
