@@ -233,3 +233,26 @@ def test_pointwise_conv_32_to_128_converts_at_common_sparsities(sparsity):
     for r in report.layers:
         assert abs(r.sparsity - sparsity) <= 0.05 and (r.note == "") == (abs(r.sparsity - sparsity) <= 0.01)
     assert model(torch.randn(2, 3, 8, 8)).shape == (2, 10, 8, 8)
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"exclude": 5}, "exclude must be a glob or a list of globs"),
+    ({"exclude": ["0", 3]}, "exclude must be a glob or a list of globs"),
+    ({"keep_first_last": "no"}, "keep_first_last must be True or False, got 'no'"),
+    ({"seed": "0"}, "seed must be an integer >= 0, got '0'"),
+    ({"seed": -1}, "seed must be an integer >= 0"),
+    ({"inplace": 1}, "inplace must be True or False"),
+])
+def test_wrongly_typed_arguments_name_themselves(kw, message):
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.Linear(64, 8))
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(TypeError, match=message):
+        sparsify(model, 0.9, **kw)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # nothing changed
+
+
+def test_exclude_takes_any_iterable_of_globs():
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.Linear(64, 8))
+    report = sparsify(model, 0.9, keep_first_last=False, exclude=(g for g in ["0"]))
+    assert isinstance(model[0], nn.Linear) and not isinstance(model[2], nn.Linear)
+    assert report is not None

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import inspect
+import numbers
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -358,6 +359,11 @@ def sparsify(
     distribution, init, calibration, base, excludes = _checked_arguments(
         sparsity, pattern, exclude, init, on_infeasible, distribution, calibration, saliency, damp, pattern_kwargs
     )
+    for name, value in (("keep_first_last", keep_first_last), ("shuffle", shuffle), ("inplace", inplace)):
+        if not isinstance(value, bool):
+            raise TypeError(f"sparsify: {name} must be True or False, got {value!r}")
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
+        raise TypeError(f"sparsify: seed must be an integer >= 0, got {seed!r}")
     if not inplace:
         model = copy.deepcopy(model)
     report = SparsifyReport(params_before=count_parameters(model), model=model)
@@ -468,7 +474,10 @@ def _checked_arguments(
             f"calibration converts into RBGP4 structures; for pattern {base.kind!r} use "
             f"rbgp.nn.oneshot.prune_oneshot (magnitude, Wanda, SparseGPT; unstructured or 2:4)"
         )
-    return distribution, init, calibration, base, [exclude] if isinstance(exclude, str) else list(exclude)
+    excludes = [exclude] if isinstance(exclude, str) else list(exclude) if isinstance(exclude, Iterable) else None
+    if excludes is None or not all(isinstance(e, str) for e in excludes):
+        raise TypeError(f"sparsify: exclude must be a glob or a list of globs (strings), got {exclude!r}")
+    return distribution, init, calibration, base, excludes
 
 
 def _nothing_to_convert(report: SparsifyReport, skipped: list[tuple[str, str]]) -> SparsifyReport:
