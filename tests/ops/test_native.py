@@ -156,3 +156,23 @@ def test_compiled_with_dynamic_batch():
         for batch in (1, 3, 7):
             x = torch.randn(batch, 256)
             torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["fp32", "bf16", "int8"])
+def test_bias_added_in_the_kernel(kind):
+    layout = make_layout(688, 256, 0.9)  # padding rows: the bias has out_features entries only
+    g = torch.Generator().manual_seed(3)
+    values = torch.randn(layout.values_shape, generator=g)
+    scales = None
+    if kind == "bf16":
+        values = values.bfloat16()
+    elif kind == "int8":
+        scales = values.abs().amax(-1) / 127
+        values = torch.round(values / scales[..., None]).to(torch.int8)
+    bias = torch.randn(688, generator=g)
+    for batch in (1, 5, 37):
+        x = torch.randn(batch, 256, generator=g)
+        got = native.grouped_small(x, values, layout, scales, bias)
+        torch.testing.assert_close(got, native.grouped_small(x, values, layout, scales) + bias, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="bias must be fp32 \\(688,\\)"):
+        native.grouped_small(x, values, layout, scales, bias[:5])

@@ -82,7 +82,7 @@ def rbgp_linear(
         x2 = x.reshape(-1, x.shape[-1])
     kind = resolve_backend(backend, x.device, x.dtype)
     with torch.autocast(x.device.type, enabled=False) if torch.is_autocast_enabled(x.device.type) else nullcontext():
-        flagged = False
+        finished = False  # whether y is the output already (the native kernel adds bias and flags itself)
         if kind == "reference":
             y = reference_linear(x2, values, layout)
         elif kind == "triton":
@@ -90,8 +90,9 @@ def rbgp_linear(
 
             y = triton_linear(x2, values, layout)
         else:
-            y, flagged = _grouped(x2, weight, values, scales)
-        y = _as_dense_linear(y, layout.out_features, None if flagged else x2, bias)
+            y, finished = _grouped(x2, weight, values, scales, bias)
+        if not finished:
+            y = _as_dense_linear(y, layout.out_features, x2, bias)
     if x.dim() == 2:
         return y
     # not a view, as F.linear's output (an in-place op on a view would bypass FSDP2's backward hooks)
@@ -99,21 +100,27 @@ def rbgp_linear(
 
 
 def _grouped(
-    x: torch.Tensor, weight: SparseWeight, values: torch.Tensor, scales: torch.Tensor | None
+    x: torch.Tensor,
+    weight: SparseWeight,
+    values: torch.Tensor,
+    scales: torch.Tensor | None,
+    bias: torch.Tensor | None,
 ) -> tuple[torch.Tensor, bool]:
-    """(y, whether y has its non-finite flags) on the native kernel or the batched GEMMs; compiled, the
-    choice between them is made when the graph runs (`torch.cond`), never by a guard on the batch."""
+    """(y, finished) on the native kernel or the batched GEMMs; finished: y is the layer's output
+    already (the kernel added the bias and the non-finite flags, dropped the padding rows). Compiled,
+    the choice between the two is made when the graph runs (`torch.cond`), never by a guard on the batch."""
     layout = weight.layout
     if torch.jit.is_tracing():  # the legacy ONNX exporter: plain traceable ops, no custom autograd node
         return grouped_forward(x, values, layout), False
+    fused = bias is None or (bias.dtype == torch.float32 and not (bias.requires_grad and torch.is_grad_enabled()))
     if not torch.compiler.is_compiling():
-        if native_applies(x, values):
-            return grouped_small(x, values, layout, scales), True
-        return grouped_linear(x, values, layout), False
+        if fused and native_applies(x, values):
+            return grouped_small(x, values, layout, scales, bias), True
+        return grouped_linear(x, weight.float_values(x.dtype) if values.dtype != x.dtype else values, layout), False
     if not _native_in_graph(x, values):
         return grouped_linear(x, values, layout), False
-    if batch_limit(values) is None:
-        return grouped_small(x, values, layout, scales), True
+    if fused and batch_limit(values) is None:
+        return grouped_small(x, values, layout, scales, bias), True
     wide = values if values.dtype == x.dtype else weight.float_values(x.dtype)
     y = torch.cond(
         x.shape[0] <= MAX_BATCH,
@@ -134,16 +141,14 @@ def _exporting() -> bool:
     return torch.compiler.is_compiling() and torch.compiler.is_exporting()
 
 
-def _as_dense_linear(
-    y: torch.Tensor, out_features: int, x: torch.Tensor | None, bias: torch.Tensor | None
-) -> torch.Tensor:
+def _as_dense_linear(y: torch.Tensor, out_features: int, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """The output as nn.Linear gives it: the padding rows dropped, contiguous, the bias added, and a
     sample with an inf or NaN input NaN in every row, as the dense product of the densified weight is
-    (its zeros times inf or NaN); `x` None when the kernel did that already."""
+    (its zeros times inf or NaN)."""
     if y.shape[1] != out_features:
         y = y[:, :out_features]  # drop the padding rows (its backward pads with zeros)
     y = y.contiguous()
-    if x is not None and not surely_finite(x):
+    if not surely_finite(x):
         flags = nonfinite_rows(x).to(y.dtype)  # 0, or NaN where a sample has an inf or NaN
         y = y + flags if y.requires_grad else y.add_(flags)
     if bias is None:

@@ -104,7 +104,25 @@ def _load() -> ctypes.CDLL | None:
         return None
     fn = lib.rbgp_grouped_small
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    fn.argtypes = [ctypes.c_int, i64, i64, i64, i64, i64, ptr, i64, i64, ptr, ptr, ptr, ptr, i64, ptr, ctypes.c_int]
+    fn.argtypes = [
+        ctypes.c_int,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        ptr,
+        i64,
+        i64,
+        ptr,
+        ptr,
+        ptr,
+        ptr,
+        i64,
+        ptr,
+        ptr,
+        ctypes.c_int,
+    ]
     fn.restype = ctypes.c_int
     return lib
 
@@ -145,6 +163,7 @@ def _run(
     rows: torch.Tensor,
     block_width: int,
     out_features: int,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     n, g, r, k = x.shape[0], *values.shape
     y = torch.empty(n, out_features, dtype=torch.float32)
@@ -167,6 +186,7 @@ def _run(
         blocks.data_ptr(),
         rows.data_ptr(),
         out_features,
+        None if bias is None else bias.data_ptr(),
         y.data_ptr(),
         torch.get_num_threads(),
     )
@@ -184,12 +204,13 @@ def _grouped_small_op(
     rows: torch.Tensor,
     block_width: int,
     out_features: int,
+    bias: torch.Tensor | None,
 ) -> torch.Tensor:
-    return _run(x, values, scales, blocks, rows, block_width, out_features)
+    return _run(x, values, scales, blocks, rows, block_width, out_features, bias)
 
 
 @_grouped_small_op.register_fake
-def _(x, values, scales, blocks, rows, block_width, out_features):
+def _(x, values, scales, blocks, rows, block_width, out_features, bias):
     return x.new_empty(x.shape[0], out_features, dtype=torch.float32)
 
 
@@ -205,10 +226,15 @@ def native_tables(layout: LayoutTensors) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def grouped_small(
-    x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors, scales: torch.Tensor | None = None
+    x: torch.Tensor,
+    values: torch.Tensor,
+    layout: LayoutTensors,
+    scales: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """y (N, out) = x W^T on the native kernel, contiguous and in row order; x (N, in) fp32 on the CPU,
-    values fp32, bf16 or int8 (then `scales` (G, R) fp32, one per row). No autograd."""
+    """y (N, out) = x W^T + bias on the native kernel, contiguous and in row order; x (N, in) fp32 on
+    the CPU, values fp32, bf16 or int8 (then `scales` (G, R) fp32, one per row), bias fp32 or None.
+    No autograd."""
     if values.dtype not in KINDS or x.dtype != torch.float32 or x.device.type != "cpu":
         raise ValueError(
             f"the native kernel takes fp32 CPU inputs and fp32/bf16/int8 values, got x {x.dtype} on "
@@ -220,6 +246,9 @@ def grouped_small(
     x = x if x.stride(-1) == 1 else x.contiguous()
     values = values.contiguous()
     scales = None if scales is None else scales.to(torch.float32).contiguous()
+    if bias is not None and (bias.dtype != torch.float32 or bias.shape != (layout.out_features,)):
+        raise ValueError(f"bias must be fp32 ({layout.out_features},), got {bias.dtype} {tuple(bias.shape)}")
+    bias = None if bias is None else bias.contiguous()
     if torch.compiler.is_compiling():
-        return _grouped_small_op(x, values, scales, blocks, rows, layout.block_width, layout.out_features)
-    return _run(x, values, scales, blocks, rows, layout.block_width, layout.out_features)
+        return _grouped_small_op(x, values, scales, blocks, rows, layout.block_width, layout.out_features, bias)
+    return _run(x, values, scales, blocks, rows, layout.block_width, layout.out_features, bias)

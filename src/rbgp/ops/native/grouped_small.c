@@ -37,16 +37,17 @@ static inline float widen_i8(int8_t v) { return (float)v; }
  * each loaded value serves four dot products and each loaded input two, which keeps the FMA units
  * busy rather than the loads; the samples left over (all of them below four: decode) one row and
  * one sample at a time, which streams the values fastest. `scale` (per row) or NULL; `nf` (per
- * sample, 0 or NaN) is added to every output; rows with ids >= out (padding) are not stored. */
+ * sample, 0 or NaN) and `bias` (per output row, or NULL) are added to every output; rows with ids
+ * >= out (padding) are not stored. */
 #define STORE(ROW, S, ACC, F)                                                                                \
     do {                                                                                                     \
-        if ((ROW) < out) y[(S) * out + (ROW)] = (ACC) * (F) + nf[S];                                         \
+        if ((ROW) < out) y[(S) * out + (ROW)] = (ACC) * (F) + nf[S] + (bias ? bias[ROW] : 0.0f);             \
     } while (0)
 
 #define ROWS_KERNEL(NAME, T, WIDEN)                                                                          \
     RBGP_CLONES                                                                                              \
     static void NAME(int64_t n, int64_t r, int64_t k, const T *v, const float *scale, const float *xg,       \
-                     const int64_t *rows, int64_t out, const float *nf, float *y) {                          \
+                     const int64_t *rows, int64_t out, const float *nf, const float *bias, float *y) {       \
         for (int64_t i = 0; i + 2 <= r; i += 2) {                                                            \
             const int64_t row0 = rows[i], row1 = rows[i + 1];                                                \
             if (row0 >= out && row1 >= out) continue;                                                        \
@@ -123,11 +124,11 @@ static void nonfinite(int64_t n, int64_t in, const float *x, int64_t ldx, float 
 }
 
 /* kind 0: fp32 values; 1: bf16 values (uint16 bits); 2: int8 values with one fp32 scale per row
- * (`scales`, (G, R)). Returns 0, or 1 when a buffer could not be allocated. */
+ * (`scales`, (G, R)); `bias` (out,) or NULL. Returns 0, or 1 when a buffer could not be allocated. */
 int rbgp_grouped_small(int kind, int64_t n, int64_t g, int64_t r, int64_t k, int64_t bw, const float *x, int64_t in,
                        int64_t ldx,
                        const void *values, const float *scales, const int64_t *blocks, const int64_t *rows,
-                       int64_t out, float *y, int threads) {
+                       int64_t out, const float *bias, float *y, int threads) {
     const int64_t kb = k / bw;
     const int64_t per = n * k > 0 ? n * k : 1;
     if (threads < 1) threads = 1;
@@ -141,11 +142,11 @@ int rbgp_grouped_small(int kind, int64_t n, int64_t g, int64_t r, int64_t k, int
         gather(n, k, bw, x, ldx, blocks + gi * kb, xg);
         const int64_t *grow = rows + gi * r;
         if (kind == 0)
-            rows_f32(n, r, k, (const float *)values + gi * r * k, NULL, xg, grow, out, nf, y);
+            rows_f32(n, r, k, (const float *)values + gi * r * k, NULL, xg, grow, out, nf, bias, y);
         else if (kind == 1)
-            rows_bf16(n, r, k, (const bf16_t *)values + gi * r * k, NULL, xg, grow, out, nf, y);
+            rows_bf16(n, r, k, (const bf16_t *)values + gi * r * k, NULL, xg, grow, out, nf, bias, y);
         else
-            rows_i8(n, r, k, (const int8_t *)values + gi * r * k, scales + gi * r, xg, grow, out, nf, y);
+            rows_i8(n, r, k, (const int8_t *)values + gi * r * k, scales + gi * r, xg, grow, out, nf, bias, y);
     }
     free(buffers);
     return 0;
