@@ -123,3 +123,12 @@ def test_huge_pattern_fails_fast_under_a_memory_limit(shape):
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert f"a {shape[0]} x {shape[1]} rbgp4 mask" in lines[0] and "more than the" in lines[0] and "limit" in lines[0]
     assert elapsed < 5, elapsed
+
+
+def test_empty_integer_lists_are_refused(capsys):
+    """`--hidden ,,` once fell back to the default widths without a word."""
+    for flag in ("--hidden", "--milestones"):
+        with pytest.raises(SystemExit) as stop:
+            main(["train", flag, ",,", "--dry-run"])
+        assert stop.value.code == 2
+        assert f"argument {flag}: expected at least one integer, got ',,'" in capsys.readouterr().err
