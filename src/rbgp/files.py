@@ -147,8 +147,9 @@ def folder_lock(folder: str | Path, on_stale: Any = None) -> Iterator[Path]:
     """Hold `folder`/.rbgp.lock (created exclusively, holding this process's id and host) while the
     block runs, so that two writers never share a folder. A lock whose process is alive on this host
     raises FolderBusy naming it; one left by a dead process (kill -9) is taken over, after
-    `on_stale(message)`. A lock from another host is never taken over: delete it by hand. A folder
-    this made and left empty is removed again."""
+    `on_stale(message)` (two processes taking over the same dead lock at the same instant could both
+    succeed: the check and the removal are two steps). A lock from another host is never taken over:
+    delete it by hand. A folder this made and left empty is removed again."""
     folder = Path(folder)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
