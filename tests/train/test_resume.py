@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import warnings
 
 import pytest
 import torch
@@ -276,3 +277,19 @@ def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, capsys):
         assert writing.exists() and sorted(p.name for p in run.iterdir()) == [".checkpoint.pt.abc123.tmp", ".rbgp.lock"]
     assert main(argv) == 0  # free again
     assert not (run / ".rbgp.lock").exists()
+
+
+def test_resume_on_another_thread_count_warns(tmp_path):
+    cfg = _cfg(epochs=3, limit_train=64)
+    train(cfg, tmp_path, quiet=True, stop_after_epoch=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same thread count: no warning
+        train(cfg, tmp_path, resume=True, quiet=True, stop_after_epoch=2)
+    threads = torch.get_num_threads()
+    other = 1 if threads != 1 else 2
+    try:
+        torch.set_num_threads(other)
+        with pytest.warns(UserWarning, match=f"written with {threads} CPU threads, this process runs {other}"):
+            train(cfg, tmp_path, resume=True, quiet=True)
+    finally:
+        torch.set_num_threads(threads)

@@ -214,7 +214,21 @@ def checkpoint_state(
         "scheduler": _plain_scheduler_state(scheduler.state_dict()),
         "rng": _rng_state(),
         "history": [dict(r) for r in history],
+        "threads": torch.get_num_threads(),  # results depend on it: see `warn_other_thread_count`
     }
+
+
+def warn_other_thread_count(saved: dict[str, Any], path: Path) -> None:
+    """Resuming with another CPU thread count is allowed but not bit-identical (reductions are split
+    differently, so the last bits of the numbers move): say so."""
+    threads = saved.get("threads")
+    if isinstance(threads, int) and threads != torch.get_num_threads():
+        warnings.warn(
+            f"{path}: the checkpoint was written with {threads} CPU threads, this process runs "
+            f"{torch.get_num_threads()}: the resumed run will differ from an uninterrupted one in the last "
+            f"bits (torch.set_num_threads({threads}) or OMP_NUM_THREADS={threads} to match)",
+            stacklevel=3,
+        )
 
 
 def restore(

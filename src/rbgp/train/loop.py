@@ -39,6 +39,7 @@ from rbgp.train.checkpoint import (
     load_checkpoint,
     restore,
     save_checkpoint,
+    warn_other_thread_count,
 )
 from rbgp.train.config import TrainConfig
 from rbgp.train.data import LoadedDataset, TensorLoader, default_transform, get_dataset
@@ -396,6 +397,7 @@ def preflight(
         return None
     saved = load_checkpoint(ckpt_path)  # fail on a bad file before any expensive work
     check_resumable(saved["args"], config, ckpt_path)
+    warn_other_thread_count(saved, ckpt_path)
     return saved
 
 
