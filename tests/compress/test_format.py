@@ -269,18 +269,6 @@ def test_round_trip_of_a_transformers_model_with_tied_weights(tmp_path):
     assert twin.lm_head.weight.data_ptr() == twin.transformer.wte.weight.data_ptr()  # still tied
 
 
-def _craft(src, dst, change) -> None:
-    """A file as someone would craft it: tensors and header changed, the checksum recomputed."""
-    from safetensors.torch import save as st_save
-
-    from rbgp.compress.format import _checksum, read
-
-    header, tensors = read(src)
-    change(header, tensors)
-    header["checksum"] = _checksum(header, tensors)
-    dst.write_bytes(st_save(tensors, metadata={"rbgp": json.dumps(header, sort_keys=True)}))
-
-
 def _first(tensors, suffix):
     return next(k for k in sorted(tensors) if k.endswith(suffix))
 
@@ -302,10 +290,10 @@ def _poke(suffix, value):
     (None, "bias", float("nan"), "inf or NaN"),
     (None, "::val", float("inf"), "inf or NaN"),
 ])
-def test_crafted_values_are_refused(tmp_path, kind, suffix, value, message):
+def test_crafted_values_are_refused(tmp_path, craft, kind, suffix, value, message):
     good, bad = tmp_path / "good.rbgp", tmp_path / "bad.rbgp"
     save(_net("unstructured"), good, quantize=kind)
-    _craft(good, bad, _poke(suffix, value))
+    craft(good, bad, _poke(suffix, value))
     twin = _blank("unstructured")
     before = {k: v.clone() for k, v in twin.state_dict().items()}
     with pytest.raises(CompressedFileError, match=message):
@@ -313,7 +301,7 @@ def test_crafted_values_are_refused(tmp_path, kind, suffix, value, message):
     assert all(torch.equal(before[k], v) for k, v in twin.state_dict().items())  # a refused load changes nothing
 
 
-def test_crafted_csr_entries_are_refused(tmp_path):
+def test_crafted_csr_entries_are_refused(tmp_path, craft):
     good = tmp_path / "good.rbgp"
     save(_net("unstructured"), good)
 
@@ -336,7 +324,7 @@ def test_crafted_csr_entries_are_refused(tmp_path):
 
     for name, change, message in (("dup", duplicate, "increase within each row"), ("off", off_mask, "off its saved mask")):
         bad = tmp_path / f"{name}.rbgp"
-        _craft(good, bad, change)
+        craft(good, bad, change)
         with pytest.raises(CompressedFileError, match=message):
             load(bad, _blank("unstructured"))
 

@@ -84,18 +84,6 @@ def test_cli_infer(compressed, tmp_path, capsys):
     assert "memory size 'huge'" in capsys.readouterr().err
 
 
-def _crafted(src, dst, change) -> None:
-    """The file with its header or tensors changed and the checksum recomputed, as a crafter would."""
-    from safetensors.torch import save as st_save
-
-    from rbgp.compress.format import _checksum
-
-    header, tensors = read(src)
-    change(header, tensors)
-    header["checksum"] = _checksum(header, tensors)
-    dst.write_bytes(st_save(tensors, metadata={"rbgp": json.dumps(header, sort_keys=True)}))
-
-
 def _swap_structure_id(header, tensors):
     key = next(k for k in tensors if k.endswith("structure_id"))
     tensors[key] = tensors[key].flip(0).clone()
@@ -112,9 +100,9 @@ def _drop_values(header, tensors):
     lambda h, t: next(iter(h["entries"].values())).pop("kind"),
     lambda h, t: h.update(entries=5),
 ])
-def test_infer_refuses_crafted_files_in_one_line(compressed, tmp_path, capsys, change):
+def test_infer_refuses_crafted_files_in_one_line(compressed, tmp_path, capsys, craft, change):
     bad = tmp_path / "bad.rbgp"
-    _crafted(compressed / "m.rbgp", bad, change)
+    craft(compressed / "m.rbgp", bad, change)
     assert main(["infer", str(bad), "--data", "synthetic", "--samples", "8"]) == 2
     err = [ln for ln in capsys.readouterr().err.strip().splitlines() if "Warning" not in ln]
     assert len(err) == 1 and err[0].startswith("rbgp infer: error: ") and str(bad) in err[0], err

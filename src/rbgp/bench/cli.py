@@ -88,7 +88,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from rbgp.bench.kernels import default_cases, environment, run_case
     from rbgp.bench.report import markdown_table, plot_speedups
-    from rbgp.files import write_json, write_text
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device} asked for but torch sees no CUDA device; use --device cpu")
@@ -138,13 +137,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     for case in tqdm(cases, desc="bench", unit="case", file=sys.stderr):
         results.append(run_case(case, args.device, dtype, args.repeats))
     data = {"command": command, "dtype": args.dtype, "environment": env, "results": results}
-    out = Path(args.out_dir)
-    write_json(out / f"{stem}.json", data)
-    table = markdown_table(data)
-    write_text(out / f"{stem}.md", table)
-    plot_speedups(data, out / f"{stem}.png")
-    print(table)
-    print(f"wrote {out / (stem + '.json')}, .md and .png")
+    _write_results(Path(args.out_dir), stem, data, markdown_table(data), plot_speedups)
     return 0
 
 
@@ -199,7 +192,6 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _cmd_decode(args: argparse.Namespace) -> int:
     from rbgp.bench.decode import decode_markdown, plot_decode, run_decode_bench
-    from rbgp.files import write_json, write_text
 
     if args.device != "cpu" or args.dtype != "fp32":
         raise ValueError("--suite decode runs on the CPU with fp32 activations (--device cpu --dtype fp32)")
@@ -221,11 +213,16 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     progress = lambda line: print(f"[decode] {line}", file=sys.stderr, flush=True)
     data = run_decode_bench(sparsities, args.repeats, args.quick, command, progress)
     stem = args.name or ("decode-quick" if args.quick else "decode")
-    out = Path(args.out_dir)
+    _write_results(Path(args.out_dir), stem, data, decode_markdown(data), plot_decode)
+    return 0
+
+
+def _write_results(out: Path, stem: str, data: dict, table: str, plot) -> None:
+    """`stem`.json, .md (the table, also printed) and .png (`plot(data, path)`) in `out`."""
+    from rbgp.files import write_json, write_text
+
     write_json(out / f"{stem}.json", data)
-    table = decode_markdown(data)
     write_text(out / f"{stem}.md", table)
-    plot_decode(data, out / f"{stem}.png")
+    plot(data, out / f"{stem}.png")
     print(table)
     print(f"wrote {out / (stem + '.json')}, .md and .png")
-    return 0

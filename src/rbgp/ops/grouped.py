@@ -32,7 +32,7 @@ COMPILED_BATCH = 64  # the batch chunks are sized for in a compiled graph, which
 
 
 def feature_major(t: torch.Tensor) -> torch.Tensor:
-    """(N, F) -> (F, N) contiguous; free when `t` is itself a transposed view, as our outputs are."""
+    """(N, F) -> (F, N) contiguous; free when `t` is itself a transposed view (im2col's columns)."""
     return t.t().contiguous()
 
 

@@ -29,7 +29,7 @@ def im2col_feature_major(
     oh, ow = conv_output_size(h, kh, sh, ph, dh), conv_output_size(w, kw, sw, pw, dw)
     if oh < 1 or ow < 1:
         raise ValueError(f"input {h}x{w} is too small for kernel {kernel} with padding {padding}, dilation {dilation}")
-    xc = x.transpose(0, 1)  # (C, N, H, W); contiguous when x came from a previous RBGP conv
+    xc = x.transpose(0, 1)  # (C, N, H, W); the stack below copies it
     if ph or pw:
         xc = torch.nn.functional.pad(xc, (pw, pw, ph, ph))
     taps = [
