@@ -20,6 +20,7 @@ _LAZY = {
     "store_values_": "rbgp.nn",
     "RBGPLinear": "rbgp.nn",
     "RBGPConv2d": "rbgp.nn",
+    "RBGPConv1d": "rbgp.nn",
     "MaskedLinear": "rbgp.nn",
     "MaskedConv2d": "rbgp.nn",
     "RBGP4": "rbgp.patterns",

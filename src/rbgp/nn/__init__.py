@@ -4,7 +4,7 @@ from rbgp.nn.densify import densify
 from rbgp.nn.masked import MaskedConv2d, MaskedLinear
 from rbgp.nn.oneshot import prune_oneshot
 from rbgp.nn.pretrained import from_pretrained, load_state
-from rbgp.nn.rbgp_layers import RBGPConv2d, RBGPLinear, store_values_
+from rbgp.nn.rbgp_layers import RBGPConv1d, RBGPConv2d, RBGPLinear, store_values_
 from rbgp.nn.sparsify import (
     SPARSE_TYPES,
     LayerReport,
@@ -17,6 +17,7 @@ from rbgp.nn.sparsify import (
 __all__ = [
     "RBGPLinear",
     "RBGPConv2d",
+    "RBGPConv1d",
     "MaskedLinear",
     "MaskedConv2d",
     "sparsify",

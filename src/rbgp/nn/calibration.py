@@ -56,19 +56,23 @@ class GramStats:
 
 def layer_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The rows (n, in) that multiply a layer's (out, in) weight matrix: the flattened features of a
-    linear layer, the im2col patches (c_in * kh * kw per output pixel) of a conv."""
-    if isinstance(module, nn.Conv2d):
+    linear layer, the im2col patches (c_in * kh * kw per output pixel) of a conv (nn.Conv1d: kh = 1)."""
+    if isinstance(module, (nn.Conv2d, nn.Conv1d)):
         if isinstance(module.padding, str) or module.padding_mode != "zeros" or any(module.padding):
             mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
             x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
-        cols = F.unfold(x, module.kernel_size, module.dilation, 0, module.stride)  # (N, c*kh*kw, L)
+        kernel, dilation, stride = module.kernel_size, module.dilation, module.stride
+        if isinstance(module, nn.Conv1d):  # a height-1 image
+            x = x.unsqueeze(-2)
+            kernel, dilation, stride = (1, *kernel), (1, *dilation), (1, *stride)
+        cols = F.unfold(x, kernel, dilation, 0, stride)  # (N, c*kh*kw, L)
         return cols.transpose(1, 2).reshape(-1, cols.shape[1])
     width = module.weight.shape[0] if is_hf_conv1d(module) else module.weight.shape[1]
     return x.reshape(-1, width)
 
 
 def _input_width(module: nn.Module) -> int:
-    if isinstance(module, nn.Conv2d):
+    if isinstance(module, (nn.Conv2d, nn.Conv1d)):
         return module.weight[0].numel()
     return module.weight.shape[0] if is_hf_conv1d(module) else module.weight.shape[1]
 
@@ -134,7 +138,7 @@ def _waves(model: nn.Module, layers: list[tuple[str, nn.Module]], batch) -> list
             and x is last
             and _input_width(layers[i][1]) == _input_width(layers[waves[-1][0]][1])
             and type(layers[i][1]) is type(layers[waves[-1][0]][1])
-            and not isinstance(layers[i][1], nn.Conv2d)
+            and not isinstance(layers[i][1], (nn.Conv2d, nn.Conv1d))
         ):
             waves[-1].append(i)
         else:

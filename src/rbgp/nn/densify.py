@@ -1,4 +1,4 @@
-"""`densify(model)`: the inverse of `sparsify`, back to plain nn.Linear / nn.Conv2d (or transformers'
+"""`densify(model)`: the inverse of `sparsify`, back to plain nn.Linear / nn.Conv2d / nn.Conv1d (or transformers'
 Conv1D where that is what was converted), with the masked weights (zeros off the pattern), so the
 model computes the same function with stock layers: to export, to hand to tools that expect dense
 layers, or to fine-tune dense."""
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from rbgp.nn.masked import MaskedConv2d, MaskedLinear
-from rbgp.nn.rbgp_layers import RBGPConv2d, RBGPLinear, is_hf_conv1d
+from rbgp.nn.rbgp_layers import RBGPConv1d, RBGPConv2d, RBGPLinear, is_hf_conv1d
 
 
 def _dense_linear(layer: nn.Module) -> nn.Module:
@@ -34,9 +34,9 @@ def _dense_linear(layer: nn.Module) -> nn.Module:
     return out
 
 
-def _dense_conv(layer: RBGPConv2d | MaskedConv2d) -> nn.Conv2d:
+def _dense_conv(layer: RBGPConv2d | MaskedConv2d) -> nn.Conv2d | nn.Conv1d:
     w = layer.dense_weight().detach()
-    out = nn.Conv2d(
+    out = (nn.Conv1d if isinstance(layer, RBGPConv1d) else nn.Conv2d)(
         layer.in_channels,
         layer.out_channels,
         layer.kernel_size,

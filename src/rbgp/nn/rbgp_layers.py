@@ -1,4 +1,4 @@
-"""RBGPLinear and RBGPConv2d: layers that store only their non-zero weights.
+"""RBGPLinear, RBGPConv2d and RBGPConv1d: layers that store only their non-zero weights.
 
 The weight of an RBGP layer is kept as dense `(groups, rows_per_group, nnz_per_row)` values plus its
 factor graphs (a few hundred bytes); `dense_weight()` rebuilds the masked (out, in) matrix on demand.
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rbgp.nn.checks import check_conv_input, check_linear_input, conv_args, layer_size
+from rbgp.nn.checks import check_conv_input, check_linear_input, conv_args, conv_pair, layer_size
 from rbgp.ops import BACKENDS, LayoutTensors, SparseWeight, grouped_values, quantize_rows, rbgp_linear
 from rbgp.ops.channel_conv import channel_table, padded_channels
 from rbgp.ops.conv import PADDING_MODES, plan_conv, rbgp_conv2d
@@ -433,20 +433,22 @@ class RBGPConv2d(_RBGPBase):
         super().__init__()
         self.in_channels = layer_size("in_channels", in_channels)
         self.out_channels = layer_size("out_channels", out_channels)
-        self.kernel_size, self.stride, self.padding, self.dilation = conv_args(kernel_size, stride, padding, dilation)
+        self._geometry = conv_args(kernel_size, stride, padding, dilation)  # pairs: what the 2-D paths run
+        self.kernel_size, self.stride, self.padding, self.dilation = self._geometry  # what users read
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
         self.padding_mode = padding_mode
-        self._pad = self._explicit_padding(self.padding)  # (left, right, top, bottom)
-        shape = (self.out_channels, self.in_channels, *self.kernel_size)
+        self._pad = self._explicit_padding()  # (left, right, top, bottom)
+        shape = (self.out_channels, self.in_channels, *self._geometry[0])
         self._setup(shape, sparsity, pattern, seed, bias, backend, device, dtype, structure)
 
-    def _explicit_padding(self, padding) -> tuple[int, int, int, int]:
+    def _explicit_padding(self) -> tuple[int, int, int, int]:
+        kernel, _, padding, dilation = self._geometry
         if padding == "valid":
             return (0, 0, 0, 0)
         if padding == "same":  # stride 1 (checked by conv_args)
             pads = []
-            for d, k in zip(reversed(self.dilation), reversed(self.kernel_size)):  # width first, like F.pad
+            for d, k in zip(reversed(dilation), reversed(kernel)):  # width first, like F.pad
                 total = d * (k - 1)
                 pads += [total // 2, total - total // 2]
             return tuple(pads)
@@ -455,16 +457,16 @@ class RBGPConv2d(_RBGPBase):
 
     def _set_structure(self, structure: SparseMask, device=None) -> None:
         super()._set_structure(structure, device)
-        taps = self.kernel_size[0] * self.kernel_size[1]
-        channels = channel_table(self.col_index, taps)
+        kernel, stride, _, dilation = self._geometry
+        channels = channel_table(self.col_index, kernel[0] * kernel[1])
         self.register_buffer("channels", None if channels is None else padded_channels(channels), persistent=False)
         self.conv_args = plan_conv(
             self.layout,
             self.channels,
-            self.kernel_size,
-            self.stride,
+            kernel,
+            stride,
             self._pad,
-            self.dilation,
+            dilation,
             self.padding_mode,
             self.density,
         )
@@ -499,6 +501,120 @@ class RBGPConv2d(_RBGPBase):
         weights on the pattern are kept. `structure`: a prebuilt one (e.g. fitted to the weights)."""
         if not isinstance(module, nn.Conv2d):
             raise TypeError(f"from_dense expects nn.Conv2d, got {type(module).__name__}")
+        if module.groups != 1:
+            raise ValueError(f"only groups=1 convs can be RBGP, got groups={module.groups} in {module}")
+        w = module.weight
+        layer = cls(
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            sparsity,
+            pattern=pattern,
+            seed=seed,
+            bias=module.bias is not None,
+            padding_mode=module.padding_mode,
+            backend=backend,
+            device=w.device,
+            dtype=w.dtype,
+            structure=structure,
+        )
+        if keep_weights:
+            layer.load_dense_(w, module.bias)
+        return layer
+
+
+def _single(name: str, value, minimum: int) -> int:
+    """An int >= minimum, or a 1-tuple of one (nn.Conv1d's kernel_size/stride/padding/dilation)."""
+    item = value[0] if isinstance(value, (tuple, list)) and len(value) == 1 else value
+    if isinstance(item, (tuple, list)):
+        raise ValueError(f"{name} must be an integer >= {minimum} or a 1-tuple of one, got {value!r}")
+    return conv_pair(name, item, minimum)[0]
+
+
+class RBGPConv1d(RBGPConv2d):
+    """A 1-D convolution (groups=1) run as an RBGPConv2d over a height-1 input: kernel (1, k), the same
+    paths and guarantees. Arguments, attributes (kernel_size=(k,), ...) and inputs as in nn.Conv1d
+    (input (N, C, L) or unbatched (C, L)); `dense_weight()` is the (c_out, c_in, k) weight nn.Conv1d
+    holds, the structure is planned on the (c_out, c_in, 1, k) one."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        sparsity: float = 0.9,
+        *,
+        pattern: str | Pattern | None = None,
+        seed: int = 0,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        backend: str = "auto",
+        device=None,
+        dtype=None,
+        structure: SparseMask | None = None,
+    ) -> None:
+        pad = padding if isinstance(padding, str) else (0, _single("padding", padding, 0))
+        super().__init__(
+            in_channels,
+            out_channels,
+            (1, _single("kernel_size", kernel_size, 1)),
+            (1, _single("stride", stride, 1)),
+            pad,
+            (1, _single("dilation", dilation, 1)),
+            sparsity,
+            pattern=pattern,
+            seed=seed,
+            bias=bias,
+            padding_mode=padding_mode,
+            backend=backend,
+            device=device,
+            dtype=dtype,
+            structure=structure,
+        )
+        self.kernel_size, self.stride, self.dilation = self.kernel_size[1:], self.stride[1:], self.dilation[1:]
+        self.padding = self.padding if isinstance(self.padding, str) else self.padding[1:]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, in_channels, L), or unbatched (in_channels, L) as nn.Conv1d takes it."""
+        if not isinstance(x, torch.Tensor) or x.dim() not in (2, 3) or x.shape[-2] != self.in_channels:
+            got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else f"a {type(x).__name__}"
+            raise ValueError(
+                f"expected input (N, {self.in_channels}, L) or unbatched ({self.in_channels}, L) "
+                f"(in_channels = {self.in_channels}), got {got}"
+            )
+        return super().forward(x.unsqueeze(-2)).squeeze(-2)
+
+    def dense_weight(self) -> torch.Tensor:
+        """The masked dense (c_out, c_in, k) weight."""
+        return self.dense_matrix().reshape(self.out_channels, self.in_channels, *self.kernel_size)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """The true 0/1 mask (c_out, c_in, k) (bool)."""
+        return super().mask.reshape(self.out_channels, self.in_channels, *self.kernel_size)
+
+    @classmethod
+    def from_dense(
+        cls,
+        module: nn.Conv1d,
+        sparsity: float = 0.9,
+        *,
+        pattern: str | Pattern | None = None,
+        seed: int = 0,
+        keep_weights: bool = True,
+        backend: str = "auto",
+        structure: SparseMask | None = None,
+    ) -> RBGPConv1d:
+        """An RBGPConv1d shaped like `module` (any padding and padding mode); with keep_weights its
+        weights on the pattern are kept. `structure`: a prebuilt one for the (c_out, c_in, 1, k) weight."""
+        if not isinstance(module, nn.Conv1d):
+            raise TypeError(f"from_dense expects nn.Conv1d, got {type(module).__name__}")
         if module.groups != 1:
             raise ValueError(f"only groups=1 convs can be RBGP, got groups={module.groups} in {module}")
         w = module.weight

@@ -1,6 +1,6 @@
 """`sparsify(model, ...)`: the one entry point that makes a model sparse.
 
-It swaps the eligible layers (nn.Linear, transformers' Conv1D, nn.Conv2d with groups=1) for RBGP
+It swaps the eligible layers (nn.Linear, transformers' Conv1D, nn.Conv2d and nn.Conv1d with groups=1) for RBGP
 layers (RBGP patterns) or masked layers (the baselines). Every layer is planned before any is
 swapped, so an error leaves the model untouched. Every weight-bearing module left dense is reported
 with its reason: kept dense by role (a transformer's output head and classifier heads; the first and
@@ -40,7 +40,7 @@ from rbgp.graphs import path_coverage
 from rbgp.nn.calibration import GramStats, as_batches, sequential, set_module
 from rbgp.nn.distribution import DEFAULT_DISTRIBUTION, DISTRIBUTIONS, distribute, hw_group_rows
 from rbgp.nn.masked import MaskedConv2d, MaskedLinear
-from rbgp.nn.rbgp_layers import RBGPConv2d, RBGPLinear, is_hf_conv1d, linear_weight
+from rbgp.nn.rbgp_layers import RBGPConv1d, RBGPConv2d, RBGPLinear, is_hf_conv1d, linear_weight
 from rbgp.nn.reconstruct import DAMP, SALIENCIES, calibrated_pattern, fit_calibrated, output_error, solve_grouped
 from rbgp.patterns import (
     RBGP4,
@@ -53,6 +53,7 @@ from rbgp.patterns import (
 from rbgp.patterns.fit import kept_mass, top_k_mask
 
 SPARSE_TYPES = (RBGPLinear, RBGPConv2d, MaskedLinear, MaskedConv2d)
+CONVS = (nn.Conv2d, nn.Conv1d)
 ON_INFEASIBLE = ("nearest", "skip", "error")
 INITS = ("magnitude", "keep", "kaiming", "calibrated")
 MAX_NEAREST_MISS = 0.1
@@ -212,12 +213,12 @@ def _classify(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], list[tuple
             skipped.append((name, f"tied weight (shared with {', '.join(others)})"))
         elif name in out_projs:
             skipped.append((name, "MultiheadAttention out_proj (its parent reads .weight directly: would run dense)"))
-        elif type(m) is nn.Conv2d and m.groups != 1:
+        elif type(m) in CONVS and m.groups != 1:
             kind = "depthwise" if m.groups == m.in_channels else "grouped"
             skipped.append((name, f"{kind} conv (groups={m.groups})"))
-        elif type(m) in (nn.Linear, nn.Conv2d) or is_hf_conv1d(m):
+        elif type(m) in (nn.Linear, *CONVS) or is_hf_conv1d(m):
             eligible.append((name, m))
-        elif isinstance(m, (nn.Linear, nn.Conv2d)):
+        elif isinstance(m, (nn.Linear, *CONVS)):
             skipped.append((name, f"type {type(m).__name__} (a subclass with its own forward)"))
         elif w.dim() >= 2:
             skipped.append((name, f"type {type(m).__name__} not supported"))
@@ -299,7 +300,7 @@ def _check_spec(spec: Any) -> None:
 
 
 def _weight_matrix(module: nn.Module) -> torch.Tensor:
-    w = linear_weight(module)[0] if not isinstance(module, nn.Conv2d) else module.weight
+    w = module.weight if isinstance(module, CONVS) else linear_weight(module)[0]
     return w.detach().reshape(w.shape[0], -1)
 
 
@@ -368,6 +369,11 @@ def sparsify(
         model = copy.deepcopy(model)
     report = SparsifyReport(params_before=count_parameters(model), model=model)
     candidates, skipped = _classify(model)
+    if not _makes_rbgp_layers(base):
+        skipped += [
+            (n, f"nn.Conv1d (RBGP patterns only, not {base.kind!r})") for n, m in candidates if type(m) is nn.Conv1d
+        ]
+        candidates = [(n, m) for n, m in candidates if type(m) is not nn.Conv1d]
     if not candidates:
         return _nothing_to_convert(report, skipped)
     _warn_unmatched(candidates, excludes, sparsity)
@@ -489,7 +495,7 @@ def _nothing_to_convert(report: SparsifyReport, skipped: list[tuple[str, str]]) 
         report.skipped, report.params_after = skipped, report.params_before
         return report
     raise ValueError(
-        "model has no nn.Linear, Conv1D or groups=1 nn.Conv2d to sparsify"
+        "model has no nn.Linear, Conv1D or groups=1 nn.Conv2d/nn.Conv1d to sparsify"
         + (f" (left alone: {skipped})" if skipped else "")
     )
 
@@ -626,7 +632,11 @@ def _swap_and_report(
 
 
 def _shape(module: nn.Module) -> tuple[int, ...]:
-    """The weight shape a layer is planned on ((out, in) for linear layers and Conv1D)."""
+    """The weight shape a layer is planned on ((out, in) for linear layers and Conv1D, (out, in, 1, k) for
+    nn.Conv1d, which runs as a height-1 2-D conv)."""
+    if isinstance(module, nn.Conv1d):
+        out, inp, k = module.weight.shape
+        return (out, inp, 1, k)
     return tuple(module.weight.shape) if isinstance(module, nn.Conv2d) else tuple(linear_weight(module)[0].shape)
 
 
@@ -778,21 +788,28 @@ def _shuffled(base: RBGP4, stride: int = 16) -> RBGP4:
     return base.replace(input_shuffle=stride)
 
 
+def _makes_rbgp_layers(pattern: Pattern) -> bool:
+    return isinstance(pattern, RBGP4) or pattern.kind == "rbgp"
+
+
+def _rbgp_class(module: nn.Module) -> type[RBGPLinear] | type[RBGPConv2d]:
+    """The RBGP layer that stands for a dense `module`."""
+    return RBGPConv2d if type(module) is nn.Conv2d else RBGPConv1d if type(module) is nn.Conv1d else RBGPLinear
+
+
 def _convert(
     module: nn.Module, sparsity: float, pattern: Pattern, seed: int, init: str, backend: str, name: str
 ) -> nn.Module:
-    linear = not isinstance(module, nn.Conv2d)
     w = _weight_matrix(module)
     try:
         structure = (
             pattern.fit(w.float().cpu().numpy(), _shape(module), sparsity, seed) if init == "magnitude" else None
         )
         kwargs = dict(pattern=pattern, seed=seed, keep_weights=init != "kaiming", structure=structure)
-        if isinstance(pattern, RBGP4) or pattern.kind == "rbgp":
-            cls = RBGPLinear if linear else RBGPConv2d
-            new = cls.from_dense(module, sparsity, backend=backend, **kwargs)
+        if _makes_rbgp_layers(pattern):
+            new = _rbgp_class(module).from_dense(module, sparsity, backend=backend, **kwargs)
         else:
-            cls = MaskedLinear if linear else MaskedConv2d
+            cls = MaskedConv2d if isinstance(module, nn.Conv2d) else MaskedLinear
             new = cls.from_dense(module, sparsity, **kwargs)
     except ValueError as err:
         raise ValueError(f"cannot sparsify layer {name!r} ({module}): {err}") from err
@@ -824,8 +841,7 @@ def _convert_calibrated(
     b = module.bias.detach() if module.bias is not None else None
     try:
         structure = fit_calibrated(pattern, w, stats.inputs, _shape(module), sparsity, seed, kind, damp)
-        cls = RBGPLinear if not isinstance(module, nn.Conv2d) else RBGPConv2d
-        new = cls.from_dense(
+        new = _rbgp_class(module).from_dense(
             module, sparsity, pattern=pattern, seed=seed, keep_weights=False, backend=backend, structure=structure
         )
     except ValueError as err:
