@@ -95,10 +95,12 @@ class LayerReport:
 
 @dataclass
 class SparsifyReport:
-    """What `sparsify` did: per-layer facts, every weight-bearing module left dense with its reason,
-    the model's parameter totals before and after, the arguments (`recipe`) that rebuild the same
+    """What `sparsify` did: per-layer facts, every weight-bearing module and every other parameter of
+    two or more dimensions left dense with its reason (`skipped`), the model's parameters and state
+    bytes (index tables included) before and after, the arguments (`recipe`) that rebuild the same
     structure, the converted `model` (a copy with inplace=False) and, for plain stacked models, the
-    input-output path coverage."""
+    input-output path coverage. Every parameter is accounted for: the converted weights
+    (`layers[i].params_before`) plus `dense_params` make `params_before`."""
 
     layers: list[LayerReport] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -106,6 +108,9 @@ class SparsifyReport:
     random_path_coverage: float | None = None
     params_before: int = 0
     params_after: int = 0
+    dense_params: int = 0  # parameters outside the converted weights (embeddings, norms, biases, skipped)
+    bytes_before: int = 0  # parameters and buffers, each tensor counted once
+    bytes_after: int = 0
     recipe: dict[str, Any] | None = None
     global_sparsity: float | None = None
     model: nn.Module | None = field(default=None, repr=False)
@@ -118,6 +123,9 @@ class SparsifyReport:
             "random_path_coverage": self.random_path_coverage,
             "params_before": self.params_before,
             "params_after": self.params_after,
+            "dense_params": self.dense_params,
+            "bytes_before": self.bytes_before,
+            "bytes_after": self.bytes_after,
             "recipe": self.recipe,
             "global_sparsity": self.global_sparsity,
         }
@@ -149,7 +157,10 @@ class SparsifyReport:
             lines.append(f"| {name} | | dense | | 0 | | | | | | | {'| ' if calibrated else ''}{why} |")
         lines.append(
             f"\nModel parameters: {self.params_before:,} before, {self.params_after:,} after "
-            f"({len(self.layers)} layers converted, {len(self.skipped)} left dense)"
+            f"({_fewer(self.params_before, self.params_after)}); state {_mb(self.bytes_before)} -> "
+            f"{_mb(self.bytes_after)} with index tables ({_fewer(self.bytes_before, self.bytes_after)}); "
+            f"{len(self.layers)} layers converted, {len(self.skipped)} weights left dense "
+            f"({self.dense_params:,} parameters outside the converted weights)"
         )
         if self.global_sparsity is not None:
             lines.append(
@@ -179,6 +190,19 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def count_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters and buffers (index tables included), each tensor counted once."""
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def _fewer(before: int, after: int) -> str:
+    return f"{1 - after / before:.1%} fewer" if before else "none"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
 def _shared_weights(model: nn.Module) -> dict[int, list[str]]:
     """id(weight) -> names of the modules that hold it as their `weight` parameter."""
     owners: dict[int, list[str]] = {}
@@ -206,9 +230,11 @@ def _classify(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], list[tuple
         w = m._parameters.get("weight") if hasattr(m, "_parameters") else None
         if isinstance(m, SPARSE_TYPES):
             skipped.append((name, "already sparse"))
-        elif w is None:
             continue
-        elif len(owners.get(id(w), ())) > 1:
+        skipped += _other_matrices(name, m)
+        if w is None:
+            continue
+        if len(owners.get(id(w), ())) > 1:
             others = [o for o in owners[id(w)] if o != name]
             skipped.append((name, f"tied weight (shared with {', '.join(others)})"))
         elif name in out_projs:
@@ -223,6 +249,26 @@ def _classify(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], list[tuple
         elif w.dim() >= 2:
             skipped.append((name, f"type {type(m).__name__} not supported"))
     return eligible, skipped
+
+
+def _other_matrices(name: str, module: nn.Module) -> list[tuple[str, str]]:
+    """(name, reason) for the module's own parameters of two or more dimensions other than `weight`
+    (recurrent weights, MultiheadAttention's in_proj_weight, fused MoE experts): they stay dense."""
+    found = []
+    for pname, p in module.named_parameters(recurse=False):
+        if pname == "weight" or p.dim() < 2:
+            continue
+        kind = type(module).__name__
+        if isinstance(module, nn.RNNBase):
+            why = f"{kind} recurrent weight (not supported)"
+        elif isinstance(module, nn.MultiheadAttention):
+            why = "MultiheadAttention projection read directly by the attention function (would run dense)"
+        elif p.dim() == 3 and "expert" in kind.lower():
+            why = f"{kind}: fused MoE expert weights {tuple(p.shape)} (experts are not converted)"
+        else:
+            why = f"{kind} parameter of shape {tuple(p.shape)} (not a layer weight rbgp converts)"
+        found.append((f"{name}.{pname}" if name else pname, why))
+    return found
 
 
 def _is_transformers_model(model: nn.Module) -> bool:
@@ -367,7 +413,7 @@ def sparsify(
         raise TypeError(f"sparsify: seed must be an integer >= 0, got {seed!r}")
     if not inplace:
         model = copy.deepcopy(model)
-    report = SparsifyReport(params_before=count_parameters(model), model=model)
+    report = SparsifyReport(params_before=count_parameters(model), bytes_before=count_bytes(model), model=model)
     candidates, skipped = _classify(model)
     if not _makes_rbgp_layers(base):
         skipped += [
@@ -493,6 +539,7 @@ def _nothing_to_convert(report: SparsifyReport, skipped: list[tuple[str, str]]) 
     if sparse:
         warnings.warn(f"sparsify: nothing left to convert ({sparse} layers are already sparse)", stacklevel=3)
         report.skipped, report.params_after = skipped, report.params_before
+        report.dense_params, report.bytes_after = report.params_before, report.bytes_before
         return report
     raise ValueError(
         "model has no nn.Linear, Conv1D or groups=1 nn.Conv2d/nn.Conv1d to sparsify"
@@ -618,7 +665,8 @@ def _swap_and_report(
         report.layers[-1].output_error = error
         set_module(model, plan.name, new)
     report.skipped = skipped
-    report.params_after = count_parameters(model)
+    report.params_after, report.bytes_after = count_parameters(model), count_bytes(model)
+    report.dense_params = report.params_before - sum(r.params_before for r in report.layers)
     if converted:
         total = sum(r.params_before for r in report.layers) + dense_kept
         report.global_sparsity = 1 - (sum(r.params_after for r in report.layers) + dense_kept) / total
