@@ -9,6 +9,7 @@ arguments that `sparsify` stored in its config (`config.rbgp`).
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +35,72 @@ def load_state(model: nn.Module, path: str | Path) -> None:
     state: dict[str, Any] = {}
     for f in files:
         state.update(load_file(str(f)))
+    state = _transformers_keys(model, state)
     missing, unexpected = model.load_state_dict(state, strict=False)
     params = dict(model.named_parameters(remove_duplicate=False))
     loaded = {id(params[k]) for k in state if k in params}
     untied = [k for k in missing if k not in params or id(params[k]) not in loaded]
     if untied or unexpected:
-        raise ValueError(
-            f"state in {path} does not fit the model: missing {untied}, unexpected {list(unexpected)} "
-            f"(was the model sparsified with the same arguments as the saved one?)"
-        )
+        raise ValueError(f"state in {path} does not fit the model: {_why_keys_differ(untied, list(unexpected))}")
     tie = getattr(model, "tie_weights", None)
     if callable(tie):
         tie()
+
+
+def _transformers_keys(model: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
+    """`state` under the model's own parameter names: transformers renames keys when it saves (ViT's
+    `layers.0.attention.q_proj` is written as `encoder.layer.0.attention.attention.query`, fused MoE
+    experts per expert), and undoes it when it loads; this applies its load-time conversions (renamings
+    and converters) to the keys of a state read from the files. Other models: `state` as it is."""
+    try:
+        from transformers import PreTrainedModel
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, dot_natural_key, rename_source_key
+    except ImportError:  # no transformers, or a version without conversion mappings
+        return state
+    if not isinstance(model, PreTrainedModel):
+        return state
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    if not renamings and not converters:
+        return state
+    by_pattern = {p: c for c in converters for p in c.source_patterns}
+    pending: dict[str, Any] = {}
+    for key in sorted(state, key=dot_natural_key):
+        target, pattern = rename_source_key(key, renamings, converters)
+        if pattern is None:
+            transform, pattern = pending.setdefault(target, WeightRenaming(key, target)), key
+        else:
+            transform = pending.setdefault(target, copy.deepcopy(by_pattern[pattern]))
+        transform.add_tensor(target, key, pattern, state[key])
+    out: dict[str, Any] = {}
+    for target, transform in pending.items():
+        for name, value in transform.convert(target, model=model, config=model.config).items():
+            out[name] = value[0] if isinstance(value, list) else value
+    return out
+
+
+def _why_keys_differ(missing: list[str], unexpected: list[str]) -> str:
+    """The likely cause of a key mismatch: a layer sparse on one side and dense on the other (sparsify
+    arguments differ), or names that do not match at all (another architecture or model class)."""
+
+    def layers(keys: list[str]) -> set[str]:
+        return {k.rpartition(".")[0] for k in keys}
+
+    sparse_keys = ("values", "row_index", "col_index", "structure_id")
+    flipped = {
+        k for k in layers(missing) & layers(unexpected) if any(f"{k}.{s}" in missing + unexpected for s in sparse_keys)
+    }
+    detail = f"missing {missing[:8]}{'...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}" + (
+        "..." if len(unexpected) > 8 else ""
+    )
+    if flipped:
+        return (
+            f"layers {sorted(flipped)[:4]} are sparse on one side and dense on the other: the model was not "
+            f"sparsified with the same arguments as the saved one ({detail})"
+        )
+    return f"its names do not match the model's: another architecture or model class? ({detail})"
 
 
 def from_pretrained(model_class: Any, path: str | Path, **config_overrides: Any) -> nn.Module:

@@ -1,0 +1,85 @@
+"""`rbgp.from_pretrained` and `load_state` follow transformers' own key conversions (ViT's renamed
+attention, MoE experts written per expert) on tiny configs, and a key mismatch names its cause."""
+
+import warnings
+
+import pytest
+import torch
+
+import rbgp
+from rbgp.nn import load_state, sparsify
+
+T = pytest.importorskip("transformers")
+
+
+def _vit():
+    config = T.ViTConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=128, num_labels=3)
+    return T.ViTForImageClassification, config, {"pixel_values": torch.randn(2, 3, 32, 32)}
+
+
+def _mixtral():
+    config = T.MixtralConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2)
+    return T.MixtralForCausalLM, config, {"input_ids": torch.randint(0, 64, (2, 9))}
+
+
+def _qwen2_moe():
+    config = T.Qwen2MoeConfig(vocab_size=64, hidden_size=64, intermediate_size=128, moe_intermediate_size=64,
+                              shared_expert_intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=2, num_experts=4, num_experts_per_tok=2)
+    return T.Qwen2MoeForCausalLM, config, {"input_ids": torch.randint(0, 64, (2, 9))}
+
+
+def _whisper():
+    config = T.WhisperConfig(vocab_size=64, d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+                             decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, num_mel_bins=16,
+                             max_source_positions=32, max_target_positions=32, pad_token_id=0, bos_token_id=1,
+                             eos_token_id=2, decoder_start_token_id=1)
+    inputs = {"input_features": torch.randn(2, 16, 64), "decoder_input_ids": torch.randint(0, 64, (2, 5))}
+    return T.WhisperForConditionalGeneration, config, inputs
+
+
+def _t5():
+    config = T.T5Config(vocab_size=64, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4)
+    inputs = {"input_ids": torch.randint(0, 64, (2, 7)), "decoder_input_ids": torch.randint(0, 64, (2, 5))}
+    return T.T5ForConditionalGeneration, config, inputs
+
+
+def _llama():
+    config = T.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2)
+    return T.LlamaForCausalLM, config, {"input_ids": torch.randint(0, 64, (2, 9))}
+
+
+def _sparse(build, sparsity=0.75):
+    cls, config, inputs = build()
+    torch.manual_seed(0)
+    model = cls(config).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sparsify(model, sparsity)
+    return cls, model, inputs
+
+
+@pytest.mark.parametrize("build", [_vit, _mixtral, _qwen2_moe, _whisper, _t5, _llama], ids=lambda f: f.__name__[1:])
+def test_save_pretrained_then_from_pretrained(build, tmp_path):
+    cls, model, inputs = _sparse(build)
+    model.save_pretrained(tmp_path)
+    again = rbgp.from_pretrained(cls, tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(again(**inputs).logits, model(**inputs).logits, rtol=0, atol=0)
+    twin = _sparse(build)[1]  # load_state on a model built and sparsified by hand reads the same files
+    load_state(twin, tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(**inputs).logits, model(**inputs).logits, rtol=0, atol=0)
+
+
+def test_mismatch_names_the_cause(tmp_path):
+    _, model, _ = _sparse(_llama)
+    model.save_pretrained(tmp_path)
+    dense = _llama()[0](_llama()[1])
+    with pytest.raises(ValueError, match="sparse on one side and dense on the other"):
+        load_state(dense, tmp_path)
+    with pytest.raises(ValueError, match="names do not match"):
+        load_state(_sparse(_vit)[1], tmp_path)
