@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from rbgp.cli import main
 
@@ -63,6 +64,10 @@ def test_user_errors_are_one_line(capsys, tmp_path):
         (["train", "--resume", "--out-dir", str(tmp_path / "none"), "--dry-run"], "--resume: no checkpoint at"),
         (["train", "--data-dir", str(tmp_path / "none"), "--dry-run"], "is not a folder (no such path)"),
         (["demo", "--out-dir", str(a_file), "--dry-run"], "is an existing file"),
+        (["train", "--data-dir", str(tmp_path), "--dry-run"], "Fashion-MNIST file train-images-idx3-ubyte(.gz) not found"),
+        (["train", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--dry-run"], "CIFAR data not found in"),
+        (["train", "--init-from", str(tmp_path / "none.pt"), "--dry-run"], "none.pt"),
+        (["train", "--hidden", "1000000,1000000", "--dry-run"], "needs about 18 TiB of memory"),
         (["infer", str(a_file), "--memory-budget", "inf"], "memory size 'inf' must be a positive size"),
     ]
     for argv, expected in cases:
@@ -93,10 +98,17 @@ def test_huge_models_are_refused_before_allocating(capsys, monkeypatch):
 
 def test_dry_run_checks_and_runs_nothing(capsys, tmp_path):
     out = tmp_path / "run"
-    assert main(["train", "--out-dir", str(out), "--dry-run", "--sparsity", "0.75", "--pattern", "rbgp4"]) == 0
+    argv = ["train", "--out-dir", str(out), "--dry-run", "--sparsity", "0.75", "--pattern", "rbgp4"]
+    assert main([*argv, "--dataset", "synthetic_cifar10"]) == 0
     text = capsys.readouterr().out
     assert "would run rbgp train (a new run)" in text and '"sparsity": 0.75' in text
     assert not out.exists()
+
+
+def test_dry_run_refuses_a_cuda_device_on_a_cpu_machine(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    _one_line_error(capsys, ["train", "--device", "cuda", "--dry-run"], "CUDA is not available")
 
 
 def test_pattern_options_checked_up_front(capsys):

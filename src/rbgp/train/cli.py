@@ -359,10 +359,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config, out = _train_config(args)
     resume = "if-present" if args.resume_if_present else args.resume
     if args.dry_run:
-        from rbgp.train.loop import preflight
+        from rbgp.train.loop import check_run, preflight
 
         _check_paths(config.data_dir)
         saved = preflight(config, out, resume, args.overwrite)
+        check_run(config)
         where = f"resuming after epoch {saved['epoch']}" if saved else "a new run"
         return _dry_run(f"rbgp train ({where}) into {out}", config.to_dict())
     result = train(

@@ -378,16 +378,24 @@ def _read_cifar_archive(archive: Path, folder: str, names: Sequence[str]) -> dic
 
 def _cifar_payloads(root: Path, spec: _CifarSpec, names: Sequence[str]) -> tuple[dict[str, bytes], str]:
     """Find the batches under ``root`` (extracted folder first, then the archive)."""
+    where, is_folder = _locate_cifar(root, spec, names)
+    if is_folder:
+        return _read_cifar_folder(where, names), str(where)
+    return _read_cifar_archive(where, spec.folder, names), str(where)
+
+
+def _locate_cifar(root: Path, spec: _CifarSpec, names: Sequence[str]) -> tuple[Path, bool]:
+    """(the extracted folder or the archive under ``root``, whether it is a folder); FileNotFoundError."""
     folder = root / spec.folder
     if folder.is_dir():
-        return _read_cifar_folder(folder, names), str(folder)
+        return folder, True
     if (root / names[0]).is_file():  # root is the extracted folder itself
-        return _read_cifar_folder(root, names), str(root)
+        return root, True
     archive = root / spec.archive
     if archive.is_file():
-        return _read_cifar_archive(archive, spec.folder, names), str(archive)
+        return archive, False
     if root.is_file():  # root is the archive itself
-        return _read_cifar_archive(root, spec.folder, names), str(root)
+        return root, False
     raise FileNotFoundError(
         f"CIFAR data not found in {root}: looked for the folder {folder} and the archive "
         f"{archive}. Download {spec.archive} from https://www.cs.toronto.edu/~kriz/cifar.html "
@@ -635,6 +643,25 @@ def dataset_shape(name: str) -> tuple[int, tuple[int, int, int]]:
     if name == "fashion_mnist":
         return 10, (1, 28, 28)
     return (100 if name == "cifar100" else 10), (3, 32, 32)
+
+
+def check_dataset(name: str, data_dir: str | Path | None = None) -> None:
+    """Raise what loading data set `name` would raise for missing files (FileNotFoundError naming them),
+    without reading them: what `--dry-run` checks."""
+    dataset_shape(name)  # a valid name
+    if name == "fashion_mnist":
+        folder, origin = _fashion_root(data_dir)
+        for split in SPLITS:
+            for stem in _FASHION_FILES[split]:
+                _find_idx_file(folder, stem, origin)
+    elif name in _CIFAR_SPECS:
+        spec = _CIFAR_SPECS[name]
+        root = data_dir if data_dir is not None else os.environ.get(CIFAR_ENV) or CIFAR_DEFAULT_DIR
+        where, is_folder = _locate_cifar(Path(root), spec, spec.train)
+        if is_folder:
+            missing = [n for n in (*spec.train, *spec.test) if not (where / n).is_file()]
+            if missing:
+                raise FileNotFoundError(f"CIFAR folder {where} lacks {missing}")
 
 
 def get_dataset(name: str, data_dir: str | Path | None = None, split: str = "train") -> LoadedDataset:

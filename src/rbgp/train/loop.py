@@ -42,7 +42,14 @@ from rbgp.train.checkpoint import (
     warn_other_thread_count,
 )
 from rbgp.train.config import TrainConfig
-from rbgp.train.data import LoadedDataset, TensorLoader, default_transform, get_dataset
+from rbgp.train.data import (
+    LoadedDataset,
+    TensorLoader,
+    check_dataset,
+    dataset_shape,
+    default_transform,
+    get_dataset,
+)
 from rbgp.train.flops import flops, layer_nnz, layer_positions
 from rbgp.train.methods import Method, make_method
 from rbgp.train.models import MLP, SmallCNN, build_model
@@ -97,22 +104,9 @@ def build_run_model(
     """The model of ``config`` with its static structure (``pattern``; for method "budgeted", at the
     budget's per-layer sparsities); a pure function of ``config`` (seeds included). Methods that
     make their own masks attach them afterwards (`Method.prepare`)."""
-    cin, size = int(input_shape[0]), int(input_shape[-1])
-    mk = config.model_kwargs
-
-    def build() -> nn.Module:
-        if config.model == "mlp" and "hidden" in mk:
-            return MLP(cin * size * size, [int(h) for h in mk["hidden"]], num_classes)
-        if config.model == "cnn" and "channels" in mk:
-            return SmallCNN(cin, num_classes, [int(c) for c in mk["channels"]])
-        return build_model(config.model, num_classes, cin, size)
-
-    with torch.device("meta"):  # parameters counted without allocating them
-        params = sum(p.numel() for p in build().parameters())
-    # weights, gradients, momentum, masks and a checkpoint copy: about 5 fp32 copies
-    check_memory(20 * params, f"model {config.model!r} with {params:,} parameters")
+    _check_model_memory(config, num_classes, input_shape)
     torch.manual_seed(config.seed)
-    model = build()
+    model = _build(config, num_classes, input_shape)
     if config.init_from is not None:
         _load_dense_start(model, config.init_from)
     report = None
@@ -129,6 +123,36 @@ def build_run_model(
             **_pattern_kwargs(config.pattern_kwargs),
         )
     return model, report
+
+
+def _build(config: TrainConfig, num_classes: int, input_shape: Sequence[int]) -> nn.Module:
+    cin, size = int(input_shape[0]), int(input_shape[-1])
+    mk = config.model_kwargs
+    if config.model == "mlp" and "hidden" in mk:
+        return MLP(cin * size * size, [int(h) for h in mk["hidden"]], num_classes)
+    if config.model == "cnn" and "channels" in mk:
+        return SmallCNN(cin, num_classes, [int(c) for c in mk["channels"]])
+    return build_model(config.model, num_classes, cin, size)
+
+
+def _check_model_memory(config: TrainConfig, num_classes: int, input_shape: Sequence[int]) -> None:
+    """MemoryError when the run's model cannot fit in this machine's memory (counted on the meta device)."""
+    with torch.device("meta"):  # parameters counted without allocating them
+        params = sum(p.numel() for p in _build(config, num_classes, input_shape).parameters())
+    # weights, gradients, momentum, masks and a checkpoint copy: about 5 fp32 copies
+    check_memory(20 * params, f"model {config.model!r} with {params:,} parameters")
+
+
+def check_run(config: TrainConfig) -> None:
+    """What a run would refuse before its first step, checked without doing the work (`--dry-run`): the
+    device exists, the data set's files are there, the model fits in memory, and an `init_from`
+    checkpoint loads and fits the model."""
+    ddp.resolve_device(config.device)
+    check_dataset(config.dataset, config.data_dir)
+    num_classes, shape = dataset_shape(config.dataset)
+    _check_model_memory(config, num_classes, shape)
+    if config.init_from is not None:
+        _load_dense_start(_build(config, num_classes, shape), config.init_from)
 
 
 def _load_dense_start(model: nn.Module, path: str) -> None:
