@@ -167,3 +167,48 @@ def test_calibrated_pattern_refines_narrow_layers_only():
     assert wide._plan(4096, 4096, 0.9).describe() == RBGP4()._plan(4096, 4096, 0.9).describe()  # the fast plan
     conv = RBGP4()
     assert calibrated_pattern(conv, (64, 64, 3, 3), 0.9) is conv
+
+
+def test_explained_energy_is_what_least_squares_recovers():
+    from rbgp.nn.reconstruct import explained
+
+    x, w, _, _ = _problem(5, 12, 200, seed=7)
+    h = x.t() @ x
+    cols = torch.tensor([[0, 3, 4, 9], [1, 2, 7, 11]])
+    got = explained(w @ h, h, cols)
+    for g, s in enumerate(cols):
+        fit = torch.linalg.lstsq(x[:, s], x @ w.t()).solution  # (|S|, out): the best weights on S
+        residual = ((x[:, s] @ fit - x @ w.t()) ** 2).sum(dim=0)
+        total = ((x @ w.t()) ** 2).sum(dim=0)
+        torch.testing.assert_close(got[:, g], total - residual, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_regroup_finds_planted_groups_and_never_raises_the_residual(seed):
+    """Rows built from two disjoint column sets, handed in mixed up: regrouping lowers the residual
+    (to the planted optimum here) and a round that would raise it is not kept."""
+    from rbgp.nn.reconstruct import regroup, select_blocks
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(400, 32, generator=g, dtype=torch.float64)
+    w = torch.zeros(8, 32, dtype=torch.float64)
+    w[:4, :16] = torch.randn(4, 16, generator=g, dtype=torch.float64)
+    w[4:, 16:] = torch.randn(4, 16, generator=g, dtype=torch.float64)
+    h = x.t() @ x
+    mixed = torch.tensor([[0, 1, 4, 5], [2, 3, 6, 7]])
+    ranked = torch.arange(4).expand(2, 4)
+
+    def choose(rows):
+        score = saliency(w, h)[rows].sum(dim=1).view(2, 4, 8).sum(dim=2)
+        return select_blocks(w, h, rows, torch.argsort(score, dim=1, descending=True, stable=True), 2, 8, 0.0)
+
+    def residual(rows, cols):
+        return _group_error(x, w, torch.zeros(8, dtype=torch.float64), rows, cols)
+
+    start = choose(mixed)
+    rows, cols = regroup(w, h, mixed, start, choose, rounds=3, damp=0.0)
+    assert residual(rows, cols) < 1e-9 < residual(mixed, start)
+    assert sorted(map(sorted, rows.tolist())) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    again = regroup(w, h, rows, cols, choose, rounds=3, damp=0.0)  # already optimal: nothing changes
+    assert torch.equal(again[0], rows) and torch.equal(again[1], cols)
+    assert regroup(w, h, mixed, start, choose, rounds=0)[0] is mixed

@@ -60,7 +60,7 @@ def _transport(score: np.ndarray, row_sum: float, col_lo: np.ndarray, col_hi: np
     return x.astype(bool)
 
 
-def _balanced_assign(score: np.ndarray, size: int) -> np.ndarray:
+def balanced_assign(score: np.ndarray, size: int) -> np.ndarray:
     """Part id of every item, `size` items per part, maximising the total score (items x parts)."""
     n, parts = score.shape
     if n <= EXACT_ASSIGNMENT_MAX:
@@ -129,7 +129,7 @@ def fit_grouped(
             break
         graph = candidate
         history.append(kept)
-        group_of = _balanced_assign(a @ graph.T.astype(float), rows // groups)  # rows x G: mass on its columns
+        group_of = balanced_assign(a @ graph.T.astype(float), rows // groups)  # rows x G: mass on its columns
     neighbors = np.nonzero(graph)[1].reshape(groups, degree)  # sorted within each group
     layout = GroupedLayout(out, inp, np.argsort(group_of, kind="stable").reshape(groups, -1), neighbors)
     history.append(float(a[:out][layout.mask()].sum()))  # after the last re-assignment of rows
