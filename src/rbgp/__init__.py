@@ -21,6 +21,7 @@ _LAZY = {
     "RBGPLinear": "rbgp.nn",
     "RBGPConv2d": "rbgp.nn",
     "RBGPConv1d": "rbgp.nn",
+    "SplitExperts": "rbgp.nn",
     "MaskedLinear": "rbgp.nn",
     "MaskedConv2d": "rbgp.nn",
     "RBGP4": "rbgp.patterns",

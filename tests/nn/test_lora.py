@@ -1,18 +1,27 @@
 """PEFT LoRA on RBGP layers: forward equal to base + adapter, training moves only the adapters, adapter
 save/load, merge that keeps the structure, and the refusals."""
 
+import importlib.util
 import warnings
 
 import pytest
 import torch
 
-pytest.importorskip("peft")
+from rbgp.nn import RBGPLinear, sparsify
+
 transformers = pytest.importorskip("transformers")
+if importlib.util.find_spec("peft") is None:
+    pytest.skip("peft is not installed (pip install peft)", allow_module_level=True)
 
-from peft import LoraConfig, get_peft_model  # noqa: E402
 
-from rbgp.nn import RBGPLinear, sparsify  # noqa: E402
-from rbgp.nn.lora import RBGPLoraLinear, load_lora, lora_targets, register_lora  # noqa: E402
+@pytest.fixture(autouse=True, scope="module")
+def lora():
+    """peft imported when the tests run, not when they are collected: importing it imports triton, and
+    the Triton tests need TRITON_INTERPRET=1 set (at their collection) before triton is first imported."""
+    global LoraConfig, get_peft_model, RBGPLoraLinear, load_lora, lora_targets, register_lora
+    from peft import LoraConfig, get_peft_model
+
+    from rbgp.nn.lora import RBGPLoraLinear, load_lora, lora_targets, register_lora
 
 
 def _sparse_llama(seed: int = 0) -> torch.nn.Module:

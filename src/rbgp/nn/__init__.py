@@ -1,6 +1,7 @@
 """Sparse layers, `sparsify(model)`, `densify(model)` and loading sparsified models."""
 
 from rbgp.nn.densify import densify
+from rbgp.nn.experts import SplitExperts
 from rbgp.nn.masked import MaskedConv2d, MaskedLinear
 from rbgp.nn.oneshot import prune_oneshot
 from rbgp.nn.pretrained import from_pretrained, load_state
@@ -18,6 +19,7 @@ __all__ = [
     "RBGPLinear",
     "RBGPConv2d",
     "RBGPConv1d",
+    "SplitExperts",
     "MaskedLinear",
     "MaskedConv2d",
     "sparsify",

@@ -1,7 +1,7 @@
 """`densify(model)`: the inverse of `sparsify`, back to plain nn.Linear / nn.Conv2d / nn.Conv1d (or transformers'
-Conv1D where that is what was converted), with the masked weights (zeros off the pattern), so the
-model computes the same function with stock layers: to export, to hand to tools that expect dense
-layers, or to fine-tune dense."""
+Conv1D where that is what was converted, and the fused module of MoE experts), with the masked weights
+(zeros off the pattern), so the model computes the same function with stock layers: to export, to hand
+to tools that expect dense layers, or to fine-tune dense."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import copy
 import torch
 from torch import nn
 
+from rbgp.nn.experts import SplitExperts
 from rbgp.nn.masked import MaskedConv2d, MaskedLinear
 from rbgp.nn.rbgp_layers import RBGPConv1d, RBGPConv2d, RBGPLinear, is_hf_conv1d
 
@@ -74,6 +75,10 @@ def densify(model: nn.Module, inplace: bool = True) -> nn.Module:
         new.train(m.training)
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+    for name, m in list(model.named_modules()):  # split MoE experts, all dense again: the fused module
+        if isinstance(m, SplitExperts) and all(type(c) is nn.Linear for c in (*m.gate_up, *m.down)):
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, m.fuse())
     config = getattr(model, "config", None)
     if targets and config is not None and hasattr(config, "rbgp"):
         del config.rbgp

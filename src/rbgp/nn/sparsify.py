@@ -39,6 +39,7 @@ from tqdm import tqdm
 from rbgp.graphs import path_coverage
 from rbgp.nn.calibration import GramStats, as_batches, sequential, set_module
 from rbgp.nn.distribution import DEFAULT_DISTRIBUTION, DISTRIBUTIONS, distribute, hw_group_rows
+from rbgp.nn.experts import EXPERT_PARAMETERS, SplitExperts, split_problem
 from rbgp.nn.masked import MaskedConv2d, MaskedLinear
 from rbgp.nn.rbgp_layers import RBGPConv1d, RBGPConv2d, RBGPLinear, is_hf_conv1d, linear_weight
 from rbgp.nn.reconstruct import DAMP, SALIENCIES, calibrated_pattern, fit_calibrated, output_error, solve_grouped
@@ -246,9 +247,31 @@ def _classify(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], list[tuple
             eligible.append((name, m))
         elif isinstance(m, (nn.Linear, *CONVS)):
             skipped.append((name, f"type {type(m).__name__} (a subclass with its own forward)"))
+        elif "router" in type(m).__name__.lower():
+            skipped.append((name, "MoE router (kept dense by role)"))
         elif w.dim() >= 2:
             skipped.append((name, f"type {type(m).__name__} not supported"))
     return eligible, skipped
+
+
+def _split_experts(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Replace every fused MoE experts module that `SplitExperts` reproduces by its split form; returns
+    (name, the fused module) for each, to put back what is not converted."""
+    fused = [(name, m) for name, m in model.named_modules() if split_problem(m) is None]
+    for name, m in fused:
+        set_module(model, name, SplitExperts(m))
+    return fused
+
+
+def _unsplit(model: nn.Module, split: list[tuple[str, nn.Module]], skipped: list[tuple[str, str]]) -> None:
+    """Put the fused experts modules back; their experts' entries in `skipped` become one per fused weight."""
+    for name, fused in split:
+        set_module(model, name, fused)
+        inside = [why for n, why in skipped if n.startswith(f"{name}.")]
+        skipped[:] = [(n, why) for n, why in skipped if not n.startswith(f"{name}.")]
+        skipped += [
+            (f"{name}.{p}", f"MoE experts: {inside[0] if inside else 'not converted'}") for p in EXPERT_PARAMETERS
+        ]
 
 
 def _other_matrices(name: str, module: nn.Module) -> list[tuple[str, str]]:
@@ -264,7 +287,7 @@ def _other_matrices(name: str, module: nn.Module) -> list[tuple[str, str]]:
         elif isinstance(module, nn.MultiheadAttention):
             why = "MultiheadAttention projection read directly by the attention function (would run dense)"
         elif p.dim() == 3 and "expert" in kind.lower():
-            why = f"{kind}: fused MoE expert weights {tuple(p.shape)} (experts are not converted)"
+            why = f"{kind}: fused MoE expert weights {tuple(p.shape)} not converted ({split_problem(module)})"
         else:
             why = f"{kind} parameter of shape {tuple(p.shape)} (not a layer weight rbgp converts)"
         found.append((f"{name}.{pname}" if name else pname, why))
@@ -414,50 +437,62 @@ def sparsify(
     if not inplace:
         model = copy.deepcopy(model)
     report = SparsifyReport(params_before=count_parameters(model), bytes_before=count_bytes(model), model=model)
-    candidates, skipped = _classify(model)
-    if not _makes_rbgp_layers(base):
-        skipped += [
-            (n, f"nn.Conv1d (RBGP patterns only, not {base.kind!r})") for n, m in candidates if type(m) is nn.Conv1d
-        ]
-        candidates = [(n, m) for n, m in candidates if type(m) is not nn.Conv1d]
-    if not candidates:
-        return _nothing_to_convert(report, skipped)
-    _warn_unmatched(candidates, excludes, sparsity)
-    finer = calibration is not None and isinstance(pattern, str) and not {"group_rows", "block"} & set(pattern_kwargs)
-    plans, dense_kept = _plan_layers(
-        model,
-        candidates,
-        skipped,
-        sparsity,
-        base,
-        excludes,
-        keep_first_last,
-        distribution,
-        init,
-        shuffle,
-        on_infeasible,
-        finer,
-    )
-    if calibration is None:
-        converted = [
-            (
-                plan,
-                _convert(plan.module, plan.sparsity, plan.pattern, seed + plan.index, init, backend, plan.name),
-                None,
-                plan.note,
-            )
-            for plan in tqdm(
-                plans, desc="sparsify", unit="layer", leave=False, disable=None if len(plans) > 8 else True
-            )
-        ]
-    else:
-        converted = _convert_sequentially(model, plans, calibration, seed, backend, saliency, damp)
-    if not converted:
-        sparse = sum(why == "already sparse" for _, why in skipped)
-        what = (
-            f"nothing left to convert ({sparse} layers are already sparse, " if sparse else "no layer was converted ("
+    split = _split_experts(model)  # fused MoE experts as one linear layer per expert, converted like any other
+    try:
+        candidates, skipped = _classify(model)
+        if not _makes_rbgp_layers(base):
+            skipped += [
+                (n, f"nn.Conv1d (RBGP patterns only, not {base.kind!r})") for n, m in candidates if type(m) is nn.Conv1d
+            ]
+            candidates = [(n, m) for n, m in candidates if type(m) is not nn.Conv1d]
+        if not candidates:
+            _unsplit(model, split, skipped)
+            return _nothing_to_convert(report, skipped)
+        _warn_unmatched(candidates, excludes, sparsity)
+        finer = (
+            calibration is not None and isinstance(pattern, str) and not {"group_rows", "block"} & set(pattern_kwargs)
         )
-        warnings.warn(f"sparsify: {what}{len(candidates)} stay dense: see report.skipped)", stacklevel=2)
+        plans, dense_kept = _plan_layers(
+            model,
+            candidates,
+            skipped,
+            sparsity,
+            base,
+            excludes,
+            keep_first_last,
+            distribution,
+            init,
+            shuffle,
+            on_infeasible,
+            finer,
+        )
+        if calibration is None:
+            converted = [
+                (
+                    plan,
+                    _convert(plan.module, plan.sparsity, plan.pattern, seed + plan.index, init, backend, plan.name),
+                    None,
+                    plan.note,
+                )
+                for plan in tqdm(
+                    plans, desc="sparsify", unit="layer", leave=False, disable=None if len(plans) > 8 else True
+                )
+            ]
+        else:
+            converted = _convert_sequentially(model, plans, calibration, seed, backend, saliency, damp)
+        if not converted:
+            sparse = sum(why == "already sparse" for _, why in skipped)
+            what = (
+                f"nothing left to convert ({sparse} layers are already sparse, "
+                if sparse
+                else "no layer was converted ("
+            )
+            warnings.warn(f"sparsify: {what}{len(candidates)} stay dense: see report.skipped)", stacklevel=2)
+    except BaseException:
+        _unsplit(model, split, [])
+        raise
+    done = {plan.name for plan, _, _, _ in converted}
+    _unsplit(model, [(n, m) for n, m in split if not any(d.startswith(f"{n}.") for d in done)], skipped)
     recipe = _recipe(
         sparsity, base, excludes, keep_first_last, seed, init, shuffle, backend, on_infeasible, distribution
     )
