@@ -411,6 +411,8 @@ class RBGPConv2d(_RBGPBase):
     the im2col); input (N, C, H, W) or unbatched (C, H, W).
     """
 
+    dense_class: type[nn.Module] = nn.Conv2d
+
     def __init__(
         self,
         in_channels: int,
@@ -488,7 +490,7 @@ class RBGPConv2d(_RBGPBase):
     @classmethod
     def from_dense(
         cls,
-        module: nn.Conv2d,
+        module: nn.Conv2d | nn.Conv1d,
         sparsity: float = 0.9,
         *,
         pattern: str | Pattern | None = None,
@@ -497,10 +499,11 @@ class RBGPConv2d(_RBGPBase):
         backend: str = "auto",
         structure: SparseMask | None = None,
     ) -> RBGPConv2d:
-        """An RBGPConv2d shaped like `module` (any padding and padding mode); with keep_weights its
-        weights on the pattern are kept. `structure`: a prebuilt one (e.g. fitted to the weights)."""
-        if not isinstance(module, nn.Conv2d):
-            raise TypeError(f"from_dense expects nn.Conv2d, got {type(module).__name__}")
+        """A layer shaped like `module` (nn.Conv2d; nn.Conv1d for RBGPConv1d; any padding and padding
+        mode); with keep_weights its weights on the pattern are kept. `structure`: a prebuilt one (e.g.
+        fitted to the weights), for the (c_out, c_in, kh, kw) weight ((c_out, c_in, 1, k) for Conv1d)."""
+        if not isinstance(module, cls.dense_class):
+            raise TypeError(f"from_dense expects nn.{cls.dense_class.__name__}, got {type(module).__name__}")
         if module.groups != 1:
             raise ValueError(f"only groups=1 convs can be RBGP, got groups={module.groups} in {module}")
         w = module.weight
@@ -539,6 +542,8 @@ class RBGPConv1d(RBGPConv2d):
     paths and guarantees. Arguments, attributes (kernel_size=(k,), ...) and inputs as in nn.Conv1d
     (input (N, C, L) or unbatched (C, L)); `dense_weight()` is the (c_out, c_in, k) weight nn.Conv1d
     holds, the structure is planned on the (c_out, c_in, 1, k) one."""
+
+    dense_class = nn.Conv1d
 
     def __init__(
         self,
@@ -598,43 +603,3 @@ class RBGPConv1d(RBGPConv2d):
     def mask(self) -> torch.Tensor:
         """The true 0/1 mask (c_out, c_in, k) (bool)."""
         return super().mask.reshape(self.out_channels, self.in_channels, *self.kernel_size)
-
-    @classmethod
-    def from_dense(
-        cls,
-        module: nn.Conv1d,
-        sparsity: float = 0.9,
-        *,
-        pattern: str | Pattern | None = None,
-        seed: int = 0,
-        keep_weights: bool = True,
-        backend: str = "auto",
-        structure: SparseMask | None = None,
-    ) -> RBGPConv1d:
-        """An RBGPConv1d shaped like `module` (any padding and padding mode); with keep_weights its
-        weights on the pattern are kept. `structure`: a prebuilt one for the (c_out, c_in, 1, k) weight."""
-        if not isinstance(module, nn.Conv1d):
-            raise TypeError(f"from_dense expects nn.Conv1d, got {type(module).__name__}")
-        if module.groups != 1:
-            raise ValueError(f"only groups=1 convs can be RBGP, got groups={module.groups} in {module}")
-        w = module.weight
-        layer = cls(
-            module.in_channels,
-            module.out_channels,
-            module.kernel_size,
-            module.stride,
-            module.padding,
-            module.dilation,
-            sparsity,
-            pattern=pattern,
-            seed=seed,
-            bias=module.bias is not None,
-            padding_mode=module.padding_mode,
-            backend=backend,
-            device=w.device,
-            dtype=w.dtype,
-            structure=structure,
-        )
-        if keep_weights:
-            layer.load_dense_(w, module.bias)
-        return layer
