@@ -83,3 +83,26 @@ def test_mismatch_names_the_cause(tmp_path):
         load_state(dense, tmp_path)
     with pytest.raises(ValueError, match="names do not match"):
         load_state(_sparse(_vit)[1], tmp_path)
+
+
+def test_hf_trainer_trains_saves_and_reloads(tmp_path):
+    """transformers' Trainer on a sparsified model (gradient checkpointing on): the sparse values move,
+    the structure stays, and the saved folder loads back with rbgp.from_pretrained."""
+    pytest.importorskip("accelerate")
+    cls, model, _ = _sparse(_llama)
+    model.train()
+    model.gradient_checkpointing_enable()
+    ids = torch.randint(0, 64, (8, 16))
+    data = [{"input_ids": row, "labels": row} for row in ids]
+    layer = model.model.layers[0].mlp.up_proj
+    values, cols = layer.values.detach().clone(), layer.col_index.clone()
+    args = T.TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=3, per_device_train_batch_size=4,
+                               learning_rate=1e-2, report_to=[], save_strategy="no", use_cpu=True,
+                               disable_tqdm=True, logging_strategy="no")
+    T.Trainer(model=model, args=args, train_dataset=data).train()
+    assert not torch.equal(layer.values, values) and torch.equal(layer.col_index, cols)
+    model.save_pretrained(tmp_path / "saved")
+    again = rbgp.from_pretrained(cls, tmp_path / "saved")
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(input_ids=ids).logits, model(input_ids=ids).logits, rtol=0, atol=0)
