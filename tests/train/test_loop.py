@@ -78,6 +78,14 @@ def test_max_steps_and_dense_run_without_out_dir():
     ("epochs", 0, "epochs must be >= 1"),
     ("milestones", [3, 2], "milestones must be increasing"),
     ("model_kwargs", {"channels": [8]}, "not supported for model 'mlp'"),
+    # wrong types, as a config read from a crafted file may hold: named, never a TypeError
+    ("sparsity", "0.9", "field 'sparsity' must be a number, got '0.9'"),
+    ("epochs", "3", "field 'epochs' must be an integer"),
+    ("exclude", 5, "field 'exclude' must be a list of strings"),
+    ("model_kwargs", [1], "field 'model_kwargs' must be a mapping"),
+    ("milestones", "ab", "field 'milestones' must be a list of integers"),
+    ("augment", "no", "field 'augment' must be true or false"),
+    ("seed", True, "field 'seed' must be an integer"),
 ])
 def test_config_rejects_bad_values(field, value, match):
     with pytest.raises(ValueError, match=match):

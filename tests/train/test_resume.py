@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import json
 import random
 import warnings
@@ -12,6 +14,7 @@ import torch
 
 from rbgp.train import loop
 from rbgp.train import CHECKPOINT_NAME, TrainConfig, load_checkpoint, save_checkpoint, train
+from rbgp.train.checkpoint import MAGIC
 
 _NUMBERS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "steps", "epoch")
 
@@ -167,6 +170,16 @@ def test_mismatched_checkpoint_is_refused(tmp_path, uninterrupted):
     save_checkpoint(tmp_path / CHECKPOINT_NAME, {**state, "world_size": 2})
     with pytest.raises(ValueError, match="run of 2 process"):
         train(_cfg(), tmp_path, resume=True, quiet=True)
+    for field, value in (("history", 5), ("args", [1]), ("epoch", "x")):  # crafted with a valid checksum
+        with pytest.raises(ValueError, match=f"checkpoint field '{field}' must be"):
+            save_checkpoint(tmp_path / "x.pt", {**state, field: value})  # never written either
+        buffer = io.BytesIO()
+        torch.save({**state, field: value}, buffer)
+        payload = buffer.getvalue()
+        (tmp_path / CHECKPOINT_NAME).write_bytes(MAGIC + hashlib.sha256(payload).digest() + payload)
+        with pytest.raises(ValueError, match=f"checkpoint field '{field}' must be"):
+            train(_cfg(), tmp_path, resume=True, quiet=True)
+    save_checkpoint(tmp_path / CHECKPOINT_NAME, state)
     # Same settings but a tampered model state: the RBGP structure fingerprint no longer fits.
     key = next(k for k in state["model"] if k.endswith("structure_id"))
     state["model"][key] = torch.zeros_like(state["model"][key])

@@ -109,7 +109,13 @@ def _tensors(obj: Any, name: str) -> Any:
 
 
 def check_finite(state: dict[str, Any], path: Path) -> None:
-    """ValueError naming the first weight or optimizer tensor (or history value) that holds NaN or inf."""
+    """ValueError naming a field of the wrong type, or the first weight or optimizer tensor (or history
+    value) that holds NaN or inf."""
+    for key, kind, what in (("args", dict, "a mapping"), ("history", list, "a list"), ("epoch", int, "an integer")):
+        if key in state and (not isinstance(state[key], kind) or isinstance(state[key], bool)):
+            raise ValueError(f"{path}: checkpoint field {key!r} must be {what}, got {type(state[key]).__name__}")
+    if not all(isinstance(row, dict) for row in state.get("history", [])):
+        raise ValueError(f"{path}: checkpoint field 'history' must be a list of per-epoch mappings")
     for part in ("model", "optimizer"):
         for name, t in _tensors(state.get(part, {}), ""):
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):

@@ -65,6 +65,7 @@ class TrainConfig:
     method_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        _check_types(self)
         self.pattern_kwargs = {k: _plain(v) for k, v in dict(self.pattern_kwargs).items()}
         self.model_kwargs = {k: _plain(v) for k, v in dict(self.model_kwargs).items()}
         self.method_kwargs = {k: _plain(v) for k, v in dict(self.method_kwargs).items()}
@@ -141,6 +142,36 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config fields {sorted(unknown)}; valid: {sorted(names)}")
         return cls(**d)
+
+
+_NUMBER = (int, float)
+_KINDS: dict[str, tuple[tuple[type, ...], str]] = {  # a field's annotation -> (accepted types, description)
+    "str": ((str,), "a string"),
+    "str | None": ((str, type(None)), "a string or null"),
+    "float": (_NUMBER, "a number"),
+    "int": ((int,), "an integer"),
+    "int | None": ((int, type(None)), "an integer or null"),
+    "bool": ((bool,), "true or false"),
+    "dict[str, Any]": ((dict,), "a mapping"),
+    "list[str]": ((list, tuple), "a list of strings"),
+    "list[int]": ((list, tuple), "a list of integers"),
+}
+
+
+def _check_types(config: TrainConfig) -> None:
+    """ValueError naming the first field whose value has the wrong type (a config read from a file may hold
+    anything), before any comparison could raise a TypeError."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        kinds, what = _KINDS[str(f.type)]
+        ok = isinstance(value, kinds) and (not isinstance(value, bool) or bool in kinds)
+        if ok and f.type in ("list[str]", "list[int]"):
+            item = str if f.type == "list[str]" else int
+            ok = all(isinstance(v, item) and not isinstance(v, bool) for v in value)
+        if ok and f.type == "float":
+            ok = not isinstance(value, bool)
+        if not ok:
+            raise ValueError(f"config field {f.name!r} must be {what}, got {value!r} ({type(value).__name__})")
 
 
 def _plain(v: Any) -> Any:
