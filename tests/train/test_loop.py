@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -144,6 +145,14 @@ def test_init_from_a_dense_checkpoint_converts_fine_tunes_and_resumes(tmp_path, 
         return [(h["train_loss"], h["test_acc"]) for h in res.history]
 
     assert numbers(resumed) == numbers(full)
+    # The converted run is self-contained: with the dense run moved away, its checkpoint and compressed
+    # file still load (the fitted structure is in them) and it resumes.
+    (tmp_path / "dense").rename(tmp_path / "moved")
+    assert main(["compress", str(tmp_path / "ft"), str(tmp_path / "ft.rbgp"), "--quantize", "int8"]) == 0
+    assert main(["infer", str(tmp_path / "ft.rbgp"), "--data", "synthetic", "--samples", "8"]) == 0
+    longer = dataclasses.replace(cfg, epochs=3)
+    assert len(train(longer, tmp_path / "ft", quiet=True, resume=True).history) == 3
+    (tmp_path / "moved").rename(tmp_path / "dense")
     with pytest.raises(ValueError, match="init_from needs the checkpoint of a dense run"):
         build_run_model(_cfg(pattern="rbgp4", init_from=str(tmp_path / "ft" / "checkpoint.pt"),
                              model_kwargs={"hidden": [256, 256, 256]}), 10, (3, 32, 32))

@@ -175,8 +175,9 @@ def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
 
 
 def model_from_config(args: dict, state: dict | None = None) -> nn.Module:
-    """The model a training config builds (sparsified, methods' masks baked in), in eval mode; `state`
-    is the checkpoint's model state to load before baking."""
+    """The model a training config builds (sparsified, methods' masks baked in), in eval mode, for weights
+    that come from a file next (`state`, the checkpoint's model state loaded before baking, or a
+    compressed file): a converted run's dense start (`init_from`) is not read, the files hold it all."""
     from rbgp.train.config import LEGACY_DEFAULTS, TrainConfig
     from rbgp.train.data import dataset_shape
     from rbgp.train.loop import build_run_model
@@ -184,7 +185,7 @@ def model_from_config(args: dict, state: dict | None = None) -> nn.Module:
 
     config = TrainConfig.from_dict({**LEGACY_DEFAULTS, **args})
     classes, shape = dataset_shape(config.dataset)
-    model, _ = build_run_model(config, classes, shape)
+    model, _ = build_run_model(config, classes, shape, from_state=True)
     make_method(config).prepare(model, 1)
     if state is not None:
         model.load_state_dict(state)

@@ -264,6 +264,11 @@ def fill(
     entries = header.get("entries")
     if not isinstance(entries, dict) or not all(isinstance(e, dict) for e in entries.values()):
         raise CompressedFileError(f"{path}: 'entries' must map tensor names to entries, got {type(entries).__name__}")
+    for name, layer in _named(model, (RBGPLinear, RBGPConv2d)):  # a structure fitted when it was converted:
+        for index in ("row_index", "col_index"):  # a seed-built layer adopts it on load (its id checked)
+            key = f"{name}.{index}" if name else index
+            if key in entries and key not in state:
+                state[key] = getattr(layer, index)
     missing, extra = sorted(set(state) - set(entries)), sorted(set(entries) - set(state))
     if missing or extra:
         raise CompressedFileError(

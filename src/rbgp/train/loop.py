@@ -99,15 +99,21 @@ def _pattern_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_run_model(
-    config: TrainConfig, num_classes: int, input_shape: Sequence[int]
+    config: TrainConfig, num_classes: int, input_shape: Sequence[int], from_state: bool = False
 ) -> tuple[nn.Module, SparsifyReport | None]:
     """The model of ``config`` with its static structure (``pattern``; for method "budgeted", at the
     budget's per-layer sparsities); a pure function of ``config`` (seeds included). Methods that
-    make their own masks attach them afterwards (`Method.prepare`)."""
+    make their own masks attach them afterwards (`Method.prepare`).
+
+    from_state: a saved state (a checkpoint, a compressed file) is loaded into the model next. RBGP
+    layers take their weights and any structure fitted to the dense start from it, so ``init_from`` is
+    then not read (the run needs no file but its own) and nothing is fitted again; masked patterns
+    still refit their masks (a compressed file keeps only their digest)."""
     _check_model_memory(config, num_classes, input_shape)
     torch.manual_seed(config.seed)
     model = _build(config, num_classes, input_shape)
-    if config.init_from is not None:
+    from_state = from_state and config.pattern == "rbgp4"
+    if config.init_from is not None and not from_state:
         _load_dense_start(model, config.init_from)
     report = None
     if config.pattern != "dense":  # with init_from and pattern dense: fine-tune the dense model
@@ -118,7 +124,7 @@ def build_run_model(
             config.pattern,
             exclude=tuple(config.exclude),
             seed=config.seed,
-            init=config.init,
+            init="kaiming" if from_state and config.init == "magnitude" else config.init,
             distribution=config.distribution,
             **_pattern_kwargs(config.pattern_kwargs),
         )
@@ -489,7 +495,7 @@ def _run(
     if info.device.type == "cuda":  # the data sets used here fit in GPU memory: no per-batch copies
         train_ds = train_ds._replace(x=train_ds.x.to(info.device), y=train_ds.y.to(info.device))
         test_ds = test_ds._replace(x=test_ds.x.to(info.device), y=test_ds.y.to(info.device))
-    model, report = build_run_model(config, train_ds.num_classes, train_ds.input_shape)
+    model, report = build_run_model(config, train_ds.num_classes, train_ds.input_shape, from_state=saved is not None)
     loader = TensorLoader(
         train_ds.x,
         train_ds.y,
