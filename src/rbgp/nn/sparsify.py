@@ -1,8 +1,9 @@
 """`sparsify(model, ...)`: the one entry point that makes a model sparse.
 
-It swaps the eligible layers (nn.Linear, transformers' Conv1D, nn.Conv2d and nn.Conv1d with groups=1) for RBGP
-layers (RBGP patterns) or masked layers (the baselines). Every layer is planned before any is
-swapped, so an error leaves the model untouched. Every weight-bearing module left dense is reported
+It swaps the eligible layers (nn.Linear, transformers' Conv1D, nn.Conv2d and nn.Conv1d with groups=1,
+and each expert of transformers' fused MoE experts, split by `rbgp.nn.experts`) for RBGP layers (RBGP
+patterns) or masked layers (the baselines). Every layer is planned before any is swapped, so an error
+leaves the model untouched (split experts are fused again). Every weight-bearing module left dense is reported
 with its reason: kept dense by role (a transformer's output head and classifier heads; the first and
 last layer of other models, as in the paper), excluded, no sparsity given, tied weight (an lm_head
 shared with the embedding is never untied), grouped/depthwise conv, MultiheadAttention's out_proj (its
