@@ -86,11 +86,12 @@ def lora_targets(model: nn.Module) -> list[str]:
     output head: what target_modules="all-linear" means, for a model with RBGP layers."""
     get_head = getattr(model, "get_output_embeddings", None)
     head = get_head() if callable(get_head) else None
+    linear = (RBGPLinear, nn.Linear)
+    skip = nn.modules.linear.NonDynamicallyQuantizableLinear  # MultiheadAttention.out_proj: read as .weight
     names = [
         name
         for name, m in model.named_modules()
-        if isinstance(m, (RBGPLinear, nn.Linear)) or is_hf_conv1d(m)
-        if m is not head and not isinstance(m, nn.modules.linear.NonDynamicallyQuantizableLinear)
+        if (isinstance(m, linear) or is_hf_conv1d(m)) and m is not head and not isinstance(m, skip)
     ]
     if not names:
         raise ValueError("the model has no linear layer (RBGPLinear, nn.Linear or Conv1D) for LoRA to target")
