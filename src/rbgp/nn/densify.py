@@ -10,6 +10,7 @@ import copy
 import torch
 from torch import nn
 
+from rbgp.nn.calibration import set_module
 from rbgp.nn.experts import SplitExperts
 from rbgp.nn.masked import MaskedConv2d, MaskedLinear
 from rbgp.nn.rbgp_layers import RBGPConv1d, RBGPConv2d, RBGPLinear, is_hf_conv1d
@@ -73,12 +74,10 @@ def densify(model: nn.Module, inplace: bool = True) -> nn.Module:
     for name, m in targets:
         new = _dense_conv(m) if isinstance(m, (RBGPConv2d, MaskedConv2d)) else _dense_linear(m)
         new.train(m.training)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        set_module(model, name, new)
     for name, m in list(model.named_modules()):  # split MoE experts, all dense again: the fused module
         if isinstance(m, SplitExperts) and all(type(c) is nn.Linear for c in (*m.gate_up, *m.down)):
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, m.fuse())
+            set_module(model, name, m.fuse())
     config = getattr(model, "config", None)
     if targets and config is not None and hasattr(config, "rbgp"):
         del config.rbgp

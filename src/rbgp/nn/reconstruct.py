@@ -167,8 +167,8 @@ saliency blocks; all when fewer), but never more than MAX_EXTRA_COLUMNS columns 
 MAX_EXTRA_COLUMNS = 512
 REGROUP_ROUNDS = 1
 """Alternations of moving each row to the group whose chosen support reproduces most of it and choosing
-the groups' blocks again (kept only while the layer's least-squares residual drops; 0: none). On the
-KJV GPT-2 (`benchmarks/calibrated_conversion.md`) two rounds lowered the residual of every layer."""
+the groups' blocks again (kept only while the layer's least-squares residual drops; 0: none). Each round
+runs the block selection once more, which is most of a large layer's conversion time."""
 
 
 def select_blocks(
@@ -190,10 +190,10 @@ def select_blocks(
     one at a time near the end (a sixteenth of the excess at a time before), until `keep` remain.
     Saliency sums ignore that inputs are correlated; this does not. `gram` is the (in, in) input Gram
     matrix."""
-    out, inp = weight.shape
+    inp = weight.shape[1]
     g, r = row_index.shape
     h = damped(gram.double(), damp).float()  # float32 suffices to rank blocks; the final fit is float64
-    w = torch.cat([weight.float(), weight.new_zeros(g * r - out, inp, dtype=torch.float32)]).to(h.device)
+    w = _padded(weight, g * r).to(h.device)
     count = min(ranked.shape[1], max(keep, int(round(candidates * keep))), keep + MAX_EXTRA_COLUMNS // width)
     size = count * width
     chunk = max(1, MAX_SOLVE_BYTES // (4 * size * (3 * size + inp + r)))
@@ -202,6 +202,11 @@ def select_blocks(
         for s in range(0, g, chunk)
     ]
     return torch.cat(chosen)
+
+
+def _padded(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """The float32 (out, in) weight with zero padding rows up to `rows` (a grouped layout's G * R)."""
+    return torch.cat([weight.float(), weight.new_zeros(rows - weight.shape[0], weight.shape[1], dtype=torch.float32)])
 
 
 def _gather2(m: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -275,8 +280,7 @@ def regroup(
         return row_index, col_index
     g, r = row_index.shape
     h = damped(gram.double(), damp).float()
-    w = torch.cat([weight.float(), weight.new_zeros(g * r - weight.shape[0], weight.shape[1], dtype=torch.float32)])
-    w = w.to(h.device)
+    w = _padded(weight, g * r).to(h.device)
     wh = w @ h
     total = float((wh * w).sum())
     best = _residual(wh, h, total, row_index.to(h.device), col_index.to(h.device))

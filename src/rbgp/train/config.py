@@ -144,11 +144,10 @@ class TrainConfig:
         return cls(**d)
 
 
-_NUMBER = (int, float)
 _KINDS: dict[str, tuple[tuple[type, ...], str]] = {  # a field's annotation -> (accepted types, description)
     "str": ((str,), "a string"),
     "str | None": ((str, type(None)), "a string or null"),
-    "float": (_NUMBER, "a number"),
+    "float": ((int, float), "a number"),
     "int": ((int,), "an integer"),
     "int | None": ((int, type(None)), "an integer or null"),
     "bool": ((bool,), "true or false"),
@@ -168,8 +167,6 @@ def _check_types(config: TrainConfig) -> None:
         if ok and f.type in ("list[str]", "list[int]"):
             item = str if f.type == "list[str]" else int
             ok = all(isinstance(v, item) and not isinstance(v, bool) for v in value)
-        if ok and f.type == "float":
-            ok = not isinstance(value, bool)
         if not ok:
             raise ValueError(f"config field {f.name!r} must be {what}, got {value!r} ({type(value).__name__})")
 

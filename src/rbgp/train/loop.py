@@ -142,7 +142,7 @@ def _build(config: TrainConfig, num_classes: int, input_shape: Sequence[int]) ->
 
 
 def _check_model_memory(config: TrainConfig, num_classes: int, input_shape: Sequence[int]) -> None:
-    """MemoryError when the run's model cannot fit in this machine's memory (counted on the meta device)."""
+    """ValueError when the run's model cannot fit in this machine's memory (counted on the meta device)."""
     with torch.device("meta"):  # parameters counted without allocating them
         params = sum(p.numel() for p in _build(config, num_classes, input_shape).parameters())
     # weights, gradients, momentum, masks and a checkpoint copy: about 5 fp32 copies
