@@ -11,8 +11,14 @@ for real, under a 256 MB memory limit so that no draw builds a large mask.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
+import json
+import tempfile
+from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -38,11 +44,22 @@ def paths(tmp_path_factory):
           run, quiet=True)
     model, config = model_from_checkpoint(run)
     save(model, root / "model.rbgp", extra={"train_config": config})
+    (root / "pristine").mkdir()  # copies no fuzzed command can overwrite, for the config mutations
+    (root / "pristine" / "checkpoint.pt").write_bytes((run / "checkpoint.pt").read_bytes())
+    (root / "pristine" / "model.rbgp").write_bytes((root / "model.rbgp").read_bytes())
     (root / "garbage.pt").write_bytes(b"\x00not a checkpoint" * 8)
     (root / "folder").mkdir()
+    # for `convert`: a tiny saved transformers model and calibration text
+    import transformers
+
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=256, n_positions=32, n_embd=32, n_layer=1,
+                                                         n_head=2, bos_token_id=10, eos_token_id=10)
+                                 ).save_pretrained(root / "hf")
+    (root / "text.txt").write_text("In the beginning God created the heaven and the earth.\n" * 20)
     return [str(p) for p in (run, run / "checkpoint.pt", root / "model.rbgp", root / "garbage.pt",
                              root / "folder", root / "missing" / "x", root / "garbage.pt" / "under",
-                             root / "new" / "out.png", root / "new2")] + ["", "."]
+                             root / "new" / "out.png", root / "new2", root / "hf", root / "text.txt")] + ["", "."]
 
 
 _TEXT = st.sampled_from(["", "x", "-1", "0", "1", "0.5", "1e9", "nan", "inf", "-inf", "a,b", ",", "1,0", "0,0",
@@ -107,6 +124,62 @@ def test_no_traceback_and_exit_0_or_2(data, paths, capsys, monkeypatch, tmp_path
         assert len(lines) == 1 and lines[0].startswith(f"rbgp {argv[0]}: error: "), (argv, err)
 
 
+# wrongly typed, out of range, huge or nested values for a config field read from a file
+_WRONG = st.sampled_from(["0.9", "x", "", 5, -1, 0, 10**30, 1e308, float("nan"), float("inf"), None, True, [1], [],
+                          {"a": 1}, [[[[[[1]]]]]], "x" * 5000, ["a", 2], {"hidden": "wide"}])
+
+
+def _mutated_config(data, config: dict) -> tuple[dict, str]:
+    config = json.loads(json.dumps(config))
+    field = data.draw(st.sampled_from(sorted(config) + ["model_kwargs.hidden", "(missing sparsity)"]))
+    if field == "(missing sparsity)":
+        config.pop("sparsity", None)
+    elif field == "model_kwargs.hidden" and isinstance(config.get("model_kwargs"), dict):
+        config["model_kwargs"]["hidden"] = data.draw(_WRONG)
+    else:
+        config[field] = data.draw(_WRONG)
+    return config, field
+
+
+@settings(max_examples=80, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_typed_config_mutations_of_files(data, paths, capsys, monkeypatch, tmp_path):
+    """A checkpoint or compressed file whose `train_config` holds a wrongly typed, missing or absurd field
+    (crafted with a valid checksum): `compress`, `infer` and `train --resume` exit 0 or 2 with one line."""
+    from safetensors.torch import save as st_save
+
+    from rbgp.compress.format import _checksum, read
+    from rbgp.train.checkpoint import MAGIC, load_checkpoint
+
+    monkeypatch.setenv("RBGP_MEMORY_LIMIT", "256M")
+    tmp_path = Path(tempfile.mkdtemp(dir=tmp_path))  # one folder per example
+    monkeypatch.chdir(tmp_path)
+    pristine = Path(paths[0]).parent / "pristine"
+    if data.draw(st.booleans()):
+        state = load_checkpoint(pristine / "checkpoint.pt")
+        state["args"], field = _mutated_config(data, state["args"])
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        (tmp_path / "run").mkdir()
+        payload = buffer.getvalue()
+        (tmp_path / "run" / "checkpoint.pt").write_bytes(MAGIC + hashlib.sha256(payload).digest() + payload)
+        argv = data.draw(st.sampled_from([["compress", "run", "out.rbgp"],
+                                          ["train", "--resume", "--out-dir", "run", "--dry-run", "--quiet"]]))
+    else:
+        header, tensors = read(pristine / "model.rbgp")
+        header["extra"]["train_config"], field = _mutated_config(data, header["extra"]["train_config"])
+        header["checksum"] = _checksum(header, tensors)
+        (tmp_path / "m.rbgp").write_bytes(st_save(tensors, metadata={"rbgp": json.dumps(header, sort_keys=True)}))
+        argv = ["infer", "m.rbgp", "--data", "synthetic", "--samples", "8", "--fixed-batch", "4", "--dry-run"]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code in (0, 2), (field, argv, code, err)
+    if code == 2:
+        lines = _without_warnings(err)
+        assert len(lines) == 1 and lines[0].startswith(f"rbgp {argv[0]}: error: ") and len(lines[0]) < 1000, (field, err)
+
+
 def _without_warnings(err: str) -> list[str]:
     """stderr's lines less the warnings (a "file:line: SomeWarning: message" line and the indented
     source line that `warnings` prints after it)."""
@@ -128,3 +201,15 @@ def test_debug_shows_the_traceback(capsys):
     with pytest.raises(ValueError, match="hidden widths"):
         main(["--debug", "train", "--hidden=-4", "--dry-run"])
 
+
+
+def test_compress_a_checkpoint_whose_weights_do_not_fit_its_config(paths, capsys, tmp_path):
+    from rbgp.train.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(Path(paths[0]).parent / "pristine" / "checkpoint.pt")
+    state["args"]["model_kwargs"] = {"hidden": [64]}  # valid, but the saved weights are 32 wide
+    save_checkpoint(tmp_path / "checkpoint.pt", state)
+    assert main(["compress", str(tmp_path / "checkpoint.pt"), str(tmp_path / "out.rbgp")]) == 2
+    lines = _without_warnings(capsys.readouterr().err)
+    assert len(lines) == 1 and "do not fit the model their config builds" in lines[0] and "size mismatch" in lines[0]
+    assert not (tmp_path / "out.rbgp").exists()

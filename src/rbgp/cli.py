@@ -111,12 +111,21 @@ USER_ERRORS = (ValueError, OSError, MemoryError)
 and exit code 2. Anything else is a bug: its traceback, exit code 1."""
 
 
+MAX_ERROR_LINE = 400
+"""Longest error line the CLI prints (a message quoting a huge value is cut)."""
+
+
 def _user_error_line(err: BaseException) -> str:
     if isinstance(err, MemoryError):
         return f"out of memory ({str(err) or 'the request needs more memory than this machine has'})"
     if isinstance(err, OSError) and err.strerror and err.filename is not None:
         return f"{err.filename}: {err.strerror}"
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
+    line = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return (
+        line
+        if len(line) <= MAX_ERROR_LINE
+        else f"{line[: MAX_ERROR_LINE - 60]}... ({len(line)} characters; --debug shows all)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -193,7 +193,77 @@ def test_bad_calibration_gets_one_clear_error():
         sparsify(model, 0.75, calibration=[torch.randn(4, 32)], saliency="grad")
     with pytest.raises(ValueError, match="needs calibration data"):
         sparsify(model, 0.75, init="calibrated")
-    with pytest.raises(RuntimeError):  # the model itself refuses the batch: nothing changed
-        sparsify(model, 0.75, calibration=[torch.randn(4, 31)])
+    with pytest.raises(CalibrationError, match=r"the model failed on calibration batch 1 \(input float32 \(4, 31\)\): "
+                                               r"RuntimeError: mat1 and mat2 shapes cannot be multiplied"):
+        sparsify(model, 0.75, calibration=[torch.randn(4, 32), torch.randn(4, 31)])
+    with pytest.raises(CalibrationError, match=r"calibration batch 1: input \(4, 32\) holds inf or NaN"):
+        sparsify(model, 0.75, calibration=[torch.randn(4, 32), torch.randn(4, 32).index_fill(1, torch.tensor([3]), float("nan"))])
     assert all(isinstance(m, (nn.Linear, nn.ReLU)) for m in model)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("batches,message", [
+    ([_ids(), _ids().index_fill(1, torch.tensor([2]), 64)], r"batch 1: input \(8, 16\) holds token id 64, outside the "
+                                                              r"model's vocabulary \(0..63\)"),
+    ([{"input_ids": _ids().neg()}], r"batch 0: input_ids \(8, 16\) holds token id -\d+"),
+    ([_ids(seq=33)], r"sequences of 33 tokens, longer than the model takes \(32 positions\)"),
+    ([_ids().float()], r"the model failed on calibration batch 0 \(input float32 \(8, 16\)\): RuntimeError: "),
+    ([{"inputs_embeds": torch.full((2, 4, 64), float("inf"))}], r"batch 0: inputs_embeds \(2, 4, 64\) holds inf or NaN"),
+    ([_ids()[:0]], r"batch 0: input \(0, 16\) is empty"),
+])
+@pytest.mark.parametrize("make", [_gpt2, _llama])
+def test_bad_calibration_of_a_transformer_leaves_it_untouched(make, batches, message):
+    """Token ids out of the vocabulary, too long, wrongly typed, non-finite or empty: one line naming the batch,
+    raised before any layer changes."""
+    model = make()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    types = [type(m) for m in model.modules()]
+    with pytest.raises(CalibrationError, match=message) as err:
+        sparsify(model, 0.75, calibration=batches)
+    assert len(str(err.value).splitlines()) == 1
+    assert [type(m) for m in model.modules()] == types
+    assert state.keys() == model.state_dict().keys()
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_gram_of_huge_activations_is_exact_and_finite():
+    """Rows near the float32 limit: their Gram matrix overflows float32 products, not the (scaled) accumulation."""
+    x = torch.randn(16, 3)
+    small, huge = GramStats(torch.zeros(4, 4, dtype=torch.float64)), GramStats(torch.zeros(4, 4, dtype=torch.float64))
+    small.add(x)
+    huge.add(x * 2.0**100)
+    assert torch.isfinite(huge.gram).all()
+    # powers of two scale exactly: the inputs' block is 2^200 times the small one's, the column sums 2^100 times,
+    # the corner counts the rows
+    torch.testing.assert_close(huge.inputs, small.inputs * 2.0**200, rtol=0, atol=0)
+    torch.testing.assert_close(huge.gram[-1, :-1], small.gram[-1, :-1] * 2.0**100, rtol=0, atol=0)
+    assert huge.gram[-1, -1] == 16
+
+
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_weights_of_any_magnitude_or_not_finite(calibrated):
+    """Weights x1e20 convert (the fit and the solve are scale-free); NaN/inf weights and weights whose conversion
+    overflows float32 are refused by layer and entry, the model untouched."""
+    batches = [torch.randn(16, 32, generator=torch.Generator().manual_seed(1))] if calibrated else None
+    ref = _mlp()
+    model = _mlp()
+    with torch.no_grad():
+        model[2].weight.mul_(2.0**66)
+        model[2].bias.mul_(2.0**66)
+    sparsify(model, 0.75, calibration=batches)
+    sparsify(ref, 0.75, calibration=batches)
+    assert torch.isfinite(model[2].values).all()
+    if calibrated:  # exactly 2^66 times the unscaled layer's weights: powers of two scale without rounding
+        assert torch.equal(model[2].values, ref[2].values * 2.0**66)
+    cases = [(lambda w: w.__setitem__((5, 7), float("nan")), r"holds 1 inf/NaN entries \(the first at \(5, 7\)\)")]
+    if not calibrated:  # data-free: each row keeps its L1 norm, which overflows float32 here
+        cases.append((lambda w: w.mul_(3e38), "its converted values overflow torch.float32"))
+    for change, message in cases:
+        model = _mlp()
+        with torch.no_grad():
+            change(model[2].weight)
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        with pytest.raises(ValueError, match=f"cannot sparsify layer '2'.*{message}"):
+            sparsify(model, 0.75, calibration=batches)
+        assert all(isinstance(m, (nn.Linear, nn.ReLU)) for m in model)
+        assert all(torch.equal(v.nan_to_num(), state[k].nan_to_num()) for k, v in model.state_dict().items())

@@ -85,6 +85,32 @@ def test_mismatch_names_the_cause(tmp_path):
         load_state(_sparse(_vit)[1], tmp_path)
 
 
+@pytest.mark.parametrize("change,message", [
+    (lambda r: r.pop("sparsity"), "has no 'sparsity' field"),
+    (lambda r: r.update(sparsity="0.5"), "field 'sparsity' must be float or int or a mapping, got '0.5'"),
+    (lambda r: r.update(sparsity=True), "field 'sparsity' must be"),
+    (lambda r: r.update(sparsity=1.5), r"does not rebuild the model: .*sparsity"),
+    (lambda r: r.update(seed="0"), "field 'seed' must be int"),
+    (lambda r: r.update(keep_first_last="no"), "field 'keep_first_last' must be bool"),
+    (lambda r: r.update(exclude=5), "field 'exclude' must be list"),
+    (lambda r: r.update(exclude=[5]), "must be a list of name patterns"),
+    (lambda r: r.update(pattern_kwargs=[1]), "field 'pattern_kwargs' must be a mapping"),
+    (lambda r: r.update(pattern_kwargs={"group_rows": "x" * 10000}), "does not rebuild the model"),
+    (lambda r: r.update(color="red"), "unknown field 'color'"),
+])
+def test_a_bad_rbgp_entry_in_config_json_is_refused_by_field(tmp_path, change, message):
+    import json
+
+    _, model, _ = _sparse(_llama)
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    change(config["rbgp"])
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=message) as err:
+        rbgp.from_pretrained(T.LlamaForCausalLM, tmp_path)
+    assert "config.json's 'rbgp' entry" in str(err.value) and len(str(err.value)) < 1000
+
+
 def test_hf_trainer_trains_saves_and_reloads(tmp_path):
     """transformers' Trainer on a sparsified model (gradient checkpointing on): the sparse values move,
     the structure stays, and the saved folder loads back with rbgp.from_pretrained."""

@@ -178,6 +178,7 @@ def model_from_config(args: dict, state: dict | None = None) -> nn.Module:
     """The model a training config builds (sparsified, methods' masks baked in), in eval mode, for weights
     that come from a file next (`state`, the checkpoint's model state loaded before baking, or a
     compressed file): a converted run's dense start (`init_from`) is not read, the files hold it all."""
+    from rbgp.train.checkpoint import mismatch_reason
     from rbgp.train.config import LEGACY_DEFAULTS, TrainConfig
     from rbgp.train.data import dataset_shape
     from rbgp.train.loop import build_run_model
@@ -188,7 +189,12 @@ def model_from_config(args: dict, state: dict | None = None) -> nn.Module:
     model, _ = build_run_model(config, classes, shape, from_state=True)
     make_method(config).prepare(model, 1)
     if state is not None:
-        model.load_state_dict(state)
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, ValueError) as err:
+            raise ValueError(
+                f"the saved weights do not fit the model their config builds ({mismatch_reason(err)})"
+            ) from err
     return bake(model).eval()
 
 

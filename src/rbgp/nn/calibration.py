@@ -14,7 +14,8 @@ transformers' tokenizer output), or a tuple or list whose first element is the i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -46,11 +47,20 @@ class GramStats:
         return self.gram[:-1, :-1]
 
     def add(self, x: torch.Tensor) -> None:
-        """Accumulate rows x (n, in): float32 (or wider) products, summed in float64."""
+        """Accumulate rows x (n, in): X^T X from float32 (or wider) products of the rows scaled by a power
+        of two (exact) into [1, 2), so that large activations do not overflow float32, summed in float64;
+        the ones column's entries (column sums, the row count) in float64. Inf or NaN inputs make the
+        Gram matrix non-finite, which the conversion refuses."""
         x = x.detach()
         x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        x = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
-        self.gram += (x.t() @ x).double()
+        peak = float(x.abs().max()) if x.numel() else 0.0
+        unit = 2.0 ** math.floor(math.log2(peak)) if 0 < peak < math.inf else 1.0
+        xs = x / unit
+        self.gram[:-1, :-1] += (xs.t() @ xs).double() * unit**2
+        sums = x.double().sum(0)
+        self.gram[:-1, -1] += sums
+        self.gram[-1, :-1] += sums
+        self.gram[-1, -1] += x.shape[0]
         self.rows += x.shape[0]
 
 
@@ -111,6 +121,69 @@ def as_batches(calibration: Iterable) -> list:
     return batches
 
 
+def max_positions(config: object) -> int | None:
+    """The longest sequence a transformers config takes (None: not stated)."""
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _tensors(batch) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) of each tensor the model is called with on `batch`."""
+    if isinstance(batch, torch.Tensor):
+        yield "input", batch
+    elif isinstance(batch, Mapping):
+        yield from ((str(k), v) for k, v in batch.items() if isinstance(v, torch.Tensor))
+    elif isinstance(batch, (tuple, list)) and batch:
+        yield from _tensors(batch[0])
+
+
+def _describe(batch) -> str:
+    return ", ".join(f"{name} {str(t.dtype).removeprefix('torch.')} {tuple(t.shape)}" for name, t in _tensors(batch))
+
+
+def check_batches(model: nn.Module, batches: list) -> None:
+    """Refuse, by batch and tensor, calibration data the model cannot be run on: empty or non-finite
+    tensors, token ids outside the input embedding's vocabulary, sequences longer than the model's
+    positions (transformers models)."""
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    vocab = embedding.num_embeddings if isinstance(embedding, nn.Embedding) else None
+    positions = max_positions(getattr(model, "config", None))
+    for i, batch in enumerate(batches):
+        for name, t in _tensors(batch):
+            where = f"calibration batch {i}: {name} {tuple(t.shape)}"
+            if t.numel() == 0:
+                raise CalibrationError(f"{where} is empty")
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise CalibrationError(f"{where} holds inf or NaN")
+            if name not in ("input", "input_ids") or t.is_floating_point() or t.dtype == torch.bool:
+                continue
+            if vocab is not None and (int(t.min()) < 0 or int(t.max()) >= vocab):
+                bad = int(t.min()) if int(t.min()) < 0 else int(t.max())
+                raise CalibrationError(f"{where} holds token id {bad}, outside the model's vocabulary (0..{vocab - 1})")
+            if positions is not None and t.dim() >= 2 and t.shape[-1] > positions:
+                raise CalibrationError(
+                    f"{where} holds sequences of {t.shape[-1]} tokens, longer than the model takes ({positions} "
+                    f"positions)"
+                )
+
+
+def _run_batch(model: nn.Module, batch, index: int) -> None:
+    """`call_model`, with a failure of the model on the batch turned into a CalibrationError naming it (used
+    while the model is still untouched, so such a failure is the data's)."""
+    try:
+        call_model(model, batch)
+    except (_Stop, CalibrationError):
+        raise
+    except Exception as err:  # the model's own error, reported with the batch that caused it
+        line = (str(err).strip().splitlines() or [""])[0][:300]
+        raise CalibrationError(
+            f"the model failed on calibration batch {index} ({_describe(batch)}): {type(err).__name__}: {line}"
+        ) from err
+
+
 def _waves(model: nn.Module, layers: list[tuple[str, nn.Module]], batch) -> list[list[int]]:
     """Indices into `layers` grouped by the input tensor they read, in the order they run (one probe
     forward). Layers the model never calls on `batch` come last, one wave each (they get no samples)."""
@@ -126,7 +199,7 @@ def _waves(model: nn.Module, layers: list[tuple[str, nn.Module]], batch) -> list
     handles = [m.register_forward_pre_hook(hook(i)) for i, (_, m) in enumerate(layers)]
     try:
         with torch.no_grad():
-            call_model(model, batch)
+            _run_batch(model, batch, 0)
     finally:
         for h in handles:
             h.remove()
@@ -148,10 +221,11 @@ def _waves(model: nn.Module, layers: list[tuple[str, nn.Module]], batch) -> list
     return waves + [[i] for i in range(len(layers)) if i not in called]
 
 
-def _measure(model: nn.Module, first: nn.Module, batches: list) -> GramStats:
+def _measure(model: nn.Module, first: nn.Module, batches: list, untouched: bool = False) -> GramStats:
     """The Gram matrix of the input of `first` (which the rest of its wave shares), over every batch. Each
     forward stops as soon as that input is seen: nothing after it is needed (a layer the model calls
-    twice per forward is measured on its first call)."""
+    twice per forward is measured on its first call). `untouched`: the model is as the user gave it, so
+    a failure is reported as the calibration data's."""
     width = _input_width(first)
     stats = GramStats(torch.zeros(width + 1, width + 1, dtype=torch.float64, device=first.weight.device))
 
@@ -162,9 +236,9 @@ def _measure(model: nn.Module, first: nn.Module, batches: list) -> GramStats:
     handle = first.register_forward_pre_hook(pre)
     try:
         with torch.no_grad():
-            for batch in batches:
+            for i, batch in enumerate(batches):
                 try:
-                    call_model(model, batch)
+                    _run_batch(model, batch, i) if untouched else call_model(model, batch)
                 except _Stop:
                     pass
     finally:
@@ -189,6 +263,7 @@ def sequential(
     replaces the layer before the next wave is measured (None: the layer stays, changed in place or not).
     On any error every replaced layer is put back."""
     batches = as_batches(calibration)
+    check_batches(model, batches)
     was_training = model.training
     model.eval()
     swapped: list[tuple[str, nn.Module]] = []
@@ -196,7 +271,7 @@ def sequential(
         waves = _waves(model, layers, batches[0])
         bar = tqdm(total=len(layers), desc=desc, unit="layer", leave=False, disable=None if len(layers) > 1 else True)
         for wave in waves:
-            stats = _measure(model, layers[wave[0]][1], batches)
+            stats = _measure(model, layers[wave[0]][1], batches, untouched=not swapped)
             for i in wave:
                 name, module = layers[i]
                 bar.set_postfix_str(name)

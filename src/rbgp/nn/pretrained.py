@@ -10,6 +10,7 @@ arguments that `sparsify` stored in its config (`config.rbgp`).
 from __future__ import annotations
 
 import copy
+import reprlib
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,42 @@ def _why_keys_differ(missing: list[str], unexpected: list[str]) -> str:
     return f"its names do not match the model's: another architecture or model class? ({detail})"
 
 
+_RECIPE_TYPES: dict[str, tuple[type, ...]] = {
+    "sparsity": (float, int, dict),
+    "pattern": (str,),
+    "pattern_kwargs": (dict,),
+    "exclude": (list,),
+    "keep_first_last": (bool,),
+    "seed": (int,),
+    "init": (str,),
+    "shuffle": (bool,),
+    "backend": (str,),
+    "on_infeasible": (str,),
+    "distribution": (str,),
+}
+_REQUIRED = ("sparsity", "pattern", "pattern_kwargs")
+
+
+def _checked_recipe(recipe: dict, where: str) -> dict:
+    """A copy of the stored sparsify arguments, each field's type checked (the values are then checked by
+    sparsify itself); ValueError naming the field and what it must be."""
+    for key in _REQUIRED:
+        if key not in recipe:
+            raise ValueError(f"{where} has no {key!r} field (it needs {list(_REQUIRED)})")
+    for key, value in recipe.items():
+        kinds = _RECIPE_TYPES.get(key)
+        if kinds is None:
+            raise ValueError(f"{where} has an unknown field {reprlib.repr(key)} (valid: {sorted(_RECIPE_TYPES)})")
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            names = " or ".join({"dict": "a mapping"}.get(k.__name__, k.__name__) for k in kinds)
+            raise ValueError(f"{where}: field {key!r} must be {names}, got {reprlib.repr(value)}")
+    if not all(isinstance(k, str) for k in recipe["pattern_kwargs"]):
+        raise ValueError(f"{where}: field 'pattern_kwargs' must map argument names to values")
+    if not all(isinstance(g, str) for g in recipe.get("exclude", [])):
+        raise ValueError(f"{where}: field 'exclude' must be a list of name patterns (strings)")
+    return copy.deepcopy(recipe)
+
+
 def from_pretrained(model_class: Any, path: str | Path, **config_overrides: Any) -> nn.Module:
     """A transformers model saved with `save_pretrained` after `rbgp.sparsify`: its config is read, the
     model is built from it (random init, nothing downloaded), sparsified with the stored arguments and
@@ -120,11 +157,15 @@ def from_pretrained(model_class: Any, path: str | Path, **config_overrides: Any)
             f"rbgp.sparsify (load it with {getattr(model_class, '__name__', model_class)}"
             f".from_pretrained instead)"
         )
+    recipe = _checked_recipe(recipe, f"{path}/config.json's 'rbgp' entry")
     build = getattr(model_class, "from_config", None) or model_class
     model = build(config)
-    recipe = dict(recipe)
     if recipe.get("init") in ("magnitude", "calibrated"):  # the fitted structures are in the files: nothing to fit
         recipe["init"] = "kaiming"
-    sparsify(model, recipe.pop("sparsity"), recipe.pop("pattern"), **recipe.pop("pattern_kwargs"), **recipe)
+    try:
+        sparsify(model, recipe.pop("sparsity"), recipe.pop("pattern"), **recipe.pop("pattern_kwargs"), **recipe)
+    except (TypeError, ValueError) as err:
+        detail = str(err) if len(str(err)) <= 300 else f"{str(err)[:300]}..."
+        raise ValueError(f"{path}/config.json's 'rbgp' entry does not rebuild the model: {detail}") from err
     load_state(model, path)
     return model.eval()

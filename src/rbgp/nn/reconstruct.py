@@ -134,7 +134,10 @@ def solve_grouped(
                 break
             lam *= 10
         else:
-            raise RuntimeError("the least-squares system stayed singular after damping (is the Gram matrix finite?)")
+            raise ValueError(
+                "the least-squares system stayed singular after damping: the calibration inputs are degenerate "
+                "(inputs of magnitudes too far apart, such as activations near 1e38 next to the bias's ones)"
+            )
         z = torch.cholesky_solve(rhs, chol)  # (c, K', R)
         values[s : s + per] = z[:, :k].transpose(1, 2)
         if fit_bias:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import inspect
+import math
 import numbers
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -52,7 +53,7 @@ from rbgp.patterns import (
     get_pattern,
     matrix_shape,
 )
-from rbgp.patterns.fit import kept_mass, top_k_mask
+from rbgp.patterns.fit import check_finite_weight, kept_mass, top_k_mask
 
 SPARSE_TYPES = (RBGPLinear, RBGPConv2d, MaskedLinear, MaskedConv2d)
 CONVS = (nn.Conv2d, nn.Conv1d)
@@ -886,6 +887,7 @@ def _convert(
 ) -> nn.Module:
     w = _weight_matrix(module)
     try:
+        check_finite_weight(w.cpu().numpy())
         structure = (
             pattern.fit(w.float().cpu().numpy(), _shape(module), sparsity, seed) if init == "magnitude" else None
         )
@@ -895,10 +897,11 @@ def _convert(
         else:
             cls = MaskedConv2d if isinstance(module, nn.Conv2d) else MaskedLinear
             new = cls.from_dense(module, sparsity, **kwargs)
+        if init == "magnitude":  # data-free correction for the pruned mass: each row keeps its L1 norm
+            new.scale_rows_(_row_l1_ratio(w, new.dense_weight().detach().reshape(w.shape)))
+        _check_converted(new)
     except ValueError as err:
         raise ValueError(f"cannot sparsify layer {name!r} ({module}): {err}") from err
-    if init == "magnitude":  # data-free correction for the pruned mass: each row keeps its L1 norm
-        new.scale_rows_(_row_l1_ratio(w, new.dense_weight().detach().reshape(w.shape)))
     return new
 
 
@@ -924,19 +927,44 @@ def _convert_calibrated(
     w = _weight_matrix(module)
     b = module.bias.detach() if module.bias is not None else None
     try:
-        structure = fit_calibrated(pattern, w, stats.inputs, _shape(module), sparsity, seed, kind, damp)
+        check_finite_weight(w.cpu().numpy())
+        if not bool(torch.isfinite(stats.gram).all()):
+            raise ValueError("its inputs on the calibration data hold inf/NaN (or overflow float64 when squared)")
+        # the structure and the weights are linear in (w, b) and invariant to scaling the Gram matrix: both are
+        # scaled by powers of two (exact) into [1, 2), so that no magnitude overflows the float32 ranking
+        unit, gram = _unit(w), stats.gram / _unit(stats.gram.diagonal())
+        w, b = w / unit, None if b is None else b / unit
+        structure = fit_calibrated(pattern, w, gram[:-1, :-1], _shape(module), sparsity, seed, kind, damp)
         new = _rbgp_class(module).from_dense(
             module, sparsity, pattern=pattern, seed=seed, keep_weights=False, backend=backend, structure=structure
         )
+        values, bias = solve_grouped(w, b, gram, new.row_index, new.col_index, damp)
+        with torch.no_grad():
+            new.values.copy_(values * unit)
+            if bias is not None:
+                new.bias.copy_(bias * unit)
+        _check_converted(new)
     except ValueError as err:
         raise ValueError(f"cannot sparsify layer {name!r} ({module}): {err}") from err
-    values, bias = solve_grouped(w, b, stats.gram, new.row_index, new.col_index, damp)
     with torch.no_grad():
-        new.values.copy_(values)
-        if bias is not None:
-            new.bias.copy_(bias)
-        error = output_error(w, b, new.dense_matrix(), new.bias, stats.gram)
+        error = output_error(w * unit, None if b is None else b * unit, new.dense_matrix(), new.bias, gram)
     return new, error, ""
+
+
+def _check_converted(new: nn.Module) -> None:
+    """Refuse converted weights that overflowed their dtype (dense weights near its largest value)."""
+    for pname, p in new.named_parameters():
+        if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+            raise ValueError(
+                f"its converted {pname} overflow {p.dtype} (the dense weights are too close to the largest "
+                f"{p.dtype} value, {torch.finfo(p.dtype).max:.3g})"
+            )
+
+
+def _unit(t: torch.Tensor) -> float:
+    """The power of two at or below max |t| (1 for an all-zero t)."""
+    peak = float(t.abs().max()) if t.numel() else 0.0
+    return 2.0 ** math.floor(math.log2(peak)) if peak > 0 else 1.0
 
 
 def _row_l1_ratio(dense: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:

@@ -101,6 +101,17 @@ def _sums(values: np.ndarray, ids: np.ndarray, parts: int) -> np.ndarray:
     return values[order].reshape(parts, -1, values.shape[1]).sum(axis=1)
 
 
+def check_finite_weight(weight: np.ndarray) -> None:
+    """Refuse a weight with inf or NaN entries (no structure can be fitted to them), naming the first."""
+    bad = ~np.isfinite(weight)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"the weight holds {int(bad.sum())} inf/NaN entries (the first at {first}); a structure can only be "
+            f"fitted to finite weights"
+        )
+
+
 def fit_grouped(
     weight: np.ndarray, groups: int, degree: int, min_reads: int = 1, rounds: int = MAX_ROUNDS
 ) -> tuple[GroupedLayout, np.ndarray, list[float]]:
@@ -112,9 +123,13 @@ def fit_grouped(
     row groups, each exactly; rounds stop when the kept mass grows by less than MIN_GAIN.
     """
     out, inp = weight.shape
+    check_finite_weight(weight)
     rows = -(-out // groups) * groups
     a = np.zeros((rows, inp))
     a[:out] = np.abs(weight)
+    peak = a.max(initial=0.0)
+    if peak > 0:
+        a /= peak  # the fit is scale-free; the LP solver is not (weights of 1e20 overflow it)
     total = a.sum()
     group_of = _equal_parts(_initial_order(a), groups)
     min_reads = min(min_reads, groups * degree // inp)

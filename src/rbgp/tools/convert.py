@@ -42,14 +42,6 @@ def _model_class(config: Any):
     return transformers.AutoModelForCausalLM
 
 
-def _max_positions(config: Any) -> int | None:
-    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
 def calibration_windows(text: str, tokenizer: Any, vocab_size: int, seq_len: int, samples: int) -> torch.Tensor:
     """(windows, seq_len) token ids: consecutive windows of the tokenised text, at most `samples`."""
     if not text.strip():
@@ -87,6 +79,7 @@ def convert_pretrained(
     from transformers import AutoConfig, AutoTokenizer
 
     from rbgp.nn import sparsify
+    from rbgp.nn.calibration import max_positions
 
     model_dir = check_input_dir(model_dir, "MODEL_DIR")
     if not (model_dir / "config.json").is_file():
@@ -104,7 +97,7 @@ def convert_pretrained(
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     config = AutoConfig.from_pretrained(str(model_dir))
-    limit = _max_positions(config)
+    limit = max_positions(config)
     if limit is not None and seq_len > limit:
         raise ValueError(f"--seq-len {seq_len} is longer than the model takes ({limit} positions)")
     has_tokenizer = any((model_dir / f).is_file() for f in TOKENIZER_FILES)

@@ -255,6 +255,12 @@ def restore(
         _set_rng_state(saved["rng"])
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(
-            f"{path}: checkpoint does not fit the model built from its settings "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            f"{path}: checkpoint does not fit the model built from its settings ({mismatch_reason(exc)})"
         ) from exc
+
+
+def mismatch_reason(exc: BaseException, limit: int = 300) -> str:
+    """One line for a failed load: load_state_dict puts its reasons on the lines after "Error(s) in
+    loading state_dict for ...:", so the lines are joined (and cut at `limit` characters)."""
+    reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return f"{type(exc).__name__}: {reason[:limit]}{'...' if len(reason) > limit else ''}"

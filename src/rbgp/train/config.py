@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import reprlib
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -168,7 +169,9 @@ def _check_types(config: TrainConfig) -> None:
             item = str if f.type == "list[str]" else int
             ok = all(isinstance(v, item) and not isinstance(v, bool) for v in value)
         if not ok:
-            raise ValueError(f"config field {f.name!r} must be {what}, got {value!r} ({type(value).__name__})")
+            raise ValueError(
+                f"config field {f.name!r} must be {what}, got {reprlib.repr(value)} ({type(value).__name__})"
+            )
 
 
 def _plain(v: Any) -> Any:
