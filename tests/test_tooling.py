@@ -44,3 +44,20 @@ def test_ruff_is_clean(command):
     _tool("ruff")
     run = subprocess.run([sys.executable, "-m", "ruff", *command], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def test_no_function_longer_than_80_lines():
+    """Functions in src/ (docstrings included) stay short enough to read at once."""
+    import ast
+
+    long = []
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(ROOT)}::{node.name} ({lines} lines)")
+    assert not long, long

@@ -141,7 +141,6 @@ def build_methods(
 ) -> tuple[Methods, dict[str, str], dict[str, Any]]:
     """(closures per method, "unsupported: ..." per method that failed to build, layer notes)."""
     from rbgp.ops import dense_weight
-    from rbgp.patterns import Block
 
     gen = torch.Generator(device).manual_seed(seed)
     n, inp, out = case.rows, case.in_features, case.out_features
@@ -182,49 +181,10 @@ def build_methods(
         return (lambda: torch.mm(w_csr, xt)), fwd_bwd
 
     def bsr():
-        mask = Block((block, block)).build((out, inp), 1 - density, seed)
-        notes["bsr_density"] = mask.density
-        w = torch.randn(out, inp, generator=gen, device=device).to(dtype) * torch.as_tensor(mask.array, device=device)
-        w_bsr, w_t = w.to_sparse_bsr((block, block)), w.t().contiguous().to_sparse_bsr((block, block))
-        try:
-            from torch.sparse._triton_ops import sampled_addmm as bsr_sampled
-
-            bsr_sampled(w_bsr, dy.t(), x)
-            grad_w = lambda: bsr_sampled(w_bsr, dy.t(), x)
-            notes["bsr_grad_weight"] = "triton sampled_addmm"
-        except Exception as e:
-            grad_w = lambda: torch.mm(dy.t(), x)
-            notes["bsr_grad_weight"] = f"dense GEMM ({_unsupported(e)})"
-
-        def fwd_bwd():
-            y = F.linear(x, w_bsr)
-            F.linear(dy, w_t)
-            grad_w()
-            return y
-
-        fwd_bwd()
-        return (lambda: F.linear(x, w_bsr)), fwd_bwd
+        return _bsr_method(x, dy, out, inp, block, density, seed, gen, notes)
 
     def semi():
-        if abs(density - 0.5) > 0.02:
-            raise ValueError(f"2:4 sparsity is density 1/2 only (layer density {density:.3g})")
-        from torch.sparse import to_sparse_semi_structured
-
-        def two_four(rows: int, cols: int) -> torch.Tensor:
-            keep = torch.tensor([1, 1, 0, 0], device=device, dtype=dtype).repeat(rows, cols // 4)
-            return torch.randn(rows, cols, generator=gen, device=device).to(dtype) * keep
-
-        w_s = to_sparse_semi_structured(two_four(out, inp))
-        w_t = to_sparse_semi_structured(two_four(inp, out))
-
-        def fwd_bwd():
-            y = F.linear(x, w_s)
-            F.linear(dy, w_t)
-            torch.mm(dy.t(), x)
-            return y
-
-        fwd_bwd()
-        return (lambda: F.linear(x, w_s)), fwd_bwd
+        return _semi_method(x, dy, out, inp, density, gen)
 
     def rbgp():
         from rbgp.ops.triton_ops import triton_linear
@@ -238,6 +198,71 @@ def build_methods(
     for name, make in (("dense", dense), ("csr", csr), (f"bsr{block}", bsr), ("2:4", semi), ("rbgp", rbgp)):
         add(name, make)
     return methods, failed, notes
+
+
+def _bsr_method(
+    x: torch.Tensor,
+    dy: torch.Tensor,
+    out: int,
+    inp: int,
+    block: int,
+    density: float,
+    seed: int,
+    gen: torch.Generator,
+    notes: dict[str, Any],
+) -> tuple[Callable, Callable]:
+    """torch BSR (block x block blocks at the RBGP layer's density): (forward, forward + backward)."""
+    from rbgp.patterns import Block
+
+    device, dtype = x.device, x.dtype
+    mask = Block((block, block)).build((out, inp), 1 - density, seed)
+    notes["bsr_density"] = mask.density
+    w = torch.randn(out, inp, generator=gen, device=device).to(dtype) * torch.as_tensor(mask.array, device=device)
+    w_bsr, w_t = w.to_sparse_bsr((block, block)), w.t().contiguous().to_sparse_bsr((block, block))
+    try:
+        from torch.sparse._triton_ops import sampled_addmm as bsr_sampled
+
+        bsr_sampled(w_bsr, dy.t(), x)
+        grad_w = lambda: bsr_sampled(w_bsr, dy.t(), x)
+        notes["bsr_grad_weight"] = "triton sampled_addmm"
+    except Exception as e:
+        grad_w = lambda: torch.mm(dy.t(), x)
+        notes["bsr_grad_weight"] = f"dense GEMM ({_unsupported(e)})"
+
+    def fwd_bwd():
+        y = F.linear(x, w_bsr)
+        F.linear(dy, w_t)
+        grad_w()
+        return y
+
+    fwd_bwd()
+    return (lambda: F.linear(x, w_bsr)), fwd_bwd
+
+
+def _semi_method(
+    x: torch.Tensor, dy: torch.Tensor, out: int, inp: int, density: float, gen: torch.Generator
+) -> tuple[Callable, Callable]:
+    """torch 2:4 semi-structured sparsity (density 1/2 only): (forward, forward + backward)."""
+    device, dtype = x.device, x.dtype
+    if abs(density - 0.5) > 0.02:
+        raise ValueError(f"2:4 sparsity is density 1/2 only (layer density {density:.3g})")
+    from torch.sparse import to_sparse_semi_structured
+
+    def two_four(rows: int, cols: int) -> torch.Tensor:
+        keep = torch.tensor([1, 1, 0, 0], device=device, dtype=dtype).repeat(rows, cols // 4)
+        return torch.randn(rows, cols, generator=gen, device=device).to(dtype) * keep
+
+    w_s = to_sparse_semi_structured(two_four(out, inp))
+    w_t = to_sparse_semi_structured(two_four(inp, out))
+
+    def fwd_bwd():
+        y = F.linear(x, w_s)
+        F.linear(dy, w_t)
+        torch.mm(dy.t(), x)
+        return y
+
+    fwd_bwd()
+    return (lambda: F.linear(x, w_s)), fwd_bwd
 
 
 # ---- timing ------------------------------------------------------------------------------------------------

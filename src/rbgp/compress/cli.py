@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from rbgp.compress.quantize import QUANTIZERS
 from rbgp.files import check_input_dir, check_output_file
 from rbgp.resources import check_memory
+
+if TYPE_CHECKING:
+    from rbgp.compress.infer import BudgetPlan, CompressedRunner
 
 __all__ = ["add_compress_parser", "model_from_checkpoint", "model_from_config"]
 
@@ -120,26 +124,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         if mode is not None:
             run.set_mode(mode)
         fixed[b] = None if mode is None else {"mode": mode, **run_all(run, x, b)}
-    print(
-        f"{args.file}: {run.compressed_bytes:,} B compressed, {run.decoded_bytes:,} B decoded; memory budget "
-        f"{budget:,} B" + (f", latency budget {latency * 1e3:g} ms" if latency else "")
-    )
-    print("| mode | batch | throughput (samples/s) | latency (ms) | estimated bytes |\n|---|---|---|---|---|")
-    for name, c in plan.candidates.items():
-        mode, batch = name.split()
-        print(f"| {mode} | {batch} | {c['throughput']:.0f} | {c['latency_s'] * 1e3:.1f} | {c['estimate_bytes']:,.0f} |")
-    print(
-        f"chosen: {plan.mode}, batch {plan.batch_size}: {chosen['throughput']:.0f} samples/s over {x.shape[0]} "
-        f"inputs, peak RSS {chosen['peak_rss_bytes'] / 2**20:.1f} MiB (process; {baseline / 2**20:.1f} MiB "
-        f"before the file was read)"
-    )
-    for b, f in fixed.items():
-        print(
-            f"fixed batch {b}: does not fit the memory budget in either mode"
-            if f is None
-            else f"fixed batch {b} ({f['mode']}): {f['throughput']:.0f} samples/s; chosen / fixed = "
-            f"{chosen['throughput'] / f['throughput']:.2f}x"
-        )
+    _print_inference(args.file, run, plan, chosen, fixed, budget, latency, baseline, x.shape[0])
     if args.json:
         write_json(
             args.json,
@@ -161,6 +146,40 @@ def _cmd_infer(args: argparse.Namespace) -> int:
             },
         )
     return 0
+
+
+def _print_inference(
+    file: str,
+    run: CompressedRunner,
+    plan: BudgetPlan,
+    chosen: dict,
+    fixed: dict,
+    budget: int,
+    latency: float | None,
+    baseline: int,
+    n: int,
+) -> None:
+    """The `rbgp infer` summary: the plan's candidates, the chosen mode and batch, each fixed batch."""
+    print(
+        f"{file}: {run.compressed_bytes:,} B compressed, {run.decoded_bytes:,} B decoded; memory budget "
+        f"{budget:,} B" + (f", latency budget {latency * 1e3:g} ms" if latency else "")
+    )
+    print("| mode | batch | throughput (samples/s) | latency (ms) | estimated bytes |\n|---|---|---|---|---|")
+    for name, c in plan.candidates.items():
+        mode, batch = name.split()
+        print(f"| {mode} | {batch} | {c['throughput']:.0f} | {c['latency_s'] * 1e3:.1f} | {c['estimate_bytes']:,.0f} |")
+    print(
+        f"chosen: {plan.mode}, batch {plan.batch_size}: {chosen['throughput']:.0f} samples/s over {n} "
+        f"inputs, peak RSS {chosen['peak_rss_bytes'] / 2**20:.1f} MiB (process; {baseline / 2**20:.1f} MiB "
+        f"before the file was read)"
+    )
+    for b, f in fixed.items():
+        print(
+            f"fixed batch {b}: does not fit the memory budget in either mode"
+            if f is None
+            else f"fixed batch {b} ({f['mode']}): {f['throughput']:.0f} samples/s; chosen / fixed = "
+            f"{chosen['throughput'] / f['throughput']:.2f}x"
+        )
 
 
 def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:

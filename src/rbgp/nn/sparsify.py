@@ -40,11 +40,18 @@ from tqdm import tqdm
 
 from rbgp.graphs import path_coverage
 from rbgp.nn.calibration import GramStats, as_batches, sequential, set_module
+from rbgp.nn.conversions import HANDLERS, SPARSE_TYPES, family, handler, layer_kind
 from rbgp.nn.distribution import DEFAULT_DISTRIBUTION, DISTRIBUTIONS, distribute, hw_group_rows
-from rbgp.nn.experts import EXPERT_PARAMETERS, SplitExperts, split_problem
-from rbgp.nn.masked import MaskedConv2d, MaskedLinear
-from rbgp.nn.rbgp_layers import RBGPConv1d, RBGPConv2d, RBGPLinear, is_hf_conv1d, linear_weight
+from rbgp.nn.experts import split_problem
+from rbgp.nn.rbgp_layers import linear_weight
 from rbgp.nn.reconstruct import DAMP, SALIENCIES, calibrated_pattern, fit_calibrated, output_error, solve_grouped
+from rbgp.nn.transformers_rules import (
+    is_transformers_model,
+    output_heads,
+    split_experts,
+    store_recipe,
+    unsplit_experts,
+)
 from rbgp.patterns import (
     RBGP4,
     Pattern,
@@ -55,15 +62,12 @@ from rbgp.patterns import (
 )
 from rbgp.patterns.fit import check_finite_weight, kept_mass, top_k_mask
 
-SPARSE_TYPES = (RBGPLinear, RBGPConv2d, MaskedLinear, MaskedConv2d)
 CONVS = (nn.Conv2d, nn.Conv1d)
 ON_INFEASIBLE = ("nearest", "skip", "error")
 INITS = ("magnitude", "keep", "kaiming", "calibrated")
 MAX_NEAREST_MISS = 0.1
 """on_infeasible="nearest" takes the nearest feasible sparsity only within this distance of the request;
 beyond, the layer stays dense (reported as infeasible)."""
-HEAD_NAMES = ("lm_head", "classifier", "score", "qa_outputs", "cls", "pooler", "head", "heads")
-"""Module names (any component) of a transformers model's output heads and classifiers, kept dense by role."""
 
 SparsitySpec = Union[float, Mapping[str, Union[float, None]], Callable[[str, nn.Module], Union[float, None]]]
 
@@ -245,7 +249,7 @@ def _classify(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], list[tuple
         elif type(m) in CONVS and m.groups != 1:
             kind = "depthwise" if m.groups == m.in_channels else "grouped"
             skipped.append((name, f"{kind} conv (groups={m.groups})"))
-        elif type(m) in (nn.Linear, *CONVS) or is_hf_conv1d(m):
+        elif layer_kind(m) is not None:
             eligible.append((name, m))
         elif isinstance(m, (nn.Linear, *CONVS)):
             skipped.append((name, f"type {type(m).__name__} (a subclass with its own forward)"))
@@ -254,26 +258,6 @@ def _classify(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], list[tuple
         elif w.dim() >= 2:
             skipped.append((name, f"type {type(m).__name__} not supported"))
     return eligible, skipped
-
-
-def _split_experts(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Replace every fused MoE experts module that `SplitExperts` reproduces by its split form; returns
-    (name, the fused module) for each, to put back what is not converted."""
-    fused = [(name, m) for name, m in model.named_modules() if split_problem(m) is None]
-    for name, m in fused:
-        set_module(model, name, SplitExperts(m))
-    return fused
-
-
-def _unsplit(model: nn.Module, split: list[tuple[str, nn.Module]], skipped: list[tuple[str, str]]) -> None:
-    """Put the fused experts modules back; their experts' entries in `skipped` become one per fused weight."""
-    for name, fused in split:
-        set_module(model, name, fused)
-        inside = [why for n, why in skipped if n.startswith(f"{name}.")]
-        skipped[:] = [(n, why) for n, why in skipped if not n.startswith(f"{name}.")]
-        skipped += [
-            (f"{name}.{p}", f"MoE experts: {inside[0] if inside else 'not converted'}") for p in EXPERT_PARAMETERS
-        ]
 
 
 def _other_matrices(name: str, module: nn.Module) -> list[tuple[str, str]]:
@@ -296,22 +280,13 @@ def _other_matrices(name: str, module: nn.Module) -> list[tuple[str, str]]:
     return found
 
 
-def _is_transformers_model(model: nn.Module) -> bool:
-    return hasattr(model, "config") and callable(getattr(model, "get_output_embeddings", None))
-
-
 def _dense_by_role(model: nn.Module, candidates: list[tuple[str, nn.Module]]) -> dict[str, str]:
     """Layers kept dense for their role. In a transformers model: the output head and classifier heads
     (`get_output_embeddings()`, and modules named like heads: lm_head, classifier, score, pooler, ...),
     not whatever comes first in module order (its inputs go through embeddings, which stay dense).
     In other models: the first and the last layer in module order, as in the paper."""
-    if _is_transformers_model(model):
-        out = model.get_output_embeddings()
-        return {
-            name: "output head / classifier (kept dense by role)"
-            for name, m in candidates
-            if m is out or any(part in HEAD_NAMES for part in name.split("."))
-        }
+    if is_transformers_model(model):
+        return output_heads(model, candidates)
     if len(candidates) < 2:
         return {}
     return {
@@ -428,77 +403,111 @@ def sparsify(
     Hugging Face model also `model.config.rbgp`, which `save_pretrained` keeps for
     `rbgp.from_pretrained`; fitted structures are saved with the weights).
     """
-    distribution, init, calibration, base, excludes = _checked_arguments(
-        sparsity, pattern, exclude, init, on_infeasible, distribution, calibration, saliency, damp, pattern_kwargs
+    args = _checked_arguments(
+        sparsity,
+        pattern,
+        exclude,
+        keep_first_last,
+        seed,
+        init,
+        shuffle,
+        backend,
+        on_infeasible,
+        inplace,
+        distribution,
+        calibration,
+        saliency,
+        damp,
+        pattern_kwargs,
     )
-    for name, value in (("keep_first_last", keep_first_last), ("shuffle", shuffle), ("inplace", inplace)):
-        if not isinstance(value, bool):
-            raise TypeError(f"sparsify: {name} must be True or False, got {value!r}")
-    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
-        raise TypeError(f"sparsify: seed must be an integer >= 0, got {seed!r}")
     if not inplace:
         model = copy.deepcopy(model)
+    return _sparsify(model, args)
+
+
+@dataclass(frozen=True)
+class SparsifyArgs:
+    """sparsify's arguments once checked (`pattern` built from its name and keywords), as the planning and
+    conversion steps read them."""
+
+    sparsity: SparsitySpec
+    pattern: Pattern
+    excludes: list[str]
+    keep_first_last: bool
+    seed: int
+    init: str
+    shuffle: bool
+    backend: str
+    on_infeasible: str
+    distribution: str
+    calibration: list | None
+    saliency: str
+    damp: float
+    finer: bool  # the calibrated default's finer plans (`calibrated_pattern`)
+
+
+def _sparsify(model: nn.Module, args: SparsifyArgs) -> SparsifyReport:
+    """plan -> convert -> swap and report, on `model` itself; on any error the model is as it was."""
     report = SparsifyReport(params_before=count_parameters(model), bytes_before=count_bytes(model), model=model)
-    split = _split_experts(model)  # fused MoE experts as one linear layer per expert, converted like any other
+    split = split_experts(model)  # fused MoE experts as one linear layer per expert, converted like any other
     try:
         candidates, skipped = _classify(model)
-        if not _makes_rbgp_layers(base):
-            skipped += [
-                (n, f"nn.Conv1d (RBGP patterns only, not {base.kind!r})") for n, m in candidates if type(m) is nn.Conv1d
-            ]
-            candidates = [(n, m) for n, m in candidates if type(m) is not nn.Conv1d]
+        skipped += [(n, _no_handler(m, args.pattern)) for n, m in candidates if handler(args.pattern, m) is None]
+        candidates = [(n, m) for n, m in candidates if handler(args.pattern, m) is not None]
         if not candidates:
-            _unsplit(model, split, skipped)
+            unsplit_experts(model, split, skipped)
             return _nothing_to_convert(report, skipped)
-        _warn_unmatched(candidates, excludes, sparsity)
-        finer = (
-            calibration is not None and isinstance(pattern, str) and not {"group_rows", "block"} & set(pattern_kwargs)
-        )
-        plans, dense_kept = _plan_layers(
-            model,
-            candidates,
-            skipped,
-            sparsity,
-            base,
-            excludes,
-            keep_first_last,
-            distribution,
-            init,
-            shuffle,
-            on_infeasible,
-            finer,
-        )
-        if calibration is None:
-            converted = [
-                (
-                    plan,
-                    _convert(plan.module, plan.sparsity, plan.pattern, seed + plan.index, init, backend, plan.name),
-                    None,
-                    plan.note,
-                )
-                for plan in tqdm(
-                    plans, desc="sparsify", unit="layer", leave=False, disable=None if len(plans) > 8 else True
-                )
-            ]
+        _warn_unmatched(candidates, args.excludes, args.sparsity)
+        plans, dense_kept = _plan_layers(model, candidates, skipped, args)
+        if args.calibration is None:
+            converted = _convert_plans(plans, args)
         else:
-            converted = _convert_sequentially(model, plans, calibration, seed, backend, saliency, damp)
+            converted = _convert_sequentially(model, plans, args)
         if not converted:
-            sparse = sum(why == "already sparse" for _, why in skipped)
-            what = (
-                f"nothing left to convert ({sparse} layers are already sparse, "
-                if sparse
-                else "no layer was converted ("
-            )
-            warnings.warn(f"sparsify: {what}{len(candidates)} stay dense: see report.skipped)", stacklevel=2)
+            _warn_none_converted(skipped, len(candidates))
     except BaseException:
-        _unsplit(model, split, [])
+        unsplit_experts(model, split, [])
         raise
     done = {plan.name for plan, _, _, _ in converted}
-    _unsplit(model, [(n, m) for n, m in split if not any(d.startswith(f"{n}.") for d in done)], skipped)
-    recipe = _recipe(
-        sparsity, base, excludes, keep_first_last, seed, init, shuffle, backend, on_infeasible, distribution
-    )
-    return _swap_and_report(report, converted, skipped, dense_kept, init, recipe, seed)
+    unsplit_experts(model, [(n, m) for n, m in split if not any(d.startswith(f"{n}.") for d in done)], skipped)
+    return _swap_and_report(report, converted, skipped, dense_kept, args)
+
+
+def _check_flags(**flags: Any) -> None:
+    """TypeError naming a flag that is not a bool, or a seed that is not an integer >= 0."""
+    for name, value in flags.items():
+        if name == "seed":
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
+                raise TypeError(f"sparsify: seed must be an integer >= 0, got {value!r}")
+        elif not isinstance(value, bool):
+            raise TypeError(f"sparsify: {name} must be True or False, got {value!r}")
+
+
+def _no_handler(module: nn.Module, pattern: Pattern) -> str:
+    able = [f.upper() for f, table in HANDLERS.items() if layer_kind(module) in table]
+    return f"{type(module).__name__} ({' or '.join(able)} patterns only, not {pattern.kind!r})"
+
+
+def _convert_plans(plans: list[LayerPlan], args: SparsifyArgs) -> list[Converted]:
+    """Every planned layer converted data-free (nothing is swapped in yet)."""
+    bar = tqdm(plans, desc="sparsify", unit="layer", leave=False, disable=None if len(plans) > 8 else True)
+    return [
+        (
+            plan,
+            _convert(
+                plan.module, plan.sparsity, plan.pattern, args.seed + plan.index, args.init, args.backend, plan.name
+            ),
+            None,
+            plan.note,
+        )
+        for plan in bar
+    ]
+
+
+def _warn_none_converted(skipped: list[tuple[str, str]], candidates: int) -> None:
+    sparse = sum(why == "already sparse" for _, why in skipped)
+    what = f"nothing left to convert ({sparse} layers are already sparse, " if sparse else "no layer was converted ("
+    warnings.warn(f"sparsify: {what}{candidates} stay dense: see report.skipped)", stacklevel=3)
 
 
 @dataclass
@@ -520,10 +529,25 @@ Converted = tuple[LayerPlan, nn.Module, Union[float, None], str]
 
 
 def _checked_arguments(
-    sparsity, pattern, exclude, init, on_infeasible, distribution, calibration, saliency, damp, pattern_kwargs
-) -> tuple[str, str, list | None, Pattern, list[str]]:
-    """(distribution, init, calibration batches, base pattern, exclude globs), or a ValueError / TypeError
-    that names the bad argument."""
+    sparsity: Any,
+    pattern: Any,
+    exclude: Any,
+    keep_first_last: Any,
+    seed: Any,
+    init: Any,
+    shuffle: Any,
+    backend: str,
+    on_infeasible: Any,
+    inplace: Any,
+    distribution: Any,
+    calibration: Any,
+    saliency: Any,
+    damp: Any,
+    pattern_kwargs: dict[str, Any],
+) -> SparsifyArgs:
+    """The arguments checked (calibration read into a list of batches, the pattern built), or a ValueError /
+    TypeError that names the bad argument."""
+    _check_flags(keep_first_last=keep_first_last, shuffle=shuffle, inplace=inplace, seed=seed)
     _check_spec(sparsity)
     per_layer = callable(sparsity) or isinstance(sparsity, Mapping)
     if distribution is None:
@@ -566,7 +590,23 @@ def _checked_arguments(
     excludes = [exclude] if isinstance(exclude, str) else list(exclude) if isinstance(exclude, Iterable) else None
     if excludes is None or not all(isinstance(e, str) for e in excludes):
         raise TypeError(f"sparsify: exclude must be a glob or a list of globs (strings), got {exclude!r}")
-    return distribution, init, calibration, base, excludes
+    finer = calibration is not None and isinstance(pattern, str) and not {"group_rows", "block"} & set(pattern_kwargs)
+    return SparsifyArgs(
+        sparsity,
+        base,
+        excludes,
+        keep_first_last,
+        int(seed),
+        init,
+        shuffle,
+        backend,
+        on_infeasible,
+        distribution,
+        calibration,
+        saliency,
+        float(damp),
+        finer,
+    )
 
 
 def _nothing_to_convert(report: SparsifyReport, skipped: list[tuple[str, str]]) -> SparsifyReport:
@@ -593,28 +633,17 @@ def _warn_unmatched(candidates: list[tuple[str, nn.Module]], excludes: list[str]
 
 
 def _plan_layers(
-    model: nn.Module,
-    candidates: list[tuple[str, nn.Module]],
-    skipped: list[tuple[str, str]],
-    sparsity: SparsitySpec,
-    base: Pattern,
-    excludes: list[str],
-    keep_first_last: bool,
-    distribution: str,
-    init: str,
-    shuffle: bool,
-    on_infeasible: str,
-    finer: bool,
+    model: nn.Module, candidates: list[tuple[str, nn.Module]], skipped: list[tuple[str, str]], args: SparsifyArgs
 ) -> tuple[list[LayerPlan], int]:
     """(the plans of the layers to convert, the weights a distribution keeps dense); the layers left
-    dense are appended to `skipped` with their reason. `finer`: the calibrated default's finer plans
-    (`calibrated_pattern`)."""
-    roles = _dense_by_role(model, candidates) if keep_first_last else {}
+    dense are appended to `skipped` with their reason."""
+    base, distribution = args.pattern, args.distribution
+    roles = _dense_by_role(model, candidates) if args.keep_first_last else {}
     chosen: list[tuple[int, str, nn.Module, float]] = []
     for index, (name, module) in enumerate(candidates):
-        if (why := _kept_dense(name, roles, excludes)) is not None:
+        if (why := _kept_dense(name, roles, args.excludes)) is not None:
             skipped.append((name, why))
-        elif (requested := _sparsity_for(sparsity, name, module)) is None:
+        elif (requested := _sparsity_for(args.sparsity, name, module)) is None:
             skipped.append((name, "no sparsity given for it"))
         else:
             chosen.append((index, name, module, requested))
@@ -623,7 +652,7 @@ def _plan_layers(
         """The pattern a layer is planned with: under "hw", RBGP4 asked for row groups that run fast;
         `finer`: the calibrated default's finer plan."""
         layer = base
-        if finer and sparsity is not None:
+        if args.finer and sparsity is not None:
             layer = calibrated_pattern(layer, _shape(module), sparsity)
         if distribution == "hw" and isinstance(base, RBGP4) and base.min_group_rows == 1:
             layer = layer.replace(min_group_rows=hw_group_rows(_shape(module)[0]))
@@ -633,7 +662,7 @@ def _plan_layers(
     if distribution != "uniform":
         densities = distribute(
             [_shape(m) for _, _, m, _ in chosen],
-            float(sparsity),
+            float(args.sparsity),  # type: ignore[arg-type]  # a float: checked with the distribution
             distribution,
             lambda i, d: _realisable_density(chosen[i][2], d, for_layer(chosen[i][2])),
         )
@@ -654,9 +683,9 @@ def _plan_layers(
     plans: list[LayerPlan] = []
     for index, name, module, requested in chosen:
         layer_pattern = for_layer(module, requested)
-        if isinstance(base, RBGP4) and shuffle and init in ("keep", "kaiming") and len(plans) % 2 == 1:
+        if isinstance(base, RBGP4) and args.shuffle and args.init in ("keep", "kaiming") and len(plans) % 2 == 1:
             layer_pattern = _shuffled(layer_pattern)
-        target, note, why_not = _feasible_sparsity(module, requested, layer_pattern, on_infeasible, name)
+        target, note, why_not = _feasible_sparsity(module, requested, layer_pattern, args.on_infeasible, name)
         if target is None:
             skipped.append((name, why_not))
         else:
@@ -664,9 +693,7 @@ def _plan_layers(
     return plans, dense_kept
 
 
-def _convert_sequentially(
-    model: nn.Module, plans: list[LayerPlan], calibration: list, seed: int, backend: str, saliency: str, damp: float
-) -> list[Converted]:
+def _convert_sequentially(model: nn.Module, plans: list[LayerPlan], args: SparsifyArgs) -> list[Converted]:
     """Every planned layer fitted to the calibration data, in the order the model runs them (each on
     the inputs of the layers converted before it); the model is as it was afterwards."""
     by_name = {plan.name: plan for plan in plans}
@@ -675,13 +702,23 @@ def _convert_sequentially(
     def convert(name: str, module: nn.Module, stats: GramStats) -> nn.Module:
         plan = by_name[name]
         new, error, extra = _convert_calibrated(
-            module, plan.sparsity, plan.pattern, seed + plan.index, backend, name, stats, saliency, damp
+            module,
+            plan.sparsity,
+            plan.pattern,
+            args.seed + plan.index,
+            args.backend,
+            name,
+            stats,
+            args.saliency,
+            args.damp,
         )
         done[name] = (plan, new, error, "; ".join(filter(None, [plan.note, extra])))
         return new
 
     if plans:
-        sequential(model, [(p.name, p.module) for p in plans], calibration, convert, desc="sparsify (calibrated)")
+        sequential(
+            model, [(p.name, p.module) for p in plans], args.calibration or [], convert, desc="sparsify (calibrated)"
+        )
     return [done[p.name] for p in plans if p.name in done]
 
 
@@ -690,15 +727,13 @@ def _swap_and_report(
     converted: list[Converted],
     skipped: list[tuple[str, str]],
     dense_kept: int,
-    init: str,
-    recipe: dict[str, Any] | None,
-    seed: int,
+    args: SparsifyArgs,
 ) -> SparsifyReport:
     """Swap the converted layers in (nothing before this touched the model, or it was put back) and
     fill in the report."""
     model = report.model
     for plan, new, error, note in converted:
-        report.layers.append(_layer_report(plan.name, plan.module, new, plan.requested, note, init))
+        report.layers.append(_layer_report(plan.name, plan.module, new, plan.requested, note, args.init))
         report.layers[-1].output_error = error
         set_module(model, plan.name, new)
     report.skipped = skipped
@@ -707,12 +742,11 @@ def _swap_and_report(
     if converted:
         total = sum(r.params_before for r in report.layers) + dense_kept
         report.global_sparsity = 1 - (sum(r.params_after for r in report.layers) + dense_kept) / total
-    report.recipe = recipe
-    config = getattr(model, "config", None)
-    if recipe is not None and hasattr(config, "to_dict") and hasattr(config, "save_pretrained"):
-        config.rbgp = recipe  # a transformers PretrainedConfig: saved with save_pretrained
-    if not _is_transformers_model(model):  # residual streams make stacked-layer coverage meaningless there
-        _add_path_coverage(report, [new for _, new, _, _ in converted], seed)
+    report.recipe = recipe = _recipe(args)
+    if recipe is not None:
+        store_recipe(model, recipe)
+    if not is_transformers_model(model):  # residual streams make stacked-layer coverage meaningless there
+        _add_path_coverage(report, [new for _, new, _, _ in converted], args.seed)
     return report
 
 
@@ -779,7 +813,7 @@ def _layer_report(name: str, module: nn.Module, new: nn.Module, requested: float
         s.density,
         s.layout.rows_per_group if s.layout is not None else None,
         module.weight.numel(),
-        new.values.numel() if isinstance(new, (RBGPLinear, RBGPConv2d)) else s.nnz,
+        new.values.numel() if isinstance(getattr(new, "values", None), torch.Tensor) else s.nnz,  # RBGP: padding
         s.nnz_per_row,
         s.structure_bytes,
         s.csr_bytes(),
@@ -822,22 +856,12 @@ def _coverage(chains: list[list[np.ndarray]]) -> float | None:
     return float(np.mean([path_coverage(c) for c in chains]))
 
 
-def _recipe(
-    sparsity: SparsitySpec,
-    pattern: Pattern,
-    excludes: list[str],
-    keep_first_last: bool,
-    seed: int,
-    init: str,
-    shuffle: bool,
-    backend: str,
-    on_infeasible: str,
-    distribution: str,
-) -> dict[str, Any] | None:
+def _recipe(args: SparsifyArgs) -> dict[str, Any] | None:
     """The JSON-able sparsify arguments that rebuild the same structure, or None when they have no
     plain-data form (a callable sparsity, a custom pattern)."""
     from rbgp.patterns import PATTERNS
 
+    sparsity, pattern = args.sparsity, args.pattern
     kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(pattern).items()}
     if (
         callable(sparsity)
@@ -849,14 +873,14 @@ def _recipe(
         "sparsity": dict(sparsity) if isinstance(sparsity, Mapping) else sparsity,
         "pattern": pattern.kind,
         "pattern_kwargs": kwargs,
-        "exclude": excludes,
-        "keep_first_last": keep_first_last,
-        "seed": seed,
-        "init": init,
-        "shuffle": shuffle,
-        "backend": backend,
-        "on_infeasible": on_infeasible,
-        "distribution": distribution,
+        "exclude": args.excludes,
+        "keep_first_last": args.keep_first_last,
+        "seed": args.seed,
+        "init": args.init,
+        "shuffle": args.shuffle,
+        "backend": args.backend,
+        "on_infeasible": args.on_infeasible,
+        "distribution": args.distribution,
     }
 
 
@@ -873,15 +897,6 @@ def _shuffled(base: RBGP4, stride: int = 16) -> RBGP4:
     return base.replace(input_shuffle=stride)
 
 
-def _makes_rbgp_layers(pattern: Pattern) -> bool:
-    return isinstance(pattern, RBGP4) or pattern.kind == "rbgp"
-
-
-def _rbgp_class(module: nn.Module) -> type[RBGPLinear] | type[RBGPConv2d]:
-    """The RBGP layer that stands for a dense `module`."""
-    return RBGPConv2d if type(module) is nn.Conv2d else RBGPConv1d if type(module) is nn.Conv1d else RBGPLinear
-
-
 def _convert(
     module: nn.Module, sparsity: float, pattern: Pattern, seed: int, init: str, backend: str, name: str
 ) -> nn.Module:
@@ -892,11 +907,9 @@ def _convert(
             pattern.fit(w.float().cpu().numpy(), _shape(module), sparsity, seed) if init == "magnitude" else None
         )
         kwargs = dict(pattern=pattern, seed=seed, keep_weights=init != "kaiming", structure=structure)
-        if _makes_rbgp_layers(pattern):
-            new = _rbgp_class(module).from_dense(module, sparsity, backend=backend, **kwargs)
-        else:
-            cls = MaskedConv2d if isinstance(module, nn.Conv2d) else MaskedLinear
-            new = cls.from_dense(module, sparsity, **kwargs)
+        if family(pattern) == "rbgp":
+            kwargs["backend"] = backend
+        new = handler(pattern, module).from_dense(module, sparsity, **kwargs)  # type: ignore[union-attr]
         if init == "magnitude":  # data-free correction for the pruned mass: each row keeps its L1 norm
             new.scale_rows_(_row_l1_ratio(w, new.dense_weight().detach().reshape(w.shape)))
         _check_converted(new)
@@ -935,7 +948,7 @@ def _convert_calibrated(
         unit, gram = _unit(w), stats.gram / _unit(stats.gram.diagonal())
         w, b = w / unit, None if b is None else b / unit
         structure = fit_calibrated(pattern, w, gram[:-1, :-1], _shape(module), sparsity, seed, kind, damp)
-        new = _rbgp_class(module).from_dense(
+        new = handler(pattern, module).from_dense(  # type: ignore[union-attr]
             module, sparsity, pattern=pattern, seed=seed, keep_weights=False, backend=backend, structure=structure
         )
         values, bias = solve_grouped(w, b, gram, new.row_index, new.col_index, damp)

@@ -147,6 +147,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit-test", type=int, help="evaluate on a fixed random subset")
     p.add_argument("--max-steps", type=int, help="at most this many steps per epoch")
     p.add_argument("--eval-batch-size", type=int)
+    _add_run_flags(p)
+    p.set_defaults(func=_cmd_train)
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    """The device, the run folder, resuming and stopping."""
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument(
         "--deterministic",
@@ -164,7 +170,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="start over even if RUN has a checkpoint")
     p.add_argument("--stop-after-epoch", type=int, help="stop after this epoch (as if killed)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
-    p.set_defaults(func=_cmd_train)
 
 
 def _add_method_flags(p: argparse.ArgumentParser) -> None:
@@ -254,6 +259,37 @@ def _method_kwargs(args: argparse.Namespace, method: str, saved: dict[str, Any])
     return kwargs
 
 
+_CONFIG_FLAGS = (
+    "dataset",
+    "data_dir",
+    "pattern",
+    "sparsity",
+    "exclude",
+    "epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "schedule",
+    "milestones",
+    "gamma",
+    "seed",
+    "precision",
+    "augment",
+    "limit_train",
+    "limit_test",
+    "max_steps",
+    "eval_batch_size",
+    "device",
+    "deterministic",
+    "init",
+    "init_from",
+    "distribution",
+)
+"""`rbgp train` flags that set the TrainConfig field of the same name (when given)."""
+
+
 def _train_config(args: argparse.Namespace) -> tuple[Any, Path]:
     """Resolve recipe < checkpoint (when resuming) < explicit flags into a TrainConfig."""
     from rbgp.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
@@ -272,34 +308,7 @@ def _train_config(args: argparse.Namespace) -> tuple[Any, Path]:
     settings["model"] = model
     if not saved:
         settings["dataset"] = "cifar10" if model in ("vgg19", "wrn40_4") else "fashion_mnist"
-    flags = {
-        "dataset": args.dataset,
-        "data_dir": args.data_dir,
-        "pattern": args.pattern,
-        "sparsity": args.sparsity,
-        "exclude": args.exclude,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "momentum": args.momentum,
-        "nesterov": args.nesterov,
-        "weight_decay": args.weight_decay,
-        "schedule": args.schedule,
-        "milestones": args.milestones,
-        "gamma": args.gamma,
-        "seed": args.seed,
-        "precision": args.precision,
-        "augment": args.augment,
-        "limit_train": args.limit_train,
-        "limit_test": args.limit_test,
-        "max_steps": args.max_steps,
-        "eval_batch_size": args.eval_batch_size,
-        "device": args.device,
-        "deterministic": args.deterministic,
-        "init": args.init,
-        "init_from": args.init_from,
-        "distribution": args.distribution,
-    }
+    flags = {k: getattr(args, k) for k in _CONFIG_FLAGS}
     settings.update({k: v for k, v in flags.items() if v is not None})
     method = args.method or settings.get("method", "static")
     settings["method"] = method

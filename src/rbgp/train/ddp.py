@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 __all__ = ["DistInfo", "all_reduce_sums", "cleanup", "setup"]
 
@@ -91,3 +92,12 @@ def all_reduce_sums(values: list[float], info: DistInfo) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=info.device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
+
+
+def wrap(model: nn.Module, info: DistInfo) -> nn.Module:
+    """The model as the training step calls it: wrapped in DistributedDataParallel in a distributed run."""
+    if not info.distributed:
+        return model
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[info.device.index] if info.device.type == "cuda" else None
+    )

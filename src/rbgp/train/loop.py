@@ -491,33 +491,15 @@ def _run(
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
     random.seed(config.seed)
-    train_ds, test_ds = load_data(config, data)
-    if info.device.type == "cuda":  # the data sets used here fit in GPU memory: no per-batch copies
-        train_ds = train_ds._replace(x=train_ds.x.to(info.device), y=train_ds.y.to(info.device))
-        test_ds = test_ds._replace(x=test_ds.x.to(info.device), y=test_ds.y.to(info.device))
+    train_ds, test_ds = _run_data(config, data, info)
     model, report = build_run_model(config, train_ds.num_classes, train_ds.input_shape, from_state=saved is not None)
-    loader = TensorLoader(
-        train_ds.x,
-        train_ds.y,
-        config.batch_size,
-        shuffle=True,
-        seed=config.seed,
-        transform=default_transform(config.dataset) if config.augment else None,
-        rank=info.rank,
-        world_size=info.world_size,
-    )
+    loader = _train_loader(config, train_ds, info)
     steps = len(loader) if config.max_steps is None else min(len(loader), config.max_steps)
     method = make_method(config)
     method.prepare(model, steps * config.epochs)
     model.to(info.device)
     positions = layer_positions(model, train_ds.input_shape, info.device)
-    optimizer = torch.optim.SGD(
-        method.param_groups(model),
-        lr=config.lr,
-        momentum=config.momentum,
-        nesterov=config.nesterov,
-        weight_decay=config.weight_decay,
-    )
+    optimizer = _make_optimizer(config, method.param_groups(model))
     scheduler = _make_scheduler(config, optimizer)
     history: list[dict[str, float]] = []
     start_epoch = 1
@@ -529,11 +511,7 @@ def _run(
     log = info.is_main and not quiet
     _start_run_files(out, config, info, report, history, start_epoch if saved is not None else None, log)
 
-    net: nn.Module = model
-    if info.distributed:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.device.index] if info.device.type == "cuda" else None
-        )
+    net = ddp.wrap(model, info)
     show_progress = log and sys.stderr.isatty()
     stopped = False
     for epoch in range(start_epoch, config.epochs + 1):
@@ -546,11 +524,7 @@ def _run(
         try:
             row.update(_train_epoch(net, loader, optimizer, config, info, method, epoch, show_progress, on_batch))
         except TrainingDiverged as err:
-            kept = (
-                f"the checkpoint of epoch {epoch - 1} in {out} is kept"
-                if out is not None and epoch > 1
-                else "no checkpoint was written"
-            )
+            kept = f"the checkpoint of epoch {epoch - 1} in {out} is kept" if out and epoch > 1 else "no checkpoint"
             raise TrainingDiverged(f"{err}; {kept}") from None
         scheduler.step()
         row.update(_epoch_accounting(model, method, positions, before, history, row["steps"], config, info))
@@ -561,22 +535,60 @@ def _run(
         row["epoch_time_s"] = time.perf_counter() - t0
         history.append(row)
         if out is not None and info.is_main:
-            state = checkpoint_state(config, epoch, model, optimizer, scheduler, history)
-            state["world_size"] = info.world_size
-            save_checkpoint(ckpt_path, state)
+            save_checkpoint(
+                out / CHECKPOINT_NAME,
+                {
+                    **checkpoint_state(config, epoch, model, optimizer, scheduler, history),
+                    "world_size": info.world_size,
+                },
+            )
             _write_metrics(out, history)
         if log:
-            print(
-                f"[rbgp train] epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f} "
-                f"acc {row['train_acc']:.2f}% | test loss {row['test_loss']:.4f} acc "
-                f"{row['test_acc']:.2f}% | lr {lr:.4g} | {row['epoch_time_s']:.1f}s, "
-                f"{row['train_ms_per_batch']:.2f} ms/batch{_sparsity_note(row)}",
-                flush=True,
-            )
+            print(_epoch_line(row, config.epochs), flush=True)
         if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < config.epochs:
             stopped = True
             break
     return TrainResult(config, history, model, report, out, stopped)
+
+
+def _run_data(
+    config: TrainConfig, data: tuple[LoadedDataset, LoadedDataset] | None, info: ddp.DistInfo
+) -> tuple[LoadedDataset, LoadedDataset]:
+    """(train, test) of the run, moved to the GPU when training there (they fit: no per-batch copies)."""
+    train_ds, test_ds = load_data(config, data)
+    if info.device.type == "cuda":
+        train_ds = train_ds._replace(x=train_ds.x.to(info.device), y=train_ds.y.to(info.device))
+        test_ds = test_ds._replace(x=test_ds.x.to(info.device), y=test_ds.y.to(info.device))
+    return train_ds, test_ds
+
+
+def _train_loader(config: TrainConfig, train_ds: LoadedDataset, info: ddp.DistInfo) -> TensorLoader:
+    """The run's shuffled (and, with `augment`, augmented) batches of this process's shard."""
+    return TensorLoader(
+        train_ds.x,
+        train_ds.y,
+        config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        transform=default_transform(config.dataset) if config.augment else None,
+        rank=info.rank,
+        world_size=info.world_size,
+    )
+
+
+def _make_optimizer(config: TrainConfig, param_groups: Any) -> torch.optim.SGD:
+    return torch.optim.SGD(
+        param_groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay
+    )
+
+
+def _epoch_line(row: dict[str, Any], epochs: int) -> str:
+    return (
+        f"[rbgp train] epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f} "
+        f"acc {row['train_acc']:.2f}% | test loss {row['test_loss']:.4f} acc "
+        f"{row['test_acc']:.2f}% | lr {row['lr']:.4g} | {row['epoch_time_s']:.1f}s, "
+        f"{row['train_ms_per_batch']:.2f} ms/batch{_sparsity_note(row)}"
+    )
 
 
 def _describe(config: TrainConfig, report: SparsifyReport | None) -> str:
