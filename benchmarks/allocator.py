@@ -32,7 +32,7 @@ import rbgp
 name, mode, rounds, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 if mode == "tuned":
     assert rbgp.tune_cpu_allocator()
-from rbgp.bench.models import model_pair
+from rbgp.experiments.bench.models import model_pair
 dense, sparse, _ = model_pair(name, 0.9, "cpu", distribution="hw")
 x = torch.randn(batch, 3, 32, 32)
 models = {"dense": dense.eval(), "rbgp": sparse.eval()}

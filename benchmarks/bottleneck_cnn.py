@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rbgp.allocator import tune_cpu_allocator
-from rbgp.bench.models import layer_breakdown, step_functions
-from rbgp.bench.timing import time_interleaved
+from rbgp.experiments.bench.models import layer_breakdown, step_functions
+from rbgp.experiments.bench.timing import time_interleaved
 from rbgp.files import write_json, write_text
 from rbgp.nn import sparsify
 

@@ -134,8 +134,8 @@ def lm_task(kind: str, ft_steps: int, calib: int):
 # --- Fashion-MNIST -------------------------------------------------------------------------------------
 
 def fashion_task(name: str, ft_steps: int, calib: int):
-    from rbgp.train.data import get_dataset
-    from rbgp.train.models import MLP, SmallCNN
+    from rbgp.experiments.data import get_dataset
+    from rbgp.experiments.models import MLP, SmallCNN
 
     train_ds, test_ds = get_dataset("fashion_mnist"), get_dataset("fashion_mnist", split="test")
     torch.manual_seed(0)

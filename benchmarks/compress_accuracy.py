@@ -16,7 +16,7 @@ import torch
 
 from rbgp.compress import load, save
 from rbgp.files import write_json, write_text
-from rbgp.train import TrainConfig, build_run_model, evaluate, get_dataset, train
+from rbgp.experiments import TrainConfig, build_run_model, evaluate, get_dataset, train
 
 OUT = Path(__file__).parent / "compress"
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from rbgp.nn import sparsify
-from rbgp.train.models import build_model
+from rbgp.experiments.models import build_model
 
 
 def _hf_models() -> dict[str, nn.Module]:

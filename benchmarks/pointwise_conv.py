@@ -20,14 +20,14 @@ import torch
 
 from bottleneck_cnn import BottleneckNet
 from rbgp.allocator import tune_cpu_allocator
-from rbgp.bench.timing import time_interleaved
+from rbgp.experiments.bench.timing import time_interleaved
 from rbgp.files import write_json, write_text
 from rbgp.nn import RBGPConv2d, sparsify
 from rbgp.ops.conv import pointwise_runs_dense
 from rbgp.ops import SparseWeight, rbgp_linear
 from rbgp.ops.im2col import im2col_feature_major
 from rbgp.patterns import RBGP4
-from rbgp.train.models import build_model
+from rbgp.experiments.models import build_model
 
 BATCH, SPARSITY, REPEATS = 32, 0.9, 9
 PATHS = ("dense", "layer", "im2col")

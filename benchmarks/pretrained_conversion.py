@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from rbgp.train.data import get_dataset
-from rbgp.train import TrainConfig, build_run_model, evaluate, train
+from rbgp.experiments.data import get_dataset
+from rbgp.experiments import TrainConfig, build_run_model, evaluate, train
 
 HERE = Path(__file__).resolve().parent
 HIDDEN = [1024, 1024, 1024]

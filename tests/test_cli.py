@@ -86,7 +86,7 @@ def test_memory_error_is_one_line(capsys, monkeypatch):
 
 def test_huge_models_are_refused_before_allocating(capsys, monkeypatch):
     monkeypatch.setenv("RBGP_MEMORY_LIMIT", "1G")
-    from rbgp.train import TrainConfig, train
+    from rbgp.experiments import TrainConfig, train
 
     with pytest.raises(ValueError, match=r"model 'mlp' with [\d,]+ parameters needs about 18 TiB of memory, more than the 1.0 GiB limit"):
         train(TrainConfig(model="mlp", dataset="synthetic_cifar10", model_kwargs={"hidden": [10**6, 10**6]},

@@ -33,9 +33,9 @@ _SKIP = {"help", "debug", "dry_run", "quiet"}
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory):
     """Path strings of every kind, including a real tiny checkpoint and a compressed model."""
-    from rbgp.compress.cli import model_from_checkpoint
+    from rbgp.experiments.compress_cli import model_from_checkpoint
     from rbgp.compress.format import save
-    from rbgp.train import TrainConfig, train
+    from rbgp.experiments import TrainConfig, train
 
     root = tmp_path_factory.mktemp("fuzz")
     run = root / "run"
@@ -150,7 +150,7 @@ def test_typed_config_mutations_of_files(data, paths, capsys, monkeypatch, tmp_p
     from safetensors.torch import save as st_save
 
     from rbgp.compress.format import _checksum, read
-    from rbgp.train.checkpoint import MAGIC, load_checkpoint
+    from rbgp.experiments.checkpoint import MAGIC, load_checkpoint
 
     monkeypatch.setenv("RBGP_MEMORY_LIMIT", "256M")
     tmp_path = Path(tempfile.mkdtemp(dir=tmp_path))  # one folder per example
@@ -204,7 +204,7 @@ def test_debug_shows_the_traceback(capsys):
 
 
 def test_compress_a_checkpoint_whose_weights_do_not_fit_its_config(paths, capsys, tmp_path):
-    from rbgp.train.checkpoint import load_checkpoint, save_checkpoint
+    from rbgp.experiments.checkpoint import load_checkpoint, save_checkpoint
 
     state = load_checkpoint(Path(paths[0]).parent / "pristine" / "checkpoint.pt")
     state["args"]["model_kwargs"] = {"hidden": [64]}  # valid, but the saved weights are 32 wide

@@ -61,3 +61,50 @@ def test_no_function_longer_than_80_lines():
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(ROOT)}::{node.name} ({lines} lines)")
     assert not long, long
+
+
+LAYERS = {"graphs": 0, "patterns": 1, "ops": 2, "nn": 3, "compress": 4, "train": 4, "tools": 5, "experiments": 6,
+          "cli": 7}
+"""The packages of src/rbgp in the order data flows (DESIGN.md); the core is everything below experiments."""
+UTILITIES = {"files", "resources", "precision", "allocator"}
+"""Modules any layer may use; they import no layer."""
+
+
+def _rbgp_imports(path: Path) -> list[str]:
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append(node.module)
+        elif isinstance(node, ast.Import):
+            found += [a.name for a in node.names]
+    return [n for n in found if n.startswith("rbgp.")]
+
+
+def test_layers_import_only_downwards():
+    """No package imports one above it (or beside it): in particular no module of the core imports the
+    experiments."""
+    src = ROOT / "src" / "rbgp"
+    wrong = []
+    for path in sorted(src.rglob("*.py")):
+        parts = path.relative_to(src).with_suffix("").parts
+        me = parts[0]
+        if me == "__init__":
+            continue
+        for name in _rbgp_imports(path):
+            other = name.split(".")[1]
+            if other == me or other in UTILITIES and me not in UTILITIES:
+                continue
+            if me in UTILITIES or LAYERS.get(other, 99) >= LAYERS[me]:
+                wrong.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not wrong, wrong
+    assert LAYERS.keys() | UTILITIES | {"__init__"} >= {p.stem if p.is_file() else p.name for p in src.iterdir()
+                                                         if p.suffix == ".py" or (p / "__init__.py").exists()}
+
+
+def test_mypy_is_clean():
+    _tool("mypy")
+    run = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental", "src"], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]

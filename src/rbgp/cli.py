@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from rbgp.patterns import PATTERNS
 
@@ -40,7 +41,7 @@ def _cmd_pattern(args: argparse.Namespace) -> int:
     from rbgp.tools.describe import build_and_describe, format_description
     from rbgp.tools.plots import plot_mask
 
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if args.block is not None:
         if args.kind not in ("rbgp4", "block", "hbsnn"):
             raise ValueError(f"--block applies to --kind rbgp4, block and hbsnn, not {args.kind}")
@@ -92,13 +93,13 @@ def build_parser(only_pattern: bool = False) -> argparse.ArgumentParser:
 
 
 def _add_torch_commands(sub: argparse._SubParsersAction) -> None:
-    from rbgp.bench.cli import add_bench_parser
+    from rbgp.experiments.bench.cli import add_bench_parser
 
     add_bench_parser(sub)
-    from rbgp.train.cli import add_train_parsers
+    from rbgp.experiments.cli import add_train_parsers
 
     add_train_parsers(sub)
-    from rbgp.compress.cli import add_compress_parser
+    from rbgp.experiments.compress_cli import add_compress_parser
 
     add_compress_parser(sub)
     from rbgp.tools.convert import add_convert_parser

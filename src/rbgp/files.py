@@ -45,7 +45,8 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
         raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as f:
+        text_args: dict[str, Any] = {} if "b" in mode else {"newline": ""}
+        with os.fdopen(fd, mode, **text_args) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

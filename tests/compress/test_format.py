@@ -232,7 +232,7 @@ def test_fuzzed_files_load_identically_or_are_refused(saved, tmp_path_factory, d
 
 
 def test_fashion_mnist_accuracy_after_quantisation(tmp_path, fake_fashion):
-    from rbgp.train import TrainConfig, build_run_model, evaluate, get_dataset, train
+    from rbgp.experiments import TrainConfig, build_run_model, evaluate, get_dataset, train
 
     config = TrainConfig(model="mlp", dataset="fashion_mnist", model_kwargs={"hidden": [256, 256, 256]},
                          pattern="rbgp4", sparsity=0.9, epochs=2, batch_size=32)

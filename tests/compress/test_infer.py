@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rbgp.cli import main
-from rbgp.compress.cli import model_from_checkpoint, model_from_config
+from rbgp.experiments.compress_cli import model_from_checkpoint, model_from_config
 from rbgp.compress.format import read
 from rbgp.compress.infer import CompressedRunner, parse_bytes
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rbgp.cli import main
-from rbgp.compress.cli import model_from_checkpoint
+from rbgp.experiments.compress_cli import model_from_checkpoint
 from rbgp.compress.format import load
 from rbgp.compress.report import size_table
 
@@ -57,7 +57,7 @@ def test_cli_compress_writes_a_loadable_file(run, tmp_path, capsys):
 def test_vgg19_at_90_percent_sizes(tmp_path):
     import rbgp
     from rbgp.compress.format import save
-    from rbgp.train.models import build_model
+    from rbgp.experiments.models import build_model
 
     torch.manual_seed(0)
     model = build_model("vgg19", 10, 3, 32)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from rbgp.nn import sparsify
 from rbgp.nn.distribution import MIN_GROUP_ROWS, MIN_SPARSE_WIDTH, hw_group_rows, layer_densities
-from rbgp.train.models import build_model
+from rbgp.experiments.models import build_model
 
 SHAPES = [(64, 64, 3, 3), (128, 64, 3, 3), (256, 128, 3, 3), (512, 256, 3, 3), (512, 512, 3, 3), (10, 512)]
 

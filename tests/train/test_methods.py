@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from rbgp.cli import main
-from rbgp.train import TrainConfig, build_run_model, make_method, train
+from rbgp.experiments import TrainConfig, build_run_model, train
+from rbgp.train import make_method
 from rbgp.train.flops import flops, layer_positions
 from rbgp.train.methods import alpha_schedule, bake, budget_from_run, cubic_sparsity, ga_threshold
 from rbgp.train.methods.budgeted import budget_from_layers

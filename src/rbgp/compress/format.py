@@ -21,7 +21,7 @@ import hashlib
 import json
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -104,7 +104,10 @@ def save(
     return header
 
 
-def _named(model: nn.Module, types: tuple[type, ...]) -> list[tuple[str, nn.Module]]:
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def _named(model: nn.Module, types: tuple[type[_M], ...]) -> list[tuple[str, _M]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, types)]
 
 
@@ -147,6 +150,7 @@ def _put_values(
     if rows is None:
         n_rows = v.shape[0]
         rows = np.repeat(np.arange(n_rows), v.shape[1] if v.ndim > 1 else 1)
+    assert n_rows is not None  # given with `rows`
     q = quantize_values(v.reshape(-1), rows, n_rows, quantize)
     tensors[f"{key}::table"] = torch.from_numpy(q.table.copy())
     entry.update(values=quantize, count=int(q.symbols.size), max_error=q.max_error)

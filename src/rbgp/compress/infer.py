@@ -190,6 +190,7 @@ class CompressedRunner:
         ok = {k: c for k, c in found.items() if latency_budget_s is None or c["latency_s"] <= latency_budget_s}
         if not ok:
             fastest = min(c["latency_s"] for c in found.values())
+            assert latency_budget_s is not None  # without one, nothing is left out (none found: min() raised)
             raise ValueError(
                 f"latency budget {latency_budget_s * 1e3:.1f} ms is below the fastest batch's {fastest * 1e3:.1f} ms"
             )

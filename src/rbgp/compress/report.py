@@ -18,14 +18,14 @@ from torch import nn
 
 from rbgp.compress.huffman import encode
 from rbgp.compress.quantize import QUANTIZERS, quantize
-from rbgp.nn import SPARSE_TYPES
+from rbgp.nn import SPARSE_TYPES, MaskedConv2d, MaskedLinear, RBGPConv2d, RBGPLinear
 
 __all__ = ["REPRESENTATIONS", "size_report", "size_table"]
 
 REPRESENTATIONS = ("dense fp32", "CSR", "BSR", "RBGP succinct")
 
 
-def _layer_sizes(module: nn.Module, kind: str) -> dict[str, dict[str, int]]:
+def _layer_sizes(module: RBGPLinear | RBGPConv2d | MaskedLinear | MaskedConv2d, kind: str) -> dict[str, dict[str, int]]:
     """{representation: {"index", "raw", "quantised", "huffman"} bytes} of one sparse layer."""
     s = module.structure
     mask = s.array

@@ -27,7 +27,7 @@ class ProductGraph:
     def __init__(self, *factors: BipartiteGraph | Iterable[BipartiteGraph]) -> None:
         """ProductGraph(g1, g2, ...) or ProductGraph([g1, g2, ...])."""
         if len(factors) == 1 and not isinstance(factors[0], BipartiteGraph):
-            factors = tuple(factors[0])  # type: ignore[arg-type]
+            factors = tuple(factors[0])
         if not factors:
             raise ValueError("a product needs at least one factor graph, got none")
         for pos, f in enumerate(factors):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -77,14 +78,16 @@ def layer_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
             kernel, dilation, stride = (1, *kernel), (1, *dilation), (1, *stride)
         cols = F.unfold(x, kernel, dilation, 0, stride)  # (N, c*kh*kw, L)
         return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-    width = module.weight.shape[0] if is_hf_conv1d(module) else module.weight.shape[1]
+    weight = cast(torch.Tensor, module.weight)
+    width = weight.shape[0] if is_hf_conv1d(module) else weight.shape[1]
     return x.reshape(-1, width)
 
 
 def _input_width(module: nn.Module) -> int:
     if isinstance(module, (nn.Conv2d, nn.Conv1d)):
         return module.weight[0].numel()
-    return module.weight.shape[0] if is_hf_conv1d(module) else module.weight.shape[1]
+    weight = cast(torch.Tensor, module.weight)
+    return weight.shape[0] if is_hf_conv1d(module) else weight.shape[1]
 
 
 def call_model(model: nn.Module, batch) -> None:
@@ -148,7 +151,7 @@ def check_batches(model: nn.Module, batches: list) -> None:
     """Refuse, by batch and tensor, calibration data the model cannot be run on: empty or non-finite
     tensors, token ids outside the input embedding's vocabulary, sequences longer than the model's
     positions (transformers models)."""
-    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    embedding = cast(Any, model).get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     vocab = embedding.num_embeddings if isinstance(embedding, nn.Embedding) else None
     positions = max_positions(getattr(model, "config", None))
     for i, batch in enumerate(batches):
@@ -227,7 +230,9 @@ def _measure(model: nn.Module, first: nn.Module, batches: list, untouched: bool 
     twice per forward is measured on its first call). `untouched`: the model is as the user gave it, so
     a failure is reported as the calibration data's."""
     width = _input_width(first)
-    stats = GramStats(torch.zeros(width + 1, width + 1, dtype=torch.float64, device=first.weight.device))
+    stats = GramStats(
+        torch.zeros(width + 1, width + 1, dtype=torch.float64, device=cast(torch.Tensor, first.weight).device)
+    )
 
     def pre(module, args):
         stats.add(layer_inputs(module, args[0]))

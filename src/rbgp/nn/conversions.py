@@ -30,7 +30,8 @@ def layer_kind(module: nn.Module) -> str | None:
     with their own forward included)."""
     if type(module) is nn.Linear or is_hf_conv1d(module):
         return "linear"
-    return {nn.Conv2d: "conv2d", nn.Conv1d: "conv1d"}.get(type(module))
+    kinds: dict[type[nn.Module], str] = {nn.Conv2d: "conv2d", nn.Conv1d: "conv1d"}
+    return kinds.get(type(module))
 
 
 def handler(pattern: Pattern, module: nn.Module) -> type[nn.Module] | None:

@@ -6,6 +6,8 @@ to tools that expect dense layers, or to fine-tune dense."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -16,29 +18,31 @@ from rbgp.nn.masked import MaskedConv2d, MaskedLinear
 from rbgp.nn.rbgp_layers import RBGPConv1d, RBGPConv2d, RBGPLinear, is_hf_conv1d
 
 
-def _dense_linear(layer: nn.Module) -> nn.Module:
+def _dense_linear(layer: RBGPLinear | MaskedLinear) -> nn.Module:
     w = layer.dense_weight().detach()
     bias = layer.bias is not None
-    dense_type = getattr(layer, "dense_type", nn.Linear)
+    dense_type = layer.dense_type
     if dense_type is not nn.Linear and dense_type is not MaskedLinear:
         probe = dense_type(w.shape[0], w.shape[1])  # transformers' Conv1D(nf=out, nx=in)
         if is_hf_conv1d(probe):
             probe.to(device=w.device, dtype=w.dtype)
+            weight, probe_bias = cast(torch.Tensor, probe.weight), cast(torch.Tensor, probe.bias)
             with torch.no_grad():
-                probe.weight.copy_(w.t())
-                probe.bias.copy_(layer.bias if bias else torch.zeros_like(probe.bias))
+                weight.copy_(w.t())
+                probe_bias.copy_(layer.bias if layer.bias is not None else torch.zeros_like(probe_bias))
             return probe
     out = nn.Linear(w.shape[1], w.shape[0], bias=bias, device=w.device, dtype=w.dtype)
     with torch.no_grad():
         out.weight.copy_(w)
-        if bias:
+        if layer.bias is not None:
             out.bias.copy_(layer.bias)
     return out
 
 
 def _dense_conv(layer: RBGPConv2d | MaskedConv2d) -> nn.Conv2d | nn.Conv1d:
     w = layer.dense_weight().detach()
-    out = (nn.Conv1d if isinstance(layer, RBGPConv1d) else nn.Conv2d)(
+    conv: Callable[..., nn.Conv2d | nn.Conv1d] = nn.Conv1d if isinstance(layer, RBGPConv1d) else nn.Conv2d
+    out = conv(
         layer.in_channels,
         layer.out_channels,
         layer.kernel_size,
@@ -54,6 +58,7 @@ def _dense_conv(layer: RBGPConv2d | MaskedConv2d) -> nn.Conv2d | nn.Conv1d:
     with torch.no_grad():
         out.weight.copy_(w)
         if layer.bias is not None:
+            assert out.bias is not None  # built with bias=layer.bias is not None
             out.bias.copy_(layer.bias)
     return out
 

@@ -70,7 +70,7 @@ def _hw_floors(shapes: Sequence[tuple[int, ...]], sizes: list[int], budget: floa
     def floors(narrow_dense: bool, rows_of: Callable[[int], int]) -> list[float]:
         return [1.0 if narrow_dense and s[0] < MIN_SPARSE_WIDTH else min(1.0, 2 * rows_of(s[0]) / s[0]) for s in shapes]
 
-    steps = [(True, lambda w: MIN_GROUP_ROWS), (False, lambda w: MIN_GROUP_ROWS)]
+    steps: list[tuple[bool, Callable[..., int]]] = [(True, lambda w: MIN_GROUP_ROWS), (False, lambda w: MIN_GROUP_ROWS)]
     for k in range(1, MIN_GROUP_ROWS.bit_length()):
         steps += [(False, lambda w, k=k, cut=cut: MIN_GROUP_ROWS >> (k if w <= cut else k - 1)) for cut in widths]
     for narrow_dense, rows_of in steps:
@@ -130,7 +130,8 @@ def distribute(
             budget -= out[i][1] * sizes[i]
         return out, 1.0 - sum(b * n for (_, b), n in zip(out, sizes)) / total
 
-    best, target = None, sparsity
+    best: tuple[list[tuple[float, float]], float] | None = None
+    target = sparsity
     for _ in range(rounds):
         out, got = one_pass(target)
         if best is None or abs(got - sparsity) < abs(best[1] - sparsity):
@@ -138,4 +139,5 @@ def distribute(
         if abs(got - sparsity) < 1e-3:
             break
         target = min(max(target + sparsity - got, 0.0), 0.999)
+    assert best is not None  # rounds >= 1: set on the first pass
     return best[0]

@@ -12,6 +12,8 @@ model computes what the fused one did; `fuse()` gives the fused module back (wha
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -45,15 +47,17 @@ class SplitExperts(nn.Module):
     Forward: `(hidden_states (tokens, hidden), top_k_index (tokens, k), top_k_weights (tokens, k))`, as
     transformers calls its experts modules."""
 
+    _template: nn.Module  # set in __dict__ by __init__
+
     def __init__(self, fused: nn.Module) -> None:
         if (why := split_problem(fused)) is not None:
             raise ValueError(f"cannot split {type(fused).__name__}: {why}")
         super().__init__()
-        gate_up, down = fused.gate_up_proj, fused.down_proj
+        gate_up, down = cast(torch.Tensor, fused.gate_up_proj), cast(torch.Tensor, fused.down_proj)
         self.num_experts = gate_up.shape[0]
         self.gate_up = nn.ModuleList(_linear(w) for w in gate_up)
         self.down = nn.ModuleList(_linear(w) for w in down)
-        self.act_fn = fused.act_fn
+        self.act_fn = cast(Callable[[torch.Tensor], torch.Tensor], fused.act_fn)
         placeholders = {  # the fused module without its weights: what fuse() fills in again
             id(p): nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device="meta"), requires_grad=p.requires_grad)
             for p in (gate_up, down)
@@ -81,7 +85,9 @@ class SplitExperts(nn.Module):
         dense weights)."""
         fused = copy.deepcopy(self._template)
         for name, layers in (("gate_up_proj", self.gate_up), ("down_proj", self.down)):
-            weights = [m.dense_weight() if hasattr(m, "dense_weight") else m.weight for m in layers]
+            weights = [
+                m.dense_weight() if hasattr(m, "dense_weight") else m.weight for m in cast(Iterable[Any], layers)
+            ]
             setattr(fused, name, nn.Parameter(torch.stack([w.detach() for w in weights])))
         return fused.train(self.training)
 

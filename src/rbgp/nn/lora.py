@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import cast
 
 import torch
 from peft import LoraConfig, PeftModel
@@ -40,7 +41,7 @@ class RBGPLoraLinear(LoraLinear):
             super().__init__(base_layer, adapter_name, config=config, **kwargs)
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        base = self.get_base_layer()
+        base = cast(RBGPLinear, self.get_base_layer())  # registered for RBGPLinear only
         for name in check_adapters_to_merge(self, adapter_names):
             if name not in self.lora_A:
                 continue
@@ -49,8 +50,8 @@ class RBGPLoraLinear(LoraLinear):
             if safe_merge and not torch.isfinite(merged).all():
                 raise ValueError(f"NaNs detected in the merged weights: the adapter {name!r} seems to be broken")
             base.load_dense_(merged)
-            if self.lora_bias[name]:
-                base.bias.data += self.lora_B[name].bias * self.scaling[name]
+            if self.lora_bias[name]:  # PEFT warns that a layer without a bias cannot merge it
+                cast(nn.Parameter, base.bias).data += self.lora_B[name].bias * self.scaling[name]
             self.merged_adapters.append(name)
             total = float((delta * delta).sum())
             if total > 0:
@@ -63,14 +64,14 @@ class RBGPLoraLinear(LoraLinear):
                     )
 
     def unmerge(self) -> None:
-        base = self.get_base_layer()
+        base = cast(RBGPLinear, self.get_base_layer())  # registered for RBGPLinear only
         while self.merged_adapters:
             name = self.merged_adapters.pop()
             if name not in self.lora_A:
                 continue
             base.load_dense_(base.dense_matrix().detach() - self.get_delta_weight(name).detach().to(base.values))
             if self.lora_bias[name]:
-                base.bias.data -= self.lora_B[name].bias * self.scaling[name]
+                cast(nn.Parameter, base.bias).data -= self.lora_B[name].bias * self.scaling[name]
 
 
 def register_lora(config: LoraConfig) -> LoraConfig:

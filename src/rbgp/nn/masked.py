@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import TYPE_CHECKING, Literal, cast
 
 import numpy as np
 import torch
@@ -22,10 +23,16 @@ from rbgp.nn.checks import check_conv_input, check_linear_input, conv_args, laye
 from rbgp.patterns import Pattern, SparseMask, Unstructured, get_pattern
 from rbgp.patterns.base import bsr_bytes, csr_bytes
 
+if TYPE_CHECKING:
+    _MixinBase = nn.Module  # the mixin only ever comes with nn.Linear or nn.Conv2d
+else:
+    _MixinBase = object
 
-class _MaskedMixin:
-    weight: nn.Parameter
-    bias: nn.Parameter | None
+
+class _MaskedMixin(_MixinBase):
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    mask: torch.Tensor  # buffer registered by _attach_mask
 
     def _attach_mask(
         self, sparsity: float, pattern: str | Pattern | None, seed: int, structure: SparseMask | None = None
@@ -46,11 +53,12 @@ class _MaskedMixin:
             if self.bias is not None:
                 self.bias.uniform_(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
 
-    def _load_from(self, module: nn.Module) -> None:
+    def _load_from(self, module: nn.Linear | nn.Conv2d) -> None:
         """Take `module`'s weights on the mask (and its bias)."""
         with torch.no_grad():
             self.weight.copy_(module.weight * self.mask)
             if module.bias is not None:
+                assert self.bias is not None  # built with a bias where `module` has one
                 self.bias.copy_(module.bias)
 
     def scale_rows_(self, scale: torch.Tensor) -> None:
@@ -126,7 +134,7 @@ def rezero_masked_(model: nn.Module) -> None:
             m.weight.mul_(m.mask)
 
 
-class MaskedLinear(_MaskedMixin, nn.Linear):
+class MaskedLinear(_MaskedMixin, nn.Linear):  # type: ignore[misc]  # torch types Linear.bias as Parameter, not Optional
     """nn.Linear with a fixed sparsity mask from `pattern` (unstructured by default)."""
 
     def __init__(
@@ -141,6 +149,7 @@ class MaskedLinear(_MaskedMixin, nn.Linear):
         device=None,
         dtype=None,
         structure: SparseMask | None = None,
+        dense_type: type[nn.Module] = nn.Linear,
     ) -> None:
         super().__init__(
             layer_size("in_features", in_features),
@@ -149,6 +158,8 @@ class MaskedLinear(_MaskedMixin, nn.Linear):
             device=device,
             dtype=dtype,
         )
+        self.dense_type = dense_type
+        """The dense class this layer stands for (nn.Linear, or transformers' Conv1D): what densify rebuilds."""
         self._attach_mask(sparsity, pattern, seed, structure)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -180,12 +191,13 @@ class MaskedLinear(_MaskedMixin, nn.Linear):
             device=w.device,
             dtype=w.dtype,
             structure=structure,
+            dense_type=type(module),
         )
-        layer.dense_type = type(module)
         if keep_weights:
             with torch.no_grad():
                 layer.weight.copy_(w * layer.mask)
                 if b is not None:
+                    assert layer.bias is not None  # built with bias=b is not None
                     layer.bias.copy_(b)
         return layer
 
@@ -221,7 +233,7 @@ class MaskedConv2d(_MaskedMixin, nn.Conv2d):
             dilation,
             groups=1,
             bias=bias,
-            padding_mode=padding_mode,
+            padding_mode=cast(Literal["zeros", "reflect", "replicate", "circular"], padding_mode),  # checked by torch
             device=device,
             dtype=dtype,
         )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -148,13 +149,16 @@ def prune_oneshot(
     report = PruneReport([])
 
     def prune(name: str, module: nn.Module, stats: GramStats | None) -> None:
-        w, b = _weight_matrix(module), module.bias  # w: a view of the weight (Conv1D's transposed), written below
+        w = _weight_matrix(module)  # a view of the weight (Conv1D's transposed), written below
+        b = cast("torch.Tensor | None", module.bias)
         with torch.no_grad():
             if method == "magnitude":
                 new = magnitude_prune(w, sparsity, nm)
             elif method == "wanda":
+                assert stats is not None  # measured by `sequential`
                 new = wanda_prune(w, stats.inputs, sparsity, nm)
             else:
+                assert stats is not None  # measured by `sequential`
                 new = sparsegpt_prune(w, stats.inputs, sparsity, nm, damp=damp)
             error = output_error(w, b, new, b, stats.gram) if stats is not None else float("nan")
             w.copy_(new)
@@ -164,5 +168,6 @@ def prune_oneshot(
         for name, module in layers:
             prune(name, module, None)
     else:
+        assert calibration is not None  # checked above: every other method needs it
         sequential(model, layers, calibration, prune, desc=method)
     return report

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -59,10 +60,20 @@ class _RBGPBase(nn.Module):
     loads them adopts that structure.
     """
 
+    # buffers registered by _set_structure
+    row_index: torch.Tensor
+    col_index: torch.Tensor
+    row_order: torch.Tensor
+    structure_id: torch.Tensor
+
+    if TYPE_CHECKING:
+
+        def dense_weight(self) -> torch.Tensor: ...  # defined by each layer class
+
     def _setup(
         self,
         weight_shape: tuple[int, ...],
-        sparsity: float | None,
+        sparsity: float,
         pattern,
         seed: int,
         bias: bool,
@@ -117,7 +128,7 @@ class _RBGPBase(nn.Module):
             m, n = self.structure.shape
             layout = GroupedLayout(m, n, rows.cpu().numpy().astype(np.int64), cols.cpu().numpy().astype(np.int64))
             structure = layout_mask(self.structure.kind, self.structure.weight_shape, layout, {"fitted": "loaded"})
-            tensors = LayoutTensors.from_layout(structure.layout)
+            tensors = LayoutTensors.from_layout(layout)  # the structure's layout
         except ValueError as err:
             return f"layer {name!r}: the saved structure (row_index, col_index) is not valid here: {err}"
         if saved_id is not None and not (
@@ -153,7 +164,7 @@ class _RBGPBase(nn.Module):
     @property
     def layout(self) -> LayoutTensors:
         in_features, block_width, out_features, row_strides = self._static
-        buffers = self._buffers
+        buffers = cast("dict[str, torch.Tensor]", self._buffers)  # the layout's buffers are never None
         return LayoutTensors(
             buffers["row_index"],
             buffers["col_index"],
@@ -289,7 +300,8 @@ def linear_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]
     if isinstance(module, nn.Linear):
         return module.weight, module.bias
     if is_hf_conv1d(module):
-        return module.weight.t(), module.bias
+        weight, bias = cast(torch.Tensor, module.weight), cast("torch.Tensor | None", module.bias)
+        return weight.t(), bias
     raise TypeError(f"expected nn.Linear or transformers' Conv1D, got {type(module).__name__}")
 
 
@@ -299,7 +311,7 @@ def is_hf_conv1d(module: nn.Module) -> bool:
         type(module).__name__ == "Conv1D"
         and hasattr(module, "nf")
         and isinstance(getattr(module, "weight", None), torch.Tensor)
-        and module.weight.dim() == 2
+        and cast(torch.Tensor, module.weight).dim() == 2
     )
 
 
@@ -319,8 +331,11 @@ class RBGPLinear(_RBGPBase):
         device=None,
         dtype=None,
         structure: SparseMask | None = None,
+        dense_type: type[nn.Module] = nn.Linear,
     ) -> None:
         super().__init__()
+        self.dense_type = dense_type
+        """The dense class this layer stands for (nn.Linear, or transformers' Conv1D): what densify rebuilds."""
         self.in_features = layer_size("in_features", in_features)
         self.out_features = layer_size("out_features", out_features)
         self._setup(
@@ -361,8 +376,8 @@ class RBGPLinear(_RBGPBase):
             device=w.device,
             dtype=w.dtype,
             structure=structure,
+            dense_type=type(module),
         )
-        layer.dense_type = type(module)
         if keep_weights:
             layer.load_dense_(w, b)
         return layer
@@ -412,6 +427,12 @@ class RBGPConv2d(_RBGPBase):
     """
 
     dense_class: type[nn.Module] = nn.Conv2d
+    # as nn.Conv2d's and nn.Conv1d's: pairs here, 1-tuples in RBGPConv1d
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: str | tuple[int, ...]
+    dilation: tuple[int, ...]
+    channels: torch.Tensor | None  # buffer registered by _set_structure
 
     def __init__(
         self,
@@ -453,8 +474,8 @@ class RBGPConv2d(_RBGPBase):
             for d, k in zip(reversed(dilation), reversed(kernel)):  # width first, like F.pad
                 total = d * (k - 1)
                 pads += [total // 2, total - total // 2]
-            return tuple(pads)
-        ph, pw = padding
+            return cast(tuple[int, int, int, int], tuple(pads))
+        ph, pw = cast(tuple[int, int], padding)  # conv_padding: "valid", "same" or a pair
         return (pw, pw, ph, ph)
 
     def _set_structure(self, structure: SparseMask, device=None) -> None:

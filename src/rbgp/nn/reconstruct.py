@@ -12,6 +12,7 @@ Everything here is float64, deterministic, and pure tensor maths (no modules).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import numpy as np
 import torch
@@ -140,7 +141,7 @@ def solve_grouped(
             )
         z = torch.cholesky_solve(rhs, chol)  # (c, K', R)
         values[s : s + per] = z[:, :k].transpose(1, 2)
-        if fit_bias:
+        if new_bias is not None:  # fit_bias
             new_bias[s : s + per] = z[:, k]
     if new_bias is not None:
         flat = torch.empty(g * r, dtype=torch.float64, device=h.device)
@@ -315,8 +316,9 @@ def fit_calibrated(
     `select_blocks` among its best-ranked ones, then `regroup`ed. `weight` is the (out, in) matrix,
     `gram` the (in, in) Gram."""
     score = saliency(weight, gram, kind, damp)
-    fitted = pattern.fit(score.cpu().numpy(), weight_shape, sparsity, seed, micro_blocks=True)
+    fitted = cast(RBGP4, pattern).fit(score.cpu().numpy(), weight_shape, sparsity, seed, micro_blocks=True)
     layout, width = fitted.layout, fitted.info["fit_unit"]
+    assert layout is not None  # a fitted mask carries its layout
     out, inp = weight.shape
     padded = torch.cat([score, score.new_zeros(layout.row_index.size - out, inp)])
 
@@ -326,8 +328,8 @@ def fit_calibrated(
         return select_blocks(weight, gram, rows, ranked, layout.cols_per_group // width, width, damp, candidates)
 
     first = torch.as_tensor(layout.row_index)
-    rows, cols = regroup(weight, gram, first, choose(first), choose, rounds, damp)
-    cols = cols.cpu().numpy().astype(np.int64)
+    rows, col_index = regroup(weight, gram, first, choose(first), choose, rounds, damp)
+    cols = col_index.cpu().numpy().astype(np.int64)
     chosen = GroupedLayout(layout.out_features, layout.in_features, rows.cpu().numpy().astype(np.int64), cols)
     keep = {k: fitted.info[k] for k in ("plan", "fit_unit", "ramanujan_spectral_gap") if k in fitted.info}
     return fitted_mask(

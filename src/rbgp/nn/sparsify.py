@@ -31,7 +31,7 @@ import numbers
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Union
+from typing import Any, Union, cast
 
 import numpy as np
 import torch
@@ -55,6 +55,7 @@ from rbgp.nn.transformers_rules import (
 from rbgp.patterns import (
     RBGP4,
     Pattern,
+    SparseMask,
     Unstructured,
     check_sparsity,
     get_pattern,
@@ -173,7 +174,11 @@ class SparsifyReport:
             lines.append(
                 f"Sparsity over the converted layers (and those a distribution kept dense): {self.global_sparsity:.4f}"
             )
-        kept = [(r.kept_mass, r.top_k_mass, r.params_before) for r in self.layers if r.kept_mass is not None]
+        kept = [
+            (r.kept_mass, r.top_k_mass, r.params_before)
+            for r in self.layers
+            if r.kept_mass is not None and r.top_k_mass is not None  # both set, or neither (init="kaiming")
+        ]
         if kept:
             w = sum(p for _, _, p in kept)
             lines.append(
@@ -181,10 +186,11 @@ class SparsifyReport:
                 f"{sum(k * p for k, _, p in kept) / w:.1%} (unstructured top-k at the same density: "
                 f"{sum(t * p for _, t, p in kept) / w:.1%})"
             )
-        if self.path_coverage is not None and min(self.path_coverage, self.random_path_coverage) < 0.9999:
+        coverage, random = self.path_coverage, self.random_path_coverage
+        if coverage is not None and random is not None and min(coverage, random) < 0.9999:
             lines.append(
-                f"Input-output path coverage of the stacked sparse layers: {self.path_coverage:.4f} "
-                f"(random unstructured masks of the same density: {self.random_path_coverage:.4f})"
+                f"Input-output path coverage of the stacked sparse layers: {coverage:.4f} "
+                f"(random unstructured masks of the same density: {random:.4f})"
             )
         return "\n".join(lines)
 
@@ -652,9 +658,9 @@ def _plan_layers(
         """The pattern a layer is planned with: under "hw", RBGP4 asked for row groups that run fast;
         `finer`: the calibrated default's finer plan."""
         layer = base
-        if args.finer and sparsity is not None:
+        if args.finer and sparsity is not None and isinstance(layer, RBGP4):
             layer = calibrated_pattern(layer, _shape(module), sparsity)
-        if distribution == "hw" and isinstance(base, RBGP4) and base.min_group_rows == 1:
+        if distribution == "hw" and isinstance(layer, RBGP4) and layer.min_group_rows == 1:
             layer = layer.replace(min_group_rows=hw_group_rows(_shape(module)[0]))
         return layer
 
@@ -676,14 +682,19 @@ def _plan_layers(
                         else _feasible_sparsity(module, 1.0 - asked, base, "nearest", name)[2],
                     )
                 )
-                dense_kept += module.weight.numel()
+                dense_kept += _weight_matrix(module).numel()
         chosen = [
             (i, name, m, 1.0 - asked) for (i, name, m, _), (asked, built) in zip(chosen, densities) if built < 1.0
         ]
     plans: list[LayerPlan] = []
     for index, name, module, requested in chosen:
         layer_pattern = for_layer(module, requested)
-        if isinstance(base, RBGP4) and args.shuffle and args.init in ("keep", "kaiming") and len(plans) % 2 == 1:
+        if (
+            isinstance(layer_pattern, RBGP4)
+            and args.shuffle
+            and args.init in ("keep", "kaiming")
+            and len(plans) % 2 == 1
+        ):
             layer_pattern = _shuffled(layer_pattern)
         target, note, why_not = _feasible_sparsity(module, requested, layer_pattern, args.on_infeasible, name)
         if target is None:
@@ -732,6 +743,7 @@ def _swap_and_report(
     """Swap the converted layers in (nothing before this touched the model, or it was put back) and
     fill in the report."""
     model = report.model
+    assert model is not None  # set by _sparsify
     for plan, new, error, note in converted:
         report.layers.append(_layer_report(plan.name, plan.module, new, plan.requested, note, args.init))
         report.layers[-1].output_error = error
@@ -798,7 +810,8 @@ def _feasible_sparsity(
 
 
 def _layer_report(name: str, module: nn.Module, new: nn.Module, requested: float, note: str, init: str) -> LayerReport:
-    s = new.structure
+    s = cast(SparseMask, new.structure)
+    dense = _weight_matrix(module).numel()
     kept = bound = None
     if init != "kaiming":
         w = _weight_matrix(module).float().cpu().numpy()
@@ -812,15 +825,15 @@ def _layer_report(name: str, module: nn.Module, new: nn.Module, requested: float
         s.sparsity,
         s.density,
         s.layout.rows_per_group if s.layout is not None else None,
-        module.weight.numel(),
-        new.values.numel() if isinstance(getattr(new, "values", None), torch.Tensor) else s.nnz,  # RBGP: padding
+        dense,
+        values.numel() if isinstance(values := getattr(new, "values", None), torch.Tensor) else s.nnz,  # RBGP: padding
         s.nnz_per_row,
         s.structure_bytes,
         s.csr_bytes(),
         kept,
         bound,
         note,
-        2 * module.weight.numel(),
+        2 * dense,
         2 * s.nnz,
     )
 
@@ -835,8 +848,8 @@ def _add_path_coverage(report: SparsifyReport, swapped: list[nn.Module], seed: i
 
 def _channel_mask(layer: nn.Module) -> np.ndarray:
     """The (out, in) connectivity of a layer, a conv's kernel taps collapsed."""
-    mask = layer.structure.weight_mask()
-    return mask.reshape(mask.shape[0], mask.shape[1], -1).any(axis=2)
+    mask = cast(SparseMask, layer.structure).weight_mask()
+    return np.asarray(mask.reshape(mask.shape[0], mask.shape[1], -1).any(axis=2))
 
 
 def _chains(masks: list[np.ndarray]) -> list[list[np.ndarray]]:
@@ -938,7 +951,8 @@ def _convert_calibrated(
             "not called on the calibration data: fitted to |W| (data-free)",
         )
     w = _weight_matrix(module)
-    b = module.bias.detach() if module.bias is not None else None
+    bias = cast(Union[torch.Tensor, None], module.bias)
+    b = bias.detach() if bias is not None else None
     try:
         check_finite_weight(w.cpu().numpy())
         if not bool(torch.isfinite(stats.gram).all()):

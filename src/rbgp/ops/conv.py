@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -103,10 +104,10 @@ def plan_conv(
         merge = conv_merge(g, r, density * channels.numel() / (g * k) * math.prod(kernel_size))
     in_order = bool(torch.equal(layout.row_order.cpu(), torch.arange(layout.row_order.numel())))
     return ConvArgs(
-        tuple(kernel_size),
-        tuple(stride),
-        tuple(pad),
-        tuple(dilation),
+        cast(tuple[int, int], tuple(kernel_size)),
+        cast(tuple[int, int], tuple(stride)),
+        cast(tuple[int, int, int, int], tuple(pad)),
+        cast(tuple[int, int], tuple(dilation)),
         padding_mode,
         layout.out_features,
         merge,

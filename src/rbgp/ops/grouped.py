@@ -102,12 +102,12 @@ def _gathered_inputs(
             xg = (
                 gather_rows(blocks, _block_index(layout, c, n, per_row, x.device), layout.workspace) if gather else None
             )
-            yield c, (xg.view(n, c.stop - c.start, k).permute(1, 2, 0) if gather else None)
+            yield c, (xg.view(n, c.stop - c.start, k).permute(1, 2, 0) if xg is not None else None)
     else:
         xt = feature_major(x) if gather else None
         for c in _chunks(layout, n, x.element_size()):
             cols = layout.col_index[c]
-            yield c, (xt.index_select(0, cols.reshape(-1)).view(cols.shape[0], k, n) if gather else None)
+            yield c, (xt.index_select(0, cols.reshape(-1)).view(cols.shape[0], k, n) if xt is not None else None)
 
 
 def _group_major(yt: torch.Tensor, layout: LayoutTensors) -> torch.Tensor | None:
@@ -137,6 +137,7 @@ def grouped_forward(x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors
     y = x.new_empty(n, g * r)
     groups = _groups_of_rows(y, layout)
     for c, xg in _gathered_inputs(x, layout):
+        assert xg is not None  # gather=True
         p = torch.bmm(xg.transpose(1, 2), values[c].transpose(1, 2))  # (cs, N, R)
         if groups is not None:
             groups[c].copy_(p)
@@ -168,8 +169,9 @@ def grouped_backward(
             rows = layout.row_index[c]
             dyg = dyt.index_select(0, rows.reshape(-1)).view(rows.shape[0], rows.shape[1], n)
         if need_values:
+            assert xg is not None and dv is not None  # gathered and allocated when need_values
             torch.bmm(dyg, xg.transpose(1, 2), out=dv[c])
-        if need_input:
+        if dxt is not None:  # need_input
             cols = layout.col_index[c]
             dxg = torch.bmm(values[c].transpose(1, 2), dyg)  # (cs, K, N)
             dxt.index_add_(0, cols.reshape(-1), dxg.view(cols.numel(), n))

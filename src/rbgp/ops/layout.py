@@ -9,7 +9,7 @@ slot) pairs that read it (`g * (K // BW) + slot`, padded with -1), the transpose
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -153,4 +153,5 @@ class LayoutTensors(NamedTuple):
     def to(self, device: torch.device | str | None) -> LayoutTensors:
         if device is None:
             return self
-        return self._replace(**{k: t.to(device) for k, t in self.buffers.items()})
+        moved: dict[str, Any] = {k: t.to(device) for k, t in self.buffers.items()}
+        return self._replace(**moved)

@@ -79,10 +79,10 @@ class PointwiseConvFunction(torch.autograd.Function):
             if padding.numel():
                 dyg.index_fill_(0, padding, 0)
             dyg = dyg.view(g, r, -1)
-            if need_v:
+            if dv is not None:  # need_v
                 xg = x[s : s + step].transpose(0, 1).index_select(0, channels).view(g, k, -1)
                 dv.baddbmm_(dyg, xg.transpose(1, 2))
-            if need_x:
+            if dx is not None:  # need_x
                 dxg = torch.bmm(values.transpose(1, 2), dyg).view(g * k, -1, oh, ow)
                 dxs = dxg.new_zeros(c_in, *dxg.shape[1:]).index_add_(0, channels, dxg)
                 dx[s : s + step].copy_(dxs.transpose(0, 1))

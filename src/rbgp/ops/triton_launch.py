@@ -14,6 +14,8 @@ next layer's x, loads of dy in both backward kernels).
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import triton
 
@@ -34,7 +36,7 @@ FMA_TILE_MAX = 16384
 (16384 fp32 values are 128 per thread at 4 warps)."""
 
 
-def _small_copy(tile: tuple[int, ...], at: int, size: int) -> tuple[int, ...]:
+def _small_copy(tile: tuple[int, int, int, int, int], at: int, size: int) -> tuple[int, int, int, int, int]:
     """`tile` with tile `at` set to `size`, the reduction tile (last of the three), then the first,
     halved down to 16 until the FMA product fits FMA_TILE_MAX."""
     t = list(tile)
@@ -42,7 +44,7 @@ def _small_copy(tile: tuple[int, ...], at: int, size: int) -> tuple[int, ...]:
     for i in (2, 0):
         while t[0] * t[1] * t[2] > FMA_TILE_MAX and t[i] > 16 and i != at:
             t[i] //= 2
-    return tuple(t)
+    return cast(tuple[int, int, int, int, int], tuple(t))
 
 
 def _configs(

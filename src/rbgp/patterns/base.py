@@ -11,7 +11,7 @@ import math
 import numbers
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 
@@ -30,7 +30,7 @@ def check_int(name: str, value: Any, minimum: int = 1) -> int:
 
 def check_sparsity(sparsity: Any) -> float:
     """`sparsity` as a float strictly inside (0, 1), or a ValueError naming it."""
-    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0.0 < sparsity < 1.0:
+    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0.0 < cast(float, sparsity) < 1.0:
         raise ValueError(f"sparsity must be a number in (0, 1) (fraction of zero weights), got {sparsity!r}")
     return float(sparsity)
 
@@ -90,7 +90,10 @@ class SparseMask:
     @property
     def array(self) -> np.ndarray:
         """The (out, in) boolean mask (built from the layout on each access when none is stored)."""
-        return self.dense if self.dense is not None else self.layout.mask()
+        if self.dense is not None:
+            return self.dense
+        assert self.layout is not None  # __post_init__: a dense array or a layout
+        return self.layout.mask()
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -99,6 +102,7 @@ class SparseMask:
     @property
     def nnz(self) -> int:
         if self.dense is None:
+            assert self.layout is not None  # __post_init__: a dense array or a layout
             return self.layout.nnz
         return int(self.dense.sum())
 
@@ -115,6 +119,7 @@ class SparseMask:
     def nnz_per_row(self) -> int | None:
         """Non-zeros in every row when all rows have the same count (perfect load balance), else None."""
         if self.dense is None:
+            assert self.layout is not None  # __post_init__: a dense array or a layout
             return self.layout.cols_per_group
         counts = self.dense.sum(axis=1)
         return int(counts[0]) if np.all(counts == counts[0]) else None

@@ -212,7 +212,7 @@ class HBsNN(Pattern):
         per_sub = sub_grid[0] * sub_grid[1]
         per_block = max(1, round(min(1.0, inner) * per_sub))
         perms = rng.permuted(np.tile(np.arange(per_sub), (kept_ids.size, 1)), axis=1)
-        subs = np.zeros((grid[0] * grid[1], per_sub), dtype=bool)
+        subs: np.ndarray = np.zeros((grid[0] * grid[1], per_sub), dtype=bool)
         subs[kept_ids[:, None], perms[:, :per_block]] = True
         subs = subs.reshape(grid[0] * grid[1], *sub_grid)
         fine = subs.reshape(*grid, *sub_grid).transpose(0, 2, 1, 3).reshape(grid[0] * sub_grid[0], -1)

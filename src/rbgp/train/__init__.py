@@ -1,79 +1,10 @@
-"""Training: in-memory data, reference models, the training loop, recipes, demo and reproduction."""
+"""Sparse training methods as a library: gradual magnitude pruning, AutoSparse (learnable thresholds with
+Gradient Annealing) and budgeted RBGP (per-layer sparsities another run learnt), each a `Method` that
+prepares a model's layers and hooks into any training loop; the minimal loop (`train_step`, `fit`); and
+FLOP counts of sparse models.
+The run harness that drives them from the command line is `rbgp.experiments`."""
 
-from rbgp.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from rbgp.train.config import PATTERN_NAMES, TrainConfig
-from rbgp.train.data import (
-    CIFAR10_MEAN,
-    CIFAR10_STD,
-    CIFAR100_MEAN,
-    CIFAR100_STD,
-    DATASET_NAMES,
-    FASHION_MEAN,
-    FASHION_STD,
-    LoadedDataset,
-    TensorLoader,
-    UnsafePickleError,
-    default_transform,
-    get_dataset,
-    load_cifar,
-    load_fashion_mnist,
-    normalize,
-    random_crop_flip,
-    synthetic,
-)
-from rbgp.train.loop import METRIC_FIELDS, TrainResult, build_run_model, evaluate, train
 from rbgp.train.methods import METHOD_NAMES, make_method
-from rbgp.train.models import (
-    MLP,
-    MODEL_NAMES,
-    VGG,
-    SmallCNN,
-    WideResNet,
-    build_model,
-    vgg19_bn,
-    wrn,
-)
-from rbgp.train.recipes import RECIPE_NAMES, Recipe, get_recipe
+from rbgp.train.steps import fit, train_step
 
-__all__ = [
-    "CHECKPOINT_NAME",
-    "CIFAR10_MEAN",
-    "CIFAR10_STD",
-    "CIFAR100_MEAN",
-    "CIFAR100_STD",
-    "DATASET_NAMES",
-    "FASHION_MEAN",
-    "FASHION_STD",
-    "MLP",
-    "MODEL_NAMES",
-    "VGG",
-    "LoadedDataset",
-    "METHOD_NAMES",
-    "METRIC_FIELDS",
-    "PATTERN_NAMES",
-    "RECIPE_NAMES",
-    "Recipe",
-    "TrainConfig",
-    "TrainResult",
-    "SmallCNN",
-    "TensorLoader",
-    "UnsafePickleError",
-    "WideResNet",
-    "build_model",
-    "build_run_model",
-    "evaluate",
-    "get_recipe",
-    "load_checkpoint",
-    "make_method",
-    "save_checkpoint",
-    "train",
-    "default_transform",
-    "get_dataset",
-    "load_cifar",
-    "load_fashion_mnist",
-    "normalize",
-    "random_crop_flip",
-    "synthetic",
-    "vgg19_bn",
-    "wrn",
-]
+__all__ = ["METHOD_NAMES", "fit", "make_method", "train_step"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -64,7 +65,8 @@ def layer_nnz(module: nn.Module) -> tuple[int, int]:
     if structure is not None:
         numel = math.prod(structure.weight_shape)
         return round(structure.density * numel), numel
-    return int(torch.count_nonzero(module.weight)), module.weight.numel()
+    weight = cast(torch.Tensor, module.weight)
+    return int(torch.count_nonzero(weight)), weight.numel()
 
 
 def flops(model: nn.Module, positions: dict[str, int], dense_grad: Iterable[str] = ()) -> dict[str, float]:

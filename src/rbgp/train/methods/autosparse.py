@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
 
 from rbgp.nn import convertible_layers
 from rbgp.nn.rbgp_layers import is_hf_conv1d
-from rbgp.train.methods.base import DenseStartMethod, Options, attach_parametrization
+from rbgp.train.methods.base import DenseStartMethod, Options, attach_parametrization, weight_parametrization
 
 
 class _GradientAnnealedReLU(torch.autograd.Function):
@@ -92,9 +93,11 @@ class AutoSparseOptions(Options):
 class LearnedThreshold(nn.Module):
     """Parametrization: ``ga_threshold(W, T, alpha)`` with T a parameter and alpha a buffer."""
 
+    alpha: torch.Tensor
+
     def __init__(self, module: nn.Module, init: float, per_channel: bool, alpha: float) -> None:
         super().__init__()
-        w = module.weight
+        w = cast(torch.Tensor, module.weight)
         shape = [1] * w.dim()
         if per_channel:
             channel_dim = 1 if is_hf_conv1d(module) else 0  # Conv1D stores (in, out)
@@ -109,6 +112,7 @@ class LearnedThreshold(nn.Module):
 class AutoSparse(DenseStartMethod):
     name = "autosparse"
     options_type = AutoSparseOptions
+    options: AutoSparseOptions
 
     def prepare(self, model: nn.Module, total_steps: int) -> None:
         super().prepare(model, total_steps)
@@ -120,7 +124,7 @@ class AutoSparse(DenseStartMethod):
         self.alpha = o.alpha0
 
     def thresholds(self) -> list[nn.Parameter]:
-        return [m.parametrizations.weight[0].threshold for m in self.layers.values()]
+        return [cast(LearnedThreshold, weight_parametrization(m)).threshold for m in self.layers.values()]
 
     def param_groups(self, model: nn.Module) -> list[dict]:
         ts = {id(t) for t in self.thresholds()}
@@ -132,7 +136,7 @@ class AutoSparse(DenseStartMethod):
         horizon = o.alpha_zero_epoch or self.config.epochs
         self.alpha = alpha_schedule(epoch - 1, o.alpha0, horizon, o.alpha_zero_epoch)
         for m in self.layers.values():
-            m.parametrizations.weight[0].alpha.fill_(self.alpha)
+            cast(LearnedThreshold, weight_parametrization(m)).alpha.fill_(self.alpha)
 
     def dense_weight_grad(self) -> bool:
         return self.alpha > 0  # GA sends gradient to every weight until alpha reaches 0
@@ -145,7 +149,10 @@ class AutoSparse(DenseStartMethod):
 def _logit_of_quantile(model: nn.Module, config, sparsity: float) -> float:
     """logit(q) for q the `sparsity` quantile of |W| over the layers AutoSparse will threshold."""
     flat = torch.cat(
-        [m.weight.detach().abs().float().flatten() for _, m in convertible_layers(model, exclude=tuple(config.exclude))]
+        [
+            cast(torch.Tensor, m.weight).detach().abs().float().flatten()
+            for _, m in convertible_layers(model, exclude=tuple(config.exclude))
+        ]
     )
     q = float(flat.kthvalue(max(1, int(sparsity * flat.numel()))).values)
     q = min(max(q, 1e-6), 1 - 1e-6)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from torch import nn
 from torch.nn.utils import parametrize
@@ -93,6 +93,12 @@ def attach_parametrization(model: nn.Module, config, make: Callable[[nn.Module],
     for module in layers.values():
         parametrize.register_parametrization(module, "weight", make(module))
     return layers
+
+
+def weight_parametrization(module: nn.Module) -> nn.Module:
+    """The parametrization `attach_parametrization` registered on `module.weight`."""
+    parametrizations = cast(nn.ModuleDict, module.parametrizations)
+    return cast(nn.ModuleList, parametrizations["weight"])[0]
 
 
 class DenseStartMethod(Method):

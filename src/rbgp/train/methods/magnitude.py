@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rbgp.train.methods.base import DenseStartMethod, Options, attach_parametrization
+from rbgp.train.methods.base import DenseStartMethod, Options, attach_parametrization, weight_parametrization
 
 GRANULARITIES = ("unstructured", "block")
 SCOPES = ("layer", "global")
@@ -80,6 +81,8 @@ class MagnitudeOptions(Options):
 class WeightMask(nn.Module):
     """Parametrization: the weight times a 0/1 mask (a buffer, saved with the model)."""
 
+    mask: torch.Tensor
+
     def __init__(self, shape: torch.Size, device: torch.device) -> None:
         super().__init__()
         self.register_buffer("mask", torch.ones(shape, dtype=torch.bool, device=device))
@@ -91,13 +94,19 @@ class WeightMask(nn.Module):
 class MagnitudePruning(DenseStartMethod):
     name = "magnitude"
     options_type = MagnitudeOptions
+    options: MagnitudeOptions
 
     def prepare(self, model: nn.Module, total_steps: int) -> None:
         super().prepare(model, total_steps)
         o = self.options
         self.end = o.end_step if o.end_step is not None else max(1, round(DEFAULT_END_FRACTION * total_steps))
         self.start = min(o.start_step, self.end)
-        self.layers = attach_parametrization(model, self.config, lambda m: WeightMask(m.weight.shape, m.weight.device))
+
+        def make(m: nn.Module) -> nn.Module:
+            weight = cast(torch.Tensor, m.weight)
+            return WeightMask(weight.shape, weight.device)
+
+        self.layers = attach_parametrization(model, self.config, make)
 
     def target(self, step: int) -> float:
         return cubic_sparsity(step, self.config.sparsity, self.start, self.end, self.options.initial_sparsity)
@@ -110,7 +119,7 @@ class MagnitudePruning(DenseStartMethod):
     @torch.no_grad()
     def prune(self, sparsity: float) -> None:
         """Set every mask so that `sparsity` of the pruned layers' weights (or blocks) is zero."""
-        masks = [m.parametrizations.weight[0].mask for m in self.layers.values()]
+        masks = [cast(WeightMask, weight_parametrization(m)).mask for m in self.layers.values()]
         scores = [self._scores(m) for m in self.layers.values()]
         if self.options.scope == "global":
             flat = torch.cat([s.flatten() for s in scores])
@@ -127,7 +136,7 @@ class MagnitudePruning(DenseStartMethod):
 
     def _scores(self, module: nn.Module) -> torch.Tensor:
         """|W| of the current (masked) weight, per weight or per block; pruned entries score 0."""
-        w = module.weight.detach().abs().float()
+        w = cast(torch.Tensor, module.weight).detach().abs().float()
         if self.options.granularity == "unstructured":
             return w
         bh, bw = (int(b) for b in self.options.block)

@@ -17,14 +17,14 @@ import random
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 
+from rbgp.experiments.config import LEGACY_DEFAULTS, TrainConfig
 from rbgp.files import atomic_write
-from rbgp.train.config import LEGACY_DEFAULTS, TrainConfig
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -48,7 +48,8 @@ _RESUME_FREE = frozenset({"epochs", "data_dir"})
 
 def _rng_state() -> dict[str, Any]:
     """torch / CUDA / numpy / python RNG states as tensors and plain values."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    # numpy's stubs pick the legacy=False overload (a dict) for get_state(); it returns the legacy tuple
+    kind, keys, pos, has_gauss, cached = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
     version, py_state, gauss_next = random.getstate()
     return {
         "torch": torch.get_rng_state(),

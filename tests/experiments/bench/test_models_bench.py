@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from rbgp.bench.models import markdown_table, run_model_bench
+from rbgp.experiments.bench.models import markdown_table, run_model_bench
 from rbgp.cli import main
 
 

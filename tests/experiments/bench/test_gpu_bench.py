@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from rbgp.bench import gpu
+from rbgp.experiments.bench import gpu
 
 
 def test_case_list_covers_the_issue():

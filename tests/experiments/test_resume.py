@@ -12,9 +12,9 @@ import warnings
 import pytest
 import torch
 
-from rbgp.train import loop
-from rbgp.train import CHECKPOINT_NAME, TrainConfig, load_checkpoint, save_checkpoint, train
-from rbgp.train.checkpoint import MAGIC
+from rbgp.experiments import loop
+from rbgp.experiments import CHECKPOINT_NAME, TrainConfig, load_checkpoint, save_checkpoint, train
+from rbgp.experiments.checkpoint import MAGIC
 
 _NUMBERS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "steps", "epoch")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +44,7 @@ def _timer(device: str, quick: bool) -> Callable[[dict[str, Callable[[], Any]]],
             return {"median_ms": float(med), "q20_ms": float(q20), "q80_ms": float(q80)}
 
         return lambda fns: {name: one(fn) for name, fn in fns.items()}
-    from rbgp.bench.timing import time_interleaved
+    from rbgp.experiments.bench.timing import time_interleaved
 
     return lambda fns: time_interleaved(fns, repeats=3 if quick else 10, warmup=1)
 
@@ -54,8 +54,8 @@ def model_pair(
 ) -> tuple[nn.Module, nn.Module, Any]:
     """(dense model, sparsified copy, sparsify report), both models on `device`; layers whose shape
     cannot meet the sparsity exactly take the nearest feasible one (the report says which)."""
+    from rbgp.experiments.models import build_model
     from rbgp.nn import sparsify
-    from rbgp.train.models import build_model
 
     torch.manual_seed(seed)
     dense = build_model(name, num_classes=10, in_channels=3)
@@ -161,7 +161,8 @@ def bench_model(
     y = torch.randint(0, 10, (batch,), generator=gen, device=device)
     bench = _timer(device, quick)
     models = {"dense": dense, "rbgp": sparse}
-    runs = {v: torch.compile(m) if compiled else m for v, m in models.items()}
+    # torch.compile returns an OptimizedModule (an nn.Module) for a module; its stubs say a Callable
+    runs = {v: cast(nn.Module, torch.compile(m)) if compiled else m for v, m in models.items()}
     fns = {v: step_functions(run, x, y, AUTOCAST[dtype]) for v, run in runs.items()}
     timings: dict[str, dict[str, Any]] = {v: {} for v in models}
     for phase in PHASES:
@@ -306,7 +307,7 @@ def run_model_bench(
 ) -> dict[str, Any]:
     """Benchmark every model in every compile mode; write <stem>.json, .md, .png (the JSON after each
     model, so an interrupted run keeps what it measured)."""
-    from rbgp.bench.kernels import environment
+    from rbgp.experiments.bench.kernels import environment
     from rbgp.files import write_json, write_text
 
     if dtype not in AUTOCAST:

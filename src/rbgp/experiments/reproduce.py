@@ -1,7 +1,7 @@
 """`rbgp reproduce`: the paper's CIFAR accuracy experiment (VGG19-bn / WRN-40-4).
 
 Trains the model dense, then with unstructured, block (16x16) and RBGP4 masks at each sparsity,
-all with the paper's recipe (``rbgp.train.recipes``), and writes the accuracy table as JSON and
+all with the paper's recipe (``rbgp.experiments.recipes``), and writes the accuracy table as JSON and
 markdown. Each run lives in its own folder with checkpoints, so an interrupted reproduction picks
 up where it stopped (finished runs are skipped, the current one resumes). ``smoke`` runs the
 whole path for a couple of steps on synthetic CIFAR-shaped data, for CI.
@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rbgp.experiments.checkpoint import CHECKPOINT_NAME
+from rbgp.experiments.config import TrainConfig
+from rbgp.experiments.loop import train
+from rbgp.experiments.recipes import get_recipe
 from rbgp.files import write_json, write_text
-from rbgp.train.checkpoint import CHECKPOINT_NAME
-from rbgp.train.config import TrainConfig
-from rbgp.train.loop import train
-from rbgp.train.recipes import get_recipe
 
 __all__ = ["PAPER_SPARSITIES", "REPRODUCE_PATTERNS", "ReproduceSettings", "run_reproduce"]
 

@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from rbgp.experiments.config import TrainConfig
+from rbgp.experiments.demo import DemoSettings, _environment, _load, _log, _mean_std, _write_outputs
+from rbgp.experiments.loop import TrainResult, build_run_model, train
 from rbgp.nn import convertible_layers
-from rbgp.train.config import TrainConfig
-from rbgp.train.demo import DemoSettings, _environment, _load, _log, _mean_std, _write_outputs
 from rbgp.train.flops import layer_nnz
-from rbgp.train.loop import TrainResult, build_run_model, train
 from rbgp.train.methods.budgeted import budget_from_layers
 
 __all__ = ["METHOD_ROWS", "MethodsSettings", "methods_markdown", "run_methods"]
@@ -100,6 +100,7 @@ def _configs(base: TrainConfig, row: str, target: float, learnt: dict[str, Any] 
     if row == "rbgp4-erk":
         return TrainConfig(**{**common, "pattern": "rbgp4", "sparsity": s, "distribution": "erk"})
     if row == "rbgp4-budgeted":
+        assert learnt is not None  # run_methods' settings.check keeps the autosparse row before this one
         budget = budget_from_layers(learnt["layer_sparsity"])
         return TrainConfig(
             **{
@@ -255,7 +256,8 @@ def methods_markdown(report: dict[str, Any]) -> str:
                 cells = cells[:1] + ["same"] * (len(targets) - 1)
                 break
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    layers = list(next(iter(summary), {}).get("layer_sparsity", {}))
+    first: dict[str, Any] = next(iter(summary), {})
+    layers = list(first.get("layer_sparsity", {}))
     if layers:
         lines += [
             "",

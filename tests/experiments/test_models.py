@@ -1,4 +1,4 @@
-"""Tests for rbgp.train.models: shapes, parameter counts, layer layout, init."""
+"""Tests for rbgp.experiments.models: shapes, parameter counts, layer layout, init."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from rbgp.train import models as M
-from rbgp.train.data import TensorLoader, synthetic
+from rbgp.experiments import models as M
+from rbgp.experiments.data import TensorLoader, synthetic
 
 
 def _weight_layers(model: nn.Module) -> list[nn.Module]:

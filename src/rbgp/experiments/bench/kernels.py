@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rbgp.allocator import allocator_state
-from rbgp.bench.timing import time_fn
+from rbgp.experiments.bench.timing import time_fn
 from rbgp.nn import RBGPConv2d, RBGPLinear
 from rbgp.patterns import Block
 
@@ -111,6 +111,8 @@ def run_case(
     torch.manual_seed(seed)
     sparsity = 1.0 - case.density
     kw = {"device": device, "dtype": dtype}
+    dense: nn.Module
+    sparse: RBGPLinear | RBGPConv2d
     if case.kind == "linear":
         dense = nn.Linear(case.in_features, case.out_features, bias=False, **kw)
         sparse = RBGPLinear(case.in_features, case.out_features, sparsity, seed=seed, bias=False, **kw)

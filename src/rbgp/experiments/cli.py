@@ -15,13 +15,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rbgp.experiments.config import PATTERN_NAMES
+from rbgp.experiments.data import DATASET_NAMES
+from rbgp.experiments.demo import CURVE_SPARSITIES
+from rbgp.experiments.models import MODEL_NAMES
+from rbgp.experiments.recipes import RECIPE_NAMES, SCHEDULES, get_recipe
 from rbgp.nn.distribution import DEFAULT_DISTRIBUTION, DISTRIBUTIONS
-from rbgp.train.config import PATTERN_NAMES
-from rbgp.train.data import DATASET_NAMES
-from rbgp.train.demo import CURVE_SPARSITIES
 from rbgp.train.methods import METHOD_NAMES
-from rbgp.train.models import MODEL_NAMES
-from rbgp.train.recipes import RECIPE_NAMES, SCHEDULES, get_recipe
 
 __all__ = ["add_train_parsers"]
 
@@ -292,12 +292,13 @@ _CONFIG_FLAGS = (
 
 def _train_config(args: argparse.Namespace) -> tuple[Any, Path]:
     """Resolve recipe < checkpoint (when resuming) < explicit flags into a TrainConfig."""
-    from rbgp.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
-    from rbgp.train.config import TrainConfig
+    from rbgp.experiments.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from rbgp.experiments.config import LEGACY_DEFAULTS, TrainConfig
 
     saved: dict[str, Any] = {}
     if (args.resume or args.resume_if_present) and args.out_dir and (Path(args.out_dir) / CHECKPOINT_NAME).exists():
         saved = dict(load_checkpoint(Path(args.out_dir) / CHECKPOINT_NAME)["args"])
+        TrainConfig.from_dict({**LEGACY_DEFAULTS, **saved})  # its types and values checked before any is used
     model = args.model or saved.get("model", "mlp")
     settings: dict[str, Any] = dict(saved)
     if saved:
@@ -357,7 +358,7 @@ def _run_label(config: Any) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from rbgp.train.loop import train
+    from rbgp.experiments.loop import train
 
     if args.resume and args.resume_if_present:
         raise ValueError("--resume and --resume-if-present: give one of them")
@@ -368,7 +369,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config, out = _train_config(args)
     resume = "if-present" if args.resume_if_present else args.resume
     if args.dry_run:
-        from rbgp.train.loop import check_run, preflight
+        from rbgp.experiments.loop import check_run, preflight
 
         _check_paths(config.data_dir)
         saved = preflight(config, out, resume, args.overwrite)
@@ -448,7 +449,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from rbgp.train.demo import DemoSettings, run_demo, run_sweep
+    from rbgp.experiments.demo import DemoSettings, run_demo, run_sweep
 
     settings = DemoSettings(
         model=args.model,
@@ -504,7 +505,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_methods(sub: argparse._SubParsersAction) -> None:
-    from rbgp.train.methods_table import METHOD_ROWS, TARGETS
+    from rbgp.experiments.methods_table import METHOD_ROWS, TARGETS
 
     p = sub.add_parser(
         "methods",
@@ -539,7 +540,7 @@ def _add_methods(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from rbgp.train.methods_table import TARGETS, MethodsSettings, parse_rows, run_methods
+    from rbgp.experiments.methods_table import TARGETS, MethodsSettings, parse_rows, run_methods
 
     settings = MethodsSettings(
         model=args.model,
@@ -604,7 +605,7 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from rbgp.train.reproduce import (
+    from rbgp.experiments.reproduce import (
         PAPER_SPARSITIES,
         REPRODUCE_PATTERNS,
         ReproduceSettings,

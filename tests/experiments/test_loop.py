@@ -1,4 +1,4 @@
-"""Tests for rbgp.train.loop: training, metrics files, masks, bf16, config checks, `rbgp train`."""
+"""Tests for rbgp.experiments.loop: training, metrics files, masks, bf16, config checks, `rbgp train`."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 
 from rbgp.cli import main
 from rbgp.nn import MaskedLinear, RBGPLinear
-from rbgp.train import METRIC_FIELDS, TrainConfig, train
-from rbgp.train.recipes import Recipe, get_recipe
+from rbgp.experiments import METRIC_FIELDS, TrainConfig, train
+from rbgp.experiments.recipes import Recipe, get_recipe
 
 
 def _cfg(**kw) -> TrainConfig:
@@ -123,7 +123,7 @@ def test_cli_train_and_errors(tmp_path, capsys):
 
 
 def test_init_from_a_dense_checkpoint_converts_fine_tunes_and_resumes(tmp_path, capsys):
-    from rbgp.train import build_run_model, load_checkpoint
+    from rbgp.experiments import build_run_model, load_checkpoint
 
     train(_cfg(epochs=2, model_kwargs={"hidden": [256, 256, 256]}), tmp_path / "dense", quiet=True)
     start = str(tmp_path / "dense" / "checkpoint.pt")

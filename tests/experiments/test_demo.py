@@ -9,10 +9,10 @@ import torch
 
 from rbgp.cli import main
 from rbgp.nn import sparsify
-from rbgp.train.demo import inference_ms_per_batch, model_counts
-from rbgp.train.loop import build_run_model
-from rbgp.train.models import MLP
-from rbgp.train.reproduce import ReproduceSettings
+from rbgp.experiments.demo import inference_ms_per_batch, model_counts
+from rbgp.experiments.loop import build_run_model
+from rbgp.experiments.models import MLP
+from rbgp.experiments.reproduce import ReproduceSettings
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -1,6 +1,6 @@
 """Interleaved timing: every function runs once per repeat, in turn."""
 
-from rbgp.bench.timing import time_interleaved
+from rbgp.experiments.bench.timing import time_interleaved
 
 
 def test_functions_alternate_within_each_repeat():

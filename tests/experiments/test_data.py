@@ -1,4 +1,4 @@
-"""Tests for rbgp.train.data: file parsing, safety, loader sharding, augmentation."""
+"""Tests for rbgp.experiments.data: file parsing, safety, loader sharding, augmentation."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from rbgp.train import data as D
+from rbgp.experiments import data as D
 
 # ------------------------------------------------------------------------------------------
 # Fashion-MNIST

@@ -13,8 +13,8 @@ WORKER = textwrap.dedent(
     import hashlib, json, sys
     import torch
     import torch.distributed as dist
-    from rbgp.train import TrainConfig
-    from rbgp.train.loop import build_run_model, sparse_layers, train
+    from rbgp.experiments import TrainConfig
+    from rbgp.experiments.loop import build_run_model, sparse_layers, train
 
     out = sys.argv[1]
     dist.init_process_group("gloo")  # train() must join an existing group, not make its own

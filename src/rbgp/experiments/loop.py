@@ -4,7 +4,7 @@ One :class:`TrainConfig` describes a run completely; everything structural (mode
 data order, augmentation) is a pure function of it, so a run killed after epoch ``k`` and resumed
 from its checkpoint ends with the same metrics as an uninterrupted one (on CPU, in deterministic
 mode). Per-epoch metrics go to ``metrics.jsonl`` and ``metrics.csv``; the checkpoint is written
-atomically and checksummed (`rbgp.train.checkpoint`).
+atomically and checksummed (`rbgp.experiments.checkpoint`).
 """
 
 from __future__ import annotations
@@ -27,12 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from rbgp.files import atomic_write, check_output_dir, folder_lock, remove_stale_temps, write_json
-from rbgp.nn import SPARSE_TYPES, SparsifyReport, sparsify
-from rbgp.precision import bf16_autocast
-from rbgp.resources import check_memory
-from rbgp.train import ddp
-from rbgp.train.checkpoint import (
+from rbgp.experiments import ddp
+from rbgp.experiments.checkpoint import (
     CHECKPOINT_NAME,
     check_resumable,
     checkpoint_state,
@@ -41,8 +37,8 @@ from rbgp.train.checkpoint import (
     save_checkpoint,
     warn_other_thread_count,
 )
-from rbgp.train.config import TrainConfig
-from rbgp.train.data import (
+from rbgp.experiments.config import TrainConfig
+from rbgp.experiments.data import (
     LoadedDataset,
     TensorLoader,
     check_dataset,
@@ -50,9 +46,14 @@ from rbgp.train.data import (
     default_transform,
     get_dataset,
 )
+from rbgp.experiments.models import MLP, SmallCNN, build_model
+from rbgp.files import atomic_write, check_output_dir, folder_lock, remove_stale_temps, write_json
+from rbgp.nn import SPARSE_TYPES, SparsifyReport, sparsify
+from rbgp.precision import bf16_autocast
+from rbgp.resources import check_memory
 from rbgp.train.flops import flops, layer_nnz, layer_positions
 from rbgp.train.methods import Method, make_method
-from rbgp.train.models import MLP, SmallCNN, build_model
+from rbgp.train.steps import train_step
 
 __all__ = [
     "METRIC_FIELDS",
@@ -310,23 +311,19 @@ def _train_epoch(
         xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
         _sync(device)
         t0 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        with bf16_autocast(device, config.precision == "bf16"):
-            out = model(xb)
-            loss = F.cross_entropy(out.float(), yb)
-        loss.backward()
-        optimizer.step()
-        method.after_step(model, (epoch - 1) * steps + step + 1)
+        loss, out = train_step(
+            model, xb, yb, optimizer, method, (epoch - 1) * steps + step + 1, config.precision == "bf16"
+        )
         _sync(device)
         dt = time.perf_counter() - t0
         if xb.shape[0] == config.batch_size:  # a short last batch would skew the per-batch time
             step_times.append(dt)
-        loss_value = float(loss.detach())
+        loss_value = float(loss)
         if not info.distributed:  # ranks must stop together: distributed runs check the epoch's mean
             _check_finite_loss(loss_value, epoch, f"step {step + 1}")
         n = float(yb.shape[0])
         loss_sum += loss_value * n
-        correct += float((out.detach().argmax(1) == yb).sum())
+        correct += float((out.argmax(1) == yb).sum())
         count += n
         bar.update(1)
         if show_progress:
@@ -418,12 +415,15 @@ def preflight(
         )
     if resume and out is None:
         raise ValueError("resume needs an out_dir holding the checkpoint")
+    if not resume:
+        return None
+    assert ckpt_path is not None  # resume has an out_dir (checked above)
     if resume is True and not ckpt_path.exists():
         raise ValueError(
             f"--resume: no checkpoint at {ckpt_path}, nothing to continue; drop --resume to start "
             f"a new run there, or pass --resume-if-present to start fresh when there is none"
         )
-    if not resume or not ckpt_path.exists():
+    if not ckpt_path.exists():
         return None
     saved = load_checkpoint(ckpt_path)  # fail on a bad file before any expensive work
     check_resumable(saved["args"], config, ckpt_path)
@@ -504,6 +504,7 @@ def _run(
     history: list[dict[str, float]] = []
     start_epoch = 1
     if saved is not None:
+        assert ckpt_path is not None  # preflight loads a checkpoint only from an out_dir
         restore(saved, model, optimizer, scheduler, ckpt_path)
         history = [dict(r) for r in saved["history"]]
         start_epoch = int(saved["epoch"]) + 1

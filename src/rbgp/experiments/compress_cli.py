@@ -84,8 +84,8 @@ def _seconds(text: str | None) -> float | None:
 def _cmd_infer(args: argparse.Namespace) -> int:
     from rbgp.compress.format import read
     from rbgp.compress.infer import CompressedRunner, parse_bytes, process_memory, run_all
+    from rbgp.experiments.data import dataset_shape, get_dataset, synthetic
     from rbgp.files import write_json
-    from rbgp.train.data import dataset_shape, get_dataset, synthetic
 
     budget, latency = parse_bytes(args.memory_budget), _seconds(args.latency_budget)
     try:
@@ -185,7 +185,7 @@ def _print_inference(
 def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     """The trained model of an `rbgp train` checkpoint and its training config, with plain weights (masks
     and thresholds of magnitude / AutoSparse runs baked in)."""
-    from rbgp.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from rbgp.experiments.checkpoint import CHECKPOINT_NAME, load_checkpoint
 
     path = Path(path)
     saved = load_checkpoint(path / CHECKPOINT_NAME if path.is_dir() else path)
@@ -197,10 +197,10 @@ def model_from_config(args: dict, state: dict | None = None) -> nn.Module:
     """The model a training config builds (sparsified, methods' masks baked in), in eval mode, for weights
     that come from a file next (`state`, the checkpoint's model state loaded before baking, or a
     compressed file): a converted run's dense start (`init_from`) is not read, the files hold it all."""
-    from rbgp.train.checkpoint import mismatch_reason
-    from rbgp.train.config import LEGACY_DEFAULTS, TrainConfig
-    from rbgp.train.data import dataset_shape
-    from rbgp.train.loop import build_run_model
+    from rbgp.experiments.checkpoint import mismatch_reason
+    from rbgp.experiments.config import LEGACY_DEFAULTS, TrainConfig
+    from rbgp.experiments.data import dataset_shape
+    from rbgp.experiments.loop import build_run_model
     from rbgp.train.methods import bake, make_method
 
     config = TrainConfig.from_dict({**LEGACY_DEFAULTS, **args})

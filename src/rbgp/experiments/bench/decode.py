@@ -21,6 +21,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
@@ -28,7 +29,7 @@ from rbgp.files import save_figure
 from rbgp.nn import sparsify, store_values_
 
 PROMPT, NEW = 256, 32
-FULL = {
+FULL: dict[str, Any] = {
     "hidden_size": 2048,
     "intermediate_size": 5632,
     "num_hidden_layers": 4,
@@ -37,7 +38,7 @@ FULL = {
     "vocab_size": 8000,
     "max_position_embeddings": 1024,
 }
-QUICK = {
+QUICK: dict[str, Any] = {
     "hidden_size": 256,
     "intermediate_size": 688,
     "num_hidden_layers": 2,
@@ -74,7 +75,8 @@ def _prefill(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 
 def _decode(model: torch.nn.Module, ids: torch.Tensor) -> None:
-    model.generate(input_ids=ids, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, pad_token_id=0)
+    generate = cast("Callable[..., object]", model.generate)  # a transformers method, not a submodule
+    generate(input_ids=ids, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, pad_token_id=0)
 
 
 def _errors(models: dict[str, torch.nn.Module], ids: torch.Tensor) -> dict[str, float]:
@@ -101,7 +103,7 @@ def run_decode_bench(
         "decode b1": (_decode, torch.randint(0, vocab, (1, 8), generator=g), NEW),
         "decode b8": (_decode, torch.randint(0, vocab, (8, 8), generator=g), 8 * NEW),
     }
-    data = {
+    data: dict[str, Any] = {
         "command": command,
         "date": datetime.date.today().isoformat(),
         "quick": quick,
@@ -122,7 +124,7 @@ def run_decode_bench(
                     fn(m, ids)
                     times[name].append(time.perf_counter() - t0)
             med = {name: statistics.median(t) for name, t in times.items()}
-            row = {
+            row: dict[str, Any] = {
                 "case": case,
                 "tokens": tokens,
                 "seconds": med,

@@ -68,7 +68,7 @@ class GpuCase:
 def conv_layers(model: str) -> list[tuple[int, int, int, int]]:
     """(c_in, c_out, output hw, count) of the 3x3, groups=1 convs of a CIFAR model ("vgg19", "wrn40_4"),
     first conv (c_in = 3) excluded; found by a forward pass on the meta device (no memory, no compute)."""
-    from rbgp.train.models import build_model
+    from rbgp.experiments.models import build_model
 
     with torch.device("meta"):
         net = build_model(model, num_classes=10, in_channels=3)
@@ -89,6 +89,7 @@ def conv_layers(model: str) -> list[tuple[int, int, int, int]]:
 def gpu_cases(quick: bool = False, only: str | None = None) -> list[GpuCase]:
     """The benchmark's layer list; quick: one small linear and one conv per model (a smoke run);
     only: "linear" or "conv" to keep one kind."""
+    batches: tuple[int, ...]
     if quick:
         cases = [GpuCase("linear", 1024, 1024, 1024, d) for d in (1 / 2, 1 / 8)]
         convs = {m: conv_layers(m)[:1] for m in ("vgg19", "wrn40_4")}
@@ -126,6 +127,7 @@ def _rbgp_layout(out: int, inp: int, density: float, device: str, seed: int = 0)
     for kw in ({}, {"tol": 0.03}, {"block": (1, 8), "tol": 0.03}, {"block": (1, 8), "group_rows": 32, "tol": 0.05}):
         try:
             mask = RBGP4(**kw).build((out, inp), 1 - density, seed)
+            assert mask.layout is not None  # an RBGP4 mask always has its grouped layout
             return LayoutTensors.from_layout(mask.layout, device), mask.density, kw
         except ValueError as e:
             err = e
@@ -283,11 +285,14 @@ def summarize(case: GpuCase, timings: dict[str, dict[str, Timing]], notes: dict[
         t = timings.get(method, {}).get(phase)
         return t["median_ms"] if isinstance(t, dict) else None
 
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a and b else None
+
     row: dict[str, Any] = {"case": case.label, **asdict(case), **notes, "timings": timings}
     for phase in PHASES:
         base, rb = ms("dense", phase), ms("rbgp", phase)
-        row[f"speedup_{phase}"] = {m: (base / ms(m, phase) if base and ms(m, phase) else None) for m in timings}
-        row[f"rbgp_vs_{phase}"] = {m: (ms(m, phase) / rb if rb and ms(m, phase) else None) for m in timings}
+        row[f"speedup_{phase}"] = {m: ratio(base, ms(m, phase)) for m in timings}
+        row[f"rbgp_vs_{phase}"] = {m: ratio(ms(m, phase), rb) for m in timings}
     return row
 
 
@@ -445,7 +450,7 @@ def run_gpu_bench(
 
     dtype: "fp32", "bf16", "fp16" or a torch dtype. Raises ValueError without CUDA or triton.
     """
-    from rbgp.bench.kernels import environment
+    from rbgp.experiments.bench.kernels import environment
     from rbgp.files import write_json, write_text
 
     if isinstance(dtype, str):
@@ -471,7 +476,7 @@ def run_gpu_bench(
         + ("-quick" if quick else "")
     )
     out = Path(out_dir)
-    data = {"command": command, "dtype": name, "tf32": False, "environment": env, "results": []}
+    data: dict[str, Any] = {"command": command, "dtype": name, "tf32": False, "environment": env, "results": []}
     old_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     try:

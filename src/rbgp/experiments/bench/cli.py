@@ -86,8 +86,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from rbgp.bench.kernels import default_cases, environment, run_case
-    from rbgp.bench.report import markdown_table, plot_speedups
+    from rbgp.experiments.bench.kernels import default_cases, environment, run_case
+    from rbgp.experiments.bench.report import markdown_table, plot_speedups
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device} asked for but torch sees no CUDA device; use --device cpu")
@@ -121,7 +121,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         + _allocator_flag(args.allocator)
     )
     if args.device.startswith("cuda"):
-        from rbgp.bench.gpu import run_gpu_bench
+        from rbgp.experiments.bench.gpu import run_gpu_bench
 
         run_gpu_bench(args.out_dir, args.dtype, args.quick, command, only=args.only, stem=args.name)
         return 0
@@ -142,7 +142,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from rbgp.bench.models import markdown_table, run_model_bench
+    from rbgp.experiments.bench.models import markdown_table, run_model_bench
 
     modes = {"no": (False,), "yes": (True,), "both": (False, True)}[args.compile]
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
@@ -152,7 +152,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     bad = [d for d in dists if d not in DISTRIBUTIONS]
     if bad or not dists:
         raise ValueError(f"--distribution {args.distribution!r}: valid names are {', '.join(DISTRIBUTIONS)}")
-    from rbgp.bench.models import MODELS
+    from rbgp.experiments.bench.models import MODELS
 
     if not models or any(m not in MODELS for m in models):
         raise ValueError(f"--models {args.models!r}: valid names are {', '.join(MODELS)}")
@@ -191,7 +191,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
-    from rbgp.bench.decode import decode_markdown, plot_decode, run_decode_bench
+    from rbgp.experiments.bench.decode import decode_markdown, plot_decode, run_decode_bench
 
     if args.device != "cpu" or args.dtype != "fp32":
         raise ValueError("--suite decode runs on the CPU with fp32 activations (--device cpu --dtype fp32)")

@@ -7,13 +7,13 @@ import reprlib
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from rbgp.experiments.data import DATASET_NAMES
+from rbgp.experiments.models import MODEL_NAMES
+from rbgp.experiments.recipes import SCHEDULES
 from rbgp.nn.distribution import DEFAULT_DISTRIBUTION, DISTRIBUTIONS
 from rbgp.nn.sparsify import INITS
 from rbgp.patterns import PATTERNS, get_pattern
-from rbgp.train.data import DATASET_NAMES
 from rbgp.train.methods import METHOD_NAMES, check_method
-from rbgp.train.models import MODEL_NAMES
-from rbgp.train.recipes import SCHEDULES
 
 __all__ = ["PATTERN_NAMES", "PRECISIONS", "TrainConfig"]
 

@@ -18,20 +18,21 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rbgp.experiments.config import TrainConfig
+from rbgp.experiments.data import LoadedDataset, get_dataset
+from rbgp.experiments.loop import TrainResult, sparse_layers, train
+from rbgp.experiments.recipes import get_recipe
 from rbgp.files import save_figure, write_json, write_text
 from rbgp.nn.distribution import DEFAULT_DISTRIBUTION
 from rbgp.nn.masked import rezero_masked_
+from rbgp.patterns import SparseMask
 from rbgp.precision import bf16_autocast
-from rbgp.train.config import TrainConfig
-from rbgp.train.data import LoadedDataset, get_dataset
-from rbgp.train.loop import TrainResult, sparse_layers, train
-from rbgp.train.recipes import get_recipe
 
 __all__ = [
     "CURVE_SPARSITIES",
@@ -85,9 +86,9 @@ def model_counts(model: nn.Module) -> dict[str, int]:
     masked_out = 0
     structure = 0
     for m in sparse_layers(model):
-        s = m.structure
+        s = cast(SparseMask, m.structure)
         structure += int(s.structure_bytes)
-        stored = m.values.numel() if hasattr(m, "values") else m.weight.numel()
+        stored = cast(torch.Tensor, m.values if hasattr(m, "values") else m.weight).numel()
         masked_out += stored - int(s.nnz)
     return {"params": params, "nonzeros": params - masked_out, "structure_bytes": structure}
 
@@ -501,9 +502,11 @@ def run_sweep(
                         }
                     )
                     res, _ = _train_one(cfg, data, quiet, f"{pattern} {dist} {sp:g} seed {seed}")
+                    assert res.report is not None  # sweep patterns are never "dense" (settings.check)
                     accs.append(res.final["test_acc"])
                     ms.append(statistics.median(h["train_ms_per_batch_median"] for h in res.history))
                     got.append(res.report.global_sparsity)
+                    layers = res.report.layers
                 mean, std = _mean_std(accs)
                 points.append(
                     {
@@ -513,8 +516,9 @@ def run_sweep(
                         "acc_mean": mean,
                         "acc_std": std,
                         "accs": accs,
-                        "global_sparsity": statistics.fmean(got),
-                        "layer_sparsity": {r.name: r.sparsity for r in res.report.layers},
+                        # None only where sparsify converted no layer (then fmean fails, as before)
+                        "global_sparsity": statistics.fmean(cast("list[float]", got)),
+                        "layer_sparsity": {r.name: r.sparsity for r in layers},
                         "loop_train_ms_per_batch": statistics.median(ms),
                     }
                 )
