@@ -110,6 +110,13 @@ def test_dispatch_small_batches_without_gradient(monkeypatch):
     with torch.no_grad():
         big = rbgp_linear(torch.randn(native.MAX_BATCH + 1, 256), weight)
     assert big.is_contiguous() and calls == [4]  # beyond MAX_BATCH: the batched GEMMs, row-major too
+    short = make_layout(128, 64, 0.75, group_rows=8)  # groups of 8 rows: the kernel up to SMALL_GROUP_MAX_BATCH rows
+    assert short.values_shape[1] <= native.SMALL_GROUP_ROWS
+    short_weight = SparseWeight(torch.randn(short.values_shape), short)
+    with torch.no_grad():
+        for n in (native.MAX_BATCH + 1, native.SMALL_GROUP_MAX_BATCH, native.SMALL_GROUP_MAX_BATCH + 1, 4096):
+            rbgp_linear(torch.randn(n, 64), short_weight)  # a conv's im2col rows: thousands, the GEMMs
+    assert calls == [4, native.MAX_BATCH + 1, native.SMALL_GROUP_MAX_BATCH]
 
 
 def test_unavailable_kernel_falls_back_with_one_warning(monkeypatch, tmp_path):

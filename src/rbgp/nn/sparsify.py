@@ -513,7 +513,7 @@ def _convert_plans(plans: list[LayerPlan], args: SparsifyArgs) -> list[Converted
 def _warn_none_converted(skipped: list[tuple[str, str]], candidates: int) -> None:
     sparse = sum(why == "already sparse" for _, why in skipped)
     what = f"nothing left to convert ({sparse} layers are already sparse, " if sparse else "no layer was converted ("
-    warnings.warn(f"sparsify: {what}{candidates} stay dense: see report.skipped)", stacklevel=3)
+    warnings.warn(f"sparsify: {what}{candidates} stay dense: see report.skipped)", stacklevel=4)
 
 
 @dataclass
@@ -620,7 +620,7 @@ def _nothing_to_convert(report: SparsifyReport, skipped: list[tuple[str, str]]) 
     or a ValueError when it has none at all."""
     sparse = sum(why == "already sparse" for _, why in skipped)
     if sparse:
-        warnings.warn(f"sparsify: nothing left to convert ({sparse} layers are already sparse)", stacklevel=3)
+        warnings.warn(f"sparsify: nothing left to convert ({sparse} layers are already sparse)", stacklevel=4)
         report.skipped, report.params_after = skipped, report.params_before
         report.dense_params, report.bytes_after = report.params_before, report.bytes_before
         return report
@@ -635,7 +635,7 @@ def _warn_unmatched(candidates: list[tuple[str, nn.Module]], excludes: list[str]
     globs += [("sparsity", pat) for pat in sparsity] if isinstance(sparsity, Mapping) else []
     for what, pat in globs:
         if not any(fnmatch.fnmatchcase(name, pat) for name, _ in candidates):
-            warnings.warn(f"sparsify: {what} pattern {pat!r} matches no convertible layer", stacklevel=3)
+            warnings.warn(f"sparsify: {what} pattern {pat!r} matches no convertible layer", stacklevel=4)
 
 
 def _plan_layers(

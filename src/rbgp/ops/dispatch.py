@@ -12,7 +12,7 @@ import torch
 from rbgp.ops.autocast import autocast_inputs
 from rbgp.ops.finite import nonfinite_rows, surely_finite
 from rbgp.ops.grouped import grouped_forward, grouped_linear
-from rbgp.ops.native import MAX_BATCH, batch_limit, grouped_small, native_applies
+from rbgp.ops.native import batch_limit, grouped_small, native_applies
 from rbgp.ops.reference import reference_linear
 from rbgp.ops.weight import SparseWeight
 
@@ -119,11 +119,9 @@ def _grouped(
         return grouped_linear(x, weight.float_values(x.dtype) if values.dtype != x.dtype else values, layout), False
     if not _native_in_graph(x, values):
         return grouped_linear(x, values, layout), False
-    if fused and batch_limit(values) is None:
-        return grouped_small(x, values, layout, scales, bias), True
     wide = values if values.dtype == x.dtype else weight.float_values(x.dtype)
     y = torch.cond(
-        x.shape[0] <= MAX_BATCH,
+        x.shape[0] <= batch_limit(values),
         lambda a, v, w: grouped_small(a, v, layout, scales),
         lambda a, v, w: grouped_linear(a, w, layout)[:, : layout.out_features].contiguous(),
         (x, values, wide),

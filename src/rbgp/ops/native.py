@@ -36,9 +36,13 @@ MAX_BATCH = 16
 larger ones on the batched GEMMs of the torch path, which win there (`benchmarks/small_batch.md`),
 except for layers of small row groups (see SMALL_GROUP_ROWS)."""
 SMALL_GROUP_ROWS = 16
-"""Row groups of at most this many rows run on the native kernel at every batch size: batched GEMMs
-that short are slow (5632x2048 at 0.9, 16-row groups: the kernel 2-2.5x faster at batch 64-256 in
+"""Row groups of at most this many rows run on the native kernel up to SMALL_GROUP_MAX_BATCH rows: batched
+GEMMs that short are slow (5632x2048 at 0.9, 16-row groups: the kernel 2-2.5x faster at batch 64-256 in
 `benchmarks/small_batch.md`)."""
+SMALL_GROUP_MAX_BATCH = 256
+"""The largest batch measured to favour the kernel for short row groups. Beyond it the batched GEMMs run:
+a conv's im2col rows (thousands of output pixels, a few columns each) are several times faster there
+(ResNet-18's 1x1 stride-2 shortcuts at batch 32: 16.5 ms on the kernel against 2.4 ms)."""
 KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
 
 
@@ -135,9 +139,9 @@ def available() -> bool:
     return library() is not None
 
 
-def batch_limit(values: torch.Tensor) -> int | None:
-    """The largest batch the native kernel takes for these (G, R, K) values; None: any batch."""
-    return None if values.shape[1] <= SMALL_GROUP_ROWS else MAX_BATCH
+def batch_limit(values: torch.Tensor) -> int:
+    """The largest batch the native kernel takes for these (G, R, K) values."""
+    return SMALL_GROUP_MAX_BATCH if values.shape[1] <= SMALL_GROUP_ROWS else MAX_BATCH
 
 
 def native_applies(x: torch.Tensor, values: torch.Tensor, any_batch: bool = False) -> bool:
@@ -148,7 +152,7 @@ def native_applies(x: torch.Tensor, values: torch.Tensor, any_batch: bool = Fals
         x.device.type == "cpu"
         and x.dtype == torch.float32
         and values.dtype in KINDS
-        and (any_batch or batch_limit(values) is None or x.shape[0] <= MAX_BATCH)
+        and (any_batch or x.shape[0] <= batch_limit(values))
         and not (torch.is_grad_enabled() and (x.requires_grad or values.requires_grad))
         and not torch.jit.is_tracing()  # a traced graph would hold the kernel's output as a constant
         and available()
