@@ -27,7 +27,7 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype | Non
     """The backend `auto` stands for on `device` (and `dtype`), or `backend` itself after validation.
 
     auto: the Triton kernels for CUDA fp16/bf16/fp32 tensors when triton is installed, else the grouped
-    torch path ("grouped": on the CPU, batches of up to `rbgp.ops.native.MAX_BATCH` rows that need no
+    torch path ("grouped": on the CPU, batches of up to `rbgp.ops.native.batch_limit` rows that need no
     gradient run on the native kernel where it is available).
     triton: CUDA tensors, or CPU tensors under Triton's interpreter (TRITON_INTERPRET=1, slow, for tests).
     """
