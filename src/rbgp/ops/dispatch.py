@@ -50,7 +50,12 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype | Non
 
 
 def rbgp_linear(
-    x: torch.Tensor, weight: SparseWeight, bias: torch.Tensor | None = None, backend: str = "auto"
+    x: torch.Tensor,
+    weight: SparseWeight,
+    bias: torch.Tensor | None = None,
+    backend: str = "auto",
+    *,
+    im2col: bool = False,
 ) -> torch.Tensor:
     """y = x W^T + b for the grouped-sparse `weight`; x may have any leading dims.
 
@@ -59,6 +64,9 @@ def rbgp_linear(
     autocast are stored weights (`rbgp.nn.store_values_`), and so are int8 values with their per-row
     scales: widened to fp32 in registers by the native kernel, or once per call for the other paths;
     the output is fp32.
+
+    im2col: x is a conv's im2col matrix and the conv makes the output contiguous and flags inf/NaN
+    windows itself; the output may then be the transposed view of a feature-major product.
     """
     values, layout = weight.values, weight.layout
     if x.shape[-1] != layout.in_features:
@@ -90,9 +98,9 @@ def rbgp_linear(
 
             y = triton_linear(x2, values, layout)
         else:
-            y, finished = _grouped(x2, weight, values, scales, bias)
+            y, finished = _grouped(x2, weight, values, scales, bias, im2col)
         if not finished:
-            y = _as_dense_linear(y, layout.out_features, x2, bias)
+            y = _as_dense_linear(y, layout.out_features, None if im2col else x2, bias)
     if x.dim() == 2:
         return y
     # not a view, as F.linear's output (an in-place op on a view would bypass FSDP2's backward hooks)
@@ -105,6 +113,7 @@ def _grouped(
     values: torch.Tensor,
     scales: torch.Tensor | None,
     bias: torch.Tensor | None,
+    feature_major_out: bool = False,
 ) -> tuple[torch.Tensor, bool]:
     """(y, finished) on the native kernel or the batched GEMMs; finished: y is the layer's output
     already (the kernel added the bias and the non-finite flags, dropped the padding rows). Compiled,
@@ -116,7 +125,8 @@ def _grouped(
     if not torch.compiler.is_compiling():
         if fused and native_applies(x, values):
             return grouped_small(x, values, layout, scales, bias), True
-        return grouped_linear(x, weight.float_values(x.dtype) if values.dtype != x.dtype else values, layout), False
+        wide = weight.float_values(x.dtype) if values.dtype != x.dtype else values
+        return grouped_linear(x, wide, layout, feature_major_out), False
     if not _native_in_graph(x, values):
         return grouped_linear(x, values, layout), False
     wide = values if values.dtype == x.dtype else weight.float_values(x.dtype)
@@ -139,14 +149,18 @@ def _exporting() -> bool:
     return torch.compiler.is_compiling() and torch.compiler.is_exporting()
 
 
-def _as_dense_linear(y: torch.Tensor, out_features: int, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _as_dense_linear(
+    y: torch.Tensor, out_features: int, x: torch.Tensor | None, bias: torch.Tensor | None
+) -> torch.Tensor:
     """The output as nn.Linear gives it: the padding rows dropped, contiguous, the bias added, and a
     sample with an inf or NaN input NaN in every row, as the dense product of the densified weight is
-    (its zeros times inf or NaN)."""
+    (its zeros times inf or NaN). x None: an im2col conv's product, left in its layout and unflagged
+    (the conv does both)."""
     if y.shape[1] != out_features:
         y = y[:, :out_features]  # drop the padding rows (its backward pads with zeros)
-    y = y.contiguous()
-    if not surely_finite(x):
+    if x is not None:
+        y = y.contiguous()
+    if x is not None and not surely_finite(x):
         flags = nonfinite_rows(x).to(y.dtype)  # 0, or NaN where a sample has an inf or NaN
         y = y + flags if y.requires_grad else y.add_(flags)
     if bias is None:

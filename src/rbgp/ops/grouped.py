@@ -128,12 +128,22 @@ def _groups_of_rows(y: torch.Tensor, layout: LayoutTensors) -> torch.Tensor | No
     return y.as_strided((g, y.shape[0], r), (strides[0], y.shape[1], strides[1]), y.storage_offset())
 
 
-def grouped_forward(x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors) -> torch.Tensor:
+def grouped_forward(
+    x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors, feature_major_out: bool = False
+) -> torch.Tensor:
     """y (N, G*R) = x W^T, row-major, for x (N, in) row-major or a transposed view of a feature-major
     buffer. Each chunk of groups is one batched GEMM, (cs, N, K) @ (cs, K, R), whose products are
-    copied into their rows while in cache."""
+    copied into their rows while in cache. `feature_major_out`: y is instead the transposed view of a
+    feature-major (G*R, N) product, (cs, R, K) @ (cs, K, N) per chunk, rows in order (an im2col conv's
+    output: its channel planes are then made contiguous plane by plane)."""
     g, r, _ = values.shape
     n = x.shape[0]
+    if feature_major_out:
+        yg = x.new_empty(g, r, n)
+        for c, xg in _gathered_inputs(x, layout):
+            assert xg is not None  # gather=True
+            torch.bmm(values[c], xg, out=yg[c])
+        return yg.view(g * r, n).index_select(0, layout.row_order).t()
     y = x.new_empty(n, g * r)
     groups = _groups_of_rows(y, layout)
     for c, xg in _gathered_inputs(x, layout):
@@ -181,26 +191,31 @@ def grouped_backward(
 class GroupedLinearFunction(torch.autograd.Function):
     """y = x W^T for a grouped-sparse W given as (G, R, K) values; x is 2-D (N, in).
 
-    The output is row-major and contiguous (N, G*R), padding rows included.
+    The output is row-major and contiguous (N, G*R), padding rows included (with `feature_major_out`: the
+    transposed view of a feature-major product, see `grouped_forward`).
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors) -> torch.Tensor:
+    def forward(
+        ctx, x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors, feature_major_out: bool = False
+    ) -> torch.Tensor:
         ctx.save_for_backward(x, values)
         ctx.layout = layout
-        return grouped_forward(x, values, layout)
+        return grouped_forward(x, values, layout, feature_major_out)
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
         x, values = ctx.saved_tensors
         dxt, dv = grouped_backward(grad_y, x, values, ctx.layout, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
-        return (dxt.t() if dxt is not None else None), dv, None
+        return (dxt.t() if dxt is not None else None), dv, None, None
 
 
-def grouped_linear(x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors) -> torch.Tensor:
+def grouped_linear(
+    x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors, feature_major_out: bool = False
+) -> torch.Tensor:
     """`GroupedLinearFunction.apply`, or the bare forward when no gradient is wanted: inference then
     skips building an autograd node, a measurable share of a batch-1 forward
     (`benchmarks/linear_fixed_costs.md`)."""
     if torch.is_grad_enabled() and (x.requires_grad or values.requires_grad):
-        return GroupedLinearFunction.apply(x, values, layout)
-    return grouped_forward(x, values, layout)
+        return GroupedLinearFunction.apply(x, values, layout, feature_major_out)
+    return grouped_forward(x, values, layout, feature_major_out)
