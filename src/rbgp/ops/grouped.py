@@ -62,8 +62,8 @@ def _bag_offsets(count: int, dtype: torch.dtype, device: torch.device, workspace
 def _block_index(layout: LayoutTensors, c: slice, n: int, per_row: int, device: torch.device) -> torch.Tensor:
     """Rows of the (N * in / BW, BW) micro-block view that groups `c` read, sample by sample: sample
     i's block j is row i * per_row + j; int32 where it fits, half the bytes of int64. Kept in the
-    layout's workspace for its last batch size (building it took 0.2-0.3 ms of a 5 ms 4096x4096
-    forward at batch 256)."""
+    layout's workspace for its last batch size (building it is a measurable share of a forward:
+    `benchmarks/linear_fixed_costs.md`)."""
 
     def build() -> torch.Tensor:
         small = not torch.compiler.is_compiling() and n * per_row < 2**31  # no guard on a symbolic batch

@@ -37,12 +37,11 @@ larger ones on the batched GEMMs of the torch path, which win there (`benchmarks
 except for layers of small row groups (see SMALL_GROUP_ROWS)."""
 SMALL_GROUP_ROWS = 16
 """Row groups of at most this many rows run on the native kernel up to SMALL_GROUP_MAX_BATCH rows: batched
-GEMMs that short are slow (5632x2048 at 0.9, 16-row groups: the kernel 2-2.5x faster at batch 64-256 in
-`benchmarks/small_batch.md`)."""
+GEMMs that short are slow there (`benchmarks/small_batch.md`)."""
 SMALL_GROUP_MAX_BATCH = 256
-"""The largest batch measured to favour the kernel for short row groups. Beyond it the batched GEMMs run:
-a conv's im2col rows (thousands of output pixels, a few columns each) are several times faster there
-(ResNet-18's 1x1 stride-2 shortcuts at batch 32: 16.5 ms on the kernel against 2.4 ms)."""
+"""The largest batch measured to favour the kernel for short row groups (`benchmarks/small_batch.md`).
+Beyond it the batched GEMMs run, which are several times faster on a conv's im2col rows (thousands of
+output pixels, a few columns each; `docs/benchmarks.md`, whole CNNs)."""
 KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
 
 

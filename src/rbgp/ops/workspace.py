@@ -2,7 +2,7 @@
 
 The grouped torch path reads a few tables that depend on the batch size or grow with it (the row
 index of a micro-block gather, the offsets of an embedding-bag gather). Building them costs a
-measurable share of a forward (0.2-0.3 ms of a 5 ms 4096x4096 forward at batch 256), so each weight
+measurable share of a forward (`benchmarks/linear_fixed_costs.md`), so each weight
 keeps the last one of each kind it used. Tables are keyed by their inputs, the device and whether
 inference mode is on (a table made under inference_mode must not reach autograd). Nothing is kept
 while torch.compile traces: the graph builds its own.
