@@ -108,3 +108,22 @@ def test_mypy_is_clean():
     run = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental", "src"], cwd=ROOT, capture_output=True,
                          text=True)
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
+
+
+TIMING = r"\b\d+(?:\.\d+)?\s?(?:ms|us)\b|\b\d+\.\d+x\b|\b2-core\b"
+"""What a measurement looks like in prose: milliseconds, microseconds, a speed-up ratio, the machine."""
+
+
+def test_docstrings_state_rules_not_timings():
+    """Docstrings say what and why and link the benchmark file; measurements live in benchmarks/ (they go
+    stale in a docstring)."""
+    import ast
+    import re
+
+    found = []
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+                for hit in re.findall(TIMING, node.value.value):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {hit!r}")
+    assert not found, found
