@@ -58,7 +58,7 @@ class GramStats:
         unit = 2.0 ** math.floor(math.log2(peak)) if 0 < peak < math.inf else 1.0
         xs = x / unit
         self.gram[:-1, :-1] += (xs.t() @ xs).double() * unit**2
-        sums = x.double().sum(0)
+        sums = x.sum(0, dtype=torch.float64)
         self.gram[:-1, -1] += sums
         self.gram[-1, :-1] += sums
         self.gram[-1, -1] += x.shape[0]

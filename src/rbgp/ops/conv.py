@@ -206,4 +206,5 @@ def _conv_on_path(
     cols, oh, ow = im2col_feature_major(x, conv.kernel_size, conv.stride, padding, conv.dilation)
     # the feature-major matrix goes in as its transposed (N*L, C*kh*kw) view: the gather reads rows
     y = rbgp_linear(cols.t(), weight, bias, backend, im2col=True)  # (N*L, out), maybe a transposed view
-    return y.view(x.shape[0], oh, ow, conv.out_channels).permute(0, 3, 1, 2)  # channels-last
+    # (N, out, OH, OW); rbgp_conv2d makes it contiguous in the input's memory format
+    return y.view(x.shape[0], oh, ow, conv.out_channels).permute(0, 3, 1, 2)

@@ -160,9 +160,9 @@ def _as_dense_linear(
         y = y[:, :out_features]  # drop the padding rows (its backward pads with zeros)
     if x is not None:
         y = y.contiguous()
-    if x is not None and not surely_finite(x):
-        flags = nonfinite_rows(x).to(y.dtype)  # 0, or NaN where a sample has an inf or NaN
-        y = y + flags if y.requires_grad else y.add_(flags)
+        if not surely_finite(x):
+            flags = nonfinite_rows(x).to(y.dtype)  # 0, or NaN where a sample has an inf or NaN
+            y = y + flags if y.requires_grad else y.add_(flags)
     if bias is None:
         return y
     return y + bias if y.requires_grad or bias.requires_grad else y.add_(bias)
