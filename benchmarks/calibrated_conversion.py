@@ -6,9 +6,11 @@ Fashion-MNIST MLP (784-1024-1024-1024-10) and small CNN. Each is converted at ev
 every method, on the same layers (`sparsify`'s choice: attention and MLP projections; heads,
 embeddings and the first/last layer of the plain nets stay dense), uniform sparsity per layer:
 
-- magnitude, Wanda, SparseGPT: `rbgp.nn.oneshot.prune_oneshot` (unstructured; 2:4 at 0.5);
+- magnitude, Wanda, SparseGPT: `rbgp.nn.oneshot.prune_oneshot` (unstructured; 2:4 at 0.5), with the
+  papers' layer targets, and SparseGPT also with dense targets (`targets="dense"`, as RBGP's default);
 - RBGP4 data-free: `sparsify(model, s)` (init="magnitude", structure fitted to |W|);
-- RBGP4 calibrated: `sparsify(model, s, calibration=...)`, and the same fitted column by column
+- RBGP4 calibrated: `sparsify(model, s, calibration=...)` (dense targets: each layer fits the
+  unconverted model's outputs), the same with SparseGPT's layer targets, and fitted column by column
   (block=(1, 1): no micro-blocks) to measure what micro-block granularity costs.
 
 Reported: test bits per byte (LMs) or accuracy (Fashion-MNIST) with no fine-tuning and after a short
@@ -47,10 +49,12 @@ METHODS = {  # label -> (kind, arguments); kind "oneshot" or "rbgp"
     "magnitude (unstructured)": ("oneshot", {"method": "magnitude"}),
     "Wanda (unstructured)": ("oneshot", {"method": "wanda"}),
     "SparseGPT (unstructured)": ("oneshot", {"method": "sparsegpt"}),
+    "SparseGPT (unstructured), dense targets": ("oneshot", {"method": "sparsegpt", "targets": "dense"}),
     "Wanda 2:4": ("oneshot", {"method": "wanda", "nm": (2, 4)}),
     "SparseGPT 2:4": ("oneshot", {"method": "sparsegpt", "nm": (2, 4)}),
     "RBGP4 data-free (init=magnitude)": ("rbgp", {}),
     "RBGP4 calibrated, column by column": ("rbgp", {"calibrated": True, "block": (1, 1)}),
+    "RBGP4 calibrated, layer targets": ("rbgp", {"calibrated": True, "targets": "layer"}),
     "RBGP4 calibrated": ("rbgp", {"calibrated": True}),
 }
 NM_ONLY_AT = 0.5
@@ -91,11 +95,10 @@ def convert(model: nn.Module, kind: str, args: dict, sparsity: float, calibratio
     if kind == "oneshot":
         nm = args.get("nm")
         prune_oneshot(model, 0.0 if nm else sparsity, calibration if args["method"] != "magnitude" else None,
-                      args["method"], nm)
+                      args["method"], nm, targets=args.get("targets", "layer"))
     else:
         extra = {"calibration": calibration} if args.get("calibrated") else {}
-        if "block" in args:
-            extra["block"] = args["block"]
+        extra.update({k: args[k] for k in ("block", "targets") if k in args})
         sparsify(model, sparsity, distribution="uniform", **extra)
     return model
 
@@ -226,7 +229,8 @@ def run(models: list[str], ft_steps: int, calib: int, image_calib: int, methods:
                 freeze_zeros(converted)
                 finetune(converted)
                 after = score(converted)
-                row = {"method": label, "sparsity": sparsity, "no_ft": before, "ft": after, "seconds": seconds,
+                row = {"method": label, "date": results["date"], "sparsity": sparsity, "no_ft": before, "ft": after,
+                       "seconds": seconds,
                        "peak_mb": mem.added / 2 ** 20, "block_widths": block_widths(converted)}
                 entry["rows"].append(row)
                 print(f"  {label} @ {sparsity}: {before:.4f} -> {after:.4f} ({seconds:.1f} s, "
@@ -238,7 +242,9 @@ def run(models: list[str], ft_steps: int, calib: int, image_calib: int, methods:
 
 def markdown(res: dict) -> str:
     lines = [f"Calibrated conversion of trained models, no fine-tuning -> after {res['ft_steps']} fine-tuning steps "
-             f"(the same for every method). `{res['command']}`, {res['machine']}, {res['date']}.", ""]
+             f"(the same for every method). `{res['command']}`, {res['machine']}; each row's date in brackets "
+             f"(rows are re-measured with `--update --methods ...`; the models and the other rows stay as they were).",
+             ""]
     for name, e in res["models"].items():
         lines += [f"### {name}: {e['metric']}, dense {e['dense']:.3f} (fine-tuned the same way: {e['dense_ft']:.3f}); "
                   f"{e['calibration_samples']} calibration samples", "",
@@ -249,7 +255,7 @@ def markdown(res: dict) -> str:
             cells = [f"{rows[s]['no_ft']:.3f} -> {rows[s]['ft']:.3f}" if s in rows else "" for s in SPARSITIES]
             last = rows[max(rows)]
             widths = sorted({w for r in rows.values() for w in r["block_widths"]})
-            lines.append(f"| {label} | " + " | ".join(cells) + f" | {last['seconds']:.1f} | {last['peak_mb']:.0f} | "
+            lines.append(f"| {label} ({last.get('date', res['date'])}) | " + " | ".join(cells) + f" | {last['seconds']:.1f} | {last['peak_mb']:.0f} | "
                          f"{', '.join(map(str, widths)) or 'dense (masked)'} |")
         lines.append("")
     return "\n".join(lines)

@@ -87,6 +87,78 @@ def test_later_layers_see_the_converted_layers_outputs():
     torch.testing.assert_close(seen["4"], h.t() @ h, rtol=1e-5, atol=1e-5)  # measured after layer 2 was replaced
 
 
+def test_dense_targets_pair_the_converted_inputs_with_the_unconverted_models():
+    model = _mlp()
+    x = torch.randn(64, 32)
+    h1 = torch.relu(model[2](torch.relu(model[0](x)))).double()  # layer 4's input in the unconverted model
+    replacement = nn.Linear(128, 128)
+    seen = {}
+
+    def convert(name, module, stats):
+        seen[name] = stats
+        return replacement if name == "2" else None
+
+    sequential(model, [("2", model[2]), ("4", model[4])], list(x.split(16)), convert, dense_targets=True)
+    assert seen["2"].cross is None  # nothing converted before layer 2: its inputs are the dense ones
+    assert model[2] is replacement  # put back after each dense pass
+    hs = torch.relu(replacement(torch.relu(model[0](x)))).double()
+    ones = torch.ones(64, 1, dtype=torch.float64)
+    hsa, hda = torch.cat([hs, ones], 1), torch.cat([h1, ones], 1)
+    stats = seen["4"]
+    torch.testing.assert_close(stats.gram, hsa.t() @ hsa, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(stats.cross, hsa.t() @ hda, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(stats.dense_gram, hda.t() @ hda, rtol=1e-5, atol=1e-4)
+
+
+def test_rows_routed_differently_are_not_paired():
+    """A layer that sees other rows once earlier layers change (data-dependent routing, as MoE experts) is
+    measured on its own inputs only: no cross products from rows that do not correspond."""
+
+    class Routed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(h[h[:, 0] > 0])
+
+    torch.manual_seed(0)
+    model, x = Routed(), torch.randn(64, 8)
+    flipped = nn.Linear(8, 8)
+    with torch.no_grad():
+        flipped.weight.copy_(-model.a.weight)
+        flipped.bias.copy_(-model.a.bias)
+    seen = {}
+
+    def convert(name, module, stats):
+        seen[name] = stats
+        return flipped if name == "a" else None
+
+    sequential(model, [("a", model.a), ("b", model.b)], [x], convert, dense_targets=True)
+    h = flipped(x)
+    rows = h[h[:, 0] > 0].double()
+    assert seen["b"].cross is None and seen["b"].dense_gram is None and seen["b"].rows == len(rows)
+    torch.testing.assert_close(seen["b"].inputs, rows.t() @ rows, rtol=1e-5, atol=1e-5)
+
+
+def test_dense_targets_correct_the_errors_of_earlier_layers():
+    """Fitting each layer to the unconverted model's outputs lands closer to the dense model than fitting it
+    to the dense layer on converted inputs (SparseGPT's targets); both are deterministic."""
+    model = _mlp()
+    x = torch.randn(512, 32) @ torch.randn(32, 32)
+    batches = list(x.split(128))
+    ref = model(x).detach()
+    errors = {
+        t: _error(sparsify(model, 0.9, inplace=False, distribution="uniform", calibration=batches, targets=t).model,
+                  ref, batches)
+        for t in ("dense", "layer")
+    }
+    assert errors["dense"] < 0.9 * errors["layer"]
+    with pytest.raises(ValueError, match="targets must be one of .*'dense'.*got 'outputs'"):
+        sparsify(model, 0.9, calibration=batches, targets="outputs")
+
+
 def test_an_error_puts_every_replaced_layer_back():
     model = _mlp()
     before = list(model)

@@ -1,5 +1,7 @@
 """The one-shot baselines (magnitude, Wanda, SparseGPT; unstructured and 2:4) against hand-computed cases."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -75,3 +77,26 @@ def test_prune_oneshot_on_a_tiny_gpt2(method):
         assert abs(float((model.get_submodule(name).weight == 0).double().mean()) - 0.5) < 0.01
         assert abs(sparsity - 0.5) < 0.01
     assert "calibration output error" in str(report)
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_dense_targets_prune_the_refit_of_the_unconverted_outputs(method):
+    """targets="dense": every layer after the first is pruned from the full least-squares fit of the
+    unconverted model's outputs (bias re-fitted), which lands closer to the dense model than the papers'
+    targets on this net; the layers are pruned copies (the originals untouched), at the same sparsity."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                          nn.Linear(64, 4))
+    x = torch.randn(256, 16) @ torch.randn(16, 16)
+    ref = model(x).detach()
+    errors = {}
+    for targets in ("layer", "dense"):
+        pruned = copy.deepcopy(model)
+        first, second = pruned[2], pruned[4]
+        report = prune_oneshot(pruned, 0.75, list(x.split(64)), method=method, targets=targets)
+        assert (pruned[2] is first) == (pruned[4] is second) == (targets == "layer")  # "dense": pruned copies
+        assert all(abs(s - 0.75) < 0.01 for _, s, _ in report.layers)
+        errors[targets] = float((pruned(x).detach() - ref).pow(2).mean() / ref.pow(2).mean())
+    assert errors["dense"] < errors["layer"]
+    with pytest.raises(ValueError, match="targets must be one of"):
+        prune_oneshot(model, 0.5, [x], method=method, targets="outputs")

@@ -77,6 +77,33 @@ def test_residual_is_the_minimum(seed, scale):
     assert output_error(w, b, _dense(values, rows, cols, 8, 12), nb, h) == pytest.approx(best, rel=1e-4)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_dense_targets_match_closed_form_least_squares(bias):
+    """With cross products, each group fits the dense layer's outputs on other inputs X_d (the unconverted
+    model's) from its columns of X; the output error is measured against those outputs."""
+    x, w, b, h = _problem(10, 12, 300, seed=3, bias=bias)
+    g = torch.Generator().manual_seed(4)
+    xd = x + 0.3 * torch.randn(x.shape, generator=g, dtype=x.dtype)  # what the dense model would have given
+    ones = torch.ones(len(x), 1, dtype=x.dtype)
+    xa, xda = torch.cat([x, ones], 1), torch.cat([xd, ones], 1)
+    rows, cols = _layout(10, 12, 2, 6, seed=5)
+    values, nb = solve_grouped(w, b, h, rows, cols, damp=0.0, cross=xa.t() @ xda)
+    y = xd @ w.t() + (b if bias else 0)
+    for gi in range(2):
+        keep = rows[gi][rows[gi] < 10]
+        a = torch.cat([x[:, cols[gi]], ones], 1) if bias else x[:, cols[gi]]
+        ref = torch.linalg.lstsq(a, y[:, keep]).solution
+        torch.testing.assert_close(values[gi][rows[gi] < 10], ref[: cols.shape[1]].t(), rtol=1e-8, atol=1e-8)
+        if bias:
+            torch.testing.assert_close(nb[keep], ref[-1], rtol=1e-8, atol=1e-8)
+    new = _dense(values, rows, cols, 10, 12)
+    got = x @ new.t() + (nb if bias else 0)
+    direct = float((got - y).pow(2).sum() / y.pow(2).sum())
+    error = output_error(w, b, new, nb, h, xa.t() @ xda, xda.t() @ xda)
+    assert error == pytest.approx(direct, rel=1e-3)
+    assert output_error(w, b, w, b, h, h, h) == pytest.approx(0.0, abs=1e-6)  # X_d = X, exact weights
+
+
 def test_full_support_reproduces_the_layer():
     x, w, b, h = _problem(6, 8, 50, 0)
     rows = torch.arange(6).reshape(2, 3)

@@ -274,6 +274,18 @@ def test_rbgp4_min_group_rows_prefers_tall_groups():
     assert RBGP4(min_group_rows=8).replace(tol=0.02).min_group_rows == 8
 
 
+def test_rbgp4_min_block_width_prefers_wide_blocks():
+    """A 256x688 layer at 0.75: the exact biregular plan has 4-column blocks; asked for 8, a plan of wider
+    blocks within tol is taken instead, and blocks stay narrower only where nothing else fits."""
+    plain = RBGP4()._plan(256, 688, 0.75)
+    wide = RBGP4(min_block_width=8)._plan(256, 688, 0.75)
+    assert plain.block[1] < 8 <= wide.block[1]
+    assert abs(wide.sparsity - 0.75) <= 0.01
+    assert RBGP4(min_block_width=8)._plan(256, 36, 0.75).block[1] < 8  # 36 inputs: no 8-wide plan at all
+    with pytest.raises(ValueError, match="min_block_width"):
+        RBGP4(min_block_width=0)
+
+
 def test_achieved_sparsity_is_what_the_build_has():
     for pattern, shape, asked in [(RBGP4(), (256, 256, 3, 3), 0.9139), (RBGP4(), (1000, 64), 0.9),
                                   (Unstructured(), (30, 70), 0.9), (NM(2, 4), (8, 16), 0.3)]:

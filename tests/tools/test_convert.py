@@ -46,6 +46,19 @@ def test_convert_writes_a_folder_from_pretrained_loads(saved, capsys):
     assert abs(loss(loaded) - loss(dense)) < 0.5
 
 
+def test_targets_choose_what_each_layer_is_fitted_to(saved, capsys):
+    """--targets layer (SparseGPT's) gives other weights than the default dense targets; a bad value exits 2."""
+    args = ["--sparsity", "0.75", "--calibration", str(saved / "text.txt"), "--seq-len", "32", "--samples", "16"]
+    for targets in ("dense", "layer"):
+        assert main(["convert", str(saved / "model"), str(saved / targets), *args, "--targets", targets]) == 0
+    dense, layer = (rbgp.from_pretrained(transformers.GPT2LMHeadModel, saved / t).state_dict() for t in ("dense", "layer"))
+    assert dense.keys() == layer.keys()
+    assert any(not torch.equal(dense[k], layer[k]) for k in dense if k.startswith("transformer.h.1"))
+    with pytest.raises(SystemExit) as stop:
+        main(["convert", str(saved / "model"), str(saved / "bad"), *args, "--targets", "outputs"])
+    assert stop.value.code == 2 and "invalid choice: 'outputs'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("change,message", [
     (lambda p: (p / "text.txt").write_text(""), "the calibration text is empty"),
     (lambda p: (p / "text.txt").write_text("short"), "fewer than one window of --seq-len 32"),

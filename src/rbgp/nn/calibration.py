@@ -5,7 +5,10 @@ forward hooks and hands each layer its input Gram matrix (`GramStats`), then swa
 returns before the next layers are measured, so later layers see the inputs the already-converted
 layers produce (as SparseGPT does). Layers that read the same input tensor (a transformer's q/k/v,
 gate/up projections) form one wave and share one Gram matrix; a wave's passes stop as soon as its
-layers have run, so peak memory is the model plus one wave's Gram (float64) and one batch.
+layers have run, so peak memory is the model plus one wave's Gram (float64) and one batch. With
+`dense_targets` every batch is also run with the unconverted layers put back (kept for that and for
+the roll-back anyway), and the cross products of the two inputs are kept with the dense inputs' Gram
+(`GramStats.cross`, `GramStats.dense_gram`): three Gram matrices and two forwards per wave.
 
 A calibration batch is what the model is called with: a tensor (`model(t)`), a dict (`model(**d)`,
 transformers' tokenizer output), or a tuple or list whose first element is the input (a DataLoader's
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -31,6 +35,12 @@ class CalibrationError(ValueError):
     """Calibration data that cannot be used (empty, or of a kind the model cannot be called with)."""
 
 
+TARGETS = ("dense", "layer")
+"""What a converted layer is fitted to: "dense", the unconverted model's outputs of the layer (the
+errors of the layers converted before it are corrected where the structure allows); "layer", the
+dense layer applied to the inputs the converted model gives it (SparseGPT's choice)."""
+
+
 class _Stop(Exception):
     """Raised by a hook once the current wave's input is measured: the rest of the forward is not needed."""
 
@@ -41,6 +51,10 @@ class GramStats:
 
     gram: torch.Tensor
     rows: int = 0
+    cross: torch.Tensor | None = None
+    """With dense targets: [X 1]^T [X_d 1], X_d the inputs the unconverted model gives the layer."""
+    dense_gram: torch.Tensor | None = None
+    """With dense targets: [X_d 1]^T [X_d 1]."""
 
     @property
     def inputs(self) -> torch.Tensor:
@@ -52,17 +66,35 @@ class GramStats:
         of two (exact) into [1, 2), so that large activations do not overflow float32, summed in float64;
         the ones column's entries (column sums, the row count) in float64. Inf or NaN inputs make the
         Gram matrix non-finite, which the conversion refuses."""
-        x = x.detach()
-        x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        peak = float(x.abs().max()) if x.numel() else 0.0
-        unit = 2.0 ** math.floor(math.log2(peak)) if 0 < peak < math.inf else 1.0
-        xs = x / unit
-        self.gram[:-1, :-1] += (xs.t() @ xs).double() * unit**2
-        sums = x.sum(0, dtype=torch.float64)
-        self.gram[:-1, -1] += sums
-        self.gram[-1, :-1] += sums
-        self.gram[-1, -1] += x.shape[0]
+        x, unit = _scaled(x)
+        _add_product(self.gram, x, unit, x, unit)
         self.rows += x.shape[0]
+
+    def add_pair(self, x: torch.Tensor, dense: torch.Tensor) -> None:
+        """`add(x)`, and the products of x and of the rows `dense` the unconverted model gives with `dense`."""
+        self.add(x)
+        if self.cross is None or self.dense_gram is None:
+            self.cross, self.dense_gram = torch.zeros_like(self.gram), torch.zeros_like(self.gram)
+        xs, d = _scaled(x), _scaled(dense)
+        _add_product(self.cross, *xs, *d)
+        _add_product(self.dense_gram, *d, *d)
+
+
+def _scaled(x: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(x / unit, unit): x (float32 or wider) divided by the power of two at or below max |x| (exact)."""
+    x = x.detach()
+    x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    peak = float(x.abs().max()) if x.numel() else 0.0
+    unit = 2.0 ** math.floor(math.log2(peak)) if 0 < peak < math.inf else 1.0
+    return x / unit, unit
+
+
+def _add_product(acc: torch.Tensor, a: torch.Tensor, ua: float, b: torch.Tensor, ub: float) -> None:
+    """acc += [a 1]^T [b 1] (a, b scaled rows with their units), summed in float64."""
+    acc[:-1, :-1] += (a.t() @ b).double() * (ua * ub)
+    acc[:-1, -1] += a.sum(0, dtype=torch.float64) * ua
+    acc[-1, :-1] += b.sum(0, dtype=torch.float64) * ub
+    acc[-1, -1] += a.shape[0]
 
 
 def layer_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -224,31 +256,68 @@ def _waves(model: nn.Module, layers: list[tuple[str, nn.Module]], batch) -> list
     return waves + [[i] for i in range(len(layers)) if i not in called]
 
 
-def _measure(model: nn.Module, first: nn.Module, batches: list, untouched: bool = False) -> GramStats:
+def _measure(
+    model: nn.Module,
+    first: nn.Module,
+    batches: list,
+    untouched: bool = False,
+    originals: list[tuple[str, nn.Module]] | None = None,
+) -> GramStats:
     """The Gram matrix of the input of `first` (which the rest of its wave shares), over every batch. Each
     forward stops as soon as that input is seen: nothing after it is needed (a layer the model calls
     twice per forward is measured on its first call). `untouched`: the model is as the user gave it, so
-    a failure is reported as the calibration data's."""
+    a failure is reported as the calibration data's. `originals` (name, unconverted layer): each batch
+    is also run with them put back, and the cross products with those dense inputs kept (`GramStats.cross`),
+    unless the two passes give the layer different numbers of rows (tokens routed elsewhere)."""
     width = _input_width(first)
     stats = GramStats(
         torch.zeros(width + 1, width + 1, dtype=torch.float64, device=cast(torch.Tensor, first.weight).device)
     )
+    seen: list[torch.Tensor] = []
 
     def pre(module, args):
-        stats.add(layer_inputs(module, args[0]))
+        seen.append(layer_inputs(module, args[0]))
         raise _Stop
 
+    def run(batch, i: int) -> torch.Tensor | None:
+        seen.clear()
+        try:
+            _run_batch(model, batch, i) if untouched else call_model(model, batch)
+        except _Stop:
+            pass
+        return seen[0] if seen else None
+
+    paired = bool(originals)
     handle = first.register_forward_pre_hook(pre)
     try:
         with torch.no_grad():
             for i, batch in enumerate(batches):
-                try:
-                    _run_batch(model, batch, i) if untouched else call_model(model, batch)
-                except _Stop:
-                    pass
+                dense = None
+                if originals:
+                    with _put_back(model, originals):
+                        dense = run(batch, i)
+                if (x := run(batch, i)) is None:
+                    continue
+                paired = paired and dense is not None and dense.shape == x.shape
+                stats.add_pair(x, cast(torch.Tensor, dense)) if paired else stats.add(x)
     finally:
         handle.remove()
+    if not paired:  # rows that do not correspond (routed MoE tokens): the layer's own targets
+        stats.cross = stats.dense_gram = None
     return stats
+
+
+@contextmanager
+def _put_back(model: nn.Module, originals: list[tuple[str, nn.Module]]) -> Iterator[None]:
+    """The unconverted layers in the model for the duration (the converted ones back afterwards)."""
+    converted = [(name, model.get_submodule(name)) for name, _ in originals]
+    for name, module in originals:
+        set_module(model, name, module)
+    try:
+        yield
+    finally:
+        for name, module in converted:
+            set_module(model, name, module)
 
 
 def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -263,10 +332,12 @@ def sequential(
     calibration: Iterable,
     convert: Callable[[str, nn.Module, GramStats], nn.Module | None],
     desc: str = "calibrate",
+    dense_targets: bool | Callable[[str], bool] = False,
 ) -> None:
     """For each layer, in the order the model runs them, `convert(name, module, stats)`; a module it returns
     replaces the layer before the next wave is measured (None: the layer stays, changed in place or not).
-    On any error every replaced layer is put back."""
+    On any error every replaced layer is put back. `dense_targets` (or a predicate on the wave's first
+    layer name): measure the cross products with the unconverted model's inputs (see `_measure`)."""
     batches = as_batches(calibration)
     check_batches(model, batches)
     was_training = model.training
@@ -276,7 +347,11 @@ def sequential(
         waves = _waves(model, layers, batches[0])
         bar = tqdm(total=len(layers), desc=desc, unit="layer", leave=False, disable=None if len(layers) > 1 else True)
         for wave in waves:
-            stats = _measure(model, layers[wave[0]][1], batches, untouched=not swapped)
+            name = layers[wave[0]][0]
+            pair = dense_targets(name) if callable(dense_targets) else dense_targets
+            stats = _measure(
+                model, layers[wave[0]][1], batches, untouched=not swapped, originals=swapped if pair else None
+            )
             for i in wave:
                 name, module = layers[i]
                 bar.set_postfix_str(name)

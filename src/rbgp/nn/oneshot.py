@@ -15,6 +15,7 @@ on the same model and data.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import cast
@@ -22,8 +23,8 @@ from typing import cast
 import torch
 from torch import nn
 
-from rbgp.nn.calibration import GramStats, sequential
-from rbgp.nn.reconstruct import DAMP, damped, output_error
+from rbgp.nn.calibration import TARGETS, GramStats, sequential
+from rbgp.nn.reconstruct import DAMP, damped, output_error, solve_grouped
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 
@@ -133,14 +134,20 @@ def prune_oneshot(
     exclude: str | tuple[str, ...] | list[str] = (),
     keep_first_last: bool = True,
     damp: float = DAMP,
+    targets: str = "layer",
 ) -> PruneReport:
     """Prune the layers `sparsify` would convert (same `exclude` and `keep_first_last`) in place, with
     `method` ("magnitude", "wanda" or "sparsegpt"), unstructured at `sparsity` or n:m (`nm=(2, 4)`).
-    Wanda and SparseGPT need `calibration` (see `rbgp.nn.calibration`) and run layer by layer on it."""
+    Wanda and SparseGPT need `calibration` (see `rbgp.nn.calibration`) and run layer by layer on it.
+    targets: "layer" (the papers' choice) or "dense", as in `sparsify`: the method is then applied to the
+    full least-squares fit of the unconverted model's outputs, ||X W'^T - X_d W^T||^2 = ||X (W' - W*)^T||^2
+    + const, and the bias is re-fitted with it (the layers are replaced by pruned copies)."""
     from rbgp.nn.sparsify import _weight_matrix, convertible_layers
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if targets not in TARGETS:
+        raise ValueError(f"targets must be one of {TARGETS}, got {targets!r}")
     if method != "magnitude" and calibration is None:
         raise ValueError(f"method={method!r} needs calibration data (calibration=[batch, ...])")
     layers = convertible_layers(model, exclude, keep_first_last)
@@ -148,10 +155,21 @@ def prune_oneshot(
         raise ValueError("model has no layer to prune (see rbgp.sparsify's report for why each is left alone)")
     report = PruneReport([])
 
-    def prune(name: str, module: nn.Module, stats: GramStats | None) -> None:
+    def prune(name: str, module: nn.Module, stats: GramStats | None) -> nn.Module | None:
+        keep = targets == "dense" and stats is not None  # the unconverted layer stays for the dense passes
+        module = copy.deepcopy(module) if keep else module
         w = _weight_matrix(module)  # a view of the weight (Conv1D's transposed), written below
         b = cast("torch.Tensor | None", module.bias)
         with torch.no_grad():
+            dense_w, dense_b = w.clone(), None if b is None else b.clone()
+            if stats is not None and stats.cross is not None:
+                full = torch.arange(max(w.shape))
+                values, new_b = solve_grouped(
+                    w, b, stats.gram, full[None, : w.shape[0]], full[None, : w.shape[1]], damp, cross=stats.cross
+                )
+                w.copy_(values[0])
+                if b is not None and new_b is not None:
+                    b.copy_(new_b)
             if method == "magnitude":
                 new = magnitude_prune(w, sparsity, nm)
             elif method == "wanda":
@@ -160,14 +178,17 @@ def prune_oneshot(
             else:
                 assert stats is not None  # measured by `sequential`
                 new = sparsegpt_prune(w, stats.inputs, sparsity, nm, damp=damp)
-            error = output_error(w, b, new, b, stats.gram) if stats is not None else float("nan")
+            error = float("nan")
+            if stats is not None:
+                error = output_error(dense_w, dense_b, new, b, stats.gram, stats.cross, stats.dense_gram)
             w.copy_(new)
         report.layers.append((name, float((new == 0).double().mean()), error))
+        return module if keep else None
 
     if method == "magnitude":
         for name, module in layers:
             prune(name, module, None)
     else:
         assert calibration is not None  # checked above: every other method needs it
-        sequential(model, layers, calibration, prune, desc=method)
+        sequential(model, layers, calibration, prune, desc=method, dense_targets=targets == "dense")
     return report

@@ -33,7 +33,8 @@ until there are), and micro-blocks of CALIBRATED_BLOCK_WIDTH columns where the p
 group fewer than MIN_BLOCKS blocks to choose. Every row group shares one support, so smaller groups
 and finer blocks fit the data better, which matters on narrow layers
 (`benchmarks/calibrated_conversion.md`); a 4096-row layer keeps its 128-row groups (32 of them), and
-so its speed."""
+so its speed. Plans with blocks narrower than CALIBRATED_BLOCK_WIDTH are taken only where no other
+meets the sparsity (`RBGP4(min_block_width=...)`)."""
 
 
 def calibrated_pattern(pattern: RBGP4, weight_shape: tuple[int, ...], sparsity: float) -> RBGP4:
@@ -45,7 +46,7 @@ def calibrated_pattern(pattern: RBGP4, weight_shape: tuple[int, ...], sparsity: 
     rows = pattern.group_rows
     while rows > 1 and out // rows < MIN_GROUPS:
         rows //= 2
-    pattern = pattern.replace(group_rows=rows)
+    pattern = pattern.replace(group_rows=rows, min_block_width=min(pattern.block[1], CALIBRATED_BLOCK_WIDTH))
     try:
         plan = pattern._plan(out, inp, sparsity, nearest=True)
     except ValueError:
@@ -96,13 +97,16 @@ def solve_grouped(
     col_index: torch.Tensor,
     damp: float = DAMP,
     fit_bias: bool | None = None,
+    cross: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(values (G, R, K), bias (out,) or None): for every row group, the least-squares weights on its
     columns given the dense layer `weight` (out, in), `bias` and the augmented Gram `gram` (in + 1, in + 1).
 
     Rows from `out` on (padding rows) get zeros. The bias is re-fitted jointly (`fit_bias`, default:
     when the layer has one) with an undamped ones column. A system that is not positive definite (a
-    degenerate Gram with damp=0) is retried with ten times the damping."""
+    degenerate Gram with damp=0) is retried with ten times the damping. `cross` ([X 1]^T [X_d 1], same
+    shape as `gram`): fit the dense layer's outputs on other inputs X_d (the unconverted model's) instead
+    of on X."""
     out, inp = weight.shape
     if gram.shape != (inp + 1, inp + 1):
         raise ValueError(f"gram must be ({inp + 1}, {inp + 1}) (inputs plus a ones column), got {tuple(gram.shape)}")
@@ -110,6 +114,7 @@ def solve_grouped(
     g, r = row_index.shape
     k = col_index.shape[1]
     h = gram.double()
+    c = h if cross is None else cross.double()
     target = _augment(weight, bias).to(h.device)
     target = torch.cat([target, target.new_zeros(g * r - out, inp + 1)])  # padding rows: zero targets
     rows, cols = row_index.to(h.device), col_index.to(h.device)
@@ -127,7 +132,7 @@ def solve_grouped(
         a = h[sup[:, :, None], sup[:, None, :]]  # (c, K', K')
         diag = a.diagonal(dim1=1, dim2=2)
         diag[:, :k][diag[:, :k] <= 0] = 1.0  # inputs never seen
-        rhs = h[sup] @ target[rows[s : s + per]].transpose(1, 2)  # (c, K', in+1) @ (c, in+1, R)
+        rhs = c[sup] @ target[rows[s : s + per]].transpose(1, 2)  # (c, K', in+1) @ (c, in+1, R)
         lam = scale if scale > 0 else 1e-12
         for _ in range(8):
             chol, info = torch.linalg.cholesky_ex(a + lam * ridge)
@@ -156,12 +161,23 @@ def output_error(
     new_weight: torch.Tensor,
     new_bias: torch.Tensor | None,
     gram: torch.Tensor,
+    cross: torch.Tensor | None = None,
+    dense_gram: torch.Tensor | None = None,
 ) -> float:
-    """||X_aug ([W' b'] - [W b])^T||^2 / ||X_aug [W b]^T||^2 on the calibration inputs (0: exact); the
-    quadratic forms in float32 (a report figure: three digits are plenty)."""
-    ref = _augment(weight, bias).to(gram.device)
-    both = torch.stack([_augment(new_weight, new_bias).to(gram.device) - ref, ref]).float()
-    num, den = ((both @ gram.float()) * both).sum(dim=(1, 2)).double().tolist()
+    """||X [W' b']^T - X_d [W b]^T||^2 / ||X_d [W b]^T||^2 on the calibration inputs (0: exact), X_d = X
+    unless the cross products [X 1]^T [X_d 1] and `dense_gram` [X_d 1]^T [X_d 1] are given; the quadratic
+    forms in float32 (a report figure: three digits are plenty)."""
+    ref = _augment(weight, bias).to(gram.device).float()
+    new = _augment(new_weight, new_bias).to(gram.device).float()
+
+    def form(x: torch.Tensor, m: torch.Tensor, y: torch.Tensor) -> float:
+        return float(((x @ m.float()) * y).sum())
+
+    if cross is None or dense_gram is None:  # X_d = X: the difference first (exact zero for an exact fit)
+        num, den = form(new - ref, gram, new - ref), form(ref, gram, ref)
+    else:
+        den = form(ref, dense_gram, ref)
+        num = max(form(new, gram, new) - 2 * form(new, cross, ref) + den, 0.0)
     return num / den if den > 0 else 0.0
 
 
@@ -184,6 +200,7 @@ def select_blocks(
     width: int,
     damp: float = DAMP,
     candidates: float = CANDIDATES,
+    cross: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(G, keep * width) sorted columns: for every row group, the `keep` aligned blocks of `width` columns
     whose least-squares fit of the group's rows loses least, by greedy group Optimal Brain Surgeon.
@@ -193,16 +210,19 @@ def select_blocks(
     re-fitted: w_B [H^-1]_BB^-1 w_B^T summed over the group's rows) are removed and the others updated,
     one at a time near the end (a sixteenth of the excess at a time before), until `keep` remain.
     Saliency sums ignore that inputs are correlated; this does not. `gram` is the (in, in) input Gram
-    matrix."""
+    matrix, `cross` (in, in) as in `solve_grouped`."""
     inp = weight.shape[1]
     g, r = row_index.shape
     h = damped(gram.double(), damp).float()  # float32 suffices to rank blocks; the final fit is float64
     w = _padded(weight, g * r).to(h.device)
+    c = h if cross is None else cross.float()
     count = min(ranked.shape[1], max(keep, int(round(candidates * keep))), keep + MAX_EXTRA_COLUMNS // width)
     size = count * width
     chunk = max(1, MAX_SOLVE_BYTES // (4 * size * (3 * size + inp + r)))
     chosen = [
-        _eliminate(w, h, row_index[s : s + chunk].to(h.device), ranked[s : s + chunk, :count].to(h.device), keep, width)
+        _eliminate(
+            w, h, c, row_index[s : s + chunk].to(h.device), ranked[s : s + chunk, :count].to(h.device), keep, width
+        )
         for s in range(0, g, chunk)
     ]
     return torch.cat(chosen)
@@ -219,14 +239,20 @@ def _gather2(m: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.T
 
 
 def _eliminate(
-    w: torch.Tensor, h: torch.Tensor, row_index: torch.Tensor, blocks: torch.Tensor, keep: int, width: int
+    w: torch.Tensor,
+    h: torch.Tensor,
+    cross: torch.Tensor,
+    row_index: torch.Tensor,
+    blocks: torch.Tensor,
+    keep: int,
+    width: int,
 ) -> torch.Tensor:
     """`select_blocks` for a batch of groups at once (every group has as many candidate `blocks`)."""
     g, count = blocks.shape
     offsets = torch.arange(width, device=h.device)
     cols = (blocks[:, :, None] * width + offsets).reshape(g, -1)
     hinv = torch.cholesky_inverse(torch.linalg.cholesky(_gather2(h.expand(g, -1, -1), cols, cols)))
-    wc = (hinv @ (h[cols] @ w[row_index].transpose(1, 2))).transpose(1, 2)  # (g, R, C): exact fit on candidates
+    wc = (hinv @ (cross[cols] @ w[row_index].transpose(1, 2))).transpose(1, 2)  # (g, R, C): exact fit on candidates
     alive = torch.arange(count, device=h.device).expand(g, -1)
     while alive.shape[1] > keep:
         n = alive.shape[1]
@@ -275,6 +301,7 @@ def regroup(
     choose: Callable[[torch.Tensor], torch.Tensor],
     rounds: int = REGROUP_ROUNDS,
     damp: float = DAMP,
+    cross: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(row_index, col_index) after up to `rounds` alternations: every row moves to the group whose
     columns reproduce most of its output (groups keep their size), then `choose(row_index)` picks each
@@ -285,8 +312,8 @@ def regroup(
     g, r = row_index.shape
     h = damped(gram.double(), damp).float()
     w = _padded(weight, g * r).to(h.device)
-    wh = w @ h
-    total = float((wh * w).sum())
+    wh = w @ (h if cross is None else cross.float()).t()  # its columns S: the right-hand sides C[S, :] w^T
+    total = float((w @ h * w).sum())  # (an offset: with dense targets the true total differs by a constant)
     best = _residual(wh, h, total, row_index.to(h.device), col_index.to(h.device))
     for _ in range(rounds):
         group = torch.as_tensor(balanced_assign(explained(wh, h, col_index.to(h.device)).double().cpu().numpy(), r))
@@ -310,11 +337,12 @@ def fit_calibrated(
     damp: float = DAMP,
     candidates: float = CANDIDATES,
     rounds: int = REGROUP_ROUNDS,
+    cross: torch.Tensor | None = None,
 ) -> SparseMask:
     """The grouped structure of `pattern` (RBGP4) chosen from calibration data: row groups fitted to the
     `kind` saliency at micro-block granularity (`pattern.fit`), each group's blocks chosen by
     `select_blocks` among its best-ranked ones, then `regroup`ed. `weight` is the (out, in) matrix,
-    `gram` the (in, in) Gram."""
+    `gram` the (in, in) Gram, `cross` the (in, in) cross products of `solve_grouped`."""
     score = saliency(weight, gram, kind, damp)
     fitted = cast(RBGP4, pattern).fit(score.cpu().numpy(), weight_shape, sparsity, seed, micro_blocks=True)
     layout, width = fitted.layout, fitted.info["fit_unit"]
@@ -325,10 +353,10 @@ def fit_calibrated(
     def choose(rows: torch.Tensor) -> torch.Tensor:
         mass = padded[rows].sum(dim=1).view(rows.shape[0], inp // width, width).sum(dim=2)  # (G, blocks)
         ranked = torch.argsort(mass, dim=1, descending=True, stable=True)
-        return select_blocks(weight, gram, rows, ranked, layout.cols_per_group // width, width, damp, candidates)
+        return select_blocks(weight, gram, rows, ranked, layout.cols_per_group // width, width, damp, candidates, cross)
 
     first = torch.as_tensor(layout.row_index)
-    rows, col_index = regroup(weight, gram, first, choose(first), choose, rounds, damp)
+    rows, col_index = regroup(weight, gram, first, choose(first), choose, rounds, damp, cross)
     cols = col_index.cpu().numpy().astype(np.int64)
     chosen = GroupedLayout(layout.out_features, layout.in_features, rows.cpu().numpy().astype(np.int64), cols)
     keep = {k: fitted.info[k] for k in ("plan", "fit_unit", "ramanujan_spectral_gap") if k in fitted.info}

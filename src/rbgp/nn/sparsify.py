@@ -39,7 +39,7 @@ from torch import nn
 from tqdm import tqdm
 
 from rbgp.graphs import path_coverage
-from rbgp.nn.calibration import GramStats, as_batches, sequential, set_module
+from rbgp.nn.calibration import TARGETS, GramStats, as_batches, sequential, set_module
 from rbgp.nn.conversions import HANDLERS, SPARSE_TYPES, family, handler, layer_kind
 from rbgp.nn.distribution import DEFAULT_DISTRIBUTION, DISTRIBUTIONS, distribute, hw_group_rows
 from rbgp.nn.experts import split_problem
@@ -373,6 +373,7 @@ def sparsify(
     calibration: Iterable | None = None,
     saliency: str = "obs",
     damp: float = DAMP,
+    targets: str = "dense",
     **pattern_kwargs: Any,
 ) -> SparsifyReport:
     """Make `model` sparse and report what changed; on any error the model is untouched.
@@ -402,8 +403,12 @@ def sparsify(
     pairs, a DataLoader; a few hundred samples are typical): the layers are converted in the order the
     model runs them, each on the inputs the converted layers before it produce; row groups and their
     micro-blocks are fitted to the `saliency` ("obs", "wanda", "magnitude"), then each group's weights
-    and the bias are the exact damped least-squares fit of the dense outputs (`rbgp.nn.reconstruct`);
-    the report gives each layer's output error. RBGP4 only (`rbgp.prune_oneshot`: Wanda, SparseGPT).
+    and the bias are the exact damped least-squares fit of the `targets`: "dense" (default), the outputs
+    the unconverted model gives the layer, so that each layer also corrects the errors of those before
+    it (costs a second forward pass per layer and two more Gram matrices); "layer", the dense layer on
+    the converted model's inputs, as SparseGPT does (`rbgp.nn.reconstruct`; measured in
+    benchmarks/calibrated_conversion.md). The report gives each layer's output error against its
+    targets. RBGP4 only (`rbgp.prune_oneshot`: Wanda, SparseGPT).
 
     The same arguments on the same architecture give the same structure (`report.recipe`; on a
     Hugging Face model also `model.config.rbgp`, which `save_pretrained` keeps for
@@ -424,6 +429,7 @@ def sparsify(
         calibration,
         saliency,
         damp,
+        targets,
         pattern_kwargs,
     )
     if not inplace:
@@ -449,6 +455,7 @@ class SparsifyArgs:
     calibration: list | None
     saliency: str
     damp: float
+    targets: str
     finer: bool  # the calibrated default's finer plans (`calibrated_pattern`)
 
 
@@ -468,7 +475,7 @@ def _sparsify(model: nn.Module, args: SparsifyArgs) -> SparsifyReport:
         if args.calibration is None:
             converted = _convert_plans(plans, args)
         else:
-            converted = _convert_sequentially(model, plans, args)
+            converted = _convert_sequentially(model, plans, args, routed=[name for name, _ in split])
         if not converted:
             _warn_none_converted(skipped, len(candidates))
     except BaseException:
@@ -549,6 +556,7 @@ def _checked_arguments(
     calibration: Any,
     saliency: Any,
     damp: Any,
+    targets: Any,
     pattern_kwargs: dict[str, Any],
 ) -> SparsifyArgs:
     """The arguments checked (calibration read into a list of batches, the pattern built), or a ValueError /
@@ -566,15 +574,7 @@ def _checked_arguments(
             f"callable already gives every layer its own"
         )
     if calibration is not None:
-        if init not in ("magnitude", "calibrated"):
-            raise ValueError(
-                f"calibration fits the structure and the weights to the data; it cannot be combined "
-                f"with init={init!r} (leave init at its default)"
-            )
-        if saliency not in SALIENCIES:
-            raise ValueError(f"saliency must be one of {SALIENCIES}, got {saliency!r}")
-        if not (isinstance(damp, (int, float)) and 0 <= damp < 1e3) or isinstance(damp, bool):
-            raise ValueError(f"damp must be a number in [0, 1000), got {damp!r}")
+        _check_calibrated(init, saliency, damp, targets)
         calibration = as_batches(calibration)
         init = "calibrated"
     elif init == "calibrated":
@@ -611,8 +611,24 @@ def _checked_arguments(
         calibration,
         saliency,
         float(damp),
+        targets,
         finer,
     )
+
+
+def _check_calibrated(init: Any, saliency: Any, damp: Any, targets: Any) -> None:
+    """Refuse arguments that cannot go with calibration data, naming the bad value."""
+    if init not in ("magnitude", "calibrated"):
+        raise ValueError(
+            f"calibration fits the structure and the weights to the data; it cannot be combined "
+            f"with init={init!r} (leave init at its default)"
+        )
+    if saliency not in SALIENCIES:
+        raise ValueError(f"saliency must be one of {SALIENCIES}, got {saliency!r}")
+    if not (isinstance(damp, (int, float)) and 0 <= damp < 1e3) or isinstance(damp, bool):
+        raise ValueError(f"damp must be a number in [0, 1000), got {damp!r}")
+    if targets not in TARGETS:
+        raise ValueError(f"targets must be one of {TARGETS}, got {targets!r}")
 
 
 def _nothing_to_convert(report: SparsifyReport, skipped: list[tuple[str, str]]) -> SparsifyReport:
@@ -704,9 +720,13 @@ def _plan_layers(
     return plans, dense_kept
 
 
-def _convert_sequentially(model: nn.Module, plans: list[LayerPlan], args: SparsifyArgs) -> list[Converted]:
+def _convert_sequentially(
+    model: nn.Module, plans: list[LayerPlan], args: SparsifyArgs, routed: list[str]
+) -> list[Converted]:
     """Every planned layer fitted to the calibration data, in the order the model runs them (each on
-    the inputs of the layers converted before it); the model is as it was afterwards."""
+    the inputs of the layers converted before it); the model is as it was afterwards. Layers inside the
+    `routed` modules (MoE experts: which tokens they see depends on the layers before) fit their own
+    targets, their rows having no counterpart in the unconverted model's."""
     by_name = {plan.name: plan for plan in plans}
     done: dict[str, Converted] = {}
 
@@ -728,7 +748,12 @@ def _convert_sequentially(model: nn.Module, plans: list[LayerPlan], args: Sparsi
 
     if plans:
         sequential(
-            model, [(p.name, p.module) for p in plans], args.calibration or [], convert, desc="sparsify (calibrated)"
+            model,
+            [(p.name, p.module) for p in plans],
+            args.calibration or [],
+            convert,
+            desc="sparsify (calibrated)",
+            dense_targets=lambda name: args.targets == "dense" and not any(name.startswith(f"{r}.") for r in routed),
         )
     return [done[p.name] for p in plans if p.name in done]
 
@@ -959,13 +984,24 @@ def _convert_calibrated(
             raise ValueError("its inputs on the calibration data hold inf/NaN (or overflow float64 when squared)")
         # the structure and the weights are linear in (w, b) and invariant to scaling the Gram matrix: both are
         # scaled by powers of two (exact) into [1, 2), so that no magnitude overflows the float32 ranking
-        unit, gram = _unit(w), stats.gram / _unit(stats.gram.diagonal())
+        unit, scale = _unit(w), _unit(stats.gram.diagonal())
+        gram, cross = stats.gram / scale, None if stats.cross is None else stats.cross / scale
         w, b = w / unit, None if b is None else b / unit
-        structure = fit_calibrated(pattern, w, gram[:-1, :-1], _shape(module), sparsity, seed, kind, damp)
+        structure = fit_calibrated(
+            pattern,
+            w,
+            gram[:-1, :-1],
+            _shape(module),
+            sparsity,
+            seed,
+            kind,
+            damp,
+            cross=None if cross is None else cross[:-1, :-1],
+        )
         new = handler(pattern, module).from_dense(  # type: ignore[union-attr]
             module, sparsity, pattern=pattern, seed=seed, keep_weights=False, backend=backend, structure=structure
         )
-        values, bias = solve_grouped(w, b, gram, new.row_index, new.col_index, damp)
+        values, bias = solve_grouped(w, b, gram, new.row_index, new.col_index, damp, cross=cross)
         with torch.no_grad():
             new.values.copy_(values * unit)
             if bias is not None:
@@ -974,7 +1010,10 @@ def _convert_calibrated(
     except ValueError as err:
         raise ValueError(f"cannot sparsify layer {name!r} ({module}): {err}") from err
     with torch.no_grad():
-        error = output_error(w * unit, None if b is None else b * unit, new.dense_matrix(), new.bias, gram)
+        dense_gram = None if stats.dense_gram is None else stats.dense_gram / scale
+        error = output_error(
+            w * unit, None if b is None else b * unit, new.dense_matrix(), new.bias, gram, cross, dense_gram
+        )
     return new, error, ""
 
 

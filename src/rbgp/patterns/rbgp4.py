@@ -204,14 +204,18 @@ def _plan_candidates(
     return plans
 
 
-def _preference(plan: RBGP4Plan, sparsity: float, exact: float, min_group_rows: int = 1) -> tuple:
-    """Sort key: row groups of at least `min_group_rows` first; then within `exact` of the request; then
+def _preference(
+    plan: RBGP4Plan, sparsity: float, exact: float, min_group_rows: int = 1, min_block_width: int = 1
+) -> tuple:
+    """Sort key: row groups of at least `min_group_rows` first, micro-blocks at least `min_block_width`
+    wide next; then within `exact` of the request; then
     exactly biregular (Ramanujan) plans without padding rows, from coarse to fine (wide micro-blocks,
     then big row groups: fast sub-GEMMs), the order the planner has always used; then the others in the
     same order, padding last."""
     miss = abs(plan.sparsity - sparsity)
     return (
         plan.rows_per_group < min_group_rows,
+        plan.block[1] < min_block_width,
         miss > exact + 1e-12,
         not plan.biregular or plan.padded_rows > 0,
         -plan.block[1],
@@ -259,7 +263,8 @@ class RBGP4(Pattern):
     RBGPConv2d runs as a gathered-channel grouped convolution (no im2col); "block" uses `block` on
     the im2col matrix as for a linear layer; min_group_rows: plans whose row groups have fewer rows are
     taken only when no plan within `tol` has that many (small groups run slowly; the hardware-aware
-    distribution sets it).
+    distribution sets it); min_block_width: the same for micro-blocks narrower than this (calibrated
+    conversion sets it, so that fitted layers keep the kernels' wide-block paths).
     """
 
     kind = "rbgp4"
@@ -274,6 +279,7 @@ class RBGP4(Pattern):
         input_shuffle: int = 1,
         conv_block: str = "channel",
         min_group_rows: int = 1,
+        min_block_width: int = 1,
     ) -> None:
         self.block = _pair("block", block)
         self.group_rows = check_int("group_rows", group_rows)
@@ -289,6 +295,7 @@ class RBGP4(Pattern):
             raise ValueError(f"conv_block must be 'channel' or 'block', got {conv_block!r}")
         self.conv_block = conv_block
         self.min_group_rows = check_int("min_group_rows", min_group_rows)
+        self.min_block_width = check_int("min_block_width", min_block_width)
 
     def replace(self, **changes) -> RBGP4:
         """A copy with some parameters changed."""
@@ -336,7 +343,8 @@ class RBGP4(Pattern):
             pool = within or [min(sparse, key=lambda p: abs(p.sparsity - sparsity))]
             miss = abs(pool[0].sparsity - sparsity)
             pool = within or [p for p in sparse if abs(abs(p.sparsity - sparsity) - miss) < 1e-12]
-            return min(pool, key=lambda p: _preference(p, sparsity, min(self.tol, EXACT_TOL), self.min_group_rows))
+            exact = min(self.tol, EXACT_TOL)
+            return min(pool, key=lambda p: _preference(p, sparsity, exact, self.min_group_rows, self.min_block_width))
         raise ValueError(self._no_plan_message(out, inp, sparsity, sparse))
 
     def _no_plan_message(self, out: int, inp: int, sparsity: float, plans: list[RBGP4Plan]) -> str:

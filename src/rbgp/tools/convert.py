@@ -159,6 +159,13 @@ def add_convert_parser(sub: argparse._SubParsersAction) -> None:
         help="how the sparsity is spread over layers (default uniform)",
     )
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="layers to keep dense (repeatable)")
+    p.add_argument(
+        "--targets",
+        default="dense",
+        choices=["dense", "layer"],
+        help="fit each layer to the unconverted model's outputs (dense, default) or to the dense layer on the "
+        "converted model's inputs (layer, as SparseGPT)",
+    )
     p.set_defaults(func=_cmd_convert)
 
 
@@ -173,6 +180,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         args.batch_size,
         args.distribution,
         exclude=args.exclude,
+        targets=args.targets,
     )
     print(report.table())
     print(f"\nwritten to {args.out_dir} (load it with rbgp.from_pretrained(<model class>, {json.dumps(args.out_dir)}))")
