@@ -247,31 +247,41 @@ def _eliminate(
     keep: int,
     width: int,
 ) -> torch.Tensor:
-    """`select_blocks` for a batch of groups at once (every group has as many candidate `blocks`)."""
+    """`select_blocks` for a batch of groups at once (every group has as many candidate `blocks`). The
+    inverse and the fitted weights keep their full size: a removed block's rows and columns are
+    downdated to zero in place (a rank-`width` update each), which costs no copy of the inverse."""
     g, count = blocks.shape
     offsets = torch.arange(width, device=h.device)
     cols = (blocks[:, :, None] * width + offsets).reshape(g, -1)
     hinv = torch.cholesky_inverse(torch.linalg.cholesky(_gather2(h.expand(g, -1, -1), cols, cols)))
     wc = (hinv @ (cross[cols] @ w[row_index].transpose(1, 2))).transpose(1, 2)  # (g, R, C): exact fit on candidates
-    alive = torch.arange(count, device=h.device).expand(g, -1)
-    while alive.shape[1] > keep:
-        n = alive.shape[1]
-        hb = hinv.view(g, n, width, n, width).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)  # (g, n, width, width)
-        wb = wc.reshape(g, -1, n, width).permute(0, 2, 3, 1)  # (g, n, width, R)
-        cost = (wb * torch.linalg.solve(hb, wb)).sum(dim=(2, 3))
-        gone = torch.zeros(g, n, dtype=torch.bool, device=h.device)
-        gone.scatter_(1, torch.argsort(cost, dim=1, stable=True)[:, : max(1, (n - keep) // 16)], True)
-        left = n - int(gone[0].sum())
-        blocks_order = torch.argsort(gone.to(torch.int8), dim=1, stable=True)  # kept blocks first, in order
-        order = (blocks_order[:, :, None] * width + offsets).reshape(g, -1)
-        p, wc = _gather2(hinv, order, order), wc.gather(2, order[:, None, :].expand(-1, wc.shape[1], -1))
-        k = left * width
-        inv_dd = torch.linalg.inv(p[:, k:, k:])
-        wc = wc[:, :, :k] - (wc[:, :, k:] @ inv_dd) @ p[:, k:, :k]
-        hinv = p[:, :k, :k] - p[:, :k, k:] @ inv_dd @ p[:, k:, :k]
-        alive = alive.gather(1, blocks_order[:, :left])
-    picked = blocks.gather(1, alive)
+    rows, size = wc.shape[1], hinv.shape[1]
+    alive = torch.ones(g, count, dtype=torch.bool, device=h.device)
+    eye = torch.eye(width, dtype=hinv.dtype, device=h.device)
+    for left in _left_after_each_step(count, keep):
+        hb = hinv.view(g, count, width, count, width).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)  # (g, n, w, w)
+        hb = torch.where(alive[:, :, None, None], hb, eye)  # removed blocks: zeros, solved against I
+        wb = wc.view(g, rows, count, width).permute(0, 2, 3, 1)  # (g, n, w, R)
+        cost = (wb * torch.linalg.solve(hb, wb)).sum(dim=(2, 3)).masked_fill(~alive, torch.inf)
+        gone = torch.argsort(cost, dim=1, stable=True)[:, : int(alive[0].sum()) - left]  # (g, d) cheapest blocks
+        idx = (gone[:, :, None] * width + offsets).reshape(g, -1)  # their columns (g, d * w)
+        h_cols = hinv.gather(2, idx[:, None, :].expand(-1, size, -1))  # (g, C, d * w)
+        inv_dd = torch.linalg.inv(h_cols.gather(1, idx[:, :, None].expand(-1, -1, idx.shape[1])))
+        wc -= (wc.gather(2, idx[:, None, :].expand(-1, rows, -1)) @ inv_dd) @ h_cols.transpose(1, 2)
+        hinv.baddbmm_(h_cols @ inv_dd, h_cols.transpose(1, 2), alpha=-1)
+        alive.scatter_(1, gone, False)
+        wc.masked_fill_(~alive.repeat_interleave(width, dim=1)[:, None, :], 0.0)  # exact zeros, no drift
+    picked = blocks[alive].view(g, keep)
     return torch.sort((picked[:, :, None] * width + offsets).reshape(g, -1), dim=1).values
+
+
+def _left_after_each_step(count: int, keep: int) -> list[int]:
+    """Blocks left after each elimination step: a sixteenth of the excess at a time, one at a time near the end."""
+    steps, left = [], count
+    while left > keep:
+        left -= max(1, (left - keep) // 16)
+        steps.append(left)
+    return steps
 
 
 def explained(wh: torch.Tensor, h: torch.Tensor, col_index: torch.Tensor) -> torch.Tensor:
