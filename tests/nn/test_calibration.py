@@ -142,6 +142,22 @@ def test_rows_routed_differently_are_not_paired():
     torch.testing.assert_close(seen["b"].inputs, rows.t() @ rows, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("targets", ["dense", "layer"])
+def test_inputs_that_overflow_inside_the_model_are_refused_by_layer(targets):
+    """Finite calibration data whose activations overflow to inf before a layer: that layer is named."""
+
+    class Blowup(nn.Module):
+        def forward(self, x):
+            return x * 1e30 * 1e30
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), Blowup(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"cannot sparsify layer '2'.*hold inf/NaN"):
+        sparsify(model, 0.5, calibration=[torch.randn(8, 16)], keep_first_last=False, targets=targets)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())) and isinstance(model[0], nn.Linear)
+
+
 def test_dense_targets_correct_the_errors_of_earlier_layers():
     """Fitting each layer to the unconverted model's outputs lands closer to the dense model than fitting it
     to the dense layer on converted inputs (SparseGPT's targets); both are deterministic."""

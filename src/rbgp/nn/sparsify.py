@@ -980,8 +980,10 @@ def _convert_calibrated(
     b = bias.detach() if bias is not None else None
     try:
         check_finite_weight(w.cpu().numpy())
-        if not bool(torch.isfinite(stats.gram).all()):
-            raise ValueError("its inputs on the calibration data hold inf/NaN (or overflow float64 when squared)")
+        if not all(bool(torch.isfinite(g).all()) for g in (stats.gram, stats.cross, stats.dense_gram) if g is not None):
+            raise ValueError(
+                "its inputs on the calibration data (in the model as converted so far, or unconverted) hold inf/NaN"
+            )
         # the structure and the weights are linear in (w, b) and invariant to scaling the Gram matrix: both are
         # scaled by powers of two (exact) into [1, 2), so that no magnitude overflows the float32 ranking
         unit, scale = _unit(w), _unit(stats.gram.diagonal())
