@@ -189,7 +189,8 @@ def test_calibrated_pattern_refines_narrow_layers_only():
     narrow = calibrated_pattern(RBGP4(), (256, 256), 0.75)
     plan = narrow._plan(256, 256, 0.75)
     assert 256 // plan.rows_per_group >= MIN_GROUPS and plan.block == (1, 8)  # 8 blocks of 8 to choose from
-    assert calibrated_pattern(RBGP4(), (256, 1024), 0.5)._plan(256, 1024, 0.5).block == (1, 16)  # 32 blocks: kept
+    assert calibrated_pattern(RBGP4(), (256, 1024), 0.5)._plan(256, 1024, 0.5).block == (1, 8)  # a narrow input
+    assert calibrated_pattern(RBGP4(), (256, 4096), 0.5)._plan(256, 4096, 0.5).block == (1, 16)  # 128 blocks: kept
     wide = calibrated_pattern(RBGP4(), (4096, 4096), 0.9)
     assert wide._plan(4096, 4096, 0.9).describe() == RBGP4()._plan(4096, 4096, 0.9).describe()  # the fast plan
     conv = RBGP4()

@@ -27,14 +27,16 @@ MAX_SOLVE_BYTES = 256 << 20
 """Groups are solved in batches whose stacked systems take at most this much memory."""
 MIN_GROUPS = 32
 MIN_BLOCKS = 8
+MIN_INPUT_BLOCKS = 128
 CALIBRATED_BLOCK_WIDTH = 8
 """The calibrated default plan of a linear layer: at least MIN_GROUPS row groups (group_rows halved
 until there are), and micro-blocks of CALIBRATED_BLOCK_WIDTH columns where the planned width leaves a
-group fewer than MIN_BLOCKS blocks to choose. Every row group shares one support, so smaller groups
-and finer blocks fit the data better, which matters on narrow layers
-(`benchmarks/calibrated_conversion.md`); a 4096-row layer keeps its 128-row groups (32 of them), and
-so its speed. Plans with blocks narrower than CALIBRATED_BLOCK_WIDTH are taken only where no other
-meets the sparsity (`RBGP4(min_block_width=...)`)."""
+group fewer than MIN_BLOCKS blocks to choose or splits the input into fewer than MIN_INPUT_BLOCKS
+(inputs narrower than 2048 with 16-column blocks). Every row group shares one support, so smaller
+groups and finer blocks fit the data better, which matters on narrow layers
+(`benchmarks/calibrated_conversion.md`); a 4096-row layer keeps its 128-row groups (32 of them) and
+its 16-column blocks, and so its speed. Plans with blocks narrower than CALIBRATED_BLOCK_WIDTH are
+taken only where no other meets the sparsity (`RBGP4(min_block_width=...)`)."""
 
 
 def calibrated_pattern(pattern: RBGP4, weight_shape: tuple[int, ...], sparsity: float) -> RBGP4:
@@ -51,7 +53,8 @@ def calibrated_pattern(pattern: RBGP4, weight_shape: tuple[int, ...], sparsity: 
         plan = pattern._plan(out, inp, sparsity, nearest=True)
     except ValueError:
         return pattern
-    if plan.block[1] > CALIBRATED_BLOCK_WIDTH and plan.nnz_per_row // plan.block[1] < MIN_BLOCKS:
+    few = plan.nnz_per_row // plan.block[1] < MIN_BLOCKS or inp // plan.block[1] < MIN_INPUT_BLOCKS
+    if plan.block[1] > CALIBRATED_BLOCK_WIDTH and few:
         pattern = pattern.replace(block=(pattern.block[0], CALIBRATED_BLOCK_WIDTH))
     return pattern
 
