@@ -80,12 +80,18 @@ class GramStats:
         _add_product(self.dense_gram, *d, *d)
 
 
+def power_of_two_unit(t: torch.Tensor) -> float:
+    """The power of two at or below max |t| (1 for an empty, all-zero or non-finite t): dividing by it is
+    exact and brings the largest magnitude into [1, 2)."""
+    peak = float(t.abs().max()) if t.numel() else 0.0
+    return 2.0 ** math.floor(math.log2(peak)) if 0 < peak < math.inf else 1.0
+
+
 def _scaled(x: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """(x / unit, unit): x (float32 or wider) divided by the power of two at or below max |x| (exact)."""
+    """(x / unit, unit): x (float32 or wider) divided by its `power_of_two_unit` (exact)."""
     x = x.detach()
     x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    peak = float(x.abs().max()) if x.numel() else 0.0
-    unit = 2.0 ** math.floor(math.log2(peak)) if 0 < peak < math.inf else 1.0
+    unit = power_of_two_unit(x)
     return x / unit, unit
 
 

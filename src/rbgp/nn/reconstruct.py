@@ -261,12 +261,13 @@ def _eliminate(
     rows, size = wc.shape[1], hinv.shape[1]
     alive = torch.ones(g, count, dtype=torch.bool, device=h.device)
     eye = torch.eye(width, dtype=hinv.dtype, device=h.device)
+    alive_count = count
     for left in _left_after_each_step(count, keep):
         hb = hinv.view(g, count, width, count, width).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)  # (g, n, w, w)
         hb = torch.where(alive[:, :, None, None], hb, eye)  # removed blocks: zeros, solved against I
         wb = wc.view(g, rows, count, width).permute(0, 2, 3, 1)  # (g, n, w, R)
         cost = (wb * torch.linalg.solve(hb, wb)).sum(dim=(2, 3)).masked_fill(~alive, torch.inf)
-        gone = torch.argsort(cost, dim=1, stable=True)[:, : int(alive[0].sum()) - left]  # (g, d) cheapest blocks
+        gone = torch.argsort(cost, dim=1, stable=True)[:, : alive_count - left]  # (g, d) cheapest blocks
         idx = (gone[:, :, None] * width + offsets).reshape(g, -1)  # their columns (g, d * w)
         h_cols = hinv.gather(2, idx[:, None, :].expand(-1, size, -1))  # (g, C, d * w)
         inv_dd = torch.linalg.inv(h_cols.gather(1, idx[:, :, None].expand(-1, -1, idx.shape[1])))
@@ -274,6 +275,7 @@ def _eliminate(
         hinv.baddbmm_(h_cols @ inv_dd, h_cols.transpose(1, 2), alpha=-1)
         alive.scatter_(1, gone, False)
         wc.masked_fill_(~alive.repeat_interleave(width, dim=1)[:, None, :], 0.0)  # exact zeros, no drift
+        alive_count = left
     picked = blocks[alive].view(g, keep)
     return torch.sort((picked[:, :, None] * width + offsets).reshape(g, -1), dim=1).values
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import fnmatch
 import inspect
-import math
 import numbers
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -39,7 +38,7 @@ from torch import nn
 from tqdm import tqdm
 
 from rbgp.graphs import path_coverage
-from rbgp.nn.calibration import TARGETS, GramStats, as_batches, sequential, set_module
+from rbgp.nn.calibration import TARGETS, GramStats, as_batches, power_of_two_unit, sequential, set_module
 from rbgp.nn.conversions import HANDLERS, SPARSE_TYPES, family, handler, layer_kind
 from rbgp.nn.distribution import DEFAULT_DISTRIBUTION, DISTRIBUTIONS, distribute, hw_group_rows
 from rbgp.nn.experts import split_problem
@@ -986,7 +985,7 @@ def _convert_calibrated(
             )
         # the structure and the weights are linear in (w, b) and invariant to scaling the Gram matrix: both are
         # scaled by powers of two (exact) into [1, 2), so that no magnitude overflows the float32 ranking
-        unit, scale = _unit(w), _unit(stats.gram.diagonal())
+        unit, scale = power_of_two_unit(w), power_of_two_unit(stats.gram.diagonal())
         gram, cross = stats.gram / scale, None if stats.cross is None else stats.cross / scale
         w, b = w / unit, None if b is None else b / unit
         structure = fit_calibrated(
@@ -1027,12 +1026,6 @@ def _check_converted(new: nn.Module) -> None:
                 f"its converted {pname} overflow {p.dtype} (the dense weights are too close to the largest "
                 f"{p.dtype} value, {torch.finfo(p.dtype).max:.3g})"
             )
-
-
-def _unit(t: torch.Tensor) -> float:
-    """The power of two at or below max |t| (1 for an all-zero t)."""
-    peak = float(t.abs().max()) if t.numel() else 0.0
-    return 2.0 ** math.floor(math.log2(peak)) if peak > 0 else 1.0
 
 
 def _row_l1_ratio(dense: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
