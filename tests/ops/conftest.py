@@ -151,6 +151,21 @@ def check_conv_against_dense(layer, dense: torch.nn.Conv2d, x: torch.Tensor, dty
     return y, ref
 
 
+@pytest.fixture(params=["plain", "avx2"])
+def native_isa(request):
+    """Runs a test on each build of the native kernel's row products this CPU has (plain C, AVX2+FMA)."""
+    from rbgp.ops import native
+
+    if not native.available():
+        pytest.skip("no C compiler to build the native kernel")
+    default = native.isa()
+    if native.isa(request.param) != request.param:
+        native.isa("avx2" if default == "avx2" else "plain")
+        pytest.skip(f"this CPU has no {request.param} build")
+    yield request.param
+    native.isa(default)
+
+
 @pytest.fixture
 def tk() -> SimpleNamespace:
     """The helpers above, for test modules (importlib import mode: conftest is not importable)."""

@@ -62,21 +62,21 @@ def _check(layout, batch: int, kind: str, seed: int = 0, strided: bool = False) 
         (100, 60, 0.5, {"block": (1, 1)}),  # one column at a time
     ],
 )
-def test_matches_reference(shape, batch, kind):
+def test_matches_reference(shape, batch, kind, native_isa):
     out, inp, sparsity, kw = shape
     _check(make_layout(out, inp, sparsity, **kw), batch, kind)
 
 
 @pytest.mark.parametrize("kind", ["fp32", "bf16", "int8"])
-@pytest.mark.parametrize("rows", [1, 3, 7])
-def test_odd_group_rows(rows, kind):
-    """The kernel takes rows two at a time: odd groups end on a row of their own."""
+@pytest.mark.parametrize("rows", [1, 3, 6, 7])
+def test_odd_group_rows(rows, kind, native_isa):
+    """The kernels take rows two or four at a time: odd groups end on rows of their own."""
     layout = random_group_layout(rows * 15, 77, rows, 13)
     for batch in (1, 5, 37):
         _check(layout, batch, kind)
 
 
-def test_unaligned_columns_and_strided_input():
+def test_unaligned_columns_and_strided_input(native_isa):
     layout = random_group_layout(96, 77, 8, 13)
     assert layout.block_width == 1
     for batch in (1, 5):
@@ -93,10 +93,9 @@ def test_bad_inputs():
 
 
 def test_dispatch_small_batches_without_gradient(monkeypatch):
-    import rbgp.ops.dispatch as dispatch
-
     calls = []
-    monkeypatch.setattr(dispatch, "grouped_small", lambda *a: calls.append(a[0].shape[0]) or native.grouped_small(*a))
+    run = native._run
+    monkeypatch.setattr(native, "_run", lambda *a: calls.append(a[0].shape[0]) or run(*a))
     layout = make_layout(512, 256, 0.75)
     values = torch.randn(layout.values_shape, requires_grad=True)
     weight = SparseWeight(values, layout)
@@ -166,7 +165,7 @@ def test_compiled_with_dynamic_batch():
 
 
 @pytest.mark.parametrize("kind", ["fp32", "bf16", "int8"])
-def test_bias_added_in_the_kernel(kind):
+def test_bias_added_in_the_kernel(kind, native_isa):
     layout = make_layout(688, 256, 0.9)  # padding rows: the bias has out_features entries only
     g = torch.Generator().manual_seed(3)
     values = torch.randn(layout.values_shape, generator=g)
@@ -183,3 +182,59 @@ def test_bias_added_in_the_kernel(kind):
         torch.testing.assert_close(got, native.grouped_small(x, values, layout, scales) + bias, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="bias must be fp32 \\(688,\\)"):
         native.grouped_small(x, values, layout, scales, bias[:5])
+
+
+def _stored(w: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(stored weight, scales or None, the exact fp64 weight they stand for)."""
+    if kind == "bf16":
+        return w.bfloat16(), None, w.bfloat16().double()
+    if kind == "int8":
+        q, s = native_quantize(w)
+        return q, s, q.double() * s.double()[:, None]
+    return w, None, w.double()
+
+
+def native_quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    from rbgp.ops import quantize_rows
+
+    q, s = quantize_rows(w[None])
+    return q[0], s[0]
+
+
+@pytest.mark.parametrize("kind", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("shape", [(37, 29), (64, 256), (100, 7), (3, 1)])
+def test_dense_matches_reference(shape, kind, native_isa):
+    """The dense entry (a head kept dense, stored in bf16/int8): odd row counts (chunks of 16 and a
+    rest), odd widths (the 8-wide steps and a scalar tail), strided inputs, bias, NaN rows."""
+    out, inp = shape
+    g = torch.Generator().manual_seed(out * inp)
+    weight, scales, exact = _stored(torch.randn(out, inp, generator=g), kind)
+    bias = torch.randn(out, generator=g)
+    for batch in (0, 1, 2, 5, 16):
+        x = torch.randn(batch, 2 * inp, generator=g)[:, ::2] if batch % 2 else torch.randn(batch, inp, generator=g)
+        y = native.dense_small(x, weight, scales, bias)
+        ref = x.double() @ exact.T + bias.double()
+        assert y.shape == (batch, out) and y.dtype == torch.float32 and y.is_contiguous()
+        if batch:
+            assert (y.double() - ref).abs().max().item() <= TOL * max(1.0, ref.abs().max().item())
+    x = torch.randn(3, inp, generator=g)
+    x[1, 0] = float("nan")
+    y = native.dense_small(x, weight, scales)
+    assert y[1].isnan().all() and not y[[0, 2]].isnan().any()
+
+
+def test_dense_bad_inputs():
+    w = torch.randn(8, 4)
+    with pytest.raises(ValueError, match=r"need x \(N, in\) and weight \(out, in\)"):
+        native.dense_small(torch.randn(2, 5), w)
+    with pytest.raises(ValueError, match="int8 values need their per-row scales"):
+        native.dense_small(torch.randn(2, 4), w.to(torch.int8))
+    with pytest.raises(ValueError, match=r"scales must be \(8,\)"):
+        native.dense_small(torch.randn(2, 4), w.to(torch.int8), torch.ones(3))
+    with pytest.raises(ValueError, match="fp32 CPU inputs"):
+        native.dense_small(torch.randn(2, 4, dtype=torch.float64), w)
+
+
+def test_isa_request_checked():
+    with pytest.raises(ValueError, match="'plain' or 'avx2'"):
+        native.isa("avx512")

@@ -5,7 +5,7 @@ from rbgp.nn.experts import SplitExperts
 from rbgp.nn.masked import MaskedConv2d, MaskedLinear
 from rbgp.nn.oneshot import prune_oneshot
 from rbgp.nn.pretrained import from_pretrained, load_state
-from rbgp.nn.rbgp_layers import RBGPConv1d, RBGPConv2d, RBGPLinear, store_values_
+from rbgp.nn.rbgp_layers import RBGPConv1d, RBGPConv2d, RBGPLinear
 from rbgp.nn.sparsify import (
     SPARSE_TYPES,
     LayerReport,
@@ -14,6 +14,7 @@ from rbgp.nn.sparsify import (
     count_parameters,
     sparsify,
 )
+from rbgp.nn.stored import StoredLinear, store_values_
 
 __all__ = [
     "RBGPLinear",
@@ -32,5 +33,6 @@ __all__ = [
     "from_pretrained",
     "load_state",
     "store_values_",
+    "StoredLinear",
     "prune_oneshot",
 ]

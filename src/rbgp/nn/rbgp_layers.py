@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from rbgp.nn.checks import check_conv_input, check_linear_input, conv_args, conv_pair, layer_size
-from rbgp.ops import BACKENDS, LayoutTensors, SparseWeight, grouped_values, quantize_rows, rbgp_linear
+from rbgp.ops import BACKENDS, LayoutTensors, SparseWeight, grouped_values, rbgp_linear
 from rbgp.ops.channel_conv import channel_table, padded_channels
 from rbgp.ops.conv import PADDING_MODES, plan_conv, rbgp_conv2d
 from rbgp.patterns import (
@@ -381,36 +381,6 @@ class RBGPLinear(_RBGPBase):
         if keep_weights:
             layer.load_dense_(w, b)
         return layer
-
-
-STORED_DTYPES = (torch.float32, torch.bfloat16, torch.int8)
-
-
-def store_values_(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> int:
-    """Store the values of every RBGPLinear in `model` in `dtype` (in place; the number of layers
-    changed). With bf16 or int8 values and fp32 inputs a layer still computes in fp32 and returns
-    fp32: the values are widened in registers (batches up to `rbgp.ops.native.MAX_BATCH` on the CPU)
-    or once per call, so a batch-1 (decode) product reads a half or a quarter of the bytes
-    (`benchmarks/small_batch.md`). bf16 rounds each weight (relative error up to 2^-8); int8 keeps
-    one fp32 scale per row, the `value_scales` buffer (`rbgp.ops.quantize_rows`: error up to half a
-    scale step, the rule of `rbgp.compress`'s int8). bf16 and int8 are for inference: int8 values
-    take no gradient, and fp32 brings either back (int8: the dequantised values). RBGPConv2d layers
-    are left as they are."""
-    if dtype not in STORED_DTYPES:
-        raise ValueError(f"dtype must be one of {STORED_DTYPES}, got {dtype!r}")
-    layers = [m for m in model.modules() if isinstance(m, RBGPLinear)]
-    for layer in layers:
-        values = layer.sparse_weight.float_values(torch.float32).detach()
-        if dtype == torch.int8:
-            values, scales = quantize_rows(values)
-            layer.values = nn.Parameter(values, requires_grad=False)
-            layer.register_buffer("value_scales", scales)
-            continue
-        if layer.values.dtype == torch.int8:
-            layer.values = nn.Parameter(values)
-            del layer.value_scales
-        layer.values.data = values.to(dtype)
-    return len(layers)
 
 
 class RBGPConv2d(_RBGPBase):

@@ -12,7 +12,7 @@ import torch
 from rbgp.ops.autocast import autocast_inputs
 from rbgp.ops.finite import nonfinite_rows, surely_finite
 from rbgp.ops.grouped import grouped_forward, grouped_linear
-from rbgp.ops.native import batch_limit, grouped_small, native_applies
+from rbgp.ops.native import batch_limit, eager_linear, grouped_small, native_applies
 from rbgp.ops.reference import reference_linear
 from rbgp.ops.weight import SparseWeight
 
@@ -73,6 +73,10 @@ def rbgp_linear(
         raise ValueError(f"input has {x.shape[-1]} features in its last dim, the layer expects {layout.in_features}")
     if values.shape != layout.values_shape:
         raise ValueError(f"values shape {tuple(values.shape)} does not match the layout {layout.values_shape}")
+    if backend in ("auto", "grouped"):
+        y = eager_linear(x, values, layout, weight.scales, bias)
+        if y is not None:
+            return y
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     scales = None

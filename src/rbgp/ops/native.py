@@ -127,7 +127,24 @@ def _load() -> ctypes.CDLL | None:
         ctypes.c_int,
     ]
     fn.restype = ctypes.c_int
+    lib.rbgp_dense_small.argtypes = [ctypes.c_int, i64, i64, i64, ptr, i64, ptr, ptr, ptr, ptr, ctypes.c_int]
+    lib.rbgp_dense_small.restype = ctypes.c_int
+    lib.rbgp_native_isa.argtypes = [ctypes.c_int]
+    lib.rbgp_native_isa.restype = ctypes.c_int
     return lib
+
+
+def isa(request: str | None = None) -> str:
+    """The build of the row products that runs: "avx2" (intrinsics, where the CPU has AVX2 and FMA) or
+    "plain" (C vectorised by the compiler); `request` "plain" or "avx2" switches it (the CPU allowing),
+    so that tests cover both. The kernel must be available."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the native kernel is not available")
+    if request not in (None, "plain", "avx2"):
+        raise ValueError(f"request must be None, 'plain' or 'avx2', got {request!r}")
+    code = {None: -1, "plain": 0, "avx2": 1}[request]
+    return "avx2" if lib.rbgp_native_isa(code) else "plain"
 
 
 def available() -> bool:
@@ -147,11 +164,20 @@ def native_applies(x: torch.Tensor, values: torch.Tensor, any_batch: bool = Fals
     """Whether the product of x (N, in) with `values` runs on the native kernel: fp32 CPU inputs, fp32,
     bf16 or int8 values, at most `batch_limit` rows (unless `any_batch`), no gradient wanted, and the kernel
     available."""
+    return (any_batch or x.shape[0] <= batch_limit(values)) and _kernel_takes(x, values)
+
+
+def dense_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether x (N, in) times a dense stored `weight` (out, in) runs on the native kernel (`dense_small`):
+    as `native_applies`, up to MAX_BATCH rows, in eager mode."""
+    return x.shape[0] <= MAX_BATCH and not torch.compiler.is_compiling() and _kernel_takes(x, weight)
+
+
+def _kernel_takes(x: torch.Tensor, values: torch.Tensor) -> bool:
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
         and values.dtype in KINDS
-        and (any_batch or x.shape[0] <= batch_limit(values))
         and not (torch.is_grad_enabled() and (x.requires_grad or values.requires_grad))
         and not torch.jit.is_tracing()  # a traced graph would hold the kernel's output as a constant
         and available()
@@ -167,12 +193,15 @@ def _run(
     block_width: int,
     out_features: int,
     bias: torch.Tensor | None = None,
+    lead: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
+    """The kernel on x (N, in) (rows `x.stride(0)` apart, unit column stride); the output (N, out), or
+    (*lead, out) with the same row-major memory where `lead` is given."""
     n, g, r, k = x.shape[0], *values.shape
-    y = torch.empty(n, out_features, dtype=torch.float32)
+    y = torch.empty(*(lead if lead is not None else (n,)), out_features, dtype=torch.float32)
     if n == 0:
         return y
-    lib = library()
+    lib = _Library.handle or library()
     assert lib is not None
     status = lib.rbgp_grouped_small(
         KINDS[values.dtype],
@@ -228,6 +257,64 @@ def native_tables(layout: LayoutTensors) -> tuple[torch.Tensor, torch.Tensor]:
     return build() if layout.workspace is None else layout.workspace.get("native", (), build)
 
 
+def eager_linear(x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors, scales, bias) -> torch.Tensor | None:
+    """y = x W^T + bias on the native kernel for the common eager inference call (a small fp32 CPU
+    batch, no gradient, no autocast, not traced or compiled), checked in as few Python steps as it
+    takes, since at batch 1 they cost as much as the product; None where any condition fails (the
+    caller's general dispatch then decides). x (..., in)."""
+    if (
+        _Library.handle is None  # not built yet: the general dispatch builds it
+        or x.dtype != torch.float32
+        or x.device.type != "cpu"
+        or values.dtype not in KINDS
+        or x.stride(-1) != 1
+        or (values.dtype == torch.int8) != (scales is not None)
+        or torch.is_autocast_enabled("cpu")
+        or torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+    ):
+        return None
+    if x.dim() != 2 and not x.is_contiguous():
+        return None
+    x2 = x if x.dim() == 2 else x.view(-1, x.shape[-1])
+    if x2.shape[0] > batch_limit(values):
+        return None
+    if torch.is_grad_enabled() and (
+        x.requires_grad or values.requires_grad or (bias is not None and bias.requires_grad)
+    ):
+        return None
+    if bias is not None and bias.dtype != torch.float32:
+        return None
+    blocks, rows = native_tables(layout)
+    if scales is not None and (scales.dtype != torch.float32 or not scales.is_contiguous()):
+        scales = scales.to(torch.float32).contiguous()
+    lead = None if x.dim() == 2 else x.shape[:-1]
+    return _run(x2, values.contiguous(), scales, blocks, rows, layout.block_width, layout.out_features, bias, lead)
+
+
+def _checked(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    scales: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    out_features: int,
+    scales_shape: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The kernel's operands checked (ValueError naming the bad one) and made contiguous where it needs."""
+    if values.dtype not in KINDS or x.dtype != torch.float32 or x.device.type != "cpu":
+        raise ValueError(
+            f"the native kernel takes fp32 CPU inputs and fp32/bf16/int8 values, got x {x.dtype} on "
+            f"{x.device.type}, values {values.dtype}"
+        )
+    if (values.dtype == torch.int8) != (scales is not None):
+        raise ValueError(f"int8 values need their per-row scales {scales_shape}, and only they take scales")
+    if bias is not None and (bias.dtype != torch.float32 or bias.shape != (out_features,)):
+        raise ValueError(f"bias must be fp32 ({out_features},), got {bias.dtype} {tuple(bias.shape)}")
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    scales = None if scales is None else scales.to(torch.float32).contiguous()
+    return x, values.contiguous(), scales, None if bias is None else bias.contiguous()
+
+
 def grouped_small(
     x: torch.Tensor,
     values: torch.Tensor,
@@ -238,20 +325,41 @@ def grouped_small(
     """y (N, out) = x W^T + bias on the native kernel, contiguous and in row order; x (N, in) fp32 on
     the CPU, values fp32, bf16 or int8 (then `scales` (G, R) fp32, one per row), bias fp32 or None.
     No autograd."""
-    if values.dtype not in KINDS or x.dtype != torch.float32 or x.device.type != "cpu":
-        raise ValueError(
-            f"the native kernel takes fp32 CPU inputs and fp32/bf16/int8 values, got x {x.dtype} on "
-            f"{x.device.type}, values {values.dtype}"
-        )
-    if (values.dtype == torch.int8) != (scales is not None):
-        raise ValueError("int8 values need their per-row scales (G, R), and only they take scales")
     blocks, rows = native_tables(layout)
-    x = x if x.stride(-1) == 1 else x.contiguous()
-    values = values.contiguous()
-    scales = None if scales is None else scales.to(torch.float32).contiguous()
-    if bias is not None and (bias.dtype != torch.float32 or bias.shape != (layout.out_features,)):
-        raise ValueError(f"bias must be fp32 ({layout.out_features},), got {bias.dtype} {tuple(bias.shape)}")
-    bias = None if bias is None else bias.contiguous()
+    x, values, scales, bias = _checked(x, values, scales, bias, layout.out_features, "(G, R)")
     if torch.compiler.is_compiling():
         return _grouped_small_op(x, values, scales, blocks, rows, layout.block_width, layout.out_features, bias)
     return _run(x, values, scales, blocks, rows, layout.block_width, layout.out_features, bias)
+
+
+def dense_small(
+    x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | None = None, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """y (N, out) = x W^T + bias on the native kernel for a dense weight (out, in) in fp32, bf16, or int8
+    with `scales` (out,) fp32, one per row; x (N, in) fp32 on the CPU, bias fp32 or None. Eager mode,
+    no autograd: the layers a sparse model keeps dense (an LM's head) stored in bf16 or int8."""
+    if weight.dim() != 2 or x.dim() != 2 or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"need x (N, in) and weight (out, in), got {tuple(x.shape)} and {tuple(weight.shape)}")
+    out = weight.shape[0]
+    if scales is not None and scales.shape != (out,):
+        raise ValueError(f"scales must be ({out},), one per row of the weight, got {tuple(scales.shape)}")
+    x, weight, scales, bias = _checked(x, weight, scales, bias, out, "(out,)")
+    y = torch.empty(x.shape[0], out, dtype=torch.float32)
+    if x.shape[0] == 0:
+        return y
+    lib = library()
+    assert lib is not None
+    lib.rbgp_dense_small(
+        KINDS[weight.dtype],
+        x.shape[0],
+        out,
+        x.shape[1],
+        x.data_ptr(),
+        x.stride(0),
+        weight.data_ptr(),
+        None if scales is None else scales.data_ptr(),
+        None if bias is None else bias.data_ptr(),
+        y.data_ptr(),
+        torch.get_num_threads(),
+    )
+    return y

@@ -5,7 +5,8 @@ The model is transformers' LlamaForCausalLM from a config (random init, nothing 
 2048, intermediate 5632, 4 layers, 16 query / 4 key-value heads, vocabulary 8000 (`--quick`: a small
 one, for a smoke run). RBGP: every attention and MLP projection converted by `rbgp.sparsify(model, s,
 init="kaiming", distribution="uniform")` (the output head stays dense, as sparsify keeps heads), then
-the values kept in fp32, bf16 or int8 with per-row scales (`rbgp.store_values_`). Timed under
+the values kept in fp32, bf16 or int8 with per-row scales, the dense head stored the same way
+(`rbgp.store_values_(model, dtype, dense_layers=True)`). Timed under
 torch.inference_mode with fp32 activations: the prefill of a PROMPT-token prompt (one forward) and
 the greedy decode of NEW tokens at batch 1 and 8 with the KV cache (`generate`, tokens per second).
 All variants alternate within every repeat (medians). The error of each variant against the fp32
@@ -65,7 +66,7 @@ def variants(dense: torch.nn.Module, sparsities: list[float]) -> dict[str, torch
         sparsify(sparse, s, init="kaiming", distribution="uniform")
         for name, dtype in VALUE_DTYPES.items():
             stored = sparse if dtype == torch.float32 else copy.deepcopy(sparse)
-            store_values_(stored, dtype)
+            store_values_(stored, dtype, dense_layers=True)
             models[f"rbgp {s:g} {name}"] = stored
     return models
 
