@@ -98,10 +98,14 @@ def test_int8_file_loads_into_int8_values(tmp_path, huffman):
     for name, m in linears:
         torch.testing.assert_close(m.sparse_weight.float_values(), widened.get_submodule(name).values,
                                    rtol=1e-6, atol=0)
+    head = narrow[-1]  # the dense head: an int8 StoredLinear holding the file's weights
+    assert isinstance(head, rbgp.nn.StoredLinear) and head.values.dtype == torch.int8
+    torch.testing.assert_close(head.weight, widened[-1].weight, rtol=1e-6, atol=0)
     with torch.no_grad():
         torch.testing.assert_close(narrow(X), widened(X), rtol=1e-5, atol=1e-5)
     plain = load(tmp_path / "q.rbgp", _blank("rbgp4"), int8_values=False)
     assert all(m.values.dtype == torch.float32 for m in plain.modules() if isinstance(m, rbgp.RBGPLinear))
+    assert type(plain[-1]) is nn.Linear
 
 
 @settings(max_examples=20, deadline=None)

@@ -32,6 +32,7 @@ from rbgp.compress.quantize import QUANTIZERS, dequantize
 from rbgp.compress.quantize import quantize as quantize_values
 from rbgp.files import atomic_write
 from rbgp.nn import MaskedConv2d, MaskedLinear, RBGPConv2d, RBGPLinear, store_values_
+from rbgp.nn.stored import store_dense_
 
 __all__ = ["FORMAT", "VERSION", "CompressedFileError", "load", "read", "save"]
 
@@ -248,7 +249,8 @@ def read(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
 def load(path: str | Path, model: nn.Module, *, int8_values: bool = False) -> nn.Module:
     """Fill `model` (built and sparsified like the saved one) from `path`; returns it. With
     `int8_values`, every RBGPLinear whose values the file holds as int8 keeps them as int8 with their
-    per-row scales (`rbgp.store_values_`), so a decode step reads a quarter of the fp32 bytes; the
+    per-row scales (`rbgp.store_values_`), and every nn.Linear kept dense whose weight it holds as int8
+    becomes an int8 `rbgp.nn.StoredLinear`, so a decode step reads a quarter of the fp32 bytes; the
     weights are the file's (rescaled to within an ulp)."""
     header, tensors = read(path)
     return fill(path, header, tensors, model, int8_values=int8_values)
@@ -299,6 +301,8 @@ def fill(
         for name, layer in _named(model, (RBGPLinear,)):
             if entries[f"{name}.values" if name else "values"].get("values") == "int8":
                 store_values_(layer, torch.int8)
+        dense = {name for name, m in model.named_modules() if type(m) is nn.Linear and name}
+        store_dense_(model, torch.int8, {n for n in dense if entries[f"{n}.weight"].get("values") == "int8"})
     return model
 
 

@@ -98,15 +98,18 @@ def store_values_(model: nn.Module, dtype: torch.dtype = torch.bfloat16, *, dens
             layer.values = nn.Parameter(values)
             del layer.value_scales
         layer.values.data = values.to(dtype)
-    return len(layers) + (_store_dense_(model, dtype) if dense_layers else 0)
+    return len(layers) + (store_dense_(model, dtype) if dense_layers else 0)
 
 
-def _store_dense_(model: nn.Module, dtype: torch.dtype) -> int:
-    """Replace every plain nn.Linear and StoredLinear below `model` not yet in `dtype` by its `dtype` form;
-    the count."""
+def store_dense_(model: nn.Module, dtype: torch.dtype, names: set[str] | None = None) -> int:
+    """Store every plain nn.Linear below `model` (only those named in `names`, when given) as a
+    `StoredLinear` in bf16 or int8, or turn StoredLinear layers back into nn.Linear with fp32; in place,
+    the number of layers changed (`store_values_(..., dense_layers=True)` for a whole model)."""
     swaps: list[tuple[nn.Module, str, nn.Linear]] = []
-    for parent in model.modules():
+    for prefix, parent in model.named_modules():
         for name, child in parent.named_children():
+            if names is not None and (f"{prefix}.{name}" if prefix else name) not in names:
+                continue
             if isinstance(child, StoredLinear) and child.values.dtype != dtype:
                 swaps.append((parent, name, child.to_linear()))
             elif type(child) is nn.Linear and dtype != torch.float32:
