@@ -8,9 +8,11 @@ and threads over groups; it reads fp32, bf16 or int8 (per-row scale) values, wid
 
 It is compiled with the system C compiler (`cc`, or $CC) the first time it is needed, into
 $RBGP_CACHE_DIR or ~/.cache/rbgp, under a name that hashes the source, the flags and the compiler,
-written atomically; vectorised for AVX-512, AVX2+FMA or baseline x86-64, chosen at run time (never
--march=native). Where it cannot be built or loaded, the torch path runs, with one warning naming why.
-RBGP_NATIVE=0 turns it off. It is called through ctypes in eager mode (a few microseconds), and
+written atomically; its row products come as AVX2+FMA intrinsics and as plain C vectorised by the
+compiler, the first where the CPU has them, chosen at run time (`isa`; never -march=native). Dense
+layers kept in bf16 or int8 (`dense_small`, `rbgp.nn.StoredLinear`) run on the same row products.
+Where it cannot be built or loaded, the torch path runs, with one warning naming why. RBGP_NATIVE=0
+turns it off. It is called through ctypes in eager mode (a few microseconds), and
 through the custom op `rbgp::grouped_small` when torch.compile or torch.export trace it.
 """
 
@@ -257,7 +259,13 @@ def native_tables(layout: LayoutTensors) -> tuple[torch.Tensor, torch.Tensor]:
     return build() if layout.workspace is None else layout.workspace.get("native", (), build)
 
 
-def eager_linear(x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors, scales, bias) -> torch.Tensor | None:
+def eager_linear(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    layout: LayoutTensors,
+    scales: torch.Tensor | None,
+    bias: torch.Tensor | None,
+) -> torch.Tensor | None:
     """y = x W^T + bias on the native kernel for the common eager inference call (a small fp32 CPU
     batch, no gradient, no autocast, not traced or compiled), checked in as few Python steps as it
     takes, since at batch 1 they cost as much as the product; None where any condition fails (the

@@ -76,14 +76,14 @@ static inline float widen_i8(int8_t v) { return (float)v; }
                     b2 += u * x2[j];                                                                         \
                     b3 += u * x3[j];                                                                         \
                 }                                                                                            \
-                STORE(id0, s, a0, f0);                                                                      \
-                STORE(id0, s + 1, a1, f0);                                                                  \
-                STORE(id0, s + 2, a2, f0);                                                                  \
-                STORE(id0, s + 3, a3, f0);                                                                  \
-                STORE(id1, s, b0, f1);                                                                      \
-                STORE(id1, s + 1, b1, f1);                                                                  \
-                STORE(id1, s + 2, b2, f1);                                                                  \
-                STORE(id1, s + 3, b3, f1);                                                                  \
+                STORE(id0, s, a0, f0);                                                                       \
+                STORE(id0, s + 1, a1, f0);                                                                   \
+                STORE(id0, s + 2, a2, f0);                                                                   \
+                STORE(id0, s + 3, a3, f0);                                                                   \
+                STORE(id1, s, b0, f1);                                                                       \
+                STORE(id1, s + 1, b1, f1);                                                                   \
+                STORE(id1, s + 2, b2, f1);                                                                   \
+                STORE(id1, s + 3, b3, f1);                                                                   \
             }                                                                                                \
         }                                                                                                    \
         const int64_t n4 = n - n % 4; /* the samples left over, and an odd last row */                       \
@@ -178,13 +178,13 @@ AVX2 static inline float hsum8(__m256 v) {
     AVX2_TILE(NAME##_42, T, LOAD8, WIDEN, 4, 2)                                                              \
     AVX2_TILE(NAME##_41, T, LOAD8, WIDEN, 4, 1)                                                              \
     AVX2_DOT(NAME##_11, T, LOAD8, WIDEN, AHEAD)                                                              \
-    AVX2 static void NAME(int64_t n, int64_t r, int64_t k, const void *vv, const float *scale,              \
+    AVX2 static void NAME(int64_t n, int64_t r, int64_t k, const void *vv, const float *scale,               \
                           const float *xg, int64_t ldx, const int64_t *rows, int64_t row0, int64_t out,      \
                           const float *nf, const float *bias, float *y) {                                    \
         const T *v = (const T *)vv;                                                                          \
         float acc[8];                                                                                        \
         int64_t i = 0;                                                                                       \
-        for (; n >= 4 && i + 4 <= r; i += 4) {                                                                \
+        for (; n >= 4 && i + 4 <= r; i += 4) {                                                               \
             int64_t id[4];                                                                                   \
             for (int t = 0; t < 4; t++) id[t] = ROW_ID(i + t);                                               \
             if (id[0] >= out && id[1] >= out && id[2] >= out && id[3] >= out) continue;                      \
