@@ -273,7 +273,7 @@ def eager_linear(
     if (
         _Library.handle is None  # not built yet: the general dispatch builds it
         or x.dtype != torch.float32
-        or x.device.type != "cpu"
+        or not x.is_cpu
         or values.dtype not in KINDS
         or x.stride(-1) != 1
         or (values.dtype == torch.int8) != (scales is not None)
