@@ -156,3 +156,22 @@ def test_dense_layers_leave_what_reads_its_weight_directly():
         assert not isinstance(model.layers[0].self_attn.out_proj, StoredLinear)
         assert isinstance(model.layers[0].linear1, StoredLinear)
         torch.testing.assert_close(model(x), ref, rtol=0.05, atol=0.05 * ref.abs().max().item())
+
+
+def test_dense_layers_untie_a_gpt2_head():
+    """GPT-2 ties its head to the token embedding: the head is stored in int8, the embedding keeps its
+    fp32 weight, and generation runs."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=101, n_positions=32)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    assert model.lm_head.weight is model.transformer.wte.weight
+    embedding = model.transformer.wte.weight.detach().clone()
+    ids = torch.randint(0, 101, (1, 7))
+    with torch.inference_mode():
+        ref = model(input_ids=ids).logits
+        rbgp.store_values_(model, torch.int8, dense_layers=True)
+        assert isinstance(model.lm_head, StoredLinear)
+        assert torch.equal(model.transformer.wte.weight, embedding)
+        assert (model(input_ids=ids).logits - ref).abs().max() <= 0.05 * ref.abs().max()
+        assert model.generate(input_ids=ids, max_new_tokens=2, do_sample=False, pad_token_id=0).shape == (1, 9)

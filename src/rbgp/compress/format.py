@@ -302,7 +302,7 @@ def fill(
             if entries[f"{name}.values" if name else "values"].get("values") == "int8":
                 store_values_(layer, torch.int8)
         dense = {name for name, m in model.named_modules() if type(m) is nn.Linear and name}
-        store_dense_(model, torch.int8, {n for n in dense if entries[f"{n}.weight"].get("values") == "int8"})
+        store_dense_(model, torch.int8, {n for n in dense if entries.get(f"{n}.weight", {}).get("values") == "int8"})
     return model
 
 

@@ -57,7 +57,7 @@ class StoredLinear(nn.Module):
         return F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     def to_linear(self) -> nn.Linear:
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=self.weight.device)
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=self.values.device)
         with torch.no_grad():
             linear.weight.copy_(self.weight)
             if self.bias is not None:
