@@ -17,7 +17,11 @@ def test_decode_bench_writes_json_markdown_png(tmp_path, capsys):
     assert all(list(r["speedup"]) == names and min(r["tokens_per_s"].values()) > 0 for r in data["results"])
     errors = data["relative_error"]
     assert errors["rbgp 0.9 fp32"] == 0 and 0 < errors["rbgp 0.9 bf16"] < 0.05 and 0 < errors["rbgp 0.9 int8"] < 0.1
-    assert "| decode b1 |" in (tmp_path / "decode-quick.md").read_text()
+    table = (tmp_path / "decode-quick.md").read_text()
+    assert "| decode b1 |" in table
+    b1 = data["results"][1]["tokens_per_s"]
+    ratio = b1["rbgp 0.9 int8"] / b1["rbgp 0.9 fp32"]
+    assert "| decode b1 vs fp32 sparse | - | 1.00x | " in table and f"{ratio:.2f}x |" in table
     assert (tmp_path / "decode-quick.png").stat().st_size > 0
 
 

@@ -153,8 +153,9 @@ def decode_markdown(data: dict) -> str:
     lines = [
         f"{model}, fp32 activations, inference mode. `{data['command']}`, {data['machine']}, {data['date']}; "
         f"medians of {data['repeats']} alternating repeats; native kernel available: {data['native_kernel']}. "
-        "Tokens per second (speedup over dense); the last row: the largest prefill-logit error against the "
-        "fp32 sparse model of the same sparsity, relative to the logits' largest magnitude.",
+        "Tokens per second (speedup over dense); then batch-1 decode against the fp32 sparse model of the "
+        "same sparsity, and the largest prefill-logit error against it, relative to the logits' largest "
+        "magnitude.",
         "",
         "| case | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
@@ -162,6 +163,10 @@ def decode_markdown(data: dict) -> str:
     for r in data["results"]:
         cells = [f"{r['tokens_per_s'][n]:.1f} ({r['speedup'][n]:.2f}x)" for n in names]
         lines.append(f"| {r['case']} | " + " | ".join(cells) + " |")
+    decode = next((r["tokens_per_s"] for r in data["results"] if r["case"] == "decode b1"), None)
+    if decode is not None:
+        ratios = [_over_fp32(n, decode) for n in names]
+        lines.append("| decode b1 vs fp32 sparse | " + " | ".join(ratios) + " |")
     errors = data["relative_error"]
     lines.append(
         "| logit error vs fp32 sparse | "
@@ -169,6 +174,12 @@ def decode_markdown(data: dict) -> str:
         + " |"
     )
     return "\n".join(lines) + "\n"
+
+
+def _over_fp32(name: str, tokens_per_s: dict[str, float]) -> str:
+    """`name`'s tokens/s over the fp32 variant of its sparsity ("-" for dense)."""
+    fp32 = name.rsplit(" ", 1)[0] + " fp32"
+    return "-" if name == "dense" or fp32 not in tokens_per_s else f"{tokens_per_s[name] / tokens_per_s[fp32]:.2f}x"
 
 
 def plot_decode(data: dict, path: str | Path) -> None:
