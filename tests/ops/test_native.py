@@ -238,3 +238,34 @@ def test_dense_bad_inputs():
 def test_isa_request_checked():
     with pytest.raises(ValueError, match="'plain' or 'avx2'"):
         native.isa("avx512")
+
+
+@pytest.mark.parametrize("kind", ["fp32", "int8"])
+def test_eager_path_keeps_the_input_shape(kind):
+    """The eager fast path (`eager_linear`) on unbatched, 3-D, empty and non-contiguous inputs gives what
+    the general dispatch gives, in the input's leading shape, contiguous; it declines what it must not take."""
+    layout = make_layout(96, 64, 0.75)
+    g = torch.Generator().manual_seed(5)
+    values = torch.randn(layout.values_shape, generator=g)
+    scales = None
+    if kind == "int8":
+        scales = values.abs().amax(-1) / 127
+        values = torch.round(values / scales[..., None]).to(torch.int8)
+    weight = SparseWeight(values, layout, scales=scales)
+    bias = torch.randn(96, generator=g)
+    dense = weight.dense().double()
+    with torch.no_grad():
+        for x in (torch.randn(64, generator=g), torch.randn(2, 3, 64, generator=g), torch.randn(0, 64),
+                  torch.randn(3, 64, 2, generator=g).transpose(1, 2)):
+            y = native.eager_linear(x, values, layout, scales, bias)
+            if not x.is_contiguous():
+                assert y is None  # the general dispatch copes with it
+                y = rbgp_linear(x, weight, bias)
+            assert y is not None and y.shape == (*x.shape[:-1], 96) and y.is_contiguous()
+            if x.numel():
+                ref = x.double() @ dense.T + bias.double()
+                assert (y.double() - ref).abs().max().item() <= TOL * max(1.0, ref.abs().max().item())
+        assert native.eager_linear(torch.randn(2, 64, dtype=torch.float64), values, layout, scales, bias) is None
+        assert native.eager_linear(torch.randn(native.batch_limit(values) + 1, 64), values, layout, scales, bias) is None
+    grad_x = torch.randn(2, 64, requires_grad=True)
+    assert native.eager_linear(grad_x, values, layout, scales, bias) is None  # a gradient is wanted
