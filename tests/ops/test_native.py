@@ -269,3 +269,13 @@ def test_eager_path_keeps_the_input_shape(kind):
         assert native.eager_linear(torch.randn(native.batch_limit(values) + 1, 64), values, layout, scales, bias) is None
     grad_x = torch.randn(2, 64, requires_grad=True)
     assert native.eager_linear(grad_x, values, layout, scales, bias) is None  # a gradient is wanted
+
+
+@pytest.mark.parametrize("kind", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("rows", [6, 10, 16, 22, 64])
+def test_long_rows_take_six_row_tiles(rows, kind, native_isa):
+    """Rows of 128 columns or more take tiles of 6 rows where 4-row tiles then end the group (16 = 6 + 6 + 4,
+    22 = 6 + 4 x 4, 10 = 6 + 4, 64 = 10 x 6 + 4), from batch 4; odd batches end on a one-sample tile."""
+    layout = random_group_layout(rows * 3, 200, rows, 136)
+    for batch in (4, 5, 37):
+        _check(layout, batch, kind, seed=rows)

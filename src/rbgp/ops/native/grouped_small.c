@@ -172,9 +172,11 @@ AVX2 static inline float hsum8(__m256 v) {
         acc[0] = s;                                                                                          \
     }
 
-/* The group's rows against every sample: from batch 4, tiles of 4 rows by 2 samples (an odd sample:
- * 4 by 1); below (decode), and for the rows left over, one row at a time, the values in order. */
+/* The group's rows against every sample: from batch 4, tiles of 6 or 4 rows by 2 samples (an odd
+ * sample: by 1); below (decode), and for the rows left over, one row at a time, the values in order. */
 #define AVX2_ROWS(NAME, T, LOAD8, WIDEN, AHEAD)                                                              \
+    AVX2_TILE(NAME##_62, T, LOAD8, WIDEN, 6, 2)                                                              \
+    AVX2_TILE(NAME##_61, T, LOAD8, WIDEN, 6, 1)                                                              \
     AVX2_TILE(NAME##_42, T, LOAD8, WIDEN, 4, 2)                                                              \
     AVX2_TILE(NAME##_41, T, LOAD8, WIDEN, 4, 1)                                                              \
     AVX2_DOT(NAME##_11, T, LOAD8, WIDEN, AHEAD)                                                              \
@@ -182,8 +184,28 @@ AVX2 static inline float hsum8(__m256 v) {
                           const float *xg, int64_t ldx, const int64_t *rows, int64_t row0, int64_t out,      \
                           const float *nf, const float *bias, float *y) {                                    \
         const T *v = (const T *)vv;                                                                          \
-        float acc[8];                                                                                        \
+        float acc[12];                                                                                       \
         int64_t i = 0;                                                                                       \
+        /* on long rows (k >= 128), 6-row tiles (12 partial sums hide the FMA latency better) where          \
+         * 4-row tiles then end the group exactly: 16 rows as 6 + 6 + 4, 128 as 20 x 6 + 2 x 4 */            \
+        int64_t sixes = n >= 4 && k >= 128 ? r / 6 : 0;                                                      \
+        while (sixes > 0 && (r - 6 * sixes) % 4 != 0) sixes--;                                               \
+        for (; i + 6 <= 6 * sixes; i += 6) {                                                                 \
+            int64_t id[6];                                                                                   \
+            for (int t = 0; t < 6; t++) id[t] = ROW_ID(i + t);                                               \
+            int64_t s = 0;                                                                                   \
+            for (; s + 2 <= n; s += 2) {                                                                     \
+                NAME##_62(k, v + i * k, xg + s * ldx, ldx, acc);                                             \
+                for (int t = 0; t < 6; t++) {                                                                \
+                    STORE(id[t], s, acc[2 * t], SCALE(i + t));                                               \
+                    STORE(id[t], s + 1, acc[2 * t + 1], SCALE(i + t));                                       \
+                }                                                                                            \
+            }                                                                                                \
+            if (s < n) {                                                                                     \
+                NAME##_61(k, v + i * k, xg + s * ldx, ldx, acc);                                             \
+                for (int t = 0; t < 6; t++) STORE(id[t], s, acc[t], SCALE(i + t));                           \
+            }                                                                                                \
+        }                                                                                                    \
         for (; n >= 4 && i + 4 <= r; i += 4) {                                                               \
             int64_t id[4];                                                                                   \
             for (int t = 0; t < 4; t++) id[t] = ROW_ID(i + t);                                               \
