@@ -172,6 +172,28 @@ AVX2 static inline float hsum8(__m256 v) {
         acc[0] = s;                                                                                          \
     }
 
+/* Tiles of H rows (from row i, while they fit below END) against every sample, two at a time (PAIR),
+ * an odd last one alone (ONE); tiles of padding rows only are skipped. Inside AVX2_ROWS. */
+#define ROW_TILES(H, PAIR, ONE, END)                                                                         \
+    for (; i + (H) <= (END); i += (H)) {                                                                     \
+        int64_t id[H];                                                                                       \
+        int padding = 1;                                                                                     \
+        for (int t = 0; t < (H); t++) id[t] = ROW_ID(i + t), padding &= id[t] >= out;                        \
+        if (padding) continue;                                                                               \
+        int64_t s = 0;                                                                                       \
+        for (; s + 2 <= n; s += 2) {                                                                         \
+            PAIR(k, v + i * k, xg + s * ldx, ldx, acc);                                                      \
+            for (int t = 0; t < (H); t++) {                                                                  \
+                STORE(id[t], s, acc[2 * t], SCALE(i + t));                                                   \
+                STORE(id[t], s + 1, acc[2 * t + 1], SCALE(i + t));                                           \
+            }                                                                                                \
+        }                                                                                                    \
+        if (s < n) {                                                                                         \
+            ONE(k, v + i * k, xg + s * ldx, ldx, acc);                                                       \
+            for (int t = 0; t < (H); t++) STORE(id[t], s, acc[t], SCALE(i + t));                             \
+        }                                                                                                    \
+    }
+
 /* The group's rows against every sample: from batch 4, tiles of 6 or 4 rows by 2 samples (an odd
  * sample: by 1); below (decode), and for the rows left over, one row at a time, the values in order. */
 #define AVX2_ROWS(NAME, T, LOAD8, WIDEN, AHEAD)                                                              \
@@ -190,39 +212,8 @@ AVX2 static inline float hsum8(__m256 v) {
          * 4-row tiles then end the group exactly: 16 rows as 6 + 6 + 4, 128 as 20 x 6 + 2 x 4 */            \
         int64_t sixes = n >= 4 && k >= 128 ? r / 6 : 0;                                                      \
         while (sixes > 0 && (r - 6 * sixes) % 4 != 0) sixes--;                                               \
-        for (; i + 6 <= 6 * sixes; i += 6) {                                                                 \
-            int64_t id[6];                                                                                   \
-            for (int t = 0; t < 6; t++) id[t] = ROW_ID(i + t);                                               \
-            int64_t s = 0;                                                                                   \
-            for (; s + 2 <= n; s += 2) {                                                                     \
-                NAME##_62(k, v + i * k, xg + s * ldx, ldx, acc);                                             \
-                for (int t = 0; t < 6; t++) {                                                                \
-                    STORE(id[t], s, acc[2 * t], SCALE(i + t));                                               \
-                    STORE(id[t], s + 1, acc[2 * t + 1], SCALE(i + t));                                       \
-                }                                                                                            \
-            }                                                                                                \
-            if (s < n) {                                                                                     \
-                NAME##_61(k, v + i * k, xg + s * ldx, ldx, acc);                                             \
-                for (int t = 0; t < 6; t++) STORE(id[t], s, acc[t], SCALE(i + t));                           \
-            }                                                                                                \
-        }                                                                                                    \
-        for (; n >= 4 && i + 4 <= r; i += 4) {                                                               \
-            int64_t id[4];                                                                                   \
-            for (int t = 0; t < 4; t++) id[t] = ROW_ID(i + t);                                               \
-            if (id[0] >= out && id[1] >= out && id[2] >= out && id[3] >= out) continue;                      \
-            int64_t s = 0;                                                                                   \
-            for (; s + 2 <= n; s += 2) {                                                                     \
-                NAME##_42(k, v + i * k, xg + s * ldx, ldx, acc);                                             \
-                for (int t = 0; t < 4; t++) {                                                                \
-                    STORE(id[t], s, acc[2 * t], SCALE(i + t));                                               \
-                    STORE(id[t], s + 1, acc[2 * t + 1], SCALE(i + t));                                       \
-                }                                                                                            \
-            }                                                                                                \
-            if (s < n) {                                                                                     \
-                NAME##_41(k, v + i * k, xg + s * ldx, ldx, acc);                                             \
-                for (int t = 0; t < 4; t++) STORE(id[t], s, acc[t], SCALE(i + t));                           \
-            }                                                                                                \
-        }                                                                                                    \
+        ROW_TILES(6, NAME##_62, NAME##_61, 6 * sixes)                                                        \
+        ROW_TILES(4, NAME##_42, NAME##_41, n >= 4 ? r : 0)                                                   \
         for (; i < r; i++) {                                                                                 \
             const int64_t row = ROW_ID(i);                                                                   \
             if (row >= out) continue;                                                                        \
