@@ -279,3 +279,19 @@ def test_long_rows_take_six_row_tiles(rows, kind, native_isa):
     layout = random_group_layout(rows * 3, 200, rows, 136)
     for batch in (4, 5, 37):
         _check(layout, batch, kind, seed=rows)
+
+
+def test_eager_path_leaves_odd_biases_to_the_general_dispatch():
+    """A bias the kernel cannot read row by row is not handed to it: a strided one is made contiguous by the
+    general dispatch, a wrongly shaped one refused with its shape named (never read out of bounds)."""
+    layout = make_layout(96, 64, 0.75)
+    values = torch.randn(layout.values_shape)
+    x = torch.randn(2, 64)
+    strided, short = torch.randn(192)[::2], torch.tensor([0.5])
+    with torch.no_grad():
+        assert native.eager_linear(x, values, layout, None, strided) is None
+        assert native.eager_linear(x, values, layout, None, short) is None
+        plain = rbgp_linear(x, SparseWeight(values, layout))
+        torch.testing.assert_close(rbgp_linear(x, SparseWeight(values, layout), strided), plain + strided)
+        with pytest.raises(ValueError, match=r"bias must be fp32 \(96,\), got torch.float32 \(1,\)"):
+            rbgp_linear(x, SparseWeight(values, layout), short)

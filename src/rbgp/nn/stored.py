@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rbgp.nn.calibration import set_module
 from rbgp.nn.checks import check_linear_input
 from rbgp.nn.rbgp_layers import RBGPLinear
 from rbgp.ops import native, quantize_rows
@@ -105,15 +106,14 @@ def store_dense_(model: nn.Module, dtype: torch.dtype, names: set[str] | None = 
     """Store every plain nn.Linear below `model` (only those named in `names`, when given) as a
     `StoredLinear` in bf16 or int8, or turn StoredLinear layers back into nn.Linear with fp32; in place,
     the number of layers changed (`store_values_(..., dense_layers=True)` for a whole model)."""
-    swaps: list[tuple[nn.Module, str, nn.Linear]] = []
-    for prefix, parent in model.named_modules():
-        for name, child in parent.named_children():
-            if names is not None and (f"{prefix}.{name}" if prefix else name) not in names:
-                continue
-            if isinstance(child, StoredLinear) and child.values.dtype != dtype:
-                swaps.append((parent, name, child.to_linear()))
-            elif type(child) is nn.Linear and dtype != torch.float32:
-                swaps.append((parent, name, cast(nn.Linear, child)))
-    for parent, name, linear in swaps:
-        setattr(parent, name, linear if dtype == torch.float32 else StoredLinear(linear, dtype))
+    swaps: list[tuple[str, nn.Linear]] = []
+    for name, child in model.named_modules():
+        if not name or (names is not None and name not in names):
+            continue
+        if isinstance(child, StoredLinear) and child.values.dtype != dtype:
+            swaps.append((name, child.to_linear()))
+        elif type(child) is nn.Linear and dtype != torch.float32:
+            swaps.append((name, cast(nn.Linear, child)))
+    for name, linear in swaps:
+        set_module(model, name, linear if dtype == torch.float32 else StoredLinear(linear, dtype))
     return len(swaps)

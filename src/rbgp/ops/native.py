@@ -291,8 +291,10 @@ def eager_linear(
         x.requires_grad or values.requires_grad or (bias is not None and bias.requires_grad)
     ):
         return None
-    if bias is not None and bias.dtype != torch.float32:
-        return None
+    if bias is not None and (
+        bias.dtype != torch.float32 or bias.shape != (layout.out_features,) or not bias.is_contiguous()
+    ):
+        return None  # the kernel reads bias[row] for every row: anything else takes the general dispatch
     blocks, rows = native_tables(layout)
     if scales is not None and (scales.dtype != torch.float32 or not scales.is_contiguous()):
         scales = scales.to(torch.float32).contiguous()

@@ -338,7 +338,7 @@ int rbgp_grouped_small(int kind, int64_t n, int64_t g, int64_t r, int64_t k, int
     if (threads < 1) threads = 1;
     /* every thread's buffer, and the flags all threads read, on cache lines of their own (64 bytes):
      * a line written by one thread and read by another would bounce between the cores */
-    const int64_t per = (n * k + 15) / 16 * 16 + 16, flags = (n + 15) / 16 * 16;
+    const int64_t per = ((n * k > 0 ? n * k : 1) + 15) / 16 * 16, flags = (n + 15) / 16 * 16;
     float *buffers = (float *)aligned_alloc(64, (size_t)(per * threads + flags) * sizeof(float));
     if (!buffers) return 1;
     float *nf = buffers + per * threads;
