@@ -3,9 +3,11 @@
 For three LLM-shaped layers (5632x2048, 2048x5632, 4096x4096) and batches 1, 4, 16, 64, 256 this times,
 interleaved in one process (a new random order every round, medians), under torch.inference_mode:
 dense `nn.Linear`, torch CSR and torch BSR (16x16 blocks, a random block mask at the same density)
-on the same product, the RBGP layer as a user calls it (the native kernel up to
-`rbgp.ops.native.MAX_BATCH` rows, the batched GEMMs beyond), the torch path alone (what ran before
-the native kernel), and the native kernel on fp32, bf16 and int8 values (per-row scales) at every batch.
+on the same product, the RBGP layer as a user calls it (`rbgp.ops.native.batch_limit`: the native
+kernel at every batch on the AVX2 build, its wide-batch tiles from `native.wide_from()` rows), the
+torch path alone (what ran before the native kernel), the native kernel on fp32, bf16 and int8 values
+(per-row scales) at every batch, and on fp32 without its wide-batch tiles (one dot product per row and
+sample at every batch, what ran before them).
 `share of ideal` = speedup over dense x density (1.0 = the full 1/density).
 
     python benchmarks/small_batch.py      # writes benchmarks/small_batch.{json,md,png}
@@ -57,7 +59,17 @@ def methods(layer: RBGPLinear, dense: torch.nn.Linear, csr: torch.Tensor, bsr: t
         "rbgp native fp32": lambda: native.grouped_small(x, values, layout),
         "rbgp native bf16": lambda: native.grouped_small(x, bf16, layout),
         "rbgp native int8": lambda: native.grouped_small(x, q, layout, scales),
+        "rbgp native fp32, no wide tiles": lambda: _without_wide_tiles(x, values, layout),
     }
+
+
+def _without_wide_tiles(x: torch.Tensor, values: torch.Tensor, layout) -> torch.Tensor:
+    default = native.wide_from()
+    native.wide_from(1 << 62)
+    try:
+        return native.grouped_small(x, values, layout)
+    finally:
+        native.wide_from(default)
 
 
 def time_case(fns: dict, rounds: int) -> dict[str, float]:
@@ -80,7 +92,8 @@ def run(rounds: int) -> dict:
     random.seed(0)
     data = {"command": "python benchmarks/small_batch.py", "date": datetime.date.today().isoformat(),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-            "native_available": native.available(), "native_max_batch": native.MAX_BATCH, "sparsity": SPARSITY,
+            "native_available": native.available(), "native_isa": native.isa(), "wide_from": native.wide_from(),
+            "sparsity": SPARSITY,
             "rounds": rounds, "results": []}
     with torch.inference_mode():
         for out, inp in SHAPES:
@@ -103,7 +116,8 @@ def markdown(data: dict) -> str:
     lines = [f"Single layers at sparsity {data['sparsity']} (density {data['results'][0]['density']:.4f}), forward, "
              f"inference mode, fp32 inputs. `{data['command']}`, {data['machine']}, {data['date']}; medians of "
              f"{data['rounds']} interleaved rounds. Speedup over dense, and in brackets the share of the ideal "
-             f"1/density. \"rbgp\" is the layer as called (native kernel up to batch {data['native_max_batch']}).",
+             f"1/density. \"rbgp\" is the layer as called (the native kernel's {data['native_isa']} build; with AVX2 "
+             f"at every batch, its wide-batch tiles from batch {data['wide_from']}).",
              "", "| layer | batch | dense us | " + " | ".join(names[1:]) + " |",
              "|---|---|---|" + "---|" * (len(names) - 1)]
     for r in data["results"]:

@@ -151,19 +151,24 @@ def check_conv_against_dense(layer, dense: torch.nn.Conv2d, x: torch.Tensor, dty
     return y, ref
 
 
-@pytest.fixture(params=["plain", "avx2"])
+@pytest.fixture(params=["plain", "avx2", "avx2-wide"])
 def native_isa(request):
-    """Runs a test on each build of the native kernel's row products this CPU has (plain C, AVX2+FMA)."""
+    """Runs a test on each build of the native kernel this CPU has: plain C, AVX2+FMA, and AVX2+FMA with
+    its wide-batch tiles from batch 1 (by default they take batches from `native.wide_from()`)."""
     from rbgp.ops import native
 
     if not native.available():
         pytest.skip("no C compiler to build the native kernel")
-    default = native.isa()
-    if native.isa(request.param) != request.param:
+    default, default_wide = native.isa(), native.wide_from()
+    build = request.param.removesuffix("-wide")
+    if native.isa(build) != build:
         native.isa("avx2" if default == "avx2" else "plain")
-        pytest.skip(f"this CPU has no {request.param} build")
-    yield request.param
+        pytest.skip(f"this CPU has no {build} build")
+    if request.param.endswith("-wide"):
+        native.wide_from(1)
+    yield build
     native.isa(default)
+    native.wide_from(default_wide)
 
 
 @pytest.fixture

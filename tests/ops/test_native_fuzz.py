@@ -101,13 +101,15 @@ def test_fuzz_against_the_reference(case):
     for s, j, v in specials if batch else ():
         x[s % batch, j % layout.in_features] = v
     bias = torch.randn(layout.out_features, generator=g) if with_bias else None
-    default = native.isa()
+    default, default_wide = native.isa(), native.wide_from()
     try:
-        for isa in ("plain", "avx2"):  # both builds of the row products, where the CPU has them
-            if native.isa(isa) == isa:
+        for isa, wide_from in (("plain", default_wide), ("avx2", default_wide), ("avx2", 1)):
+            if native.isa(isa) == isa:  # both builds, where the CPU has them; AVX2's wide tiles at every batch
+                native.wide_from(wide_from)
                 check_against_reference(native.grouped_small(x, values, layout, scales, bias), x, exact, layout, bias)
     finally:
         native.isa(default)
+        native.wide_from(default_wide)
 
 
 def test_threads_with_mixed_batches():

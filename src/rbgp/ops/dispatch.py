@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from contextlib import nullcontext
 
 import torch
@@ -84,7 +85,11 @@ def rbgp_linear(
     if stored and not torch.is_autocast_enabled(x.device.type):
         # stored bf16/int8 values: the native kernel widens them in registers, every other path takes fp32
         compiled = torch.compiler.is_compiling()  # any batch may take the kernel: see `_native_in_graph`
-        if backend in ("auto", "grouped") and native_applies(x2, values, any_batch=compiled) and not _exporting():
+        if (
+            backend in ("auto", "grouped")
+            and native_applies(x2, values, any_batch=compiled, im2col=im2col)
+            and not _exporting()
+        ):
             scales = weight.scales
         else:
             values = weight.float_values(torch.float32)
@@ -127,15 +132,18 @@ def _grouped(
         return grouped_forward(x, values, layout), False
     fused = bias is None or (bias.dtype == torch.float32 and not (bias.requires_grad and torch.is_grad_enabled()))
     if not torch.compiler.is_compiling():
-        if fused and native_applies(x, values):
+        if fused and native_applies(x, values, im2col=feature_major_out):
             return grouped_small(x, values, layout, scales, bias), True
         wide = weight.float_values(x.dtype) if values.dtype != x.dtype else values
         return grouped_linear(x, wide, layout, feature_major_out), False
     if not _native_in_graph(x, values):
         return grouped_linear(x, values, layout), False
+    limit = batch_limit(values, feature_major_out)
+    if limit == sys.maxsize:
+        return grouped_small(x, values, layout, scales), False
     wide = values if values.dtype == x.dtype else weight.float_values(x.dtype)
     y = torch.cond(
-        x.shape[0] <= batch_limit(values),
+        x.shape[0] <= limit,
         lambda a, v, w: grouped_small(a, v, layout, scales),
         lambda a, v, w: grouped_linear(a, w, layout)[:, : layout.out_features].contiguous(),
         (x, values, wide),

@@ -5,6 +5,9 @@ spends most of its time in fixed costs there (a gather index per call, many smal
 The C kernel gathers each group's inputs into a small per-thread buffer and takes one dot product
 per row and sample, with the values streamed once, the output written in row order (contiguous),
 and threads over groups; it reads fp32, bf16 or int8 (per-row scale) values, widened in registers.
+From `wide_from()` samples on, its AVX2 build runs as a GEMM micro-kernel on x transposed once per
+call (tiles of 4 rows by 24 samples), which beats the torch path's batched GEMMs at any batch of a
+linear layer (`benchmarks/small_batch.md`).
 
 It is compiled with the system C compiler (`cc`, or $CC) the first time it is needed, into
 $RBGP_CACHE_DIR or ~/.cache/rbgp, under a name that hashes the source, the flags and the compiler,
@@ -23,6 +26,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -34,16 +38,18 @@ from rbgp.ops.layout import LayoutTensors
 SOURCE = Path(__file__).with_name("native") / "grouped_small.c"
 FLAGS = ("-O3", "-std=gnu11", "-fopenmp", "-shared", "-fPIC")
 MAX_BATCH = 16
-"""Batches up to this many rows run on the native kernel (CPU, fp32 inputs, no gradient wanted);
-larger ones on the batched GEMMs of the torch path, which win there (`benchmarks/small_batch.md`),
-except for layers of small row groups (see SMALL_GROUP_ROWS)."""
+"""Batches up to this many rows run on the native kernel's plain-C build (CPU, fp32 inputs, no gradient
+wanted); larger ones on the batched GEMMs of the torch path, which win there (`benchmarks/small_batch.md`),
+except for layers of small row groups (see SMALL_GROUP_ROWS). The AVX2 build takes any batch of a linear
+layer (`batch_limit`)."""
 SMALL_GROUP_ROWS = 16
 """Row groups of at most this many rows run on the native kernel up to SMALL_GROUP_MAX_BATCH rows: batched
 GEMMs that short are slow there (`benchmarks/small_batch.md`)."""
 SMALL_GROUP_MAX_BATCH = 256
-"""The largest batch measured to favour the kernel for short row groups (`benchmarks/small_batch.md`).
-Beyond it the batched GEMMs run, which are several times faster on a conv's im2col rows (thousands of
-output pixels, a few columns each; `docs/benchmarks.md`, whole CNNs)."""
+"""The largest batch measured to favour the plain-C kernel for short row groups, and a conv's im2col rows
+on either build (`benchmarks/small_batch.md`). Beyond it the batched GEMMs run, which are several times
+faster on a conv's im2col rows (thousands of output pixels, a few columns each; `docs/benchmarks.md`,
+whole CNNs)."""
 KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
 
 
@@ -78,6 +84,7 @@ class _Library:
 
     handle: ctypes.CDLL | None = None
     tried = False
+    avx2 = False  # whether the AVX2 build runs (`isa`)
 
 
 def library() -> ctypes.CDLL | None:
@@ -133,6 +140,9 @@ def _load() -> ctypes.CDLL | None:
     lib.rbgp_dense_small.restype = ctypes.c_int
     lib.rbgp_native_isa.argtypes = [ctypes.c_int]
     lib.rbgp_native_isa.restype = ctypes.c_int
+    lib.rbgp_native_wide_from.argtypes = [i64]
+    lib.rbgp_native_wide_from.restype = i64
+    _Library.avx2 = bool(lib.rbgp_native_isa(-1))
     return lib
 
 
@@ -146,7 +156,20 @@ def isa(request: str | None = None) -> str:
     if request not in (None, "plain", "avx2"):
         raise ValueError(f"request must be None, 'plain' or 'avx2', got {request!r}")
     code = {None: -1, "plain": 0, "avx2": 1}[request]
-    return "avx2" if lib.rbgp_native_isa(code) else "plain"
+    _Library.avx2 = bool(lib.rbgp_native_isa(code))
+    return "avx2" if _Library.avx2 else "plain"
+
+
+def wide_from(batch: int | None = None) -> int:
+    """The batch from which the AVX2 build takes its wide-batch tiles (x transposed once per call, each
+    value broadcast against 24 samples) instead of one dot product per row and sample; `batch` (>= 1)
+    changes it, so that tests cover both. The kernel must be available."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the native kernel is not available")
+    if batch is not None and (not isinstance(batch, int) or batch < 1):
+        raise ValueError(f"batch must be a positive int, got {batch!r}")
+    return int(lib.rbgp_native_wide_from(0 if batch is None else batch))
 
 
 def available() -> bool:
@@ -157,16 +180,21 @@ def available() -> bool:
     return library() is not None
 
 
-def batch_limit(values: torch.Tensor) -> int:
-    """The largest batch the native kernel takes for these (G, R, K) values."""
+def batch_limit(values: torch.Tensor, im2col: bool = False) -> int:
+    """The largest batch the native kernel takes for these (G, R, K) values: any batch of a linear layer
+    on the AVX2 build (its wide-batch tiles beat the batched GEMMs from a few dozen rows on); else
+    SMALL_GROUP_MAX_BATCH for short row groups, MAX_BATCH for the others."""
+    lib = _Library.handle if torch.compiler.is_compiling() else library()
+    if lib is not None and _Library.avx2 and not im2col:
+        return sys.maxsize
     return SMALL_GROUP_MAX_BATCH if values.shape[1] <= SMALL_GROUP_ROWS else MAX_BATCH
 
 
-def native_applies(x: torch.Tensor, values: torch.Tensor, any_batch: bool = False) -> bool:
-    """Whether the product of x (N, in) with `values` runs on the native kernel: fp32 CPU inputs, fp32,
-    bf16 or int8 values, at most `batch_limit` rows (unless `any_batch`), no gradient wanted, and the kernel
-    available."""
-    return (any_batch or x.shape[0] <= batch_limit(values)) and _kernel_takes(x, values)
+def native_applies(x: torch.Tensor, values: torch.Tensor, any_batch: bool = False, im2col: bool = False) -> bool:
+    """Whether the product of x (N, in) (a conv's im2col rows where `im2col`) with `values` runs on the
+    native kernel: fp32 CPU inputs, fp32, bf16 or int8 values, at most `batch_limit` rows (unless
+    `any_batch`), no gradient wanted, and the kernel available."""
+    return (any_batch or x.shape[0] <= batch_limit(values, im2col)) and _kernel_takes(x, values)
 
 
 def dense_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:

@@ -14,7 +14,9 @@
  * Two builds of the row products, picked at run time: AVX2+FMA intrinsics (tiles of 4 rows by 2
  * samples, values widened in registers) where the CPU has them, else plain C vectorised by the
  * compiler (target_clones for AVX-512, AVX2+FMA or baseline x86-64). Never -march=native, so the
- * library can move to another CPU.
+ * library can move to another CPU. From `wide_from` samples on, the AVX2 build runs as a GEMM instead
+ * (x transposed once per call, tiles of 4 rows by 24 samples: "Wide batches" below), which takes a
+ * linear layer's prefill and training-size batches too.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -227,6 +229,94 @@ AVX2 static inline float hsum8(__m256 v) {
 AVX2_ROWS(avx2_f32, float, load8_f32, widen_f32, 0)
 AVX2_ROWS(avx2_bf16, bf16_t, load8_bf16, widen_bf16, 1024)
 AVX2_ROWS(avx2_i8, int8_t, load8_i8, widen_i8, 2048)
+
+/* ---- Wide batches: x transposed once per call, each value broadcast against WIDE samples --------
+ * The tiles above take a dot product per row and sample and reduce it across the vector at the end,
+ * with every group's inputs copied first: from a few dozen samples on, that copy and those reductions
+ * cost as much as the products. Here x is transposed once per call into panels of WIDE samples (each
+ * (in, WIDE): a column's WIDE samples contiguous, zeros past n); a tile of H rows by WIDE samples then
+ * loads WIDE / 8 vectors of one column and broadcasts one value per row, H * WIDE / 8 multiply-adds
+ * per H + WIDE / 8 loads, the group's micro-blocks read where they lie: a GEMM micro-kernel. */
+#define WIDE 24
+#define WIDE_V (WIDE / 8)
+
+/* out[e * ldo + t] = sum over the group's columns j of w[t * ldw + j] * xt[col(j) * np + e], for H rows
+ * and the WIDE samples e: sample-major, so that a sample's rows are stored together. */
+#define WIDE_TILE(NAME, H)                                                                                   \
+    AVX2 static void NAME(int64_t kb, int64_t bw, const int64_t *blocks, const float *w, int64_t ldw,        \
+                          const float *xt, int64_t np, float *out, int64_t ldo, int add) {                   \
+        __m256 a[H][WIDE_V];                                                                                 \
+        for (int t = 0; t < (H); t++)                                                                        \
+            for (int u = 0; u < WIDE_V; u++) a[t][u] = _mm256_setzero_ps();                                  \
+        int64_t j = 0;                                                                                       \
+        for (int64_t b = 0; b < kb; b++) {                                                                   \
+            const float *p = xt + blocks[b] * bw * np;                                                       \
+            for (int64_t jj = 0; jj < bw; jj++, j++, p += np) {                                              \
+                __m256 xv[WIDE_V];                                                                           \
+                for (int u = 0; u < WIDE_V; u++) xv[u] = _mm256_load_ps(p + 8 * u);                          \
+                for (int t = 0; t < (H); t++) {                                                              \
+                    const __m256 wv = _mm256_broadcast_ss(w + t * ldw + j);                                  \
+                    for (int u = 0; u < WIDE_V; u++) a[t][u] = _mm256_fmadd_ps(wv, xv[u], a[t][u]);          \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
+        float tmp[8];                                                                                        \
+        for (int t = 0; t < (H); t++)                                                                        \
+            for (int u = 0; u < WIDE_V; u++) {                                                               \
+                _mm256_storeu_ps(tmp, a[t][u]);                                                              \
+                for (int e = 0; e < 8; e++) {                                                                \
+                    float *o = out + (8 * u + e) * ldo + t;                                                  \
+                    *o = (add ? *o : 0.0f) + tmp[e];                                                         \
+                }                                                                                            \
+            }                                                                                                \
+    }
+WIDE_TILE(wide_2, 2)
+WIDE_TILE(wide_1, 1)
+
+/* Four rows' sums over eight samples (one vector per row) stored sample-major, four floats a sample
+ * (added to what is there where `add`). */
+#define PUT4(P, V) _mm_storeu_ps(P, add ? _mm_add_ps(_mm_loadu_ps(P), V) : V)
+AVX2 static inline void store_4x8(__m256 r0, __m256 r1, __m256 r2, __m256 r3, float *out, int64_t ldo, int add) {
+    const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE); /* samples 0|4, 1|5 */
+    const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE); /* samples 2|6, 3|7 */
+    PUT4(out, _mm256_castps256_ps128(s0)), PUT4(out + 4 * ldo, _mm256_extractf128_ps(s0, 1));
+    PUT4(out + ldo, _mm256_castps256_ps128(s1)), PUT4(out + 5 * ldo, _mm256_extractf128_ps(s1, 1));
+    PUT4(out + 2 * ldo, _mm256_castps256_ps128(s2)), PUT4(out + 6 * ldo, _mm256_extractf128_ps(s2, 1));
+    PUT4(out + 3 * ldo, _mm256_castps256_ps128(s3)), PUT4(out + 7 * ldo, _mm256_extractf128_ps(s3, 1));
+}
+
+/* WIDE_TILE for 4 rows, written out: its 12 sums, 3 inputs and a broadcast value take all 16 ymm
+ * registers, which the compiler only finds without the arrays (with them it spilled sums to the stack
+ * in the inner loop, at half the speed). */
+#define FMA3(A0, A1, A2, P)                                                                                  \
+    do {                                                                                                     \
+        const __m256 wv = _mm256_broadcast_ss(P);                                                            \
+        A0 = _mm256_fmadd_ps(wv, x0, A0);                                                                    \
+        A1 = _mm256_fmadd_ps(wv, x1, A1);                                                                    \
+        A2 = _mm256_fmadd_ps(wv, x2, A2);                                                                    \
+    } while (0)
+AVX2 static void wide_4(int64_t kb, int64_t bw, const int64_t *blocks, const float *w, int64_t ldw, const float *xt,
+                        int64_t np, float *out, int64_t ldo, int add) {
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a10 = a00, a11 = a00, a12 = a00;
+    __m256 a20 = a00, a21 = a00, a22 = a00, a30 = a00, a31 = a00, a32 = a00;
+    const float *w0 = w, *w1 = w + ldw, *w2 = w + 2 * ldw, *w3 = w + 3 * ldw;
+    int64_t j = 0;
+    for (int64_t b = 0; b < kb; b++) {
+        const float *p = xt + blocks[b] * bw * np;
+        for (int64_t jj = 0; jj < bw; jj++, j++, p += np) {
+            const __m256 x0 = _mm256_load_ps(p), x1 = _mm256_load_ps(p + 8), x2 = _mm256_load_ps(p + 16);
+            FMA3(a00, a01, a02, w0 + j);
+            FMA3(a10, a11, a12, w1 + j);
+            FMA3(a20, a21, a22, w2 + j);
+            FMA3(a30, a31, a32, w3 + j);
+        }
+    }
+    store_4x8(a00, a10, a20, a30, out, ldo, add);
+    store_4x8(a01, a11, a21, a31, out + 8 * ldo, ldo, add);
+    store_4x8(a02, a12, a22, a32, out + 16 * ldo, ldo, add);
+}
 #endif
 
 static void gather(int64_t n, int64_t k, int64_t bw, const float *x, int64_t ldx, const int64_t *blocks, float *xg) {
@@ -330,12 +420,169 @@ static void grouped_task(const void *ctx, int tid, int64_t begin, int64_t end) {
     }
 }
 
+#ifdef RBGP_AVX2_KERNELS
+/* One call's wide-batch state beyond call_t: the transposed inputs and their padded width, and whether
+ * every group's rows are consecutive output rows. */
+typedef struct {
+    const call_t *c;
+    float *xt;
+    int64_t np, in;
+    int consecutive;
+} wide_t;
+
+/* Panels [begin, end) of xt: panel p holds samples [p * WIDE, (p + 1) * WIDE) of every column, a column's
+ * WIDE samples contiguous (in, WIDE), zero past n: a tile then reads each micro-block of its group as
+ * one contiguous run. The samples' flags (as `nonfinite`) come from the same pass over x. */
+RBGP_CLONES
+static void transpose_task(const void *ctx, int tid, int64_t begin, int64_t end) {
+    const wide_t *w = ctx;
+    const call_t *c = w->c;
+    float *nf = (float *)c->nf;
+    (void)tid;
+    for (int64_t p = begin; p < end; p++) {
+        float *panel = w->xt + p * w->in * WIDE, flag[WIDE] = {0};
+        const int64_t m = c->n - p * WIDE < WIDE ? c->n - p * WIDE : WIDE;
+        for (int64_t c0 = 0; c0 < w->in; c0 += 64) { /* 64 columns at a time: their panel part stays in cache */
+            const int64_t c1 = c0 + 64 < w->in ? c0 + 64 : w->in;
+            for (int64_t e = 0; e < m; e++) {
+                const float *xs = c->x + (p * WIDE + e) * c->ldx;
+                float acc = 0.0f;
+                for (int64_t col = c0; col < c1; col++) panel[col * WIDE + e] = xs[col], acc += xs[col] * 0.0f;
+                flag[e] += acc;
+            }
+            for (int64_t e = m; e < WIDE; e++)
+                for (int64_t col = c0; col < c1; col++) panel[col * WIDE + e] = 0.0f;
+        }
+        for (int64_t e = 0; e < m; e++) nf[p * WIDE + e] = flag[e];
+    }
+}
+
+static void widen_values(size_t size, int64_t count, const void *src, float *dst) {
+    if (size == 2)
+        for (int64_t j = 0; j < count; j++) dst[j] = widen_bf16(((const bf16_t *)src)[j]);
+    else
+        for (int64_t j = 0; j < count; j++) dst[j] = widen_i8(((const int8_t *)src)[j]);
+}
+
+/* Groups of a chunk at a time (their outputs kept until all are done) where rows are not consecutive:
+ * the same row of neighbouring groups is often the neighbouring output row (strided layouts), so
+ * that the stores of a chunk fill whole cache lines in turn instead of touching one line per store. */
+#define CHUNK 8
+
+/* The outputs of groups [g0, g0 + q) for samples [s, s + WIDE) (out[((gi - g0) * WIDE + e) * R + t]:
+ * sample s + e, row t of group gi) into y, scaled, with flags and bias, as STORE does: where rows are
+ * consecutive, a sample's rows of a group in one run; else row t of every group of the chunk in turn. */
+static void store_wide(const wide_t *wd, int64_t g0, int64_t q, int64_t s, const float *out) {
+    const call_t *c = wd->c;
+    const int64_t m = c->n - s < WIDE ? c->n - s : WIDE, r = c->r;
+    for (int64_t e = 0; e < m; e++) {
+        float *restrict ys = c->y + (s + e) * c->out;
+        const float nf = c->nf[s + e];
+        for (int64_t gq = 0; gq < q && wd->consecutive; gq++) {
+            const int64_t gi = g0 + gq, row0 = c->rows[gi * r];
+            const float *restrict oe = out + (gq * WIDE + e) * r, *scale = c->scales ? c->scales + gi * r : NULL;
+            const float *bias = c->bias ? c->bias + row0 : NULL;
+            for (int64_t t = 0; t < r; t++)
+                ys[row0 + t] = oe[t] * (scale ? scale[t] : 1.0f) + nf + (bias ? bias[t] : 0.0f);
+        }
+        for (int64_t t = 0; t < r && !wd->consecutive; t++)
+            for (int64_t gq = 0; gq < q; gq++) {
+                const int64_t p = (g0 + gq) * r + t, row = c->rows[p];
+                if (row < c->out)
+                    ys[row] = out[(gq * WIDE + e) * r + t] * (c->scales ? c->scales[p] : 1.0f) + nf +
+                              (c->bias ? c->bias[row] : 0.0f);
+            }
+    }
+}
+
+/* Whether every group's rows are consecutive output rows, none of them padding. */
+static int rows_consecutive(const int64_t *rows, int64_t g, int64_t r, int64_t out) {
+    for (int64_t gi = 0; gi < g; gi++)
+        for (int64_t t = 0; t < r; t++)
+            if (rows[gi * r + t] != rows[gi * r] + t || rows[gi * r + t] >= out) return 0;
+    return 1;
+}
+
+typedef void (*wide_fn)(int64_t kb, int64_t bw, const int64_t *blocks, const float *w, int64_t ldw, const float *xt,
+                        int64_t np, float *out, int64_t ldo, int add);
+
+/* Columns a tile takes at a time: its inputs (WIDE samples each) then stay in the first-level cache
+ * while the group's rows pass, long groups summed over several such spans. */
+#define WIDE_SPAN 192
+
+/* Groups [begin, end) for every WIDE samples (one panel of xt, which stays in cache while the groups
+ * pass: the values stream in order), tiles of 4 rows (2 or 1 for the rows left over) over spans of
+ * WIDE_SPAN columns; narrow values widened into the thread's buffer. */
+static void wide_task(const void *ctx, int tid, int64_t begin, int64_t end) {
+    const wide_t *wd = ctx;
+    const call_t *c = wd->c;
+    const int64_t kb = c->k / c->bw, rk = c->r * c->k, span = WIDE_SPAN / c->bw > 0 ? WIDE_SPAN / c->bw : 1;
+    float *wbuf = c->buffers + c->per * tid, *out = wbuf + (rk + 15) / 16 * 16; /* (CHUNK, WIDE, R) */
+    for (int64_t s = 0; s < c->n; s += WIDE) {
+        const float *panel = wd->xt + s * wd->in;
+        for (int64_t g0 = begin; g0 < end; g0 += CHUNK) {
+            const int64_t q = end - g0 < CHUNK ? end - g0 : CHUNK;
+            for (int64_t gi = g0; gi < g0 + q; gi++) {
+                const char *src = (const char *)c->values + (size_t)(gi * rk) * c->value_size;
+                const float *w = (const float *)src;
+                if (c->value_size != 4) widen_values(c->value_size, rk, src, wbuf), w = wbuf;
+                const int64_t *blocks = c->blocks + gi * kb;
+                float *og = out + (gi - g0) * WIDE * c->r;
+                for (int64_t b0 = 0; b0 < kb; b0 += span) {
+                    const int64_t nb = kb - b0 < span ? kb - b0 : span;
+                    for (int64_t i = 0; i < c->r;) {
+                        const int h = c->r - i >= 4 ? 4 : c->r - i >= 2 ? 2 : 1;
+                        const wide_fn fn = h == 4 ? wide_4 : h == 2 ? wide_2 : wide_1;
+                        fn(nb, c->bw, blocks + b0, w + i * c->k + b0 * c->bw, c->k, panel, WIDE, og + i, c->r, b0 > 0);
+                        i += h;
+                    }
+                }
+            }
+            store_wide(wd, g0, q, s, out);
+        }
+    }
+}
+#endif
+
+#ifdef RBGP_AVX2_KERNELS
+static int wide(int kind, int64_t n, int64_t g, int64_t r, int64_t k, int64_t bw, const float *x, int64_t in,
+                int64_t ldx, const void *values, const float *scales, const int64_t *blocks, const int64_t *rows,
+                int64_t out, const float *bias, float *y, int threads) {
+    const int64_t np = (n + WIDE - 1) / WIDE * WIDE, per = (r * k + 15) / 16 * 16 + CHUNK * WIDE * r;
+    const int64_t flags = (n + 15) / 16 * 16;
+    const int64_t total = (per * threads + flags + in * np + 15) / 16 * 16; /* aligned_alloc: whole 64 bytes */
+    float *buffers = (float *)aligned_alloc(64, (size_t)total * sizeof(float));
+    if (!buffers) return 1;
+    float *nf = buffers + per * threads, *xt = nf + flags; /* nf: written by transpose_task */
+    const call_t c = {pick(kind), value_size(kind), n, r, k, bw, ldx, out, per, x, scales, bias, nf, values, blocks,
+                      rows, buffers, y};
+    const wide_t wd = {&c, xt, np, in, rows_consecutive(rows, g, r, out)};
+    parallel_for(transpose_task, &wd, np / WIDE, threads);
+    parallel_for(wide_task, &wd, g, threads);
+    free(buffers);
+    return 0;
+}
+#endif
+
+/* Batches from this many rows take the wide-batch tiles (where the AVX2 kernels run). */
+static int64_t wide_from = 32;
+
+/* request >= 1 sets the batch from which the wide tiles run (tests force either path); returns it. */
+int64_t rbgp_native_wide_from(int64_t request) {
+    if (request >= 1) wide_from = request;
+    return wide_from;
+}
+
 /* kind 0: fp32 values; 1: bf16 values (uint16 bits); 2: int8 values with one fp32 scale per row
  * (`scales`, (G, R)); `bias` (out,) or NULL. Returns 0, or 1 when a buffer could not be allocated. */
 int rbgp_grouped_small(int kind, int64_t n, int64_t g, int64_t r, int64_t k, int64_t bw, const float *x, int64_t in,
                        int64_t ldx, const void *values, const float *scales, const int64_t *blocks,
                        const int64_t *rows, int64_t out, const float *bias, float *y, int threads) {
     if (threads < 1) threads = 1;
+#ifdef RBGP_AVX2_KERNELS
+    if (n >= wide_from && rbgp_native_isa(-1)) return wide(kind, n, g, r, k, bw, x, in, ldx, values, scales, blocks,
+                                                           rows, out, bias, y, threads);
+#endif
     /* every thread's buffer, and the flags all threads read, on cache lines of their own (64 bytes):
      * a line written by one thread and read by another would bounce between the cores */
     const int64_t per = ((n * k > 0 ? n * k : 1) + 15) / 16 * 16, flags = (n + 15) / 16 * 16;
