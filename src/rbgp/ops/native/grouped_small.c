@@ -238,31 +238,31 @@ AVX2_ROWS(avx2_i8, int8_t, load8_i8, widen_i8, 2048)
  * loads WIDE / 8 vectors of one column and broadcasts one value per row, H * WIDE / 8 multiply-adds
  * per H + WIDE / 8 loads, the group's micro-blocks read where they lie: a GEMM micro-kernel. */
 #define WIDE 24
-#define WIDE_V (WIDE / 8)
 
 /* out[e * ldo + t] = sum over the group's columns j of w[t * ldw + j] * xt[col(j) * np + e], for H rows
- * and the WIDE samples e: sample-major, so that a sample's rows are stored together. */
-#define WIDE_TILE(NAME, H)                                                                                   \
+ * and 8 * V samples e (np: the panel's width): sample-major, so that a sample's rows are stored together;
+ * added to what is in `out` where `add`. */
+#define WIDE_TILE(NAME, H, V)                                                                                \
     AVX2 static void NAME(int64_t kb, int64_t bw, const int64_t *blocks, const float *w, int64_t ldw,        \
                           const float *xt, int64_t np, float *out, int64_t ldo, int add) {                   \
-        __m256 a[H][WIDE_V];                                                                                 \
+        __m256 a[H][V];                                                                                      \
         for (int t = 0; t < (H); t++)                                                                        \
-            for (int u = 0; u < WIDE_V; u++) a[t][u] = _mm256_setzero_ps();                                  \
+            for (int u = 0; u < (V); u++) a[t][u] = _mm256_setzero_ps();                                     \
         int64_t j = 0;                                                                                       \
         for (int64_t b = 0; b < kb; b++) {                                                                   \
             const float *p = xt + blocks[b] * bw * np;                                                       \
             for (int64_t jj = 0; jj < bw; jj++, j++, p += np) {                                              \
-                __m256 xv[WIDE_V];                                                                           \
-                for (int u = 0; u < WIDE_V; u++) xv[u] = _mm256_load_ps(p + 8 * u);                          \
+                __m256 xv[V];                                                                                \
+                for (int u = 0; u < (V); u++) xv[u] = _mm256_load_ps(p + 8 * u);                             \
                 for (int t = 0; t < (H); t++) {                                                              \
                     const __m256 wv = _mm256_broadcast_ss(w + t * ldw + j);                                  \
-                    for (int u = 0; u < WIDE_V; u++) a[t][u] = _mm256_fmadd_ps(wv, xv[u], a[t][u]);          \
+                    for (int u = 0; u < (V); u++) a[t][u] = _mm256_fmadd_ps(wv, xv[u], a[t][u]);             \
                 }                                                                                            \
             }                                                                                                \
         }                                                                                                    \
         float tmp[8];                                                                                        \
         for (int t = 0; t < (H); t++)                                                                        \
-            for (int u = 0; u < WIDE_V; u++) {                                                               \
+            for (int u = 0; u < (V); u++) {                                                                  \
                 _mm256_storeu_ps(tmp, a[t][u]);                                                              \
                 for (int e = 0; e < 8; e++) {                                                                \
                     float *o = out + (8 * u + e) * ldo + t;                                                  \
@@ -270,8 +270,14 @@ AVX2_ROWS(avx2_i8, int8_t, load8_i8, widen_i8, 2048)
                 }                                                                                            \
             }                                                                                                \
     }
-WIDE_TILE(wide_2, 2)
-WIDE_TILE(wide_1, 1)
+WIDE_TILE(wide_4x1, 4, 1)
+WIDE_TILE(wide_4x2, 4, 2)
+WIDE_TILE(wide_2x1, 2, 1)
+WIDE_TILE(wide_2x2, 2, 2)
+WIDE_TILE(wide_2x3, 2, 3)
+WIDE_TILE(wide_1x1, 1, 1)
+WIDE_TILE(wide_1x2, 1, 2)
+WIDE_TILE(wide_1x3, 1, 3)
 
 /* Four rows' sums over eight samples (one vector per row) stored sample-major, four floats a sample
  * (added to what is there where `add`). */
@@ -287,7 +293,7 @@ AVX2 static inline void store_4x8(__m256 r0, __m256 r1, __m256 r2, __m256 r3, fl
     PUT4(out + 3 * ldo, _mm256_castps256_ps128(s3)), PUT4(out + 7 * ldo, _mm256_extractf128_ps(s3, 1));
 }
 
-/* WIDE_TILE for 4 rows, written out: its 12 sums, 3 inputs and a broadcast value take all 16 ymm
+/* WIDE_TILE for 4 rows by 24 samples, written out: its 12 sums, 3 inputs and a broadcast value take all 16 ymm
  * registers, which the compiler only finds without the arrays (with them it spilled sums to the stack
  * in the inner loop, at half the speed). */
 #define FMA3(A0, A1, A2, P)                                                                                  \
@@ -297,7 +303,7 @@ AVX2 static inline void store_4x8(__m256 r0, __m256 r1, __m256 r2, __m256 r3, fl
         A1 = _mm256_fmadd_ps(wv, x1, A1);                                                                    \
         A2 = _mm256_fmadd_ps(wv, x2, A2);                                                                    \
     } while (0)
-AVX2 static void wide_4(int64_t kb, int64_t bw, const int64_t *blocks, const float *w, int64_t ldw, const float *xt,
+AVX2 static void wide_4x3(int64_t kb, int64_t bw, const int64_t *blocks, const float *w, int64_t ldw, const float *xt,
                         int64_t np, float *out, int64_t ldo, int add) {
     __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a10 = a00, a11 = a00, a12 = a00;
     __m256 a20 = a00, a21 = a00, a22 = a00, a30 = a00, a31 = a00, a32 = a00;
@@ -421,39 +427,68 @@ static void grouped_task(const void *ctx, int tid, int64_t begin, int64_t end) {
 }
 
 #ifdef RBGP_AVX2_KERNELS
-/* One call's wide-batch state beyond call_t: the transposed inputs and their padded width, and whether
- * every group's rows are consecutive output rows. */
+/* One call's wide-batch state beyond call_t: the transposed inputs (panels of `in` columns), and
+ * whether every group's rows are consecutive output rows. */
 typedef struct {
     const call_t *c;
     float *xt;
-    int64_t np, in;
+    int64_t in;
     int consecutive;
 } wide_t;
 
-/* Panels [begin, end) of xt: panel p holds samples [p * WIDE, (p + 1) * WIDE) of every column, a column's
- * WIDE samples contiguous (in, WIDE), zero past n: a tile then reads each micro-block of its group as
- * one contiguous run. The samples' flags (as `nonfinite`) come from the same pass over x. */
-RBGP_CLONES
-static void transpose_task(const void *ctx, int tid, int64_t begin, int64_t end) {
+/* The width of the panel from sample s: WIDE, or the samples left rounded up to 8. */
+static int64_t panel_width(int64_t n, int64_t s) { return n - s >= WIDE ? WIDE : (n - s + 7) / 8 * 8; }
+
+/* r[j] <- column j of the 8 x 8 block whose rows are r[0..8). */
+AVX2 static inline void transpose8(__m256 r[8]) {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 8; i += 2)
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]), t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44), u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44), u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++)
+        r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20), r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+}
+
+/* Panels [begin, end) of xt: panel p holds samples [p * WIDE, p * WIDE + width) of every column, a
+ * column's samples contiguous (in, width), zero past n: a tile then reads each micro-block of its group
+ * as one contiguous run. Eight samples by eight columns at a time, transposed in registers; the
+ * samples' flags (as `nonfinite`) come from the same pass over x. */
+AVX2 static void transpose_task(const void *ctx, int tid, int64_t begin, int64_t end) {
     const wide_t *w = ctx;
     const call_t *c = w->c;
     float *nf = (float *)c->nf;
+    const __m256 zero = _mm256_setzero_ps();
     (void)tid;
     for (int64_t p = begin; p < end; p++) {
-        float *panel = w->xt + p * w->in * WIDE, flag[WIDE] = {0};
-        const int64_t m = c->n - p * WIDE < WIDE ? c->n - p * WIDE : WIDE;
-        for (int64_t c0 = 0; c0 < w->in; c0 += 64) { /* 64 columns at a time: their panel part stays in cache */
-            const int64_t c1 = c0 + 64 < w->in ? c0 + 64 : w->in;
-            for (int64_t e = 0; e < m; e++) {
-                const float *xs = c->x + (p * WIDE + e) * c->ldx;
-                float acc = 0.0f;
-                for (int64_t col = c0; col < c1; col++) panel[col * WIDE + e] = xs[col], acc += xs[col] * 0.0f;
-                flag[e] += acc;
+        const int64_t s = p * WIDE, pw = panel_width(c->n, s);
+        float *panel = w->xt + s * w->in;
+        for (int64_t e0 = 0; e0 < pw; e0 += 8) {
+            const float *xs[8];
+            float flag[8];
+            for (int i = 0; i < 8; i++) xs[i] = s + e0 + i < c->n ? c->x + (s + e0 + i) * c->ldx : NULL;
+            __m256 fv = zero;
+            int64_t col = 0;
+            for (; col + 8 <= w->in; col += 8) {
+                __m256 r[8];
+                for (int i = 0; i < 8; i++) r[i] = xs[i] ? _mm256_loadu_ps(xs[i] + col) : zero;
+                transpose8(r);
+                for (int j = 0; j < 8; j++) {
+                    _mm256_store_ps(panel + (col + j) * pw + e0, r[j]);
+                    fv = _mm256_add_ps(fv, _mm256_mul_ps(r[j], zero)); /* lane i: sample e0 + i */
+                }
             }
-            for (int64_t e = m; e < WIDE; e++)
-                for (int64_t col = c0; col < c1; col++) panel[col * WIDE + e] = 0.0f;
+            _mm256_storeu_ps(flag, fv);
+            for (int i = 0; i < 8; i++) {
+                for (int64_t cc = col; cc < w->in; cc++) {
+                    const float v = xs[i] ? xs[i][cc] : 0.0f;
+                    panel[cc * pw + e0 + i] = v, flag[i] += v * 0.0f;
+                }
+                if (xs[i]) nf[s + e0 + i] = flag[i];
+            }
         }
-        for (int64_t e = 0; e < m; e++) nf[p * WIDE + e] = flag[e];
     }
 }
 
@@ -514,12 +549,15 @@ typedef void (*wide_fn)(int64_t kb, int64_t bw, const int64_t *blocks, const flo
  * pass: the values stream in order), tiles of 4 rows (2 or 1 for the rows left over) over spans of
  * WIDE_SPAN columns; narrow values widened into the thread's buffer. */
 static void wide_task(const void *ctx, int tid, int64_t begin, int64_t end) {
+    static const wide_fn tiles[3][3] = {
+        {wide_4x1, wide_4x2, wide_4x3}, {wide_2x1, wide_2x2, wide_2x3}, {wide_1x1, wide_1x2, wide_1x3}};
     const wide_t *wd = ctx;
     const call_t *c = wd->c;
     const int64_t kb = c->k / c->bw, rk = c->r * c->k, span = WIDE_SPAN / c->bw > 0 ? WIDE_SPAN / c->bw : 1;
     float *wbuf = c->buffers + c->per * tid, *out = wbuf + (rk + 15) / 16 * 16; /* (CHUNK, WIDE, R) */
     for (int64_t s = 0; s < c->n; s += WIDE) {
         const float *panel = wd->xt + s * wd->in;
+        const int64_t pw = panel_width(c->n, s), v = pw / 8;
         for (int64_t g0 = begin; g0 < end; g0 += CHUNK) {
             const int64_t q = end - g0 < CHUNK ? end - g0 : CHUNK;
             for (int64_t gi = g0; gi < g0 + q; gi++) {
@@ -532,8 +570,8 @@ static void wide_task(const void *ctx, int tid, int64_t begin, int64_t end) {
                     const int64_t nb = kb - b0 < span ? kb - b0 : span;
                     for (int64_t i = 0; i < c->r;) {
                         const int h = c->r - i >= 4 ? 4 : c->r - i >= 2 ? 2 : 1;
-                        const wide_fn fn = h == 4 ? wide_4 : h == 2 ? wide_2 : wide_1;
-                        fn(nb, c->bw, blocks + b0, w + i * c->k + b0 * c->bw, c->k, panel, WIDE, og + i, c->r, b0 > 0);
+                        const wide_fn fn = tiles[h == 4 ? 0 : h == 2 ? 1 : 2][v - 1];
+                        fn(nb, c->bw, blocks + b0, w + i * c->k + b0 * c->bw, c->k, panel, pw, og + i, c->r, b0 > 0);
                         i += h;
                     }
                 }
@@ -548,7 +586,7 @@ static void wide_task(const void *ctx, int tid, int64_t begin, int64_t end) {
 static int wide(int kind, int64_t n, int64_t g, int64_t r, int64_t k, int64_t bw, const float *x, int64_t in,
                 int64_t ldx, const void *values, const float *scales, const int64_t *blocks, const int64_t *rows,
                 int64_t out, const float *bias, float *y, int threads) {
-    const int64_t np = (n + WIDE - 1) / WIDE * WIDE, per = (r * k + 15) / 16 * 16 + CHUNK * WIDE * r;
+    const int64_t np = (n + 7) / 8 * 8, per = (r * k + 15) / 16 * 16 + CHUNK * WIDE * r;
     const int64_t flags = (n + 15) / 16 * 16;
     const int64_t total = (per * threads + flags + in * np + 15) / 16 * 16; /* aligned_alloc: whole 64 bytes */
     float *buffers = (float *)aligned_alloc(64, (size_t)total * sizeof(float));
@@ -556,8 +594,8 @@ static int wide(int kind, int64_t n, int64_t g, int64_t r, int64_t k, int64_t bw
     float *nf = buffers + per * threads, *xt = nf + flags; /* nf: written by transpose_task */
     const call_t c = {pick(kind), value_size(kind), n, r, k, bw, ldx, out, per, x, scales, bias, nf, values, blocks,
                       rows, buffers, y};
-    const wide_t wd = {&c, xt, np, in, rows_consecutive(rows, g, r, out)};
-    parallel_for(transpose_task, &wd, np / WIDE, threads);
+    const wide_t wd = {&c, xt, in, rows_consecutive(rows, g, r, out)};
+    parallel_for(transpose_task, &wd, (n + WIDE - 1) / WIDE, threads);
     parallel_for(wide_task, &wd, g, threads);
     free(buffers);
     return 0;
@@ -565,7 +603,7 @@ static int wide(int kind, int64_t n, int64_t g, int64_t r, int64_t k, int64_t bw
 #endif
 
 /* Batches from this many rows take the wide-batch tiles (where the AVX2 kernels run). */
-static int64_t wide_from = 32;
+static int64_t wide_from = 24;
 
 /* request >= 1 sets the batch from which the wide tiles run (tests force either path); returns it. */
 int64_t rbgp_native_wide_from(int64_t request) {
