@@ -94,8 +94,8 @@ def test_bad_inputs():
 
 def test_dispatch_small_batches_without_gradient(monkeypatch):
     calls = []
-    run = native._run
-    monkeypatch.setattr(native, "_run", lambda *a: calls.append(a[0].shape[0]) or run(*a))
+    call = native._call
+    monkeypatch.setattr(native, "_call", lambda *a: calls.append(a[1]) or call(*a))  # a[1]: the batch
     layout = make_layout(512, 256, 0.75)
     values = torch.randn(layout.values_shape, requires_grad=True)
     weight = SparseWeight(values, layout)

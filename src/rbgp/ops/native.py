@@ -114,28 +114,9 @@ def _load() -> ctypes.CDLL | None:
             f"rbgp: the native small-batch kernel is not available ({err}); the torch path runs", stacklevel=4
         )
         return None
-    fn = lib.rbgp_grouped_small
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    fn.argtypes = [
-        ctypes.c_int,
-        i64,
-        i64,
-        i64,
-        i64,
-        i64,
-        ptr,
-        i64,
-        i64,
-        ptr,
-        ptr,
-        ptr,
-        ptr,
-        i64,
-        ptr,
-        ptr,
-        ctypes.c_int,
-    ]
-    fn.restype = ctypes.c_int
+    lib.rbgp_grouped_call.argtypes = [ptr, i64, ptr, i64, ptr, ctypes.c_int]
+    lib.rbgp_grouped_call.restype = ctypes.c_int
     lib.rbgp_dense_small.argtypes = [ctypes.c_int, i64, i64, i64, ptr, i64, ptr, ptr, ptr, ptr, ctypes.c_int]
     lib.rbgp_dense_small.restype = ctypes.c_int
     lib.rbgp_native_isa.argtypes = [ctypes.c_int]
@@ -214,6 +195,47 @@ def _kernel_takes(x: torch.Tensor, values: torch.Tensor) -> bool:
     )
 
 
+class _Operands(ctypes.Structure):
+    """The C kernel's `operands_t`: one weight's shapes and the addresses of its tensors."""
+
+    _fields_ = [(name, ctypes.c_int64) for name in ("kind", "g", "r", "k", "bw", "in_features", "out")] + [
+        (name, ctypes.c_void_p) for name in ("values", "scales", "blocks", "rows", "bias")
+    ]
+
+
+def _operands(
+    values: torch.Tensor,
+    scales: torch.Tensor | None,
+    blocks: torch.Tensor,
+    rows: torch.Tensor,
+    block_width: int,
+    in_features: int,
+    out_features: int,
+    bias: torch.Tensor | None,
+) -> _Operands:
+    return _Operands(
+        KINDS[values.dtype],
+        *values.shape,
+        block_width,
+        in_features,
+        out_features,
+        values.data_ptr(),
+        None if scales is None else scales.data_ptr(),
+        blocks.data_ptr(),
+        rows.data_ptr(),
+        None if bias is None else bias.data_ptr(),
+    )
+
+
+def _call(operands: int, n: int, x: torch.Tensor, ldx: int, y: torch.Tensor) -> None:
+    """The kernel on the n rows of x (`ldx` apart, unit column stride) into y; `operands`: the address of
+    an `_Operands` the caller keeps alive."""
+    lib = _Library.handle or library()
+    assert lib is not None
+    if lib.rbgp_grouped_call(operands, n, x.data_ptr(), ldx, y.data_ptr(), torch.get_num_threads()):
+        raise MemoryError("rbgp: the native kernel could not allocate its input buffers")
+
+
 def _run(
     x: torch.Tensor,
     values: torch.Tensor,
@@ -223,37 +245,12 @@ def _run(
     block_width: int,
     out_features: int,
     bias: torch.Tensor | None = None,
-    lead: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
-    """The kernel on x (N, in) (rows `x.stride(0)` apart, unit column stride); the output (N, out), or
-    (*lead, out) with the same row-major memory where `lead` is given."""
-    n, g, r, k = x.shape[0], *values.shape
-    y = torch.empty(*(lead if lead is not None else (n,)), out_features, dtype=torch.float32)
-    if n == 0:
-        return y
-    lib = _Library.handle or library()
-    assert lib is not None
-    status = lib.rbgp_grouped_small(
-        KINDS[values.dtype],
-        n,
-        g,
-        r,
-        k,
-        block_width,
-        x.data_ptr(),
-        x.shape[1],
-        x.stride(0),
-        values.data_ptr(),
-        None if scales is None else scales.data_ptr(),
-        blocks.data_ptr(),
-        rows.data_ptr(),
-        out_features,
-        None if bias is None else bias.data_ptr(),
-        y.data_ptr(),
-        torch.get_num_threads(),
-    )
-    if status:
-        raise MemoryError("rbgp: the native kernel could not allocate its input buffers")
+    """The kernel on x (N, in); the output (N, out)."""
+    y = torch.empty(x.shape[0], out_features, dtype=torch.float32)
+    if x.shape[0]:
+        operands = _operands(values, scales, blocks, rows, block_width, x.shape[1], out_features, bias)
+        _call(ctypes.addressof(operands), x.shape[0], x, x.stride(0), y)
     return y
 
 
@@ -287,6 +284,62 @@ def native_tables(layout: LayoutTensors) -> tuple[torch.Tensor, torch.Tensor]:
     return build() if layout.workspace is None else layout.workspace.get("native", (), build)
 
 
+def _key(values: torch.Tensor, scales: torch.Tensor | None, bias: torch.Tensor | None) -> tuple:
+    """What a plan's operands depend on beyond the layout: where and in which dtype the tensors lie (a
+    parameter's data swapped in place, as `Module.to` does, changes it; an in-place update does not)."""
+    return (
+        values.data_ptr(),
+        values.dtype,
+        values.is_contiguous(),
+        0 if scales is None else scales.data_ptr(),
+        0 if bias is None else bias.data_ptr(),
+    )
+
+
+class _Plan:
+    """One layer's native call, prepared on its first eager call and kept in its workspace: the weight's
+    operands checked and packed once, used while the layer's tensors keep their `_key`."""
+
+    __slots__ = ("key", "tables", "operands", "address")
+
+    def __init__(self, key: tuple, values, scales, bias, layout: LayoutTensors) -> None:
+        self.key = key
+        self.tables = native_tables(layout)
+        self.operands = _operands(
+            values, scales, *self.tables, layout.block_width, layout.in_features, layout.out_features, bias
+        )
+        self.address = ctypes.addressof(self.operands)
+
+    @staticmethod
+    def takes(values: torch.Tensor, scales: torch.Tensor | None, bias: torch.Tensor | None, out: int) -> bool:
+        """Whether the kernel reads these operands as they are (no copy, which in-place updates would miss)."""
+        return (
+            values.dtype in KINDS
+            and values.is_cpu
+            and values.is_contiguous()
+            and (values.dtype == torch.int8) == (scales is not None)
+            and (scales is None or (scales.dtype == torch.float32 and scales.is_contiguous()))
+            and (bias is None or (bias.dtype == torch.float32 and bias.shape == (out,) and bias.is_contiguous()))
+        )
+
+
+def _plan(
+    values: torch.Tensor, layout: LayoutTensors, scales: torch.Tensor | None, bias: torch.Tensor | None
+) -> _Plan | None:
+    """The layer's kept plan, made anew where its tensors changed; None where the kernel cannot take them."""
+    ws = layout.workspace
+    plan = ws.plan if ws is not None else None
+    key = _key(values, scales, bias)
+    if isinstance(plan, _Plan) and plan.key == key:
+        return plan
+    if _Library.handle is None or not _Plan.takes(values, scales, bias, layout.out_features):
+        return None  # not built yet (the general dispatch builds it), or operands the general path copes with
+    plan = _Plan(key, values, scales, bias, layout)
+    if ws is not None:
+        ws.plan = plan
+    return plan
+
+
 def eager_linear(
     x: torch.Tensor,
     values: torch.Tensor,
@@ -294,40 +347,38 @@ def eager_linear(
     scales: torch.Tensor | None,
     bias: torch.Tensor | None,
 ) -> torch.Tensor | None:
-    """y = x W^T + bias on the native kernel for the common eager inference call (a small fp32 CPU
-    batch, no gradient, no autocast, not traced or compiled), checked in as few Python steps as it
-    takes, since at batch 1 they cost as much as the product; None where any condition fails (the
+    """y = x W^T + bias on the native kernel for the common eager inference call (an fp32 CPU input, no
+    gradient, no autocast, not traced or compiled), with the layer's operands prepared once (`_Plan`),
+    since at batch 1 Python's steps cost as much as the product; None where any condition fails (the
     caller's general dispatch then decides). x (..., in)."""
     if (
-        _Library.handle is None  # not built yet: the general dispatch builds it
-        or x.dtype != torch.float32
+        x.dtype != torch.float32
         or not x.is_cpu
-        or values.dtype not in KINDS
         or x.stride(-1) != 1
-        or (values.dtype == torch.int8) != (scales is not None)
-        or torch.is_autocast_enabled("cpu")
         or torch.compiler.is_compiling()
         or torch.jit.is_tracing()
+        or torch.is_autocast_enabled("cpu")
     ):
         return None
-    if x.dim() != 2 and not x.is_contiguous():
+    plan = _plan(values, layout, scales, bias)
+    if plan is None:
         return None
-    x2 = x if x.dim() == 2 else x.view(-1, x.shape[-1])
-    if x2.shape[0] > batch_limit(values):
+    if x.dim() == 2:
+        n, ldx = x.shape[0], x.stride(0)
+    elif x.is_contiguous():
+        n, ldx = x.numel() // layout.in_features, layout.in_features
+    else:
+        return None
+    if not _Library.avx2 and n > batch_limit(values):
         return None
     if torch.is_grad_enabled() and (
         x.requires_grad or values.requires_grad or (bias is not None and bias.requires_grad)
     ):
         return None
-    if bias is not None and (
-        bias.dtype != torch.float32 or bias.shape != (layout.out_features,) or not bias.is_contiguous()
-    ):
-        return None  # the kernel reads bias[row] for every row: anything else takes the general dispatch
-    blocks, rows = native_tables(layout)
-    if scales is not None and (scales.dtype != torch.float32 or not scales.is_contiguous()):
-        scales = scales.to(torch.float32).contiguous()
-    lead = None if x.dim() == 2 else x.shape[:-1]
-    return _run(x2, values.contiguous(), scales, blocks, rows, layout.block_width, layout.out_features, bias, lead)
+    y = torch.empty(*x.shape[:-1], layout.out_features, dtype=torch.float32)  # not a tuple: faster to parse
+    if n:
+        _call(plan.address, n, x, ldx, y)
+    return y
 
 
 def _checked(

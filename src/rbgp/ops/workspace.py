@@ -22,12 +22,14 @@ MAX_BYTES = 1 << 20
 
 
 class Workspace:
-    """One weight's kept tables: the last value per name, rebuilt when its key changes."""
+    """One weight's kept tables: the last value per name, rebuilt when its key changes; and `plan`, the
+    native kernel's prepared call for this weight (`rbgp.ops.native`, which checks it on every use)."""
 
-    __slots__ = ("_slots",)
+    __slots__ = ("_slots", "plan")
 
     def __init__(self) -> None:
         self._slots: dict[str, tuple[tuple, object]] = {}
+        self.plan: object | None = None
 
     def get(self, name: str, key: tuple, build: Callable[[], T], nbytes: Callable[[T], int] = lambda v: 0) -> T:
         """build(), kept under `name` while `key` stays the same and it takes at most MAX_BYTES."""
@@ -52,6 +54,7 @@ class Workspace:
 
     def __setstate__(self, state: dict) -> None:
         self._slots = {}
+        self.plan = None
 
 
 def tensor_bytes(t: torch.Tensor) -> int:

@@ -635,6 +635,21 @@ int rbgp_grouped_small(int kind, int64_t n, int64_t g, int64_t r, int64_t k, int
     return 0;
 }
 
+/* A weight's operands as rbgp_grouped_small takes them, packed once by the caller (native.py keeps
+ * one per layer), so that a call passes five arguments instead of sixteen. */
+typedef struct {
+    int64_t kind, g, r, k, bw, in, out;
+    const void *values;
+    const float *scales;
+    const int64_t *blocks, *rows;
+    const float *bias;
+} operands_t;
+
+int rbgp_grouped_call(const operands_t *w, int64_t n, const float *x, int64_t ldx, float *y, int threads) {
+    return rbgp_grouped_small((int)w->kind, n, w->g, w->r, w->k, w->bw, x, w->in, ldx, w->values, w->scales, w->blocks,
+                              w->rows, w->out, w->bias, y, threads);
+}
+
 /* The same product for a dense weight `values` (out, in), kinds as above (`scales` (out,)); rows in
  * chunks of DENSE_ROWS over the threads, the inputs read in place. */
 #define DENSE_ROWS 16
