@@ -1,7 +1,7 @@
 """Where a decode step's time goes: the LLaMA-shaped decoder of `rbgp bench --suite decode` at sparsity
 0.9, greedy decode at batch 1, with fp32 values and with int8 values plus an int8 head.
 
-The native kernel calls (`rbgp.ops.native._run`, `dense_small`) and the sparse layers' forwards are
+The native kernel calls (`rbgp.ops.native._call`, `dense_small`) and the sparse layers' forwards are
 wrapped with timers for one `generate` of NEW tokens; per token: the sparse products (the kernel
 calls), rbgp's Python dispatch (the layers' forwards minus their kernel calls), the output head (the
 int8 `StoredLinear`'s kernel; for fp32 values the dense head is part of "the rest"), and the rest of
@@ -51,8 +51,8 @@ class Timers:
 def one_step_breakdown(model: torch.nn.Module, ids: torch.Tensor) -> dict[str, float]:
     """Milliseconds per decoded token, by part (the prefill of `ids` subtracted as a 1-token generate)."""
     timers = Timers()
-    saved = native._run, native.dense_small, RBGPLinear.forward
-    native._run = timers.wrap("kernel", native._run)
+    saved = native._call, native.dense_small, RBGPLinear.forward
+    native._call = timers.wrap("kernel", native._call)
     native.dense_small = timers.wrap("head", native.dense_small)
     RBGPLinear.forward = timers.wrap("layers", RBGPLinear.forward)  # type: ignore[method-assign]
     try:
@@ -67,7 +67,7 @@ def one_step_breakdown(model: torch.nn.Module, ids: torch.Tensor) -> dict[str, f
         total = time.perf_counter() - t - first
         spent = {k: v - 2 * before[k] for k, v in timers.seconds.items()}  # the second call minus one prefill
     finally:
-        native._run, native.dense_small, RBGPLinear.forward = saved  # type: ignore[method-assign]
+        native._call, native.dense_small, RBGPLinear.forward = saved  # type: ignore[method-assign]
     ms = lambda s: 1e3 * s / NEW
     return {
         "step": ms(total),

@@ -304,3 +304,40 @@ def test_eager_path_leaves_odd_biases_to_the_general_dispatch():
         torch.testing.assert_close(rbgp_linear(x, SparseWeight(values, layout), strided), plain + strided)
         with pytest.raises(ValueError, match=r"bias must be fp32 \(96,\), got torch.float32 \(1,\)"):
             rbgp_linear(x, SparseWeight(values, layout), short)
+
+
+def test_the_kept_plan_follows_the_layer_tensors():
+    """A layer's kept plan serves while its tensors stay where they are: in-place updates are seen; data
+    swapped in place (as Module.to does) or a new parameter (store_values_) get a new plan, never stale
+    addresses."""
+    from rbgp import store_values_
+    from rbgp.nn import RBGPLinear
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(RBGPLinear(64, 96, 0.75))
+    layer, x = model[0], torch.randn(3, 64)
+
+    def expected() -> torch.Tensor:
+        return x.double() @ layer.sparse_weight.dense().double().T + layer.bias.double()
+
+    def close(y: torch.Tensor, ref: torch.Tensor) -> None:
+        assert (y.double() - ref).abs().max().item() <= TOL * ref.abs().max().item()
+
+    with torch.no_grad():
+        layer(x)
+        plan = layer._workspace.plan
+        assert plan is not None
+        close(layer(x), expected())
+        assert layer._workspace.plan is plan  # kept, not rebuilt
+        layer.values.mul_(2)
+        layer.bias.add_(1)
+        close(layer(x), expected())  # in place: the same plan sees it
+        assert layer._workspace.plan is plan
+        layer.values.data = layer.values.data * 3  # swapped in place (new memory); a stale plan reads the old
+        close(layer(x), expected())
+        assert layer._workspace.plan is not plan
+        layer.bias.data = layer.bias.data - 1
+        close(layer(x), expected())
+        store_values_(model, torch.int8)
+        close(layer(x), expected())
+        assert layer.values.dtype == torch.int8 and layer._workspace.plan.key[1] == torch.int8

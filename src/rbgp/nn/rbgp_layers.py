@@ -20,6 +20,7 @@ from rbgp.nn.checks import check_conv_input, check_linear_input, conv_args, conv
 from rbgp.ops import BACKENDS, LayoutTensors, SparseWeight, grouped_values, rbgp_linear
 from rbgp.ops.channel_conv import channel_table, padded_channels
 from rbgp.ops.conv import PADDING_MODES, plan_conv, rbgp_conv2d
+from rbgp.ops.native import planned_linear
 from rbgp.patterns import (
     RBGP4,
     GroupedLayout,
@@ -343,6 +344,12 @@ class RBGPLinear(_RBGPBase):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend in ("auto", "grouped") and not torch.compiler.is_compiling():
+            # the common eager inference call after the first, on the plan its first call made
+            scales = self._buffers.get("value_scales")
+            y = planned_linear(x, self._workspace, self.values, scales, self.bias)
+            if y is not None:
+                return y
         check_linear_input(x, self.in_features)
         return rbgp_linear(x, self.sparse_weight, self.bias, self.backend)
 

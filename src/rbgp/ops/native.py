@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from rbgp.ops.layout import LayoutTensors
+from rbgp.ops.workspace import Workspace
 
 SOURCE = Path(__file__).with_name("native") / "grouped_small.c"
 FLAGS = ("-O3", "-std=gnu11", "-fopenmp", "-shared", "-fPIC")
@@ -300,10 +301,11 @@ class _Plan:
     """One layer's native call, prepared on its first eager call and kept in its workspace: the weight's
     operands checked and packed once, used while the layer's tensors keep their `_key`."""
 
-    __slots__ = ("key", "tables", "operands", "address")
+    __slots__ = ("key", "tables", "operands", "address", "in_features", "out_features")
 
     def __init__(self, key: tuple, values, scales, bias, layout: LayoutTensors) -> None:
         self.key = key
+        self.in_features, self.out_features = layout.in_features, layout.out_features
         self.tables = native_tables(layout)
         self.operands = _operands(
             values, scales, *self.tables, layout.block_width, layout.in_features, layout.out_features, bias
@@ -351,22 +353,45 @@ def eager_linear(
     gradient, no autocast, not traced or compiled), with the layer's operands prepared once (`_Plan`),
     since at batch 1 Python's steps cost as much as the product; None where any condition fails (the
     caller's general dispatch then decides). x (..., in)."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():  # before x is touched: a trace records it
+        return None
+    plan = _plan(values, layout, scales, bias)
+    return None if plan is None else _planned(plan, x, values, bias)
+
+
+def planned_linear(
+    x: torch.Tensor,
+    workspace: Workspace | None,
+    values: torch.Tensor,
+    scales: torch.Tensor | None,
+    bias: torch.Tensor | None,
+) -> torch.Tensor | None:
+    """`eager_linear` on the plan a layer's `workspace` keeps already, without its layout: what an RBGP
+    layer's forward tries first (at decode, every microsecond of Python counts); None where there is no
+    plan for these tensors or any condition fails."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():  # before x is touched: a trace records it
+        return None
+    plan = None if workspace is None else workspace.plan
+    if not isinstance(plan, _Plan) or plan.key != _key(values, scales, bias):
+        return None
+    return _planned(plan, x, values, bias)
+
+
+def _planned(plan: _Plan, x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+    """The plan's call on x (..., in), or None where x or the modes rule it out."""
     if (
         x.dtype != torch.float32
         or not x.is_cpu
+        or x.dim() == 0
+        or x.shape[-1] != plan.in_features
         or x.stride(-1) != 1
-        or torch.compiler.is_compiling()
-        or torch.jit.is_tracing()
         or torch.is_autocast_enabled("cpu")
     ):
-        return None
-    plan = _plan(values, layout, scales, bias)
-    if plan is None:
         return None
     if x.dim() == 2:
         n, ldx = x.shape[0], x.stride(0)
     elif x.is_contiguous():
-        n, ldx = x.numel() // layout.in_features, layout.in_features
+        n, ldx = x.numel() // plan.in_features, plan.in_features
     else:
         return None
     if not _Library.avx2 and n > batch_limit(values):
@@ -375,7 +400,7 @@ def eager_linear(
         x.requires_grad or values.requires_grad or (bias is not None and bias.requires_grad)
     ):
         return None
-    y = torch.empty(*x.shape[:-1], layout.out_features, dtype=torch.float32)  # not a tuple: faster to parse
+    y = torch.empty(*x.shape[:-1], plan.out_features, dtype=torch.float32)  # not a tuple: faster to parse
     if n:
         _call(plan.address, n, x, ldx, y)
     return y
