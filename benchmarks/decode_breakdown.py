@@ -14,7 +14,6 @@ add about a microsecond per call. Repeated REPEATS times (medians).
 from __future__ import annotations
 
 import copy
-import platform
 import statistics
 import time
 from datetime import date
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 from rbgp.experiments.bench.decode import build
+from rbgp.experiments.bench.timing import machine
 from rbgp.files import write_json, write_text
 from rbgp.nn import RBGPLinear, sparsify, store_values_
 from rbgp.ops import native
@@ -95,7 +95,7 @@ def main() -> None:
     data = {
         "command": "python benchmarks/decode_breakdown.py",
         "date": date.today().isoformat(),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": machine(),
         "sparsity": SPARSITY,
         "new_tokens": NEW,
         "repeats": REPEATS,

@@ -12,7 +12,6 @@ and tabulates each model's and phase's RBGP-vs-dense ratio as min / median / max
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -20,8 +19,7 @@ import tempfile
 from datetime import date
 from pathlib import Path
 
-import torch
-
+from rbgp.experiments.bench.timing import machine
 from rbgp.files import write_json, write_text
 
 MODELS, BATCHES, PROCESSES, ALLOCATORS = "vgg19,resnet18", (32,), 5, ("default", "tuned")
@@ -47,7 +45,7 @@ def main() -> None:
                         print(f"#{i} {r['model']} batch {batch} allocator {allocator}: {r['speedup_infer']:.2f}x "
                               f"inference, {r['speedup_train']:.2f}x training", flush=True)
     data = {"command": "python benchmarks/models_repeat.py", "date": date.today().isoformat(),
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+            "machine": machine(),
             "sparsity": 0.9, "distribution": "hw", "processes": PROCESSES, "allocators": list(ALLOCATORS),
             "runs": runs}
     here = Path(__file__).parent

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import random
 import statistics
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from rbgp.experiments.bench.timing import machine
 from rbgp.files import write_json
 from rbgp.nn import RBGPLinear
 from rbgp.ops import native
@@ -91,7 +91,7 @@ def run(rounds: int) -> dict:
     torch.manual_seed(0)
     random.seed(0)
     data = {"command": "python benchmarks/small_batch.py", "date": datetime.date.today().isoformat(),
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+            "machine": machine(),
             "native_available": native.available(), "native_isa": native.isa(), "wide_from": native.wide_from(),
             "sparsity": SPARSITY,
             "rounds": rounds, "results": []}

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from typing import Any, cast
 
 import torch
 
+from rbgp.experiments.bench.timing import machine
 from rbgp.files import save_figure
 from rbgp.nn import sparsify, store_values_
 
@@ -108,7 +108,7 @@ def run_decode_bench(
         "command": command,
         "date": datetime.date.today().isoformat(),
         "quick": quick,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": machine(),
         "native_kernel": _native_available(),
         "repeats": repeats,
         "results": [],

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rbgp.allocator import allocator_state
-from rbgp.experiments.bench.timing import time_fn
+from rbgp.experiments.bench.timing import cpu_name, time_fn
 from rbgp.nn import RBGPConv2d, RBGPLinear
 from rbgp.patterns import Block
 
@@ -169,7 +169,7 @@ def environment(device: str) -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": cpu_name(),
         "threads": torch.get_num_threads(),
         "device": device,
         "allocator": allocator_state(),

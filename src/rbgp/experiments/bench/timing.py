@@ -1,13 +1,39 @@
-"""Wall-clock timing with medians and quantiles."""
+"""Wall-clock timing with medians and quantiles, and the machine they were taken on."""
 
 from __future__ import annotations
 
+import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+
+def machine() -> str:
+    """What a CPU timing ran on, for a benchmark's record: `cpu_name()`, threads and torch's version."""
+    return f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def cpu_name() -> str:
+    """The CPU's model name, family and model (the name alone is often just "AMD EPYC") and its widest
+    vector extension."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+            if not line.strip():
+                break  # the first processor is enough
+    except OSError:
+        pass
+    flags = fields.get("flags", "").split()
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else platform.machine()
+    name = fields.get("model name", platform.processor() or platform.machine())
+    family = f" (family {fields['cpu family']}, model {fields['model']})" if "cpu family" in fields else ""
+    return f"{name}{family}, {isa}"
 
 
 def time_fn(fn: Callable[[], Any], repeats: int = 10, warmup: int = 2, device: str = "cpu") -> dict[str, float]:
