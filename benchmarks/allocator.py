@@ -12,15 +12,14 @@ forward.
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import subprocess
 import sys
 from datetime import date
 from pathlib import Path
 
-import torch
 
+from rbgp.experiments.bench.timing import machine
 from rbgp.files import write_json, write_text
 
 MODELS, MODES, PROCESSES, ROUNDS, BATCH = ("vgg19", "resnet18"), ("default", "tuned"), 4, 15, 32
@@ -67,7 +66,7 @@ def main() -> None:
                       f" ({runs[-1]['speedup']:.2f}x), faults/forward {r['dense']['faults_per_forward']:.0f} / "
                       f"{r['rbgp']['faults_per_forward']:.0f}", flush=True)
     data = {"command": "python benchmarks/allocator.py", "date": date.today().isoformat(),
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+            "machine": machine(),
             "batch": BATCH, "sparsity": 0.9, "distribution": "hw", "rounds": ROUNDS, "runs": runs}
     here = Path(__file__).parent
     write_json(here / "allocator.json", data)

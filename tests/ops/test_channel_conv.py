@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from rbgp.nn import RBGPConv2d
+from rbgp.ops import channel_conv
 from rbgp.ops.channel_conv import channel_table
 from rbgp.patterns import RBGP4
 
@@ -153,3 +154,56 @@ def test_a_fitted_conv_structure_keeps_its_row_order():
     assert not torch.equal(layer.row_index.flatten(), torch.arange(64))
     x = torch.randn(2, 32, 6, 6, requires_grad=True)
     _matches_dense_and_reference(layer, x)
+
+
+def test_calls_without_gradient_gather_into_the_kept_buffer(monkeypatch):
+    """Inference reuses the layer's gathered-input buffer where the gather is large (same result, no new
+    one per call, one per batch shape and mode); calls that build a graph never touch it, so a kept
+    buffer never reaches autograd."""
+    torch.manual_seed(0)
+    layer = RBGPConv2d(32, 64, 3, padding=1, sparsity=0.75)
+    with torch.no_grad():
+        layer(torch.randn(3, 32, 8, 8))
+    assert "gathered" not in layer._workspace._slots  # small gathers come from the allocator
+    monkeypatch.setattr(channel_conv, "KEPT_GATHER_BYTES", 1)
+    assert layer.conv_args.merge == 1  # the gathered-channel path (not the masked dense conv)
+    dense = torch.nn.Conv2d(32, 64, 3, padding=1)
+    with torch.no_grad():
+        dense.weight.copy_(layer.sparse_weight.dense().view_as(dense.weight))
+        dense.bias.copy_(layer.bias)
+    slots = layer._workspace._slots
+    x = torch.randn(3, 32, 8, 8)
+    with torch.no_grad():
+        y1 = layer(x)
+        kept = slots["gathered"][1]
+        y2 = layer(x.clone())
+        assert slots["gathered"][1] is kept
+        torch.testing.assert_close(y1, dense(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(y1, y2, atol=0, rtol=0)
+        z = layer(torch.randn(5, 32, 8, 8))  # a new batch size: a new buffer, the right output
+        assert slots["gathered"][1].shape[0] == 5 and z.shape == (5, 64, 8, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), y1)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), y1)  # an inference-mode buffer is not written outside it
+    del slots["gathered"]
+    x.requires_grad_(True)
+    layer(x).sum().backward()  # with gradient: a fresh gather, nothing kept
+    assert "gathered" not in slots
+    torch.testing.assert_close(x.grad, torch.autograd.grad(dense(x).sum(), x)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_a_layer_busy_in_another_thread_gathers_into_a_fresh_tensor(monkeypatch):
+    monkeypatch.setattr(channel_conv, "KEPT_GATHER_BYTES", 1)
+    layer = RBGPConv2d(64, 128, 3, padding=1, sparsity=0.9)
+    assert layer.conv_args.merge == 2
+    x = torch.randn(2, 64, 6, 6)
+    with torch.no_grad():
+        expected = layer(x)
+        assert layer._workspace.lock.acquire()  # as if another thread were inside the call
+        try:
+            layer._workspace._slots.clear()
+            torch.testing.assert_close(layer(x), expected, atol=0, rtol=0)
+            assert "gathered" not in layer._workspace._slots
+        finally:
+            layer._workspace.lock.release()

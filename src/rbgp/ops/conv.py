@@ -186,6 +186,7 @@ def _conv_on_path(
             conv.dilation,
             bias,
             conv.merge,
+            layout.workspace,
         )
     pointwise = backend == "grouped" or (backend == "auto" and x.device.type == "cpu")
     if pointwise and conv.kernel_size == (1, 1) and conv.stride == (1, 1) and padding == (0, 0):
