@@ -60,10 +60,9 @@ def merged_weight(values: torch.Tensor, merge: int) -> torch.Tensor:
 
 KEPT_GATHER_BYTES = 16 << 20
 """Gathered inputs of at least this many bytes go into a buffer the layer keeps (calls without gradient):
-glibc maps blocks that large afresh and faults them in on every call (a VGG19-bn layer's 16 MiB gather
-at batch 32: 17-18 ms per call in a plain process, 8.5-8.9 ms kept). Smaller ones come from the
-allocator's free lists still in cache, 10% faster than a kept buffer that has left it (measured on
-that model's layers of 8 MiB and less)."""
+glibc maps blocks that large afresh and faults them in on every call, which costs as much as the conv
+(`benchmarks/kept_gather.md`). Smaller ones come from the allocator's free lists, still in cache, where
+a kept buffer that has left the cache was measured slower."""
 
 
 def channel_grouped_conv2d(
