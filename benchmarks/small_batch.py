@@ -1,6 +1,8 @@
 """Single RBGP layers at the batch sizes of inference (1 to 256), forward, CPU, sparsity 0.9.
 
-For three LLM-shaped layers (5632x2048, 2048x5632, 4096x4096) and batches 1, 4, 16, 64, 256 this times,
+For three LLM-shaped layers built from a seed (5632x2048, 2048x5632, 4096x4096) and a 4096x4096 one
+converted from a dense layer with calibration data ("fitted": `fitted_layer`), at batches 1, 4, 16, 64,
+256, this times,
 interleaved in one process (a new random order every round, medians), under torch.inference_mode:
 dense `nn.Linear`, torch CSR and torch BSR (16x16 blocks, a random block mask at the same density)
 on the same product, the RBGP layer as a user calls it (`rbgp.ops.native.batch_limit`: the native
@@ -26,7 +28,7 @@ import torch
 
 from rbgp.experiments.bench.timing import machine
 from rbgp.files import write_json
-from rbgp.nn import RBGPLinear
+from rbgp.nn import RBGPLinear, sparsify
 from rbgp.ops import native
 from rbgp.ops.grouped import grouped_forward
 
@@ -34,6 +36,17 @@ HERE = Path(__file__).resolve().parent
 SHAPES = ((5632, 2048), (2048, 5632), (4096, 4096))  # (out, in)
 BATCHES = (1, 4, 16, 64, 256)
 SPARSITY = 0.9
+FITTED = 4096
+
+
+def fitted_layer(width: int) -> RBGPLinear:
+    """A width x width layer converted from a dense one with calibration data (`sparsify(...,
+    calibration=)`: its structure fitted to the weights and inputs, rows in no strided order), to time
+    fitted layouts next to seed-built ones."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(width, width, bias=False))
+    sparsify(model, SPARSITY, calibration=[torch.randn(512, width)])
+    return model[0]
 
 
 def _bsr(out: int, inp: int, density: float, seed: int) -> torch.Tensor:
@@ -95,19 +108,20 @@ def run(rounds: int) -> dict:
             "native_available": native.available(), "native_isa": native.isa(), "wide_from": native.wide_from(),
             "sparsity": SPARSITY,
             "rounds": rounds, "results": []}
+    cases = [(f"{out}x{inp}", out, inp, RBGPLinear(inp, out, SPARSITY, bias=False)) for out, inp in SHAPES]
+    cases.append((f"{FITTED}x{FITTED} fitted", FITTED, FITTED, fitted_layer(FITTED)))
     with torch.inference_mode():
-        for out, inp in SHAPES:
-            layer = RBGPLinear(inp, out, SPARSITY, bias=False)
+        for label, out, inp, layer in cases:
             dense = torch.nn.Linear(inp, out, bias=False)
             csr = layer.dense_weight().to_sparse_csr()
             bsr = _bsr(out, inp, layer.density, 0)
             for batch in BATCHES:
                 us = time_case(methods(layer, dense, csr, bsr, torch.randn(batch, inp)), rounds)
-                row = {"shape": f"{out}x{inp}", "batch": batch, "density": layer.density, "us": us,
+                row = {"shape": label, "batch": batch, "density": layer.density, "us": us,
                        "speedup": {k: us["dense"] / v for k, v in us.items()}}
                 row["share_of_ideal"] = {k: s * layer.density for k, s in row["speedup"].items()}
                 data["results"].append(row)
-                print(f"{out}x{inp} b{batch}: " + ", ".join(f"{k} {v:.0f} us" for k, v in us.items()), flush=True)
+                print(f"{label} b{batch}: " + ", ".join(f"{k} {v:.0f} us" for k, v in us.items()), flush=True)
     return data
 
 
