@@ -8,8 +8,9 @@ dense `nn.Linear`, torch CSR and torch BSR (16x16 blocks, a random block mask at
 on the same product, the RBGP layer as a user calls it (`rbgp.ops.native.batch_limit`: the native
 kernel at every batch on the AVX2 build, its wide-batch tiles from `native.wide_from()` rows), the
 torch path alone (what ran before the native kernel), the native kernel on fp32, bf16 and int8 values
-(per-row scales) at every batch, and on fp32 without its wide-batch tiles (one dot product per row and
-sample at every batch, what ran before them).
+(per-row scales) at every batch, on fp32 without its wide-batch tiles (one dot product per row and
+sample at every batch, what ran before them), and on fp32 with wide tiles of at most 4 rows (where the CPU
+has AVX-512VL the kernel takes 8: `native.wide_rows`).
 `share of ideal` = speedup over dense x density (1.0 = the full 1/density).
 
     python benchmarks/small_batch.py      # writes benchmarks/small_batch.{json,md,png}
@@ -73,7 +74,17 @@ def methods(layer: RBGPLinear, dense: torch.nn.Linear, csr: torch.Tensor, bsr: t
         "rbgp native bf16": lambda: native.grouped_small(x, bf16, layout),
         "rbgp native int8": lambda: native.grouped_small(x, q, layout, scales),
         "rbgp native fp32, no wide tiles": lambda: _without_wide_tiles(x, values, layout),
+        "rbgp native fp32, 4-row wide tiles": lambda: _four_row_tiles(x, values, layout),
     }
+
+
+def _four_row_tiles(x: torch.Tensor, values: torch.Tensor, layout) -> torch.Tensor:
+    default = native.wide_rows()
+    native.wide_rows(4)
+    try:
+        return native.grouped_small(x, values, layout)
+    finally:
+        native.wide_rows(default)
 
 
 def _without_wide_tiles(x: torch.Tensor, values: torch.Tensor, layout) -> torch.Tensor:
@@ -103,9 +114,10 @@ def time_case(fns: dict, rounds: int) -> dict[str, float]:
 def run(rounds: int) -> dict:
     torch.manual_seed(0)
     random.seed(0)
-    data = {"command": "python benchmarks/small_batch.py", "date": datetime.date.today().isoformat(),
+    data = {"command": f"python benchmarks/small_batch.py --rounds {rounds}", "date": datetime.date.today().isoformat(),
             "machine": machine(),
             "native_available": native.available(), "native_isa": native.isa(), "wide_from": native.wide_from(),
+            "wide_rows": native.wide_rows(),
             "sparsity": SPARSITY,
             "rounds": rounds, "results": []}
     cases = [(f"{out}x{inp}", out, inp, RBGPLinear(inp, out, SPARSITY, bias=False)) for out, inp in SHAPES]
@@ -131,7 +143,8 @@ def markdown(data: dict) -> str:
              f"inference mode, fp32 inputs. `{data['command']}`, {data['machine']}, {data['date']}; medians of "
              f"{data['rounds']} interleaved rounds. Speedup over dense, and in brackets the share of the ideal "
              f"1/density. \"rbgp\" is the layer as called (the native kernel's {data['native_isa']} build; with AVX2 "
-             f"at every batch, its wide-batch tiles from batch {data['wide_from']}).",
+             f"at every batch, its wide-batch tiles from batch {data['wide_from']}, up to {data.get('wide_rows', 4)} "
+             "rows high).",
              "", "| layer | batch | dense us | " + " | ".join(names[1:]) + " |",
              "|---|---|---|" + "---|" * (len(names) - 1)]
     for r in data["results"]:

@@ -1,6 +1,7 @@
 """The native small-batch CPU kernel against the fp64 reference, its dispatch, fallback and compile path."""
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -245,6 +246,19 @@ def test_dense_bad_inputs():
 def test_isa_request_checked():
     with pytest.raises(ValueError, match="'plain' or 'avx2'"):
         native.isa("avx512")
+
+
+def test_wide_tile_rows_checked_and_follow_the_cpu():
+    with pytest.raises(ValueError, match="rows must be 4 or 8, got 6"):
+        native.wide_rows(6)
+    default = native.wide_rows()
+    try:
+        assert native.wide_rows(4) == 4
+        has_avx512vl = "avx512vl" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else None
+        got = native.wide_rows(8)
+        assert got in (4, 8) and (has_avx512vl is None or (got == 8) == has_avx512vl)
+    finally:
+        native.wide_rows(default)
 
 
 @pytest.mark.parametrize("kind", ["fp32", "int8"])

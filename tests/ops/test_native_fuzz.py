@@ -101,15 +101,18 @@ def test_fuzz_against_the_reference(case):
     for s, j, v in specials if batch else ():
         x[s % batch, j % layout.in_features] = v
     bias = torch.randn(layout.out_features, generator=g) if with_bias else None
-    default, default_wide = native.isa(), native.wide_from()
+    default, default_wide, default_rows = native.isa(), native.wide_from(), native.wide_rows()
+    runs = (("plain", default_wide, 4), ("avx2", default_wide, 4), ("avx2", 1, 4), ("avx2", 1, 8))
     try:
-        for isa, wide_from in (("plain", default_wide), ("avx2", default_wide), ("avx2", 1)):
-            if native.isa(isa) == isa:  # both builds, where the CPU has them; AVX2's wide tiles at every batch
+        for isa, wide_from, rows in runs:  # both builds, where the CPU has them; AVX2's wide tiles at every
+            # batch, 4 and 8 rows high (8 where the CPU has AVX-512VL)
+            if native.isa(isa) == isa and native.wide_rows(rows) == rows:
                 native.wide_from(wide_from)
                 check_against_reference(native.grouped_small(x, values, layout, scales, bias), x, exact, layout, bias)
     finally:
         native.isa(default)
         native.wide_from(default_wide)
+        native.wide_rows(default_rows)
 
 
 def test_threads_with_mixed_batches():

@@ -6,8 +6,8 @@ The C kernel gathers each group's inputs into a small per-thread buffer and take
 per row and sample, with the values streamed once, the output written in row order (contiguous),
 and threads over groups; it reads fp32, bf16 or int8 (per-row scale) values, widened in registers.
 From `wide_from()` samples on, its AVX2 build runs as a GEMM micro-kernel on x transposed once per
-call (tiles of 4 rows by 24 samples), which beats the torch path's batched GEMMs at any batch of a
-linear layer (`benchmarks/small_batch.md`).
+call (tiles of 4 rows by 24 samples, 8 rows where the CPU has AVX-512VL: `wide_rows`), which beats the
+torch path's batched GEMMs at any batch of a linear layer (`benchmarks/small_batch.md`).
 
 It is compiled with the system C compiler (`cc`, or $CC) the first time it is needed, into
 $RBGP_CACHE_DIR or ~/.cache/rbgp, under a name that hashes the source, the flags and the compiler,
@@ -124,6 +124,8 @@ def _load() -> ctypes.CDLL | None:
     lib.rbgp_native_isa.restype = ctypes.c_int
     lib.rbgp_native_wide_from.argtypes = [i64]
     lib.rbgp_native_wide_from.restype = i64
+    lib.rbgp_native_wide_rows.argtypes = [i64]
+    lib.rbgp_native_wide_rows.restype = i64
     _Library.avx2 = bool(lib.rbgp_native_isa(-1))
     return lib
 
@@ -152,6 +154,18 @@ def wide_from(batch: int | None = None) -> int:
     if batch is not None and (not isinstance(batch, int) or batch < 1):
         raise ValueError(f"batch must be a positive int, got {batch!r}")
     return int(lib.rbgp_native_wide_from(0 if batch is None else batch))
+
+
+def wide_rows(rows: int | None = None) -> int:
+    """The tallest wide-batch tile: 8 rows where the CPU has AVX-512VL (32 vector registers), else 4;
+    `rows` (4 or 8) changes it, so that tests cover both (8 only where the CPU has it). The kernel must
+    be available."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the native kernel is not available")
+    if rows is not None and rows not in (4, 8):
+        raise ValueError(f"rows must be 4 or 8, got {rows!r}")
+    return int(lib.rbgp_native_wide_rows(0 if rows is None else rows))
 
 
 def available() -> bool:

@@ -15,8 +15,8 @@
  * samples, values widened in registers) where the CPU has them, else plain C vectorised by the
  * compiler (target_clones for AVX-512, AVX2+FMA or baseline x86-64). Never -march=native, so the
  * library can move to another CPU. From `wide_from` samples on, the AVX2 build runs as a GEMM instead
- * (x transposed once per call, tiles of 4 rows by 24 samples: "Wide batches" below), which takes a
- * linear layer's prefill and training-size batches too.
+ * (x transposed once per call, tiles of 4 rows by 24 samples, 8 rows where the CPU has AVX-512VL:
+ * "Wide batches" below), which takes a linear layer's prefill and training-size batches too.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -323,6 +323,40 @@ AVX2 static void wide_4x3(int64_t kb, int64_t bw, const int64_t *blocks, const f
     store_4x8(a01, a11, a21, a31, out + 8 * ldo, ldo, add);
     store_4x8(a02, a12, a22, a32, out + 16 * ldo, ldo, add);
 }
+
+/* wide_4x3 for 8 rows, where AVX-512VL gives 32 vector registers: 24 sums, 3 inputs and a broadcast value.
+ * Each input vector loaded serves twice the multiply-adds. */
+#define AVX512VL __attribute__((target("avx2,fma,avx512f,avx512vl")))
+AVX512VL static void wide_8x3(int64_t kb, int64_t bw, const int64_t *blocks, const float *w, int64_t ldw,
+                              const float *xt, int64_t np, float *out, int64_t ldo, int add) {
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a10 = a00, a11 = a00, a12 = a00;
+    __m256 a20 = a00, a21 = a00, a22 = a00, a30 = a00, a31 = a00, a32 = a00;
+    __m256 a40 = a00, a41 = a00, a42 = a00, a50 = a00, a51 = a00, a52 = a00;
+    __m256 a60 = a00, a61 = a00, a62 = a00, a70 = a00, a71 = a00, a72 = a00;
+    const float *w0 = w, *w1 = w + ldw, *w2 = w + 2 * ldw, *w3 = w + 3 * ldw;
+    const float *w4 = w + 4 * ldw, *w5 = w + 5 * ldw, *w6 = w + 6 * ldw, *w7 = w + 7 * ldw;
+    int64_t j = 0;
+    for (int64_t b = 0; b < kb; b++) {
+        const float *p = xt + blocks[b] * bw * np;
+        for (int64_t jj = 0; jj < bw; jj++, j++, p += np) {
+            const __m256 x0 = _mm256_load_ps(p), x1 = _mm256_load_ps(p + 8), x2 = _mm256_load_ps(p + 16);
+            FMA3(a00, a01, a02, w0 + j);
+            FMA3(a10, a11, a12, w1 + j);
+            FMA3(a20, a21, a22, w2 + j);
+            FMA3(a30, a31, a32, w3 + j);
+            FMA3(a40, a41, a42, w4 + j);
+            FMA3(a50, a51, a52, w5 + j);
+            FMA3(a60, a61, a62, w6 + j);
+            FMA3(a70, a71, a72, w7 + j);
+        }
+    }
+    store_4x8(a00, a10, a20, a30, out, ldo, add);
+    store_4x8(a01, a11, a21, a31, out + 8 * ldo, ldo, add);
+    store_4x8(a02, a12, a22, a32, out + 16 * ldo, ldo, add);
+    store_4x8(a40, a50, a60, a70, out + 4, ldo, add);
+    store_4x8(a41, a51, a61, a71, out + 4 + 8 * ldo, ldo, add);
+    store_4x8(a42, a52, a62, a72, out + 4 + 16 * ldo, ldo, add);
+}
 #endif
 
 static void gather(int64_t n, int64_t k, int64_t bw, const float *x, int64_t ldx, const int64_t *blocks, float *xg) {
@@ -372,6 +406,27 @@ int rbgp_native_isa(int request) {
     if (request >= 0) isa = request && avx2_supported();
     else if (isa < 0) isa = avx2_supported();
     return isa;
+}
+
+/* The tallest wide tile: 8 rows where the CPU has AVX-512VL (`wide_8x3`), else 4; chosen on first use,
+ * or forced. */
+static int64_t wide_rows = -1;
+
+static int avx512vl_supported(void) {
+#ifdef RBGP_AVX2_KERNELS
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+#else
+    return 0;
+#endif
+}
+
+/* request 4 or 8 sets the tallest wide tile (8 only where the CPU has AVX-512VL; tests run both);
+ * returns it. */
+int64_t rbgp_native_wide_rows(int64_t request) {
+    if (request == 4 || request == 8) wide_rows = request == 8 && avx512vl_supported() ? 8 : 4;
+    else if (wide_rows < 0) wide_rows = avx512vl_supported() ? 8 : 4;
+    return wide_rows;
 }
 
 static rows_fn pick(int kind) {
@@ -427,13 +482,14 @@ static void grouped_task(const void *ctx, int tid, int64_t begin, int64_t end) {
 }
 
 #ifdef RBGP_AVX2_KERNELS
-/* One call's wide-batch state beyond call_t: the transposed inputs (panels of `in` columns), and
- * whether every group's rows are consecutive output rows. */
+/* One call's wide-batch state beyond call_t: the transposed inputs (panels of `in` columns), whether
+ * every group's rows are consecutive output rows, and whether 8-row tiles run (`rbgp_native_wide_rows`). */
 typedef struct {
     const call_t *c;
     float *xt;
     int64_t in;
     int consecutive;
+    int eight;
 } wide_t;
 
 /* The width of the panel from sample s: WIDE, or the samples left rounded up to 8. */
@@ -558,6 +614,7 @@ static void wide_task(const void *ctx, int tid, int64_t begin, int64_t end) {
     for (int64_t s = 0; s < c->n; s += WIDE) {
         const float *panel = wd->xt + s * wd->in;
         const int64_t pw = panel_width(c->n, s), v = pw / 8;
+        const int eight = v == 3 && wd->eight;
         for (int64_t g0 = begin; g0 < end; g0 += CHUNK) {
             const int64_t q = end - g0 < CHUNK ? end - g0 : CHUNK;
             for (int64_t gi = g0; gi < g0 + q; gi++) {
@@ -569,6 +626,12 @@ static void wide_task(const void *ctx, int tid, int64_t begin, int64_t end) {
                 for (int64_t b0 = 0; b0 < kb; b0 += span) {
                     const int64_t nb = kb - b0 < span ? kb - b0 : span;
                     for (int64_t i = 0; i < c->r;) {
+                        if (eight && c->r - i >= 8) {
+                            wide_8x3(nb, c->bw, blocks + b0, w + i * c->k + b0 * c->bw, c->k, panel, pw, og + i, c->r,
+                                     b0 > 0);
+                            i += 8;
+                            continue;
+                        }
                         const int h = c->r - i >= 4 ? 4 : c->r - i >= 2 ? 2 : 1;
                         const wide_fn fn = tiles[h == 4 ? 0 : h == 2 ? 1 : 2][v - 1];
                         fn(nb, c->bw, blocks + b0, w + i * c->k + b0 * c->bw, c->k, panel, pw, og + i, c->r, b0 > 0);
@@ -594,7 +657,7 @@ static int wide(int kind, int64_t n, int64_t g, int64_t r, int64_t k, int64_t bw
     float *nf = buffers + per * threads, *xt = nf + flags; /* nf: written by transpose_task */
     const call_t c = {pick(kind), value_size(kind), n, r, k, bw, ldx, out, per, x, scales, bias, nf, values, blocks,
                       rows, buffers, y};
-    const wide_t wd = {&c, xt, in, rows_consecutive(rows, g, r, out)};
+    const wide_t wd = {&c, xt, in, rows_consecutive(rows, g, r, out), rbgp_native_wide_rows(0) == 8};
     parallel_for(transpose_task, &wd, (n + WIDE - 1) / WIDE, threads);
     parallel_for(wide_task, &wd, g, threads);
     free(buffers);
