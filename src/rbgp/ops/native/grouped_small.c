@@ -602,8 +602,8 @@ typedef void (*wide_fn)(int64_t kb, int64_t bw, const int64_t *blocks, const flo
 #define WIDE_SPAN 192
 
 /* Groups [begin, end) for every WIDE samples (one panel of xt, which stays in cache while the groups
- * pass: the values stream in order), tiles of 4 rows (2 or 1 for the rows left over) over spans of
- * WIDE_SPAN columns; narrow values widened into the thread's buffer. */
+ * pass: the values stream in order), tiles of 4 rows (8 with AVX-512VL; 2 or 1 for the rows left
+ * over) over spans of WIDE_SPAN columns; narrow values widened into the thread's buffer. */
 static void wide_task(const void *ctx, int tid, int64_t begin, int64_t end) {
     static const wide_fn tiles[3][3] = {
         {wide_4x1, wide_4x2, wide_4x3}, {wide_2x1, wide_2x2, wide_2x3}, {wide_1x1, wide_1x2, wide_1x3}};
@@ -626,14 +626,8 @@ static void wide_task(const void *ctx, int tid, int64_t begin, int64_t end) {
                 for (int64_t b0 = 0; b0 < kb; b0 += span) {
                     const int64_t nb = kb - b0 < span ? kb - b0 : span;
                     for (int64_t i = 0; i < c->r;) {
-                        if (eight && c->r - i >= 8) {
-                            wide_8x3(nb, c->bw, blocks + b0, w + i * c->k + b0 * c->bw, c->k, panel, pw, og + i, c->r,
-                                     b0 > 0);
-                            i += 8;
-                            continue;
-                        }
-                        const int h = c->r - i >= 4 ? 4 : c->r - i >= 2 ? 2 : 1;
-                        const wide_fn fn = tiles[h == 4 ? 0 : h == 2 ? 1 : 2][v - 1];
+                        const int h = eight && c->r - i >= 8 ? 8 : c->r - i >= 4 ? 4 : c->r - i >= 2 ? 2 : 1;
+                        const wide_fn fn = h == 8 ? wide_8x3 : tiles[h == 4 ? 0 : h == 2 ? 1 : 2][v - 1];
                         fn(nb, c->bw, blocks + b0, w + i * c->k + b0 * c->bw, c->k, panel, pw, og + i, c->r, b0 > 0);
                         i += h;
                     }
