@@ -355,3 +355,33 @@ def test_the_kept_plan_follows_the_layer_tensors():
         store_values_(model, torch.int8)
         close(layer(x), expected())
         assert layer.values.dtype == torch.int8 and layer._workspace.plan.key[1] == torch.int8
+
+
+@pytest.mark.parametrize("rows", [8, 12, 3])
+@pytest.mark.parametrize("kind", ["fp32", "int8"])
+def test_wide_tiles_store_interleaved_rows_as_vectors(native_isa, rows, kind):
+    """RBGP4's strided row order for linear layers (group g's rows g, g + G, g + 2G, ...) lets a chunk of 8
+    groups store each row of theirs as one vector (8 rows transposed at a time, the rest one by one);
+    with two rows swapped the chunk is no longer interleaved and takes the generic store. Each against
+    the fp64 reference, with bias, at batches that fill a panel and end with a part of one."""
+    g_count, inp, cols = 16, 64, 24
+    rng = np.random.default_rng(rows)
+    row_index = np.arange(g_count)[:, None] + g_count * np.arange(rows)[None, :]
+    swapped = row_index.copy()
+    swapped[[0, 1], 0] = swapped[[1, 0], 0]
+    col_index = np.sort(np.stack([rng.choice(inp, cols, replace=False) for _ in range(g_count)]), axis=1)
+    for order in (row_index, swapped):
+        layout = LayoutTensors.from_layout(GroupedLayout(g_count * rows, inp, order, col_index))
+        g = torch.Generator().manual_seed(rows)
+        values = torch.randn(g_count, rows, cols, generator=g)
+        scales = None
+        if kind == "int8":
+            scales = values.abs().amax(-1) / 127
+            values = torch.round(values / scales[..., None]).to(torch.int8)
+        exact = values.double() * (scales.double()[..., None] if scales is not None else 1)
+        bias = torch.randn(g_count * rows, generator=g)
+        for batch in (24, 37):
+            x = torch.randn(batch, inp, generator=g)
+            y = native.grouped_small(x, values, layout, scales, bias)
+            ref = reference_linear(x.double(), exact, layout, bias.double())
+            assert (y.double() - ref).abs().max().item() <= TOL * ref.abs().max().item()

@@ -560,12 +560,59 @@ static void widen_values(size_t size, int64_t count, const void *src, float *dst
  * that the stores of a chunk fill whole cache lines in turn instead of touching one line per store. */
 #define CHUNK 8
 
+/* Whether row t of the chunk's CHUNK groups from g0 is CHUNK consecutive output rows, for every t, none
+ * of them padding: the strided row order RBGP4 gives linear layers (group g's rows g, g + G, ...). */
+static int chunk_interleaved(const call_t *c, int64_t g0, int64_t q) {
+    if (q != CHUNK) return 0;
+    for (int64_t t = 0; t < c->r; t++) {
+        const int64_t row0 = c->rows[g0 * c->r + t];
+        if (row0 + CHUNK > c->out) return 0;
+        for (int64_t gq = 1; gq < CHUNK; gq++)
+            if (c->rows[(g0 + gq) * c->r + t] != row0 + gq) return 0;
+    }
+    return 1;
+}
+
+/* store_wide for a `chunk_interleaved` chunk: for each sample, 8 rows of the 8 groups transposed in
+ * registers, so that each of those rows' 8 outputs is one vector store. */
+AVX2 static void store_interleaved(const call_t *c, int64_t g0, int64_t s, const float *out) {
+    const int64_t m = c->n - s < WIDE ? c->n - s : WIDE, r = c->r, t8 = r / 8 * 8;
+    for (int64_t e = 0; e < m; e++) {
+        float *restrict ys = c->y + (s + e) * c->out;
+        const __m256 nf = _mm256_set1_ps(c->nf[s + e]);
+        for (int64_t t0 = 0; t0 < t8; t0 += 8) {
+            __m256 v[8];
+            for (int gq = 0; gq < CHUNK; gq++) {
+                v[gq] = _mm256_loadu_ps(out + (gq * WIDE + e) * r + t0);
+                if (c->scales) v[gq] = _mm256_mul_ps(v[gq], _mm256_loadu_ps(c->scales + (g0 + gq) * r + t0));
+            }
+            transpose8(v); /* v[i]: row t0 + i of the 8 groups */
+            for (int i = 0; i < 8; i++) {
+                const int64_t row0 = c->rows[g0 * r + t0 + i];
+                const __m256 b = c->bias ? _mm256_loadu_ps(c->bias + row0) : _mm256_setzero_ps();
+                _mm256_storeu_ps(ys + row0, _mm256_add_ps(_mm256_add_ps(v[i], nf), b));
+            }
+        }
+        for (int64_t t = t8; t < r; t++)
+            for (int64_t gq = 0; gq < CHUNK; gq++) {
+                const int64_t p = (g0 + gq) * r + t, row = c->rows[p];
+                ys[row] = out[(gq * WIDE + e) * r + t] * (c->scales ? c->scales[p] : 1.0f) + c->nf[s + e] +
+                          (c->bias ? c->bias[row] : 0.0f);
+            }
+    }
+}
+
 /* The outputs of groups [g0, g0 + q) for samples [s, s + WIDE) (out[((gi - g0) * WIDE + e) * R + t]:
  * sample s + e, row t of group gi) into y, scaled, with flags and bias, as STORE does: where rows are
- * consecutive, a sample's rows of a group in one run; else row t of every group of the chunk in turn. */
+ * consecutive, a sample's rows of a group in one run; else row t of every group of the chunk in turn
+ * (as vectors where the chunk's rows interleave). */
 static void store_wide(const wide_t *wd, int64_t g0, int64_t q, int64_t s, const float *out) {
     const call_t *c = wd->c;
     const int64_t m = c->n - s < WIDE ? c->n - s : WIDE, r = c->r;
+    if (!wd->consecutive && chunk_interleaved(c, g0, q)) {
+        store_interleaved(c, g0, s, out);
+        return;
+    }
     for (int64_t e = 0; e < m; e++) {
         float *restrict ys = c->y + (s + e) * c->out;
         const float nf = c->nf[s + e];
