@@ -603,9 +603,9 @@ AVX2 static void store_interleaved(const call_t *c, int64_t g0, int64_t s, const
 }
 
 /* The outputs of groups [g0, g0 + q) for samples [s, s + WIDE) (out[((gi - g0) * WIDE + e) * R + t]:
- * sample s + e, row t of group gi) into y, scaled, with flags and bias, as STORE does: where rows are
- * consecutive, a sample's rows of a group in one run; else row t of every group of the chunk in turn
- * (as vectors where the chunk's rows interleave). */
+ * sample s + e, row t of group gi) into y, scaled, with flags and bias, as STORE does: where the chunk's
+ * rows interleave (strided layouts), row t of its groups as one vector; else group by group, in one run
+ * where rows are consecutive, or each output to its row (fitted layouts). */
 static void store_wide(const wide_t *wd, int64_t g0, int64_t q, int64_t s, const float *out) {
     const call_t *c = wd->c;
     const int64_t m = c->n - s < WIDE ? c->n - s : WIDE, r = c->r;
@@ -616,20 +616,19 @@ static void store_wide(const wide_t *wd, int64_t g0, int64_t q, int64_t s, const
     for (int64_t e = 0; e < m; e++) {
         float *restrict ys = c->y + (s + e) * c->out;
         const float nf = c->nf[s + e];
-        for (int64_t gq = 0; gq < q && wd->consecutive; gq++) {
-            const int64_t gi = g0 + gq, row0 = c->rows[gi * r];
+        for (int64_t gq = 0; gq < q; gq++) {
+            const int64_t gi = g0 + gq, *rows = c->rows + gi * r, row0 = rows[0];
             const float *restrict oe = out + (gq * WIDE + e) * r, *scale = c->scales ? c->scales + gi * r : NULL;
-            const float *bias = c->bias ? c->bias + row0 : NULL;
-            for (int64_t t = 0; t < r; t++)
-                ys[row0 + t] = oe[t] * (scale ? scale[t] : 1.0f) + nf + (bias ? bias[t] : 0.0f);
-        }
-        for (int64_t t = 0; t < r && !wd->consecutive; t++)
-            for (int64_t gq = 0; gq < q; gq++) {
-                const int64_t p = (g0 + gq) * r + t, row = c->rows[p];
-                if (row < c->out)
-                    ys[row] = out[(gq * WIDE + e) * r + t] * (c->scales ? c->scales[p] : 1.0f) + nf +
-                              (c->bias ? c->bias[row] : 0.0f);
+            if (wd->consecutive) { /* one run: vectorised */
+                const float *bias = c->bias ? c->bias + row0 : NULL;
+                for (int64_t t = 0; t < r; t++)
+                    ys[row0 + t] = oe[t] * (scale ? scale[t] : 1.0f) + nf + (bias ? bias[t] : 0.0f);
+                continue;
             }
+            for (int64_t t = 0; t < r; t++)
+                if (rows[t] < c->out)
+                    ys[rows[t]] = oe[t] * (scale ? scale[t] : 1.0f) + nf + (c->bias ? c->bias[rows[t]] : 0.0f);
+        }
     }
 }
 
