@@ -130,13 +130,19 @@ def _load() -> ctypes.CDLL | None:
     return lib
 
 
+def _required() -> ctypes.CDLL:
+    """The loaded library, for the settings below that tests switch; an error where there is none."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the native kernel is not available")
+    return lib
+
+
 def isa(request: str | None = None) -> str:
     """The build of the row products that runs: "avx2" (intrinsics, where the CPU has AVX2 and FMA) or
     "plain" (C vectorised by the compiler); `request` "plain" or "avx2" switches it (the CPU allowing),
     so that tests cover both. The kernel must be available."""
-    lib = library()
-    if lib is None:
-        raise RuntimeError("the native kernel is not available")
+    lib = _required()
     if request not in (None, "plain", "avx2"):
         raise ValueError(f"request must be None, 'plain' or 'avx2', got {request!r}")
     code = {None: -1, "plain": 0, "avx2": 1}[request]
@@ -148,9 +154,7 @@ def wide_from(batch: int | None = None) -> int:
     """The batch from which the AVX2 build takes its wide-batch tiles (x transposed once per call, each
     value broadcast against 24 samples) instead of one dot product per row and sample; `batch` (>= 1)
     changes it, so that tests cover both. The kernel must be available."""
-    lib = library()
-    if lib is None:
-        raise RuntimeError("the native kernel is not available")
+    lib = _required()
     if batch is not None and (not isinstance(batch, int) or batch < 1):
         raise ValueError(f"batch must be a positive int, got {batch!r}")
     return int(lib.rbgp_native_wide_from(0 if batch is None else batch))
@@ -160,9 +164,7 @@ def wide_rows(rows: int | None = None) -> int:
     """The tallest wide-batch tile: 8 rows where the CPU has AVX-512VL (32 vector registers), else 4;
     `rows` (4 or 8) changes it, so that tests cover both (8 only where the CPU has it). The kernel must
     be available."""
-    lib = library()
-    if lib is None:
-        raise RuntimeError("the native kernel is not available")
+    lib = _required()
     if rows is not None and rows not in (4, 8):
         raise ValueError(f"rows must be 4 or 8, got {rows!r}")
     return int(lib.rbgp_native_wide_rows(0 if rows is None else rows))

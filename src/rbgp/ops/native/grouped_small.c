@@ -303,60 +303,40 @@ AVX2 static inline void store_4x8(__m256 r0, __m256 r1, __m256 r2, __m256 r3, fl
         A1 = _mm256_fmadd_ps(wv, x1, A1);                                                                    \
         A2 = _mm256_fmadd_ps(wv, x2, A2);                                                                    \
     } while (0)
-AVX2 static void wide_4x3(int64_t kb, int64_t bw, const int64_t *blocks, const float *w, int64_t ldw, const float *xt,
-                        int64_t np, float *out, int64_t ldo, int add) {
-    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a10 = a00, a11 = a00, a12 = a00;
-    __m256 a20 = a00, a21 = a00, a22 = a00, a30 = a00, a31 = a00, a32 = a00;
-    const float *w0 = w, *w1 = w + ldw, *w2 = w + 2 * ldw, *w3 = w + 3 * ldw;
-    int64_t j = 0;
-    for (int64_t b = 0; b < kb; b++) {
-        const float *p = xt + blocks[b] * bw * np;
-        for (int64_t jj = 0; jj < bw; jj++, j++, p += np) {
-            const __m256 x0 = _mm256_load_ps(p), x1 = _mm256_load_ps(p + 8), x2 = _mm256_load_ps(p + 16);
-            FMA3(a00, a01, a02, w0 + j);
-            FMA3(a10, a11, a12, w1 + j);
-            FMA3(a20, a21, a22, w2 + j);
-            FMA3(a30, a31, a32, w3 + j);
-        }
-    }
-    store_4x8(a00, a10, a20, a30, out, ldo, add);
-    store_4x8(a01, a11, a21, a31, out + 8 * ldo, ldo, add);
-    store_4x8(a02, a12, a22, a32, out + 16 * ldo, ldo, add);
-}
+/* A row T of such a tile: its 3 sums and its values' row, its multiply-adds for column j; and the stores
+ * of four rows' sums (sample-major, from output column O). */
+#define X3_ROW(T)                                                                                            \
+    __m256 a##T##0 = _mm256_setzero_ps(), a##T##1 = a##T##0, a##T##2 = a##T##0;                              \
+    const float *w##T = w + (T) * ldw;
+#define X3_STEP(T) FMA3(a##T##0, a##T##1, a##T##2, w##T + j);
+#define X3_STORE4(A, B, C, D, O)                                                                             \
+    store_4x8(a##A##0, a##B##0, a##C##0, a##D##0, out + (O), ldo, add);                                      \
+    store_4x8(a##A##1, a##B##1, a##C##1, a##D##1, out + (O) + 8 * ldo, ldo, add);                            \
+    store_4x8(a##A##2, a##B##2, a##C##2, a##D##2, out + (O) + 16 * ldo, ldo, add);
+#define ROWS4(X) X(0) X(1) X(2) X(3)
+#define ROWS8(X) ROWS4(X) X(4) X(5) X(6) X(7)
 
-/* wide_4x3 for 8 rows, where AVX-512VL gives 32 vector registers: 24 sums, 3 inputs and a broadcast value.
- * Each input vector loaded serves twice the multiply-adds. */
-#define AVX512VL __attribute__((target("avx2,fma,avx512f,avx512vl")))
-AVX512VL static void wide_8x3(int64_t kb, int64_t bw, const int64_t *blocks, const float *w, int64_t ldw,
-                              const float *xt, int64_t np, float *out, int64_t ldo, int add) {
-    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a10 = a00, a11 = a00, a12 = a00;
-    __m256 a20 = a00, a21 = a00, a22 = a00, a30 = a00, a31 = a00, a32 = a00;
-    __m256 a40 = a00, a41 = a00, a42 = a00, a50 = a00, a51 = a00, a52 = a00;
-    __m256 a60 = a00, a61 = a00, a62 = a00, a70 = a00, a71 = a00, a72 = a00;
-    const float *w0 = w, *w1 = w + ldw, *w2 = w + 2 * ldw, *w3 = w + 3 * ldw;
-    const float *w4 = w + 4 * ldw, *w5 = w + 5 * ldw, *w6 = w + 6 * ldw, *w7 = w + 7 * ldw;
-    int64_t j = 0;
-    for (int64_t b = 0; b < kb; b++) {
-        const float *p = xt + blocks[b] * bw * np;
-        for (int64_t jj = 0; jj < bw; jj++, j++, p += np) {
-            const __m256 x0 = _mm256_load_ps(p), x1 = _mm256_load_ps(p + 8), x2 = _mm256_load_ps(p + 16);
-            FMA3(a00, a01, a02, w0 + j);
-            FMA3(a10, a11, a12, w1 + j);
-            FMA3(a20, a21, a22, w2 + j);
-            FMA3(a30, a31, a32, w3 + j);
-            FMA3(a40, a41, a42, w4 + j);
-            FMA3(a50, a51, a52, w5 + j);
-            FMA3(a60, a61, a62, w6 + j);
-            FMA3(a70, a71, a72, w7 + j);
-        }
+/* A written-out tile of the rows ROWS lists by 24 samples (3 vectors), STORES storing its sums. */
+#define WIDE_X3(NAME, ATTR, ROWS, STORES)                                                                    \
+    ATTR static void NAME(int64_t kb, int64_t bw, const int64_t *blocks, const float *w, int64_t ldw,        \
+                          const float *xt, int64_t np, float *out, int64_t ldo, int add) {                   \
+        ROWS(X3_ROW)                                                                                         \
+        int64_t j = 0;                                                                                       \
+        for (int64_t b = 0; b < kb; b++) {                                                                   \
+            const float *p = xt + blocks[b] * bw * np;                                                       \
+            for (int64_t jj = 0; jj < bw; jj++, j++, p += np) {                                              \
+                const __m256 x0 = _mm256_load_ps(p), x1 = _mm256_load_ps(p + 8), x2 = _mm256_load_ps(p + 16); \
+                ROWS(X3_STEP)                                                                                \
+            }                                                                                                \
+        }                                                                                                    \
+        STORES                                                                                               \
     }
-    store_4x8(a00, a10, a20, a30, out, ldo, add);
-    store_4x8(a01, a11, a21, a31, out + 8 * ldo, ldo, add);
-    store_4x8(a02, a12, a22, a32, out + 16 * ldo, ldo, add);
-    store_4x8(a40, a50, a60, a70, out + 4, ldo, add);
-    store_4x8(a41, a51, a61, a71, out + 4 + 8 * ldo, ldo, add);
-    store_4x8(a42, a52, a62, a72, out + 4 + 16 * ldo, ldo, add);
-}
+WIDE_X3(wide_4x3, AVX2, ROWS4, X3_STORE4(0, 1, 2, 3, 0))
+
+/* The same for 8 rows, where AVX-512VL gives 32 vector registers (24 sums, 3 inputs and a broadcast
+ * value): each input vector loaded serves twice the multiply-adds. */
+#define AVX512VL __attribute__((target("avx2,fma,avx512f,avx512vl")))
+WIDE_X3(wide_8x3, AVX512VL, ROWS8, X3_STORE4(0, 1, 2, 3, 0) X3_STORE4(4, 5, 6, 7, 4))
 #endif
 
 static void gather(int64_t n, int64_t k, int64_t bw, const float *x, int64_t ldx, const int64_t *blocks, float *xg) {
