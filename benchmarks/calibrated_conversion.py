@@ -11,7 +11,9 @@ embeddings and the first/last layer of the plain nets stay dense), uniform spars
 - RBGP4 data-free: `sparsify(model, s)` (init="magnitude", structure fitted to |W|);
 - RBGP4 calibrated: `sparsify(model, s, calibration=...)` (dense targets: each layer fits the
   unconverted model's outputs), the same with SparseGPT's layer targets, and fitted column by column
-  (block=(1, 1): no micro-blocks) to measure what micro-block granularity costs.
+  (block=(1, 1): no micro-blocks) to measure what micro-block granularity costs, and with the
+  earlier default of at least 32 row groups per layer (`rbgp.nn.reconstruct.MIN_GROUPS`, now 64 on
+  layers under 4096 rows) to measure what smaller groups gain.
 
 Reported: test bits per byte (LMs) or accuracy (Fashion-MNIST) with no fine-tuning and after a short
 fine-tune that is the same for every method (AdamW, masks fixed), conversion time and the peak
@@ -29,7 +31,6 @@ import copy
 import datetime
 import json
 import math
-import platform
 import threading
 import time
 from pathlib import Path
@@ -39,8 +40,9 @@ import torch
 from torch import nn
 
 import kjv_lm
+from rbgp.experiments.bench.timing import machine
 from rbgp.files import write_json
-from rbgp.nn import RBGPConv2d, RBGPLinear, sparsify
+from rbgp.nn import RBGPConv2d, RBGPLinear, reconstruct, sparsify
 from rbgp.nn.oneshot import prune_oneshot
 
 HERE = Path(__file__).resolve().parent
@@ -55,6 +57,7 @@ METHODS = {  # label -> (kind, arguments); kind "oneshot" or "rbgp"
     "RBGP4 data-free (init=magnitude)": ("rbgp", {}),
     "RBGP4 calibrated, column by column": ("rbgp", {"calibrated": True, "block": (1, 1)}),
     "RBGP4 calibrated, layer targets": ("rbgp", {"calibrated": True, "targets": "layer"}),
+    "RBGP4 calibrated, 32 row groups (the default before 64)": ("rbgp", {"calibrated": True, "min_groups": 32}),
     "RBGP4 calibrated": ("rbgp", {"calibrated": True}),
 }
 NM_ONLY_AT = 0.5
@@ -99,7 +102,11 @@ def convert(model: nn.Module, kind: str, args: dict, sparsity: float, calibratio
     else:
         extra = {"calibration": calibration} if args.get("calibrated") else {}
         extra.update({k: args[k] for k in ("block", "targets") if k in args})
-        sparsify(model, sparsity, distribution="uniform", **extra)
+        default, reconstruct.MIN_GROUPS = reconstruct.MIN_GROUPS, args.get("min_groups", reconstruct.MIN_GROUPS)
+        try:
+            sparsify(model, sparsity, distribution="uniform", **extra)
+        finally:
+            reconstruct.MIN_GROUPS = default
     return model
 
 
@@ -195,7 +202,7 @@ def run(models: list[str], ft_steps: int, calib: int, image_calib: int, methods:
     other rows kept)."""
     torch.manual_seed(0)
     results = {"command": "python benchmarks/calibrated_conversion.py", "date": datetime.date.today().isoformat(),
-               "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+               "machine": machine(),
                "ft_steps": ft_steps, "models": {}}
     if out.with_suffix(".json").exists():  # models measured before (delete the file to measure all again)
         results["models"] = json.loads(out.with_suffix(".json").read_text())["models"]
@@ -229,8 +236,8 @@ def run(models: list[str], ft_steps: int, calib: int, image_calib: int, methods:
                 freeze_zeros(converted)
                 finetune(converted)
                 after = score(converted)
-                row = {"method": label, "date": results["date"], "sparsity": sparsity, "no_ft": before, "ft": after,
-                       "seconds": seconds,
+                row = {"method": label, "date": results["date"], "machine": results["machine"], "sparsity": sparsity,
+                       "no_ft": before, "ft": after, "seconds": seconds,
                        "peak_mb": mem.added / 2 ** 20, "block_widths": block_widths(converted)}
                 entry["rows"].append(row)
                 print(f"  {label} @ {sparsity}: {before:.4f} -> {after:.4f} ({seconds:.1f} s, "
@@ -242,7 +249,8 @@ def run(models: list[str], ft_steps: int, calib: int, image_calib: int, methods:
 
 def markdown(res: dict) -> str:
     lines = [f"Calibrated conversion of trained models, no fine-tuning -> after {res['ft_steps']} fine-tuning steps "
-             f"(the same for every method). `{res['command']}`, {res['machine']}; each row's date in brackets "
+             f"(the same for every method). `{res['command']}`, last run on {res['machine']} (conversion times "
+             f"are each row's own run's; rows without a machine in the JSON ran on an earlier x86_64 VM); each row's date in brackets "
              f"(rows are re-measured with `--update --methods ...`; the models and the other rows stay as they were).",
              ""]
     for name, e in res["models"].items():

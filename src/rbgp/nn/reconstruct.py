@@ -25,18 +25,19 @@ DAMP = 0.01
 SALIENCIES = ("obs", "wanda", "magnitude")
 MAX_SOLVE_BYTES = 256 << 20
 """Groups are solved in batches whose stacked systems take at most this much memory."""
-MIN_GROUPS = 32
+MIN_GROUPS = 64
+WIDE_ROWS = 4096
 MIN_BLOCKS = 8
 MIN_INPUT_BLOCKS = 128
 CALIBRATED_BLOCK_WIDTH = 8
 """The calibrated default plan of a linear layer: at least MIN_GROUPS row groups (group_rows halved
-until there are), and micro-blocks of CALIBRATED_BLOCK_WIDTH columns where the planned width leaves a
-group fewer than MIN_BLOCKS blocks to choose or splits the input into fewer than MIN_INPUT_BLOCKS
-(inputs narrower than 2048 with 16-column blocks). Every row group shares one support, so smaller
-groups and finer blocks fit the data better, which matters on narrow layers
-(`benchmarks/calibrated_conversion.md`); a 4096-row layer keeps its 128-row groups (32 of them) and
-its 16-column blocks, and so its speed. Plans with blocks narrower than CALIBRATED_BLOCK_WIDTH are
-taken only where no other meets the sparsity (`RBGP4(min_block_width=...)`)."""
+until there are; half as many from WIDE_ROWS rows on), and micro-blocks of CALIBRATED_BLOCK_WIDTH
+columns where the planned width leaves a group fewer than MIN_BLOCKS blocks to choose or splits the
+input into fewer than MIN_INPUT_BLOCKS (inputs narrower than 2048 with 16-column blocks). Every row
+group shares one support, so smaller groups and finer blocks fit the data better
+(`benchmarks/calibrated_conversion.md`); a layer of WIDE_ROWS rows keeps its 128-row groups (32 of
+them) and its 16-column blocks, and so its speed and conversion time. Plans with blocks narrower than
+CALIBRATED_BLOCK_WIDTH are taken only where no other meets the sparsity (`RBGP4(min_block_width=...)`)."""
 
 
 def calibrated_pattern(pattern: RBGP4, weight_shape: tuple[int, ...], sparsity: float) -> RBGP4:
@@ -45,8 +46,8 @@ def calibrated_pattern(pattern: RBGP4, weight_shape: tuple[int, ...], sparsity: 
     if len(weight_shape) != 2:
         return pattern
     out, inp = weight_shape
-    rows = pattern.group_rows
-    while rows > 1 and out // rows < MIN_GROUPS:
+    rows, groups = pattern.group_rows, MIN_GROUPS if out < WIDE_ROWS else MIN_GROUPS // 2
+    while rows > 1 and out // rows < groups:
         rows //= 2
     pattern = pattern.replace(group_rows=rows, min_block_width=min(pattern.block[1], CALIBRATED_BLOCK_WIDTH))
     try:
