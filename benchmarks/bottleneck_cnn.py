@@ -12,7 +12,6 @@ The allocator is tuned, as `rbgp bench` does.
 from __future__ import annotations
 
 import copy
-import platform
 from datetime import date
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from torch import nn
 
 from rbgp.allocator import tune_cpu_allocator
 from rbgp.experiments.bench.models import layer_breakdown, step_functions
-from rbgp.experiments.bench.timing import time_interleaved
+from rbgp.experiments.bench.timing import machine, time_interleaved
 from rbgp.files import write_json, write_text
 from rbgp.nn import sparsify
 
@@ -87,7 +86,7 @@ def main() -> None:
     tuned = tune_cpu_allocator()
     runs = [run(init) for init in ("magnitude", "kaiming")]
     data = {"command": "python benchmarks/bottleneck_cnn.py", "date": date.today().isoformat(),
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+            "machine": machine(),
             "allocator": "tuned" if tuned else "default", "batch": BATCH, "sparsity": SPARSITY, "runs": runs}
     here = Path(__file__).parent
     write_json(here / "bottleneck_cnn.json", data)

@@ -8,15 +8,13 @@ test set. Writes benchmarks/compress/accuracy.json and .md. Run: python benchmar
 from __future__ import annotations
 
 import datetime
-import platform
 import tempfile
 from pathlib import Path
 
-import torch
-
 from rbgp.compress import load, save
-from rbgp.files import write_json, write_text
 from rbgp.experiments import TrainConfig, build_run_model, evaluate, get_dataset, train
+from rbgp.experiments.bench.timing import machine
+from rbgp.files import write_json, write_text
 
 OUT = Path(__file__).parent / "compress"
 
@@ -37,7 +35,7 @@ def main() -> None:
                 rows.append({"quantize": quantize or "none (fp32)", "huffman": huffman, "file_bytes": header["file_bytes"],
                              "test_acc": acc, "vs_fp32": acc - base})
     data = {"command": "python benchmarks/compress_accuracy.py", "date": datetime.date.today().isoformat(),
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+            "machine": machine(),
             "config": config.to_dict(), "fp32_test_acc": base, "rows": rows}
     write_json(OUT / "accuracy.json", data)
     lines = [f"Command: `{data['command']}`; {data['machine']}; {data['date']}. Small CNN, 90% RBGP4, 2 epochs on "

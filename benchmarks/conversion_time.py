@@ -12,14 +12,14 @@ hook), then the peak resident memory it added.
 from __future__ import annotations
 
 import datetime
-import platform
 import time
 from pathlib import Path
 
 import torch
+from calibrated_conversion import PeakRSS
 from torch import nn
 
-from calibrated_conversion import PeakRSS
+from rbgp.experiments.bench.timing import machine
 from rbgp.files import write_json, write_text
 from rbgp.nn import sparsify
 from rbgp.nn.calibration import GramStats
@@ -57,7 +57,7 @@ def main() -> None:
                      "block_width": model[0].block_width, "output_error": layer.output_error})
         print(rows[-1], flush=True)
     data = {"command": "python benchmarks/conversion_time.py", "date": datetime.date.today().isoformat(),
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+            "machine": machine(),
             "layer": [SIZE, SIZE], "calibration": f"{SAMPLES} samples x {TOKENS} tokens", "rows": rows}
     write_json(HERE / "conversion_time.json", data)
     lines = [f"Calibrated conversion of one {SIZE}x{SIZE} linear layer, {data['calibration']}: `{data['command']}`, "

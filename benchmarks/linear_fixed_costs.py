@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -34,6 +33,7 @@ import torch
 
 import rbgp.ops.grouped as grouped
 from rbgp.allocator import tune_cpu_allocator
+from rbgp.experiments.bench.timing import machine
 from rbgp.files import write_json, write_text
 from rbgp.nn import RBGPLinear, sparsify
 
@@ -149,7 +149,7 @@ def main() -> None:
         runs.append({"batch": batch, "ideal_ms": statistics.median(p["ideal_ms"] for p in per), "rows": rows,
                      "processes": per})
     data = {"command": "python benchmarks/linear_fixed_costs.py", "date": date.today().isoformat(),
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+            "machine": machine(),
             "allocator": first["allocator"], "shape": [OUT, IN], "density": DENSITY, "groups": first["groups"],
             "rows_per_group": first["rows_per_group"], "cols_per_group": first["cols_per_group"],
             "block_width": first["block_width"], "rounds": ROUNDS, "processes": PROCESSES, "runs": runs}

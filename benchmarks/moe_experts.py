@@ -13,7 +13,6 @@ depend on the values).
 from __future__ import annotations
 
 import copy
-import platform
 import random
 import statistics
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from rbgp.experiments.bench.timing import machine
 from rbgp.files import write_json, write_text
 from rbgp.nn import sparsify
 
@@ -85,7 +85,7 @@ def main() -> None:
             print(f"{label:>14}: dense {d * 1e6:9.0f} us  rbgp {s * 1e6:9.0f} us  {d / s:5.2f}x", flush=True)
     facts = {
         "command": "python benchmarks/moe_experts.py",
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": machine(),
         "date": date.today().isoformat(),
         "shape": {"hidden": HIDDEN, "intermediate": INTERMEDIATE, "experts": EXPERTS, "top_k": TOP_K},
         "sparsity": SPARSITY,

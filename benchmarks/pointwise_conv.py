@@ -12,22 +12,21 @@ shape, forward and forward+backward (input and weight gradients), the three path
 from __future__ import annotations
 
 import copy
-import platform
 from datetime import date
 from pathlib import Path
 
 import torch
-
 from bottleneck_cnn import BottleneckNet
+
 from rbgp.allocator import tune_cpu_allocator
-from rbgp.experiments.bench.timing import time_interleaved
+from rbgp.experiments.bench.timing import machine, time_interleaved
+from rbgp.experiments.models import build_model
 from rbgp.files import write_json, write_text
 from rbgp.nn import RBGPConv2d, sparsify
-from rbgp.ops.conv import pointwise_runs_dense
 from rbgp.ops import SparseWeight, rbgp_linear
+from rbgp.ops.conv import pointwise_runs_dense
 from rbgp.ops.im2col import im2col_feature_major
 from rbgp.patterns import RBGP4
-from rbgp.experiments.models import build_model
 
 BATCH, SPARSITY, REPEATS = 32, 0.9, 9
 PATHS = ("dense", "layer", "im2col")
@@ -148,7 +147,7 @@ def main() -> None:
             r = rows[-1]
             print(f"{model_name} {name}: fwd {r['fwd']}, fwd+bwd {r['fwd_bwd']}", flush=True)
     data = {"command": "python benchmarks/pointwise_conv.py", "date": date.today().isoformat(),
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+            "machine": machine(),
             "allocator": "tuned" if tuned else "default", "batch": BATCH, "sparsity": SPARSITY, "rows": rows,
             "rule": rule_rows()}
     here = Path(__file__).parent

@@ -20,14 +20,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import tempfile
 from pathlib import Path
 
-import torch
-
-from rbgp.experiments.data import get_dataset
 from rbgp.experiments import TrainConfig, build_run_model, evaluate, train
+from rbgp.experiments.bench.timing import machine
+from rbgp.experiments.data import get_dataset
 
 HERE = Path(__file__).resolve().parent
 HIDDEN = [1024, 1024, 1024]
@@ -72,7 +70,7 @@ def run(out_dir: Path, dense_epochs: int, ft_epochs: int, limit_train: int | Non
                                 for r in (report.layers if report else [])]})
         print(f"{label}: no FT {acc0:.2f}%, FT {['%.2f' % a for a in accs]}, kept mass {kept}")
     return {"command": "python benchmarks/pretrained_conversion.py", "date": datetime.date.today().isoformat(),
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+            "machine": machine(),
             "model": f"MLP 784-{'-'.join(map(str, HIDDEN))}-10, Fashion-MNIST", "dense_epochs": dense_epochs,
             "dense_acc": dense.history[-1]["test_acc"], "ft_epochs": ft_epochs, "ft_lr": 0.01, "sparsity": 0.9,
             "limit_train": limit_train, "rows": rows}
