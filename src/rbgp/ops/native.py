@@ -5,8 +5,8 @@ spends most of its time in fixed costs there (a gather index per call, many smal
 The C kernel gathers each group's inputs into a small per-thread buffer and takes one dot product
 per row and sample, with the values streamed once, the output written in row order (contiguous),
 and threads over groups; it reads fp32, bf16 or int8 (per-row scale) values, widened in registers.
-From `wide_from()` samples on, its AVX2 build runs as a GEMM micro-kernel on x transposed once per
-call (tiles of 4 rows by 24 samples, 8 rows where the CPU has AVX-512VL: `wide_rows`), which beats the
+From `wide_from()` samples on, its AVX2 build runs as a GEMM micro-kernel on x transposed 24 samples
+at a time (tiles of 4 rows by 24 samples, 8 rows where the CPU has AVX-512VL: `wide_rows`), which beats the
 torch path's batched GEMMs at any batch of a linear layer (`benchmarks/small_batch.md`).
 
 It is compiled with the system C compiler (`cc`, or $CC) the first time it is needed, into
@@ -151,7 +151,7 @@ def isa(request: str | None = None) -> str:
 
 
 def wide_from(batch: int | None = None) -> int:
-    """The batch from which the AVX2 build takes its wide-batch tiles (x transposed once per call, each
+    """The batch from which the AVX2 build takes its wide-batch tiles (x transposed 24 samples at a time, each
     value broadcast against 24 samples) instead of one dot product per row and sample; `batch` (>= 1)
     changes it, so that tests cover both. The kernel must be available."""
     lib = _required()

@@ -15,7 +15,7 @@
  * samples, values widened in registers) where the CPU has them, else plain C vectorised by the
  * compiler (target_clones for AVX-512, AVX2+FMA or baseline x86-64). Never -march=native, so the
  * library can move to another CPU. From `wide_from` samples on, the AVX2 build runs as a GEMM instead
- * (x transposed once per call, tiles of 4 rows by 24 samples, 8 rows where the CPU has AVX-512VL:
+ * (x transposed a panel of 24 samples at a time, tiles of 4 rows by 24 samples, 8 rows where the CPU has AVX-512VL:
  * "Wide batches" below), which takes a linear layer's prefill and training-size batches too.
  */
 #include <stdint.h>
@@ -230,10 +230,10 @@ AVX2_ROWS(avx2_f32, float, load8_f32, widen_f32, 0)
 AVX2_ROWS(avx2_bf16, bf16_t, load8_bf16, widen_bf16, 1024)
 AVX2_ROWS(avx2_i8, int8_t, load8_i8, widen_i8, 2048)
 
-/* ---- Wide batches: x transposed once per call, each value broadcast against WIDE samples --------
+/* ---- Wide batches: x transposed a panel at a time, each value broadcast against WIDE samples -----
  * The tiles above take a dot product per row and sample and reduce it across the vector at the end,
  * with every group's inputs copied first: from a few dozen samples on, that copy and those reductions
- * cost as much as the products. Here x is transposed once per call into panels of WIDE samples (each
+ * cost as much as the products. Here x is transposed into panels of WIDE samples, one at a time (each
  * (in, WIDE): a column's WIDE samples contiguous, zeros past n); a tile of H rows by WIDE samples then
  * loads WIDE / 8 vectors of one column and broadcasts one value per row, H * WIDE / 8 multiply-adds
  * per H + WIDE / 8 loads, the group's micro-blocks read where they lie: a GEMM micro-kernel. */
@@ -467,7 +467,7 @@ static void grouped_task(const void *ctx, int tid, int64_t begin, int64_t end) {
 typedef struct {
     const call_t *c;
     float *xt;
-    int64_t in;
+    int64_t in, g;
     int consecutive;
     int eight;
 } wide_t;
@@ -488,42 +488,36 @@ AVX2 static inline void transpose8(__m256 r[8]) {
         r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20), r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
 }
 
-/* Panels [begin, end) of xt: panel p holds samples [p * WIDE, p * WIDE + width) of every column, a
- * column's samples contiguous (in, width), zero past n: a tile then reads each micro-block of its group
- * as one contiguous run. Eight samples by eight columns at a time, transposed in registers; the
- * samples' flags (as `nonfinite`) come from the same pass over x. */
-AVX2 static void transpose_task(const void *ctx, int tid, int64_t begin, int64_t end) {
-    const wide_t *w = ctx;
-    const call_t *c = w->c;
-    float *nf = (float *)c->nf;
+/* Columns [col0, col1) of the panel of samples [s, s + width): a column's samples contiguous (in, width),
+ * zero past n, so that a tile reads each micro-block of its group as one contiguous run. Eight samples
+ * by eight columns at a time, transposed in registers; the samples' flags over these columns (as
+ * `nonfinite`) come from the same pass over x, into flags[e]. */
+AVX2 static void transpose_columns(const call_t *c, int64_t s, int64_t col0, int64_t col1, float *panel,
+                                   float *flags) {
+    const int64_t pw = panel_width(c->n, s);
     const __m256 zero = _mm256_setzero_ps();
-    (void)tid;
-    for (int64_t p = begin; p < end; p++) {
-        const int64_t s = p * WIDE, pw = panel_width(c->n, s);
-        float *panel = w->xt + s * w->in;
-        for (int64_t e0 = 0; e0 < pw; e0 += 8) {
-            const float *xs[8];
-            float flag[8];
-            for (int i = 0; i < 8; i++) xs[i] = s + e0 + i < c->n ? c->x + (s + e0 + i) * c->ldx : NULL;
-            __m256 fv = zero;
-            int64_t col = 0;
-            for (; col + 8 <= w->in; col += 8) {
-                __m256 r[8];
-                for (int i = 0; i < 8; i++) r[i] = xs[i] ? _mm256_loadu_ps(xs[i] + col) : zero;
-                transpose8(r);
-                for (int j = 0; j < 8; j++) {
-                    _mm256_store_ps(panel + (col + j) * pw + e0, r[j]);
-                    fv = _mm256_add_ps(fv, _mm256_mul_ps(r[j], zero)); /* lane i: sample e0 + i */
-                }
+    for (int64_t e0 = 0; e0 < pw; e0 += 8) {
+        const float *xs[8];
+        float flag[8];
+        for (int i = 0; i < 8; i++) xs[i] = s + e0 + i < c->n ? c->x + (s + e0 + i) * c->ldx : NULL;
+        __m256 fv = zero;
+        int64_t col = col0;
+        for (; col + 8 <= col1; col += 8) {
+            __m256 r[8];
+            for (int i = 0; i < 8; i++) r[i] = xs[i] ? _mm256_loadu_ps(xs[i] + col) : zero;
+            transpose8(r);
+            for (int j = 0; j < 8; j++) {
+                _mm256_store_ps(panel + (col + j) * pw + e0, r[j]);
+                fv = _mm256_add_ps(fv, _mm256_mul_ps(r[j], zero)); /* lane i: sample e0 + i */
             }
-            _mm256_storeu_ps(flag, fv);
-            for (int i = 0; i < 8; i++) {
-                for (int64_t cc = col; cc < w->in; cc++) {
-                    const float v = xs[i] ? xs[i][cc] : 0.0f;
-                    panel[cc * pw + e0 + i] = v, flag[i] += v * 0.0f;
-                }
-                if (xs[i]) nf[s + e0 + i] = flag[i];
+        }
+        _mm256_storeu_ps(flag, fv);
+        for (int i = 0; i < 8; i++) {
+            for (int64_t cc = col; cc < col1; cc++) {
+                const float v = xs[i] ? xs[i][cc] : 0.0f;
+                panel[cc * pw + e0 + i] = v, flag[i] += v * 0.0f;
             }
+            flags[e0 + i] = flag[i];
         }
     }
 }
@@ -555,11 +549,12 @@ static int chunk_interleaved(const call_t *c, int64_t g0, int64_t q) {
 
 /* store_wide for a `chunk_interleaved` chunk: for each sample, 8 rows of the 8 groups transposed in
  * registers, so that each of those rows' 8 outputs is one vector store. */
-AVX2 static void store_interleaved(const call_t *c, int64_t g0, int64_t s, const float *out) {
+AVX2 static void store_interleaved(const call_t *c, int64_t g0, int64_t s, const float *out,
+                                   const float *flags) {
     const int64_t m = c->n - s < WIDE ? c->n - s : WIDE, r = c->r, t8 = r / 8 * 8;
     for (int64_t e = 0; e < m; e++) {
         float *restrict ys = c->y + (s + e) * c->out;
-        const __m256 nf = _mm256_set1_ps(c->nf[s + e]);
+        const __m256 nf = _mm256_set1_ps(flags[e]);
         for (int64_t t0 = 0; t0 < t8; t0 += 8) {
             __m256 v[8];
             for (int gq = 0; gq < CHUNK; gq++) {
@@ -576,26 +571,26 @@ AVX2 static void store_interleaved(const call_t *c, int64_t g0, int64_t s, const
         for (int64_t t = t8; t < r; t++)
             for (int64_t gq = 0; gq < CHUNK; gq++) {
                 const int64_t p = (g0 + gq) * r + t, row = c->rows[p];
-                ys[row] = out[(gq * WIDE + e) * r + t] * (c->scales ? c->scales[p] : 1.0f) + c->nf[s + e] +
+                ys[row] = out[(gq * WIDE + e) * r + t] * (c->scales ? c->scales[p] : 1.0f) + flags[e] +
                           (c->bias ? c->bias[row] : 0.0f);
             }
     }
 }
 
 /* The outputs of groups [g0, g0 + q) for samples [s, s + WIDE) (out[((gi - g0) * WIDE + e) * R + t]:
- * sample s + e, row t of group gi) into y, scaled, with flags and bias, as STORE does: where the chunk's
+ * sample s + e, row t of group gi) into y, scaled, with the samples' flags[e] and bias, as STORE does: where the chunk's
  * rows interleave (strided layouts), row t of its groups as one vector; else group by group, in one run
  * where rows are consecutive, or each output to its row (fitted layouts). */
-static void store_wide(const wide_t *wd, int64_t g0, int64_t q, int64_t s, const float *out) {
+static void store_wide(const wide_t *wd, int64_t g0, int64_t q, int64_t s, const float *out, const float *flags) {
     const call_t *c = wd->c;
     const int64_t m = c->n - s < WIDE ? c->n - s : WIDE, r = c->r;
     if (!wd->consecutive && chunk_interleaved(c, g0, q)) {
-        store_interleaved(c, g0, s, out);
+        store_interleaved(c, g0, s, out, flags);
         return;
     }
     for (int64_t e = 0; e < m; e++) {
         float *restrict ys = c->y + (s + e) * c->out;
-        const float nf = c->nf[s + e];
+        const float nf = flags[e];
         for (int64_t gq = 0; gq < q; gq++) {
             const int64_t gi = g0 + gq, *rows = c->rows + gi * r, row0 = rows[0];
             const float *restrict oe = out + (gq * WIDE + e) * r, *scale = c->scales ? c->scales + gi * r : NULL;
@@ -627,39 +622,63 @@ typedef void (*wide_fn)(int64_t kb, int64_t bw, const int64_t *blocks, const flo
  * while the group's rows pass, long groups summed over several such spans. */
 #define WIDE_SPAN 192
 
-/* Groups [begin, end) for every WIDE samples (one panel of xt, which stays in cache while the groups
- * pass: the values stream in order), tiles of 4 rows (8 with AVX-512VL; 2 or 1 for the rows left
- * over) over spans of WIDE_SPAN columns; narrow values widened into the thread's buffer. */
-static void wide_task(const void *ctx, int tid, int64_t begin, int64_t end) {
+/* Groups [begin, end) on the panel of samples [s, s + WIDE) (in L2 while the groups pass: the values
+ * stream in order), tiles of 4 rows (8 with AVX-512VL; 2 or 1 for the rows left over) over spans of
+ * WIDE_SPAN columns; narrow values widened into the thread's buffer; flags[e]: sample s + e's. */
+static void panel_groups(const wide_t *wd, int tid, const float *panel, int64_t s, int64_t begin, int64_t end,
+                         const float *flags) {
     static const wide_fn tiles[3][3] = {
         {wide_4x1, wide_4x2, wide_4x3}, {wide_2x1, wide_2x2, wide_2x3}, {wide_1x1, wide_1x2, wide_1x3}};
-    const wide_t *wd = ctx;
     const call_t *c = wd->c;
     const int64_t kb = c->k / c->bw, rk = c->r * c->k, span = WIDE_SPAN / c->bw > 0 ? WIDE_SPAN / c->bw : 1;
     float *wbuf = c->buffers + c->per * tid, *out = wbuf + (rk + 15) / 16 * 16; /* (CHUNK, WIDE, R) */
-    for (int64_t s = 0; s < c->n; s += WIDE) {
-        const float *panel = wd->xt + s * wd->in;
-        const int64_t pw = panel_width(c->n, s), v = pw / 8;
-        const int eight = v == 3 && wd->eight;
-        for (int64_t g0 = begin; g0 < end; g0 += CHUNK) {
-            const int64_t q = end - g0 < CHUNK ? end - g0 : CHUNK;
-            for (int64_t gi = g0; gi < g0 + q; gi++) {
-                const char *src = (const char *)c->values + (size_t)(gi * rk) * c->value_size;
-                const float *w = (const float *)src;
-                if (c->value_size != 4) widen_values(c->value_size, rk, src, wbuf), w = wbuf;
-                const int64_t *blocks = c->blocks + gi * kb;
-                float *og = out + (gi - g0) * WIDE * c->r;
-                for (int64_t b0 = 0; b0 < kb; b0 += span) {
-                    const int64_t nb = kb - b0 < span ? kb - b0 : span;
-                    for (int64_t i = 0; i < c->r;) {
-                        const int h = eight && c->r - i >= 8 ? 8 : c->r - i >= 4 ? 4 : c->r - i >= 2 ? 2 : 1;
-                        const wide_fn fn = h == 8 ? wide_8x3 : tiles[h == 4 ? 0 : h == 2 ? 1 : 2][v - 1];
-                        fn(nb, c->bw, blocks + b0, w + i * c->k + b0 * c->bw, c->k, panel, pw, og + i, c->r, b0 > 0);
-                        i += h;
-                    }
+    const int64_t pw = panel_width(c->n, s), v = pw / 8;
+    const int eight = v == 3 && wd->eight;
+    for (int64_t g0 = begin; g0 < end; g0 += CHUNK) {
+        const int64_t q = end - g0 < CHUNK ? end - g0 : CHUNK;
+        for (int64_t gi = g0; gi < g0 + q; gi++) {
+            const char *src = (const char *)c->values + (size_t)(gi * rk) * c->value_size;
+            const float *w = (const float *)src;
+            if (c->value_size != 4) widen_values(c->value_size, rk, src, wbuf), w = wbuf;
+            const int64_t *blocks = c->blocks + gi * kb;
+            float *og = out + (gi - g0) * WIDE * c->r;
+            for (int64_t b0 = 0; b0 < kb; b0 += span) {
+                const int64_t nb = kb - b0 < span ? kb - b0 : span;
+                for (int64_t i = 0; i < c->r;) {
+                    const int h = eight && c->r - i >= 8 ? 8 : c->r - i >= 4 ? 4 : c->r - i >= 2 ? 2 : 1;
+                    const wide_fn fn = h == 8 ? wide_8x3 : tiles[h == 4 ? 0 : h == 2 ? 1 : 2][v - 1];
+                    fn(nb, c->bw, blocks + b0, w + i * c->k + b0 * c->bw, c->k, panel, pw, og + i, c->r, b0 > 0);
+                    i += h;
                 }
             }
-            store_wide(wd, g0, q, s, out);
+        }
+        store_wide(wd, g0, q, s, out, flags);
+    }
+}
+
+/* The panels in turn, every thread on each: a thread transposes its share of the panel's columns into
+ * one of two panel buffers (and their flags into its own row), the threads meet, then each runs its
+ * groups on the panel while the next one fills the other buffer. The transposed input stays two panels
+ * (in the second-level cache) instead of the whole batch written out and read back. */
+static void wide_panels(const wide_t *wd, int threads, float *partial) {
+    const call_t *c = wd->c;
+    const int64_t g = wd->g, blocks8 = wd->in / 8;
+#pragma omp parallel num_threads(threads)
+    {
+        const int tid = omp_get_thread_num(), parts = omp_get_num_threads();
+        const int64_t begin = g * tid / parts, end = g * (tid + 1) / parts;
+        const int64_t col0 = blocks8 * tid / parts * 8;
+        const int64_t col1 = tid + 1 == parts ? wd->in : blocks8 * (tid + 1) / parts * 8;
+        float flags[WIDE];
+        for (int64_t s = 0, p = 0; s < c->n; s += WIDE, p++) {
+            float *panel = wd->xt + (p & 1) * wd->in * WIDE, *part = partial + (p & 1) * parts * WIDE;
+            transpose_columns(c, s, col0, col1, panel, part + tid * WIDE);
+#pragma omp barrier
+            for (int e = 0; e < WIDE; e++) {
+                flags[e] = 0.0f;
+                for (int t = 0; t < parts; t++) flags[e] += part[t * WIDE + e];
+            }
+            if (begin < end) panel_groups(wd, tid, panel, s, begin, end, flags);
         }
     }
 }
@@ -669,17 +688,16 @@ static void wide_task(const void *ctx, int tid, int64_t begin, int64_t end) {
 static int wide(int kind, int64_t n, int64_t g, int64_t r, int64_t k, int64_t bw, const float *x, int64_t in,
                 int64_t ldx, const void *values, const float *scales, const int64_t *blocks, const int64_t *rows,
                 int64_t out, const float *bias, float *y, int threads) {
-    const int64_t np = (n + 7) / 8 * 8, per = (r * k + 15) / 16 * 16 + CHUNK * WIDE * r;
-    const int64_t flags = (n + 15) / 16 * 16;
-    const int64_t total = (per * threads + flags + in * np + 15) / 16 * 16; /* aligned_alloc: whole 64 bytes */
+    if (threads > g) threads = (int)g;
+    const int64_t per = (r * k + 15) / 16 * 16 + CHUNK * WIDE * r, partial = 2 * threads * WIDE;
+    const int64_t total = per * threads + partial + 2 * in * WIDE; /* whole 64-byte lines: WIDE and per are x16 */
     float *buffers = (float *)aligned_alloc(64, (size_t)total * sizeof(float));
     if (!buffers) return 1;
-    float *nf = buffers + per * threads, *xt = nf + flags; /* nf: written by transpose_task */
-    const call_t c = {pick(kind), value_size(kind), n, r, k, bw, ldx, out, per, x, scales, bias, nf, values, blocks,
+    float *flags = buffers + per * threads, *xt = flags + partial;
+    const call_t c = {pick(kind), value_size(kind), n, r, k, bw, ldx, out, per, x, scales, bias, NULL, values, blocks,
                       rows, buffers, y};
-    const wide_t wd = {&c, xt, in, rows_consecutive(rows, g, r, out), rbgp_native_wide_rows(0) == 8};
-    parallel_for(transpose_task, &wd, (n + WIDE - 1) / WIDE, threads);
-    parallel_for(wide_task, &wd, g, threads);
+    const wide_t wd = {&c, xt, in, g, rows_consecutive(rows, g, r, out), rbgp_native_wide_rows(0) == 8};
+    wide_panels(&wd, threads, flags);
     free(buffers);
     return 0;
 }
