@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from rbgp.nn import RBGPConv2d
-from rbgp.ops import channel_conv
+from rbgp.ops import channel_conv, conv
 from rbgp.ops.channel_conv import channel_table
 from rbgp.patterns import RBGP4
 
@@ -160,6 +160,7 @@ def test_calls_without_gradient_gather_into_the_kept_buffer(monkeypatch):
     """Inference reuses the layer's gathered-input buffer where the gather is large (same result, no new
     one per call, one per batch shape and mode); calls that build a graph never touch it, so a kept
     buffer never reaches autograd."""
+    monkeypatch.setattr(conv, "NATIVE_MIN_WIDTH", 1 << 30)  # the gathered-channel path, not the native conv
     torch.manual_seed(0)
     layer = RBGPConv2d(32, 64, 3, padding=1, sparsity=0.75)
     with torch.no_grad():

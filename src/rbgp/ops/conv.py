@@ -18,6 +18,7 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 
+from rbgp.ops import native
 from rbgp.ops.autocast import autocast_inputs
 from rbgp.ops.channel_conv import channel_grouped_conv2d
 from rbgp.ops.dispatch import rbgp_linear
@@ -161,6 +162,48 @@ def _nonfinite_windows(x: torch.Tensor, conv: ConvArgs, padding: tuple[int, int]
         return F.conv2d(flags, ones, None, conv.stride, padding, conv.dilation)
 
 
+NATIVE_MIN_WIDTH = 8
+"""Channel-path convs whose output rows have at least this many pixels run on the native kernel
+(`native.grouped_conv`, CPU, no gradient, stride 1 along the width): it takes a row's pixels 8 at a time,
+so narrower rows would leave most of each vector idle (`benchmarks/native_conv.md`)."""
+
+
+def _native_takes(x: torch.Tensor, weight: SparseWeight, conv: ConvArgs, padding: tuple[int, int]) -> bool:
+    kw, dw = conv.kernel_size[1], conv.dilation[1]
+    width = x.shape[3] + 2 * padding[1] - dw * (kw - 1)  # the output width at stride 1
+    return conv.stride[1] == 1 and width >= NATIVE_MIN_WIDTH and native.conv_applies(x, weight.values)
+
+
+def _native_conv(
+    x: torch.Tensor, weight: SparseWeight, conv: ConvArgs, padding: tuple[int, int], bias: torch.Tensor | None
+) -> torch.Tensor:
+    """The channel-path conv on the native kernel, its tables kept in the layout's workspace."""
+    layout, channels = weight.layout, cast(torch.Tensor, weight.channels)
+    taps = conv.kernel_size[0] * conv.kernel_size[1]
+
+    def tables() -> tuple[torch.Tensor, torch.Tensor]:
+        used = -(-layout.values_shape[2] // taps)  # the padded channel table's channels the values reach
+        return channels[:, :used].to(torch.int64).contiguous(), layout.row_index.to(torch.int64).contiguous()
+
+    blocks, rows = tables() if layout.workspace is None else layout.workspace.get("native conv", (), tables)
+    values = weight.values
+    if values.shape[2] < blocks.shape[1] * taps:
+        values = F.pad(values, (0, blocks.shape[1] * taps - values.shape[2]))
+    return native.grouped_conv(
+        x,
+        values,
+        blocks,
+        rows,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        padding,
+        conv.dilation,
+        bias,
+        layout.workspace,
+    )
+
+
 def _conv_on_path(
     x: torch.Tensor,
     weight: SparseWeight,
@@ -173,6 +216,8 @@ def _conv_on_path(
     if weight.channels is not None and backend in ("auto", "grouped"):
         if conv.merge is None:  # tiny groups: the masked dense conv is faster
             return masked_dense_conv2d(x, weight, conv, padding, bias)
+        if backend == "auto" and _native_takes(x, weight, conv, padding):
+            return _native_conv(x, weight, conv, padding, bias)
         order = None if conv.rows_in_order else layout.row_order
         return channel_grouped_conv2d(
             x,

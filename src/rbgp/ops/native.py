@@ -118,6 +118,8 @@ def _load() -> ctypes.CDLL | None:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.rbgp_grouped_call.argtypes = [ptr, i64, ptr, i64, ptr, ctypes.c_int]
     lib.rbgp_grouped_call.restype = ctypes.c_int
+    lib.rbgp_grouped_conv.argtypes = [ptr, ptr, i64, ptr, ptr, ctypes.c_int]
+    lib.rbgp_grouped_conv.restype = ctypes.c_int
     lib.rbgp_dense_small.argtypes = [ctypes.c_int, i64, i64, i64, ptr, i64, ptr, ptr, ptr, ptr, ctypes.c_int]
     lib.rbgp_dense_small.restype = ctypes.c_int
     lib.rbgp_native_isa.argtypes = [ctypes.c_int]
@@ -193,6 +195,19 @@ def native_applies(x: torch.Tensor, values: torch.Tensor, any_batch: bool = Fals
     native kernel: fp32 CPU inputs, fp32, bf16 or int8 values, at most `batch_limit` rows (unless
     `any_batch`), no gradient wanted, and the kernel available."""
     return (any_batch or x.shape[0] <= batch_limit(values, im2col)) and _kernel_takes(x, values)
+
+
+def conv_applies(x: torch.Tensor, values: torch.Tensor) -> bool:
+    """Whether a conv whose row groups read whole input channels may run on the native kernel
+    (`grouped_conv`): as `native_applies` for fp32 values, on the AVX2 build, in eager mode without
+    autocast."""
+    return (
+        values.dtype == torch.float32
+        and not torch.compiler.is_compiling()
+        and not torch.is_autocast_enabled("cpu")
+        and _kernel_takes(x, values)
+        and _Library.avx2
+    )
 
 
 def dense_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -460,6 +475,65 @@ def grouped_small(
     if torch.compiler.is_compiling():
         return _grouped_small_op(x, values, scales, blocks, rows, layout.block_width, layout.out_features, bias)
     return _run(x, values, scales, blocks, rows, layout.block_width, layout.out_features, bias)
+
+
+def grouped_conv(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    blocks: torch.Tensor,
+    rows: torch.Tensor,
+    out_channels: int,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    bias: torch.Tensor | None = None,
+    workspace: Workspace | None = None,
+) -> torch.Tensor:
+    """The RBGP conv of x (N, C, H, W) fp32 on the native kernel, (N, out_channels, OH, OW) contiguous:
+    the wide tiles read each run of up to 24 neighbouring output pixels' windows straight from the
+    zero-padded input (no im2col matrix, no gathered copy). values (G, R, K) fp32 with K =
+    `blocks`.shape[1] * kh * kw, group g reading input channels `blocks[g]` (int64), its group-major rows
+    landing on output channels `rows` (G, R) int64 (out_channels or more: dropped); stride 1 along the
+    width. Inf and NaN inputs are not flagged (`rbgp_conv2d` does). The padded input is kept in
+    `workspace` where one is given and free (a fresh buffer that size would be faulted in on every call).
+    Eager, no autograd; the AVX2 build must run (`conv_applies`)."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
+    n, c, h, w = x.shape
+    hp, wp = h + 2 * ph, w + 2 * pw
+    oh, ow = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
+    if values.shape[2] != blocks.shape[1] * kh * kw or values.dtype != torch.float32 or sw != 1 or oh < 1 or ow < 1:
+        raise ValueError(
+            f"values {values.dtype} {tuple(values.shape)} with {blocks.shape[1]} channels of {kh}x{kw} taps, "
+            f"stride {stride}, on a {h}x{w} input: the native conv takes fp32 values of whole channels, "
+            "stride 1 along the width"
+        )
+    y = torch.empty(n, out_channels, oh, ow, dtype=torch.float32)
+    if n == 0:
+        return y
+    size = (n * c * hp * wp + _SLACK,)
+    values, bias = values.contiguous(), None if bias is None else bias.to(torch.float32).contiguous()
+    kept = workspace if workspace is not None and workspace.lock.acquire(blocking=False) else None
+    try:
+        padded = x.new_zeros(size) if kept is None else kept.buffer("padded input", size, x, zeroed=True)
+        padded[: n * c * hp * wp].view(n, c, hp, wp)[:, :, ph : ph + h, pw : pw + w].copy_(x)
+        operands = _operands(values, None, blocks, rows, kh * kw, c * kh * kw, out_channels, bias)
+        geometry = (ctypes.c_int64 * 10)(c, hp, wp, kh, kw, sh, dh, dw, oh, ow)
+        status = _required().rbgp_grouped_conv(
+            ctypes.addressof(operands), geometry, n, padded.data_ptr(), y.data_ptr(), torch.get_num_threads()
+        )
+    finally:
+        if kept is not None:
+            kept.lock.release()
+    if status == 1:
+        raise MemoryError("rbgp: the native kernel could not allocate its buffers")
+    if status == 2:
+        raise RuntimeError("the native conv needs the kernel's AVX2 build (conv_applies)")
+    return y
+
+
+_SLACK = 32
+"""Floats past the padded input the conv kernel may read (whole vectors at a row's end)."""
 
 
 def dense_small(

@@ -53,16 +53,17 @@ class Workspace:
             self._slots.pop(name, None)
         return value
 
-    def buffer(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        """An uninitialised tensor of `shape` with `like`'s dtype and device, kept under `name` (any size)
-        for the next call with the same shape: a temporary that the caller overwrites, reads within the
-        call while holding `lock`, and that nothing keeps (no autograd graph: calls without gradient)."""
+    def buffer(self, name: str, shape: tuple[int, ...], like: torch.Tensor, zeroed: bool = False) -> torch.Tensor:
+        """An uninitialised tensor (zeros when made, where `zeroed`: for a caller that only ever writes the
+        same part of it) of `shape` with `like`'s dtype and device, kept under `name` (any size) for the
+        next call with the same shape: a temporary that the caller overwrites, reads within the call while
+        holding `lock`, and that nothing keeps (no autograd graph: calls without gradient)."""
         key = (shape, like.dtype, like.device, torch.is_inference_mode_enabled())
         hit = self._slots.get(name)
         if hit is not None and hit[0] == key:
             return hit[1]  # type: ignore[return-value]
         self._slots.pop(name, None)  # the old one goes before the new one is made
-        value = torch.empty(shape, dtype=like.dtype, device=like.device)
+        value = (torch.zeros if zeroed else torch.empty)(shape, dtype=like.dtype, device=like.device)
         self._slots[name] = (key, value)
         return value
 

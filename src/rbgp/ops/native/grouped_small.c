@@ -751,6 +751,192 @@ int rbgp_grouped_call(const operands_t *w, int64_t n, const float *x, int64_t ld
                               w->rows, w->out, w->bias, y, threads);
 }
 
+/* ---- Convolutions: the wide tiles on the input's windows, read where they lie ---------------------
+ * An RBGP conv whose row groups read whole input channels (block width kh * kw) at stride 1 along the
+ * width: the 24 (or fewer) neighbouring output pixels of a run along one output row read, for each
+ * channel and tap, 24 neighbouring floats of one row of the zero-padded input. The wide tiles then
+ * load them straight from the input (an implicit GEMM: no im2col matrix, no gathered copy, no panel),
+ * each value broadcast against the run. Threads take runs, every group on each. */
+#ifdef RBGP_AVX2_KERNELS
+
+/* A conv's geometry: its input already padded, (channels, hp, wp) per image, kernel (kh, kw), stride
+ * (sh, 1), dilation (dh, dw), output (oh, ow). */
+typedef struct {
+    int64_t channels, hp, wp, kh, kw, sh, dh, dw, oh, ow;
+} conv_t;
+
+/* out[e * ldo + t] = sum over the group's channels c, taps (i, j) of w[t * ldw + col] * x[c * plane +
+ * i * dh * wp + j * dw + e] (col: the channel's position times kh * kw plus the tap), for H rows and 8 * V
+ * neighbouring pixels e from x. */
+#define CONV_TILE(NAME, ATTR, H, V)                                                                          \
+    ATTR static void NAME(int64_t kb, const int64_t *blocks, const conv_t *v, const float *w, int64_t ldw,  \
+                          const float *x, float *out, int64_t ldo) {                                         \
+        __m256 a[H][V];                                                                                      \
+        for (int t = 0; t < (H); t++)                                                                        \
+            for (int u = 0; u < (V); u++) a[t][u] = _mm256_setzero_ps();                                     \
+        const int64_t plane = v->hp * v->wp, down = v->dh * v->wp;                                           \
+        int64_t col = 0;                                                                                     \
+        for (int64_t b = 0; b < kb; b++) {                                                                   \
+            const float *pc = x + blocks[b] * plane;                                                         \
+            for (int64_t i = 0; i < v->kh; i++, pc += down) {                                                \
+                const float *p = pc;                                                                         \
+                for (int64_t j = 0; j < v->kw; j++, col++, p += v->dw) {                                     \
+                    __m256 xv[V];                                                                            \
+                    for (int u = 0; u < (V); u++) xv[u] = _mm256_loadu_ps(p + 8 * u);                        \
+                    for (int t = 0; t < (H); t++) {                                                          \
+                        const __m256 wv = _mm256_broadcast_ss(w + t * ldw + col);                            \
+                        for (int u = 0; u < (V); u++) a[t][u] = _mm256_fmadd_ps(wv, xv[u], a[t][u]);         \
+                    }                                                                                        \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
+        for (int t = 0; t < (H); t++)                                                                        \
+            for (int u = 0; u < (V); u++) {                                                                  \
+                float tmp[8];                                                                                \
+                _mm256_storeu_ps(tmp, a[t][u]);                                                              \
+                for (int e = 0; e < 8; e++) out[(8 * u + e) * ldo + t] = tmp[e];                             \
+            }                                                                                                \
+    }
+CONV_TILE(conv_2x1, AVX2, 2, 1)
+CONV_TILE(conv_2x2, AVX2, 2, 2)
+CONV_TILE(conv_2x3, AVX2, 2, 3)
+CONV_TILE(conv_1x1, AVX2, 1, 1)
+CONV_TILE(conv_1x2, AVX2, 1, 2)
+CONV_TILE(conv_1x3, AVX2, 1, 3)
+
+/* CONV_TILE for the rows ROWS lists, written out as WIDE_X3 is (with arrays the compiler keeps the
+ * sums on the stack): 24 pixels (X3_*), or 16 with the X2_* pieces below. */
+#define X2_ROW(T)                                                                                            \
+    __m256 a##T##0 = _mm256_setzero_ps(), a##T##1 = a##T##0;                                                 \
+    const float *w##T = w + (T) * ldw;
+#define X2_STEP(T)                                                                                           \
+    do {                                                                                                     \
+        const __m256 wv = _mm256_broadcast_ss(w##T + j);                                                     \
+        a##T##0 = _mm256_fmadd_ps(wv, x0, a##T##0);                                                          \
+        a##T##1 = _mm256_fmadd_ps(wv, x1, a##T##1);                                                          \
+    } while (0);
+#define X2_STORE4(A, B, C, D, O)                                                                             \
+    store_4x8(a##A##0, a##B##0, a##C##0, a##D##0, out + (O), ldo, add);                                      \
+    store_4x8(a##A##1, a##B##1, a##C##1, a##D##1, out + (O) + 8 * ldo, ldo, add);
+#define X1_ROW(T)                                                                                            \
+    __m256 a##T##0 = _mm256_setzero_ps();                                                                    \
+    const float *w##T = w + (T) * ldw;
+#define X1_STEP(T) a##T##0 = _mm256_fmadd_ps(_mm256_broadcast_ss(w##T + j), x0, a##T##0);
+#define X1_STORE4(A, B, C, D, O) store_4x8(a##A##0, a##B##0, a##C##0, a##D##0, out + (O), ldo, add);
+#define X3_LOADS const __m256 x0 = _mm256_loadu_ps(p), x1 = _mm256_loadu_ps(p + 8), x2 = _mm256_loadu_ps(p + 16);
+#define X2_LOADS const __m256 x0 = _mm256_loadu_ps(p), x1 = _mm256_loadu_ps(p + 8);
+#define X1_LOADS const __m256 x0 = _mm256_loadu_ps(p);
+#define CONV_X(NAME, ATTR, ROWS, ROW, STEP, LOADS, STORES)                                                   \
+    ATTR static void NAME(int64_t kb, const int64_t *blocks, const conv_t *v, const float *w, int64_t ldw,  \
+                          const float *x, float *out, int64_t ldo) {                                         \
+        ROWS(ROW)                                                                                            \
+        const int64_t plane = v->hp * v->wp, down = v->dh * v->wp;                                           \
+        const int add = 0;                                                                                   \
+        int64_t j = 0;                                                                                       \
+        for (int64_t b = 0; b < kb; b++) {                                                                   \
+            const float *pc = x + blocks[b] * plane;                                                         \
+            if (b + 1 < kb) /* the next channel's rows, from the second-level cache meanwhile */             \
+                for (int64_t i = 0; i < v->kh; i++) {                                                        \
+                    const char *next = (const char *)(x + blocks[b + 1] * plane + i * down);                 \
+                    _mm_prefetch(next, _MM_HINT_T0), _mm_prefetch(next + 64, _MM_HINT_T0);                   \
+                }                                                                                            \
+            for (int64_t i = 0; i < v->kh; i++, pc += down) {                                                \
+                const float *p = pc;                                                                         \
+                for (int64_t tap = 0; tap < v->kw; tap++, j++, p += v->dw) {                                 \
+                    LOADS                                                                                    \
+                    ROWS(STEP)                                                                               \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
+        STORES                                                                                               \
+    }
+CONV_X(conv_4x3, AVX2, ROWS4, X3_ROW, X3_STEP, X3_LOADS, X3_STORE4(0, 1, 2, 3, 0))
+CONV_X(conv_8x3, AVX512VL, ROWS8, X3_ROW, X3_STEP, X3_LOADS, X3_STORE4(0, 1, 2, 3, 0) X3_STORE4(4, 5, 6, 7, 4))
+CONV_X(conv_8x2, AVX512VL, ROWS8, X2_ROW, X2_STEP, X2_LOADS, X2_STORE4(0, 1, 2, 3, 0) X2_STORE4(4, 5, 6, 7, 4))
+CONV_X(conv_8x1, AVX512VL, ROWS8, X1_ROW, X1_STEP, X1_LOADS, X1_STORE4(0, 1, 2, 3, 0) X1_STORE4(4, 5, 6, 7, 4))
+CONV_X(conv_4x2, AVX2, ROWS4, X2_ROW, X2_STEP, X2_LOADS, X2_STORE4(0, 1, 2, 3, 0))
+CONV_X(conv_4x1, AVX2, ROWS4, X1_ROW, X1_STEP, X1_LOADS, X1_STORE4(0, 1, 2, 3, 0))
+
+typedef void (*conv_fn)(int64_t kb, const int64_t *blocks, const conv_t *v, const float *w, int64_t ldw,
+                        const float *x, float *out, int64_t ldo);
+
+/* One conv call's arguments, shared by its threads. */
+typedef struct {
+    const conv_t *v;
+    int64_t runs, width, g, r, k, out; /* runs per output row, of `width` pixels (the last one fewer) */
+    const float *x, *values, *bias;
+    const int64_t *blocks, *rows;
+    float *buffers, *y;
+    int eight;
+} conv_call_t;
+
+/* Runs [begin, end) (run q: image, output row and WIDE-pixel stretch of it), every group on each: its
+ * rows' sums into the thread's buffer (WIDE, R), then into y (images, out, oh, ow), bias added. */
+static void conv_task(const void *ctx, int tid, int64_t begin, int64_t end) {
+    static const conv_fn tiles[4][3] = {{conv_8x1, conv_8x2, conv_8x3},
+                                        {conv_4x1, conv_4x2, conv_4x3},
+                                        {conv_2x1, conv_2x2, conv_2x3},
+                                        {conv_1x1, conv_1x2, conv_1x3}};
+    const conv_call_t *c = ctx;
+    const conv_t *v = c->v;
+    const int64_t kb = c->k / (v->kh * v->kw), pixels = v->oh * v->ow;
+    float *out = c->buffers + tid * WIDE * c->r;
+    for (int64_t q = begin; q < end; q++) {
+        const int64_t row = q / c->runs, ox = q % c->runs * c->width, img = row / v->oh, oy = row % v->oh;
+        const int64_t len = v->ow - ox < c->width ? v->ow - ox : c->width, vecs = (len + 7) / 8;
+        const float *x = c->x + img * v->channels * v->hp * v->wp + oy * v->sh * v->wp + ox;
+        float *y = c->y + img * c->out * pixels + oy * v->ow + ox;
+        for (int64_t gi = 0; gi < c->g; gi++) {
+            const float *w = c->values + gi * c->r * c->k;
+            for (int64_t i = 0; i < c->r;) {
+                const int h = c->eight && c->r - i >= 8 ? 8 : c->r - i >= 4 ? 4 : c->r - i >= 2 ? 2 : 1;
+                tiles[h == 8 ? 0 : h == 4 ? 1 : h == 2 ? 2 : 3][vecs - 1](kb, c->blocks + gi * kb, v, w + i * c->k,
+                                                                        c->k, x, out + i, c->r);
+                i += h;
+            }
+            for (int64_t t = 0; t < c->r; t++) {
+                const int64_t to = c->rows[gi * c->r + t];
+                if (to >= c->out) continue;
+                const float b = c->bias ? c->bias[to] : 0.0f;
+                float *restrict yr = y + to * pixels;
+                for (int64_t e = 0; e < len; e++) yr[e] = out[e * c->r + t] + b;
+            }
+        }
+    }
+}
+#endif
+
+/* The RBGP conv of x (images, channels, hp, wp), the input with its padding, contiguous and readable
+ * 32 floats past its end, into y (images, out, oh, ow), for stride 1 along the width: `w`'s values fp32
+ * (kind 0), its blocks its groups' input channels (block width kh * kw), its rows the output channels of
+ * its group-major rows (out or more: padding, dropped); `geometry`: channels, hp, wp, kh, kw, sh, dh, dw,
+ * oh, ow. Inf and NaN inputs are not flagged (the caller does). Returns 0, 1 when a buffer could not be
+ * allocated, 2 where the kernel cannot take it (no AVX2 build, or not fp32 values). */
+int rbgp_grouped_conv(const operands_t *w, const int64_t *geometry, int64_t images, const float *x, float *y,
+                      int threads) {
+#ifdef RBGP_AVX2_KERNELS
+    if (!rbgp_native_isa(-1) || w->kind != 0) return 2;
+    const conv_t v = {geometry[0], geometry[1], geometry[2], geometry[3], geometry[4],
+                      geometry[5], geometry[6], geometry[7], geometry[8], geometry[9]};
+    /* a row's pixels in the fewest runs of at most WIDE, as even as whole vectors allow (32: 16 + 16, so
+     * that no run takes a one-vector tile) */
+    const int64_t fewest = (v.ow + WIDE - 1) / WIDE, width = ((v.ow + fewest - 1) / fewest + 7) / 8 * 8;
+    const int64_t runs = (v.ow + width - 1) / width, total = images * v.oh * runs;
+    if (threads < 1) threads = 1;
+    if (threads > total) threads = (int)total;
+    float *buffers = (float *)aligned_alloc(64, (size_t)((threads * WIDE * w->r + 15) / 16 * 16) * sizeof(float));
+    if (!buffers) return 1;
+    const conv_call_t c = {&v, runs, width, w->g, w->r, w->k, w->out, x, (const float *)w->values, w->bias, w->blocks,
+                           w->rows, buffers, y, rbgp_native_wide_rows(0) == 8};
+    parallel_for(conv_task, &c, total, threads);
+    free(buffers);
+    return 0;
+#else
+    (void)w, (void)geometry, (void)images, (void)x, (void)y, (void)threads;
+    return 2;
+#endif
+}
+
 /* The same product for a dense weight `values` (out, in), kinds as above (`scales` (out,)); rows in
  * chunks of DENSE_ROWS over the threads, the inputs read in place. */
 #define DENSE_ROWS 16
