@@ -4,7 +4,9 @@ A conv's path is a static fact of the layer (its kernel, stride, padding, row gr
 so it is planned once (`plan_conv`) and kept in its `ConvArgs`; `rbgp_conv2d` only follows it, plus
 the device (on CUDA, "auto" keeps 1x1 convs on im2col and the Triton kernels). The paths: a
 gathered-channel grouped convolution (`rbgp.ops.channel_conv`) when every row group reads whole input
-channels, small groups merged or, when merging costs too much, the dense conv of the masked weight;
+channels, small groups merged or, when merging costs too much, the dense conv of the masked weight
+(without gradient on the CPU, where the output rows are wide enough, the native kernel's implicit GEMM
+on the padded input instead: `native.grouped_conv`, `NATIVE_MIN_WIDTH`);
 unpadded stride-1 1x1 convs on the CPU as chunked grouped matmuls on the NCHW input
 (`rbgp.ops.pointwise_conv`); everything else on im2col and the grouped matmul (`rbgp_linear`).
 """
