@@ -7,7 +7,8 @@ keeps the last one of each kind it used. Tables are keyed by their inputs, the d
 inference mode is on (a table made under inference_mode must not reach autograd). Nothing is kept
 while torch.compile traces: the graph builds its own.
 
-Large temporaries of a forward without gradient (a conv's gathered input channels) are kept too
+Large temporaries of a forward without gradient (a conv's gathered input channels, or its zero-padded
+input for the native kernel) are kept too
 (`buffer`): a fresh block of tens of megabytes is mapped and faulted in on every call by glibc's
 default allocator, which cost sparse CNNs a fifth of their inference time in a plain process
 (`docs/benchmarks.md`, whole CNNs). A buffer serves one call at a time (`lock`).
