@@ -149,5 +149,10 @@ def test_bad_inputs_and_empty_batches():
         native.grouped_conv(x, w.values.detach().bfloat16(), blocks, *args, (1, 1), (1, 1), (1, 1))
     with pytest.raises(ValueError, match="channels of 3x3 taps"):
         native.grouped_conv(x, w.values.detach(), blocks[:, :-1], *args, (1, 1), (1, 1), (1, 1))
+    with pytest.raises(ValueError, match=r"input channels in \[0, 16\), got \d+\.\.16"):
+        native.grouped_conv(x, w.values.detach(), blocks.clamp(max=15).index_fill(1, torch.tensor([0]), 16), *args,
+                            (1, 1), (1, 1), (1, 1))
+    with pytest.raises(ValueError, match="rows int64"):
+        native.grouped_conv(x, w.values.detach(), blocks, rows.int(), 32, (3, 3), (1, 1), (1, 1), (1, 1))
     empty = native.grouped_conv(x[:0], w.values.detach(), blocks, *args, (1, 1), (1, 1), (1, 1))
     assert empty.shape == (0, 32, 8, 8)

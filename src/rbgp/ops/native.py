@@ -508,6 +508,15 @@ def grouped_conv(
             f"stride {stride}, on a {h}x{w} input: the native conv takes fp32 values of whole channels, "
             "stride 1 along the width"
         )
+    g, r = values.shape[:2]
+    if not (blocks.dtype == rows.dtype == torch.int64 and blocks.shape[0] == g and rows.shape == (g, r)):
+        raise ValueError(
+            f"blocks must be int64 ({g}, channels) and rows int64 ({g}, {r}), got {blocks.dtype} "
+            f"{tuple(blocks.shape)} and {rows.dtype} {tuple(rows.shape)}"
+        )
+    if blocks.numel() and not 0 <= int(blocks.min()) <= int(blocks.max()) < c:
+        raise ValueError(f"blocks must be input channels in [0, {c}), got {int(blocks.min())}..{int(blocks.max())}")
+    blocks, rows = blocks.contiguous(), rows.contiguous()
     y = torch.empty(n, out_channels, oh, ow, dtype=torch.float32)
     if n == 0:
         return y
