@@ -1,7 +1,7 @@
 """Channel-path convs on the native kernel against the gathered-channel grouped conv and dense, per layer.
 
 An RBGP conv whose row groups read whole input channels runs, called without gradient on the CPU with
-stride 1 along the width and output rows of `NATIVE_MIN_WIDTH` pixels or more, on the native kernel's
+output rows of `NATIVE_MIN_WIDTH` pixels or more, on the native kernel's
 wide tiles straight from its padded input (`rbgp.ops.native.grouped_conv`); otherwise on the gathered-
 channel grouped conv of oneDNN (`rbgp.ops.channel_conv`). This times every channel-path conv of the
 sparsified VGG19-bn and ResNet-18 (CIFAR, global 0.9, hw, batch 32, their own input shapes) on both
@@ -76,9 +76,9 @@ def main() -> None:
             sparse.eval()
             for name, (layer, shape) in channel_convs(sparse).items():
                 ms = time_layer(layer, torch.randn(shape))
-                left, right = layer.conv_args.pad[:2]  # the output width at stride 1, as conv._native_takes
-                width = shape[3] + left + right - layer.dilation[1] * (layer.kernel_size[1] - 1)
-                native = layer.stride[1] == 1 and width >= SHIPPED
+                left, right = layer.conv_args.pad[:2]  # the output width, as conv._native_takes
+                width = (shape[3] + left + right - layer.dilation[1] * (layer.kernel_size[1] - 1) - 1) // layer.stride[1] + 1
+                native = width >= SHIPPED
                 rows.append({"model": model_name, "layer": name, "input": list(shape), "out_channels": layer.out_channels,
                              "kernel": list(layer.kernel_size), "stride": list(layer.stride), "native_runs": native,
                              **{f"{p}_ms": ms[p] for p in PATHS}})
@@ -96,7 +96,7 @@ def markdown(data: dict) -> str:
              f"`{data['command']}`, {data['date']}, {data['machine']}; batch {data['batch']}, a plain process (glibc "
              f"defaults), medians of {data['rounds']} rounds (the three in a new order each round, each call after a "
              "dense conv of its input). \"native\": the layer as shipped (the native kernel where its output rows "
-             f"have {data['native_min_width']}+ pixels and its stride along the width is 1, else the channel path); "
+             f"have {data['native_min_width']}+ pixels, else the channel path); "
              "\"channel\": the gathered-channel grouped conv. Speedups over the dense conv of the same shape.", "",
              "| model | layer | input | out | stride | native runs | dense ms | channel ms (speedup) | native ms (speedup) |",
              "|---|---|---|---|---|---|---|---|---|"]

@@ -57,6 +57,9 @@ def _close(y: torch.Tensor, ref: torch.Tensor, memory_format=torch.contiguous_fo
         (32, 64, 5, 1, 0, 1, (12, 12), 5, 0.75),  # 5x5 taps, no padding: 8-pixel rows
         (48, 64, (3, 1), (2, 1), (1, 0), 1, (11, 24), 3, 0.75),  # rectangular kernel, stride 2 down
         (64, 96, (1, 3), 1, (0, 1), 1, (5, 17), 4, 0.75),
+        (64, 128, 3, 2, 1, 1, (32, 32), 2, 0.75),  # stride 2: columns stored as two phases
+        (64, 64, 3, (1, 2), 1, 1, (7, 35), 3, 0.75),  # odd width, stride along the width only
+        (64, 64, 3, 3, 2, 2, (20, 51), 2, 0.75),  # stride 3 with dilation 2: taps land on every phase
     ],
 )
 def test_matches_the_dense_conv(cin, cout, kernel, stride, padding, dilation, hw, batch, sparsity, tile_rows, calls):
@@ -115,17 +118,20 @@ def test_converted_layouts_and_flags(calls):
 
 
 def test_other_paths_where_the_native_conv_does_not_apply(calls):
-    """Narrow output rows, a stride along the width, a call that builds a graph, bf16 values: the other
-    paths run, with the same results."""
+    """Narrow output rows (also after a stride), a call that builds a graph: the other paths run, with
+    the same results."""
     torch.manual_seed(0)
     layer = RBGPConv2d(32, 64, 3, padding=1, sparsity=0.75)
-    with torch.no_grad():
-        narrow = torch.randn(2, 32, 16, conv.NATIVE_MIN_WIDTH - 1)
-        _close(layer(narrow), _dense_conv(layer, narrow))
     strided = RBGPConv2d(32, 64, 3, stride=2, padding=1, sparsity=0.75)
     x = torch.randn(2, 32, 16, 16)
     with torch.no_grad():
-        _close(strided(x), _dense_conv(strided, x))
+        narrow = torch.randn(2, 32, 16, conv.NATIVE_MIN_WIDTH - 1)
+        _close(layer(narrow), _dense_conv(layer, narrow))
+        _close(strided(x), _dense_conv(strided, x))  # 8 output columns from 16 at stride 2: native
+        assert len(calls) == 1
+        halved = torch.randn(2, 32, 16, 2 * conv.NATIVE_MIN_WIDTH - 2)
+        _close(strided(halved), _dense_conv(strided, halved))
+    calls.clear()
     y = layer(x)  # with gradient
     y.sum().backward()
     assert layer.values.grad is not None
@@ -143,8 +149,11 @@ def test_bad_inputs_and_empty_batches():
     rows = w.layout.row_index.to(torch.int64).contiguous()
     x = torch.randn(2, 16, 8, 8)
     args = (rows, 32, (3, 3))
-    with pytest.raises(ValueError, match=r"stride \(1, 2\)"):
-        native.grouped_conv(x, w.values.detach(), blocks, *args, (1, 2), (1, 1), (1, 1))
+    with pytest.raises(ValueError, match="at most 16 taps along the width"):
+        v = torch.zeros(w.values.shape[0], w.values.shape[1], blocks.shape[1] * 17)
+        native.grouped_conv(x, v, blocks, rows, 32, (1, 17), (1, 1), (0, 8), (1, 1))
+    with pytest.raises(ValueError, match="too small"):
+        native.grouped_conv(x[:, :, :2], w.values.detach(), blocks, *args, (1, 1), (0, 0), (1, 1))
     with pytest.raises(ValueError, match="torch.bfloat16"):
         native.grouped_conv(x, w.values.detach().bfloat16(), blocks, *args, (1, 1), (1, 1), (1, 1))
     with pytest.raises(ValueError, match="channels of 3x3 taps"):

@@ -166,14 +166,14 @@ def _nonfinite_windows(x: torch.Tensor, conv: ConvArgs, padding: tuple[int, int]
 
 NATIVE_MIN_WIDTH = 8
 """Channel-path convs whose output rows have at least this many pixels run on the native kernel
-(`native.grouped_conv`, CPU, no gradient, stride 1 along the width): it takes a row's pixels 8 at a time,
-so narrower rows would leave most of each vector idle (`benchmarks/native_conv.md`)."""
+(`native.grouped_conv`, CPU, no gradient): it takes a row's pixels 8 at a time, so narrower rows would
+leave most of each vector idle (`benchmarks/native_conv.md`)."""
 
 
 def _native_takes(x: torch.Tensor, weight: SparseWeight, conv: ConvArgs, padding: tuple[int, int]) -> bool:
-    kw, dw = conv.kernel_size[1], conv.dilation[1]
-    width = x.shape[3] + 2 * padding[1] - dw * (kw - 1)  # the output width at stride 1
-    return conv.stride[1] == 1 and width >= NATIVE_MIN_WIDTH and native.conv_applies(x, weight.values)
+    kw, sw, dw = conv.kernel_size[1], conv.stride[1], conv.dilation[1]
+    width = (x.shape[3] + 2 * padding[1] - dw * (kw - 1) - 1) // sw + 1  # of an output row
+    return width >= NATIVE_MIN_WIDTH and kw <= native.CONV_MAX_KW and native.conv_applies(x, weight.values)
 
 
 def _native_conv(

@@ -494,20 +494,23 @@ def grouped_conv(
     the wide tiles read each run of up to 24 neighbouring output pixels' windows straight from the
     zero-padded input (no im2col matrix, no gathered copy). values (G, R, K) fp32 with K =
     `blocks`.shape[1] * kh * kw, group g reading input channels `blocks[g]` (int64), its group-major rows
-    landing on output channels `rows` (G, R) int64 (out_channels or more: dropped); stride 1 along the
-    width. Inf and NaN inputs are not flagged (`rbgp_conv2d` does). The padded input is kept in
-    `workspace` where one is given and free (a fresh buffer that size would be faulted in on every call).
-    Eager, no autograd; the AVX2 build must run (`conv_applies`)."""
+    landing on output channels `rows` (G, R) int64 (out_channels or more: dropped); at most
+    CONV_MAX_KW taps along the width. Inf and NaN inputs are not flagged (`rbgp_conv2d` does). The padded
+    input (each row's columns stored phase by phase for a stride along the width, so that a run still
+    reads neighbouring floats) is kept in `workspace` where one is given and free (a fresh buffer that
+    size would be faulted in on every call). Eager, no autograd; the AVX2 build must run
+    (`conv_applies`)."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
     n, c, h, w = x.shape
     hp, wp = h + 2 * ph, w + 2 * pw
     oh, ow = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
-    if values.shape[2] != blocks.shape[1] * kh * kw or values.dtype != torch.float32 or sw != 1 or oh < 1 or ow < 1:
+    if values.shape[2] != blocks.shape[1] * kh * kw or values.dtype != torch.float32 or kw > CONV_MAX_KW:
         raise ValueError(
-            f"values {values.dtype} {tuple(values.shape)} with {blocks.shape[1]} channels of {kh}x{kw} taps, "
-            f"stride {stride}, on a {h}x{w} input: the native conv takes fp32 values of whole channels, "
-            "stride 1 along the width"
+            f"values {values.dtype} {tuple(values.shape)} with {blocks.shape[1]} channels of {kh}x{kw} taps: the "
+            f"native conv takes fp32 values of whole channels, at most {CONV_MAX_KW} taps along the width"
         )
+    if oh < 1 or ow < 1:
+        raise ValueError(f"input {h}x{w} is too small for kernel {kernel_size} with padding {padding}")
     g, r = values.shape[:2]
     if not (blocks.dtype == rows.dtype == torch.int64 and blocks.shape[0] == g and rows.shape == (g, r)):
         raise ValueError(
@@ -520,14 +523,21 @@ def grouped_conv(
     y = torch.empty(n, out_channels, oh, ow, dtype=torch.float32)
     if n == 0:
         return y
-    size = (n * c * hp * wp + _SLACK,)
+    wq = -(-wp // sw)  # a row's floats per phase
+    size = (n * c * hp * sw * wq + _SLACK,)
     values, bias = values.contiguous(), None if bias is None else bias.to(torch.float32).contiguous()
     kept = workspace if workspace is not None and workspace.lock.acquire(blocking=False) else None
     try:
         padded = x.new_zeros(size) if kept is None else kept.buffer("padded input", size, x, zeroed=True)
-        padded[: n * c * hp * wp].view(n, c, hp, wp)[:, :, ph : ph + h, pw : pw + w].copy_(x)
+        phases = padded[: n * c * hp * sw * wq].view(n, c, hp, sw, wq)
+        for q in range(sw):  # padded column pw + x lands at phase (pw + x) % sw, place (pw + x) // sw
+            first = (q - pw) % sw
+            if first < w:
+                cols = x[:, :, :, first::sw]
+                start = (pw + first) // sw
+                phases[:, :, ph : ph + h, q, start : start + cols.shape[3]].copy_(cols)
         operands = _operands(values, None, blocks, rows, kh * kw, c * kh * kw, out_channels, bias)
-        geometry = (ctypes.c_int64 * 10)(c, hp, wp, kh, kw, sh, dh, dw, oh, ow)
+        geometry = (ctypes.c_int64 * 11)(c, hp, kh, kw, sh, sw, dh, dw, oh, ow, wq)
         status = _required().rbgp_grouped_conv(
             ctypes.addressof(operands), geometry, n, padded.data_ptr(), y.data_ptr(), torch.get_num_threads()
         )
@@ -543,6 +553,8 @@ def grouped_conv(
 
 _SLACK = 32
 """Floats past the padded input the conv kernel may read (whole vectors at a row's end)."""
+CONV_MAX_KW = 16
+"""The most taps along the width the native conv takes (the C kernel's CONV_MAX_KW)."""
 
 
 def dense_small(

@@ -752,17 +752,21 @@ int rbgp_grouped_call(const operands_t *w, int64_t n, const float *x, int64_t ld
 }
 
 /* ---- Convolutions: the wide tiles on the input's windows, read where they lie ---------------------
- * An RBGP conv whose row groups read whole input channels (block width kh * kw) at stride 1 along the
- * width: the 24 (or fewer) neighbouring output pixels of a run along one output row read, for each
- * channel and tap, 24 neighbouring floats of one row of the zero-padded input. The wide tiles then
+ * An RBGP conv whose row groups read whole input channels (block width kh * kw): the 24 (or fewer)
+ * neighbouring output pixels of a run along one output row read, for each channel and tap, 24
+ * neighbouring floats of one row of the zero-padded input, its columns stored phase by phase for a
+ * stride sw along the width (column x at phase x % sw, place x / sw), so that a strided conv's run
+ * reads neighbouring floats too. The wide tiles then
  * load them straight from the input (an implicit GEMM: no im2col matrix, no gathered copy, no panel),
  * each value broadcast against the run. Threads take runs, every group on each. */
 #ifdef RBGP_AVX2_KERNELS
 
-/* A conv's geometry: its input already padded, (channels, hp, wp) per image, kernel (kh, kw), stride
- * (sh, 1), dilation (dh, dw), output (oh, ow). */
+/* A conv's geometry: its input already padded, (channels, hp, wp) per image (wp: a padded row's floats,
+ * its sw phases of wq), kernel (kh, kw), stride (sh, sw), dilation (dh, dw), output (oh, ow); off[j]: where
+ * tap j of a row starts, relative to the run's first pixel. */
+#define CONV_MAX_KW 16
 typedef struct {
-    int64_t channels, hp, wp, kh, kw, sh, dh, dw, oh, ow;
+    int64_t channels, hp, wp, kh, kw, sh, dh, dw, oh, ow, sw, wq, off[CONV_MAX_KW];
 } conv_t;
 
 /* out[e * ldo + t] = sum over the group's channels c, taps (i, j) of w[t * ldw + col] * x[c * plane +
@@ -779,8 +783,8 @@ typedef struct {
         for (int64_t b = 0; b < kb; b++) {                                                                   \
             const float *pc = x + blocks[b] * plane;                                                         \
             for (int64_t i = 0; i < v->kh; i++, pc += down) {                                                \
-                const float *p = pc;                                                                         \
-                for (int64_t j = 0; j < v->kw; j++, col++, p += v->dw) {                                     \
+                for (int64_t j = 0; j < v->kw; j++, col++) {                                                 \
+                    const float *p = pc + v->off[j];                                                         \
                     __m256 xv[V];                                                                            \
                     for (int u = 0; u < (V); u++) xv[u] = _mm256_loadu_ps(p + 8 * u);                        \
                     for (int t = 0; t < (H); t++) {                                                          \
@@ -841,8 +845,8 @@ CONV_TILE(conv_1x3, AVX2, 1, 3)
                     _mm_prefetch(next, _MM_HINT_T0), _mm_prefetch(next + 64, _MM_HINT_T0);                   \
                 }                                                                                            \
             for (int64_t i = 0; i < v->kh; i++, pc += down) {                                                \
-                const float *p = pc;                                                                         \
-                for (int64_t tap = 0; tap < v->kw; tap++, j++, p += v->dw) {                                 \
+                for (int64_t tap = 0; tap < v->kw; tap++, j++) {                                             \
+                    const float *p = pc + v->off[tap];                                                       \
                     LOADS                                                                                    \
                     ROWS(STEP)                                                                               \
                 }                                                                                            \
@@ -906,18 +910,22 @@ static void conv_task(const void *ctx, int tid, int64_t begin, int64_t end) {
 }
 #endif
 
-/* The RBGP conv of x (images, channels, hp, wp), the input with its padding, contiguous and readable
- * 32 floats past its end, into y (images, out, oh, ow), for stride 1 along the width: `w`'s values fp32
- * (kind 0), its blocks its groups' input channels (block width kh * kw), its rows the output channels of
- * its group-major rows (out or more: padding, dropped); `geometry`: channels, hp, wp, kh, kw, sh, dh, dw,
- * oh, ow. Inf and NaN inputs are not flagged (the caller does). Returns 0, 1 when a buffer could not be
- * allocated, 2 where the kernel cannot take it (no AVX2 build, or not fp32 values). */
+/* The RBGP conv of x (images, channels, hp, sw, wq), the input with its padding, each row's columns
+ * phase by phase (column x at [x % sw][x / sw]), contiguous and readable 32 floats past its end, into y
+ * (images, out, oh, ow): `w`'s values fp32 (kind 0), its blocks its groups' input channels (block width
+ * kh * kw), its rows the output channels of its group-major rows (out or more: padding, dropped);
+ * `geometry`: channels, hp, kh, kw, sh, sw, dh, dw, oh, ow, wq. Inf and NaN inputs are not flagged (the
+ * caller does). Returns 0, 1 when a buffer could not be allocated, 2 where the kernel cannot take it (no
+ * AVX2 build, not fp32 values, or more than CONV_MAX_KW taps along the width). */
 int rbgp_grouped_conv(const operands_t *w, const int64_t *geometry, int64_t images, const float *x, float *y,
                       int threads) {
 #ifdef RBGP_AVX2_KERNELS
-    if (!rbgp_native_isa(-1) || w->kind != 0) return 2;
-    const conv_t v = {geometry[0], geometry[1], geometry[2], geometry[3], geometry[4],
-                      geometry[5], geometry[6], geometry[7], geometry[8], geometry[9]};
+    if (!rbgp_native_isa(-1) || w->kind != 0 || geometry[3] > CONV_MAX_KW) return 2;
+    const int64_t sw = geometry[5], wq = geometry[10];
+    conv_t v = {.channels = geometry[0], .hp = geometry[1], .wp = sw * wq, .kh = geometry[2], .kw = geometry[3],
+                .sh = geometry[4], .dh = geometry[6], .dw = geometry[7], .oh = geometry[8], .ow = geometry[9],
+                .sw = sw, .wq = wq};
+    for (int64_t j = 0; j < v.kw; j++) v.off[j] = j * v.dw % sw * wq + j * v.dw / sw;
     /* a row's pixels in the fewest runs of at most WIDE, as even as whole vectors allow (32: 16 + 16, so
      * that no run takes a one-vector tile) */
     const int64_t fewest = (v.ow + WIDE - 1) / WIDE, width = ((v.ow + fewest - 1) / fewest + 7) / 8 * 8;
