@@ -578,9 +578,9 @@ AVX2 static void store_interleaved(const call_t *c, int64_t g0, int64_t s, const
 }
 
 /* The outputs of groups [g0, g0 + q) for samples [s, s + WIDE) (out[((gi - g0) * WIDE + e) * R + t]:
- * sample s + e, row t of group gi) into y, scaled, with the samples' flags[e] and bias, as STORE does: where the chunk's
- * rows interleave (strided layouts), row t of its groups as one vector; else group by group, in one run
- * where rows are consecutive, or each output to its row (fitted layouts). */
+ * sample s + e, row t of group gi) into y, scaled, with the samples' flags[e] and bias, as STORE does:
+ * where the chunk's rows interleave (strided layouts), row t of its groups as one vector; else group by
+ * group, in one run where rows are consecutive, or each output to its row (fitted layouts). */
 static void store_wide(const wide_t *wd, int64_t g0, int64_t q, int64_t s, const float *out, const float *flags) {
     const call_t *c = wd->c;
     const int64_t m = c->n - s < WIDE ? c->n - s : WIDE, r = c->r;
@@ -618,6 +618,11 @@ static int rows_consecutive(const int64_t *rows, int64_t g, int64_t r, int64_t o
 typedef void (*wide_fn)(int64_t kb, int64_t bw, const int64_t *blocks, const float *w, int64_t ldw, const float *xt,
                         int64_t np, float *out, int64_t ldo, int add);
 
+/* The height of the next wide tile for `left` rows: 8 where 8-row tiles run, else 4, 2 or 1. */
+static inline int tile_rows(int eight, int64_t left) {
+    return eight && left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+}
+
 /* Columns a tile takes at a time: its inputs (WIDE samples each) then stay in the first-level cache
  * while the group's rows pass, long groups summed over several such spans. */
 #define WIDE_SPAN 192
@@ -645,7 +650,7 @@ static void panel_groups(const wide_t *wd, int tid, const float *panel, int64_t 
             for (int64_t b0 = 0; b0 < kb; b0 += span) {
                 const int64_t nb = kb - b0 < span ? kb - b0 : span;
                 for (int64_t i = 0; i < c->r;) {
-                    const int h = eight && c->r - i >= 8 ? 8 : c->r - i >= 4 ? 4 : c->r - i >= 2 ? 2 : 1;
+                    const int h = tile_rows(eight, c->r - i);
                     const wide_fn fn = h == 8 ? wide_8x3 : tiles[h == 4 ? 0 : h == 2 ? 1 : 2][v - 1];
                     fn(nb, c->bw, blocks + b0, w + i * c->k + b0 * c->bw, c->k, panel, pw, og + i, c->r, b0 > 0);
                     i += h;
@@ -770,7 +775,7 @@ typedef struct {
 } conv_t;
 
 /* out[e * ldo + t] = sum over the group's channels c, taps (i, j) of w[t * ldw + col] * x[c * plane +
- * i * dh * wp + j * dw + e] (col: the channel's position times kh * kw plus the tap), for H rows and 8 * V
+ * i * dh * wp + off[j] + e] (col: the channel's position times kh * kw plus the tap), for H rows and 8 * V
  * neighbouring pixels e from x. */
 #define CONV_TILE(NAME, ATTR, H, V)                                                                          \
     ATTR static void NAME(int64_t kb, const int64_t *blocks, const conv_t *v, const float *w, int64_t ldw,  \
@@ -893,7 +898,7 @@ static void conv_task(const void *ctx, int tid, int64_t begin, int64_t end) {
         for (int64_t gi = 0; gi < c->g; gi++) {
             const float *w = c->values + gi * c->r * c->k;
             for (int64_t i = 0; i < c->r;) {
-                const int h = c->eight && c->r - i >= 8 ? 8 : c->r - i >= 4 ? 4 : c->r - i >= 2 ? 2 : 1;
+                const int h = tile_rows(c->eight, c->r - i);
                 tiles[h == 8 ? 0 : h == 4 ? 1 : h == 2 ? 2 : 3][vecs - 1](kb, c->blocks + gi * kb, v, w + i * c->k,
                                                                         c->k, x, out + i, c->r);
                 i += h;
