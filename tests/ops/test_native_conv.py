@@ -60,6 +60,8 @@ def _close(y: torch.Tensor, ref: torch.Tensor, memory_format=torch.contiguous_fo
         (64, 128, 3, 2, 1, 1, (32, 32), 2, 0.75),  # stride 2: columns stored as two phases
         (64, 64, 3, (1, 2), 1, 1, (7, 35), 3, 0.75),  # odd width, stride along the width only
         (64, 64, 3, 3, 2, 2, (20, 51), 2, 0.75),  # stride 3 with dilation 2: taps land on every phase
+        (64, 64, 3, 1, 1, 1, (10, 8), 3, 0.75),  # 8-pixel rows stacked three to a run: 3 + 3 + 3 + 1
+        (64, 128, 3, 2, 1, 1, (16, 15), 2, 0.75),  # stride 2 to 8x8: stacked rows two input rows apart
     ],
 )
 def test_matches_the_dense_conv(cin, cout, kernel, stride, padding, dilation, hw, batch, sparsity, tile_rows, calls):
@@ -92,9 +94,10 @@ def test_any_tables_against_the_densified_weight(rows, tile_rows):
                 for b in range(channels):
                     c = blocks[gi, b]
                     weight[order[gi * rows + t], c * taps : (c + 1) * taps] = values[gi, t, b * taps : (b + 1) * taps]
-    x = torch.randn(3, cin, 9, 27, generator=g)
-    y = native.grouped_conv(x, values, blocks, order.view(groups, rows), out, (3, 3), (1, 1), (1, 1), (1, 1), bias)
-    _close(y, F.conv2d(x, weight.view(out, cin, 3, 3), bias, 1, 1))
+    for width in (27, 8, 5):  # rows in runs; rows of one vector, stacked; shorter, stacked with idle lanes
+        x = torch.randn(3, cin, 7, width, generator=g)
+        y = native.grouped_conv(x, values, blocks, order.view(groups, rows), out, (3, 3), (1, 1), (1, 1), (1, 1), bias)
+        _close(y, F.conv2d(x, weight.view(out, cin, 3, 3), bias, 1, 1))
 
 
 def test_converted_layouts_and_flags(calls):

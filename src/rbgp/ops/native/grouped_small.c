@@ -768,15 +768,16 @@ int rbgp_grouped_call(const operands_t *w, int64_t n, const float *x, int64_t ld
 
 /* A conv's geometry: its input already padded, (channels, hp, wp) per image (wp: a padded row's floats,
  * its sw phases of wq), kernel (kh, kw), stride (sh, sw), dilation (dh, dw), output (oh, ow); off[j]: where
- * tap j of a row starts, relative to the run's first pixel. */
+ * tap j of a row starts, relative to the run's first pixel; step: from one of a run's vectors to the next
+ * (8 along a row, or a whole output row down where rows are a vector or shorter). */
 #define CONV_MAX_KW 16
 typedef struct {
-    int64_t channels, hp, wp, kh, kw, sh, dh, dw, oh, ow, sw, wq, off[CONV_MAX_KW];
+    int64_t channels, hp, wp, kh, kw, sh, dh, dw, oh, ow, sw, wq, step, off[CONV_MAX_KW];
 } conv_t;
 
 /* out[e * ldo + t] = sum over the group's channels c, taps (i, j) of w[t * ldw + col] * x[c * plane +
- * i * dh * wp + off[j] + e] (col: the channel's position times kh * kw plus the tap), for H rows and 8 * V
- * neighbouring pixels e from x. */
+ * i * dh * wp + off[j] + (e / 8) * step + e % 8] (col: the channel's position times kh * kw plus the tap),
+ * for H rows and V vectors of 8 pixels e from x. */
 #define CONV_TILE(NAME, ATTR, H, V)                                                                          \
     ATTR static void NAME(int64_t kb, const int64_t *blocks, const conv_t *v, const float *w, int64_t ldw,  \
                           const float *x, float *out, int64_t ldo) {                                         \
@@ -791,7 +792,7 @@ typedef struct {
                 for (int64_t j = 0; j < v->kw; j++, col++) {                                                 \
                     const float *p = pc + v->off[j];                                                         \
                     __m256 xv[V];                                                                            \
-                    for (int u = 0; u < (V); u++) xv[u] = _mm256_loadu_ps(p + 8 * u);                        \
+                    for (int u = 0; u < (V); u++) xv[u] = _mm256_loadu_ps(p + v->step * u);                        \
                     for (int t = 0; t < (H); t++) {                                                          \
                         const __m256 wv = _mm256_broadcast_ss(w + t * ldw + col);                            \
                         for (int u = 0; u < (V); u++) a[t][u] = _mm256_fmadd_ps(wv, xv[u], a[t][u]);         \
@@ -832,9 +833,9 @@ CONV_TILE(conv_1x3, AVX2, 1, 3)
     const float *w##T = w + (T) * ldw;
 #define X1_STEP(T) a##T##0 = _mm256_fmadd_ps(_mm256_broadcast_ss(w##T + j), x0, a##T##0);
 #define X1_STORE4(A, B, C, D, O) store_4x8(a##A##0, a##B##0, a##C##0, a##D##0, out + (O), ldo, add);
-#define X3_LOADS const __m256 x0 = _mm256_loadu_ps(p), x1 = _mm256_loadu_ps(p + 8), x2 = _mm256_loadu_ps(p + 16);
-#define X2_LOADS const __m256 x0 = _mm256_loadu_ps(p), x1 = _mm256_loadu_ps(p + 8);
-#define X1_LOADS const __m256 x0 = _mm256_loadu_ps(p);
+#define X3_LOADS(S) const __m256 x0 = _mm256_loadu_ps(p), x1 = _mm256_loadu_ps(p + (S)), x2 = _mm256_loadu_ps(p + 2 * (S));
+#define X2_LOADS(S) const __m256 x0 = _mm256_loadu_ps(p), x1 = _mm256_loadu_ps(p + (S));
+#define X1_LOADS(S) const __m256 x0 = _mm256_loadu_ps(p);
 #define CONV_X(NAME, ATTR, ROWS, ROW, STEP, LOADS, STORES)                                                   \
     ATTR static void NAME(int64_t kb, const int64_t *blocks, const conv_t *v, const float *w, int64_t ldw,  \
                           const float *x, float *out, int64_t ldo) {                                         \
@@ -859,12 +860,18 @@ CONV_TILE(conv_1x3, AVX2, 1, 3)
         }                                                                                                    \
         STORES                                                                                               \
     }
-CONV_X(conv_4x3, AVX2, ROWS4, X3_ROW, X3_STEP, X3_LOADS, X3_STORE4(0, 1, 2, 3, 0))
-CONV_X(conv_8x3, AVX512VL, ROWS8, X3_ROW, X3_STEP, X3_LOADS, X3_STORE4(0, 1, 2, 3, 0) X3_STORE4(4, 5, 6, 7, 4))
-CONV_X(conv_8x2, AVX512VL, ROWS8, X2_ROW, X2_STEP, X2_LOADS, X2_STORE4(0, 1, 2, 3, 0) X2_STORE4(4, 5, 6, 7, 4))
-CONV_X(conv_8x1, AVX512VL, ROWS8, X1_ROW, X1_STEP, X1_LOADS, X1_STORE4(0, 1, 2, 3, 0) X1_STORE4(4, 5, 6, 7, 4))
-CONV_X(conv_4x2, AVX2, ROWS4, X2_ROW, X2_STEP, X2_LOADS, X2_STORE4(0, 1, 2, 3, 0))
-CONV_X(conv_4x1, AVX2, ROWS4, X1_ROW, X1_STEP, X1_LOADS, X1_STORE4(0, 1, 2, 3, 0))
+/* Along a row the vectors are 8 floats apart (a constant: a variable step costs the 16-pixel tiles about 10%);
+ * the stacked tiles (suffix s) step v->step. */
+CONV_X(conv_4x3, AVX2, ROWS4, X3_ROW, X3_STEP, X3_LOADS(8), X3_STORE4(0, 1, 2, 3, 0))
+CONV_X(conv_8x3, AVX512VL, ROWS8, X3_ROW, X3_STEP, X3_LOADS(8), X3_STORE4(0, 1, 2, 3, 0) X3_STORE4(4, 5, 6, 7, 4))
+CONV_X(conv_8x2, AVX512VL, ROWS8, X2_ROW, X2_STEP, X2_LOADS(8), X2_STORE4(0, 1, 2, 3, 0) X2_STORE4(4, 5, 6, 7, 4))
+CONV_X(conv_8x1, AVX512VL, ROWS8, X1_ROW, X1_STEP, X1_LOADS(8), X1_STORE4(0, 1, 2, 3, 0) X1_STORE4(4, 5, 6, 7, 4))
+CONV_X(conv_4x2, AVX2, ROWS4, X2_ROW, X2_STEP, X2_LOADS(8), X2_STORE4(0, 1, 2, 3, 0))
+CONV_X(conv_4x1, AVX2, ROWS4, X1_ROW, X1_STEP, X1_LOADS(8), X1_STORE4(0, 1, 2, 3, 0))
+CONV_X(conv_4x3s, AVX2, ROWS4, X3_ROW, X3_STEP, X3_LOADS(v->step), X3_STORE4(0, 1, 2, 3, 0))
+CONV_X(conv_8x3s, AVX512VL, ROWS8, X3_ROW, X3_STEP, X3_LOADS(v->step), X3_STORE4(0, 1, 2, 3, 0) X3_STORE4(4, 5, 6, 7, 4))
+CONV_X(conv_8x2s, AVX512VL, ROWS8, X2_ROW, X2_STEP, X2_LOADS(v->step), X2_STORE4(0, 1, 2, 3, 0) X2_STORE4(4, 5, 6, 7, 4))
+CONV_X(conv_4x2s, AVX2, ROWS4, X2_ROW, X2_STEP, X2_LOADS(v->step), X2_STORE4(0, 1, 2, 3, 0))
 
 typedef void (*conv_fn)(int64_t kb, const int64_t *blocks, const conv_t *v, const float *w, int64_t ldw,
                         const float *x, float *out, int64_t ldo);
@@ -876,23 +883,37 @@ typedef struct {
     const float *x, *values, *bias;
     const int64_t *blocks, *rows;
     float *buffers, *y;
-    int eight;
+    int eight, stacked;
 } conv_call_t;
 
-/* Runs [begin, end) (run q: image, output row and WIDE-pixel stretch of it), every group on each: its
- * rows' sums into the thread's buffer (WIDE, R), then into y (images, out, oh, ow), bias added. */
+/* Runs [begin, end), every group on each: its rows' sums into the thread's buffer (WIDE, R), then into y
+ * (images, out, oh, ow), bias added. Run q is an image's output row and a stretch of at most WIDE
+ * pixels of it, or, where rows are a vector or shorter (`stacked`), up to three whole output rows (one
+ * vector each), so that the tiles still load three vectors for each broadcast weight. */
 static void conv_task(const void *ctx, int tid, int64_t begin, int64_t end) {
-    static const conv_fn tiles[4][3] = {{conv_8x1, conv_8x2, conv_8x3},
+    static const conv_fn along[4][3] = {{conv_8x1, conv_8x2, conv_8x3},
                                         {conv_4x1, conv_4x2, conv_4x3},
                                         {conv_2x1, conv_2x2, conv_2x3},
                                         {conv_1x1, conv_1x2, conv_1x3}};
+    static const conv_fn down[4][3] = {{conv_8x1, conv_8x2s, conv_8x3s},
+                                       {conv_4x1, conv_4x2s, conv_4x3s},
+                                       {conv_2x1, conv_2x2, conv_2x3},
+                                       {conv_1x1, conv_1x2, conv_1x3}};
     const conv_call_t *c = ctx;
+    const conv_fn(*tiles)[3] = c->stacked ? down : along;
     const conv_t *v = c->v;
     const int64_t kb = c->k / (v->kh * v->kw), pixels = v->oh * v->ow;
+    const int64_t per_image = c->stacked ? (v->oh + 2) / 3 : v->oh * c->runs;
     float *out = c->buffers + tid * WIDE * c->r;
     for (int64_t q = begin; q < end; q++) {
-        const int64_t row = q / c->runs, ox = q % c->runs * c->width, img = row / v->oh, oy = row % v->oh;
-        const int64_t len = v->ow - ox < c->width ? v->ow - ox : c->width, vecs = (len + 7) / 8;
+        const int64_t img = q / per_image, at = q % per_image;
+        int64_t oy, ox, len, vecs;
+        if (c->stacked) {
+            oy = at * 3, ox = 0, vecs = v->oh - oy < 3 ? v->oh - oy : 3, len = v->ow;
+        } else {
+            oy = at / c->runs, ox = at % c->runs * c->width, len = v->ow - ox < c->width ? v->ow - ox : c->width;
+            vecs = (len + 7) / 8;
+        }
         const float *x = c->x + img * v->channels * v->hp * v->wp + oy * v->sh * v->wp + ox;
         float *y = c->y + img * c->out * pixels + oy * v->ow + ox;
         for (int64_t gi = 0; gi < c->g; gi++) {
@@ -908,7 +929,11 @@ static void conv_task(const void *ctx, int tid, int64_t begin, int64_t end) {
                 if (to >= c->out) continue;
                 const float b = c->bias ? c->bias[to] : 0.0f;
                 float *restrict yr = y + to * pixels;
-                for (int64_t e = 0; e < len; e++) yr[e] = out[e * c->r + t] + b;
+                if (!c->stacked)
+                    for (int64_t e = 0; e < len; e++) yr[e] = out[e * c->r + t] + b;
+                else
+                    for (int64_t u = 0; u < vecs; u++, yr += v->ow)
+                        for (int64_t e = 0; e < v->ow; e++) yr[e] = out[(u * 8 + e) * c->r + t] + b;
             }
         }
     }
@@ -934,13 +959,16 @@ int rbgp_grouped_conv(const operands_t *w, const int64_t *geometry, int64_t imag
     /* a row's pixels in the fewest runs of at most WIDE, as even as whole vectors allow (32: 16 + 16, so
      * that no run takes a one-vector tile) */
     const int64_t fewest = (v.ow + WIDE - 1) / WIDE, width = ((v.ow + fewest - 1) / fewest + 7) / 8 * 8;
-    const int64_t runs = (v.ow + width - 1) / width, total = images * v.oh * runs;
+    const int64_t runs = (v.ow + width - 1) / width;
+    const int stacked = v.ow <= 8;
+    v.step = stacked ? v.sh * v.wp : 8;
+    const int64_t total = images * (stacked ? (v.oh + 2) / 3 : v.oh * runs);
     if (threads < 1) threads = 1;
     if (threads > total) threads = (int)total;
     float *buffers = (float *)aligned_alloc(64, (size_t)((threads * WIDE * w->r + 15) / 16 * 16) * sizeof(float));
     if (!buffers) return 1;
     const conv_call_t c = {&v, runs, width, w->g, w->r, w->k, w->out, x, (const float *)w->values, w->bias, w->blocks,
-                           w->rows, buffers, y, rbgp_native_wide_rows(0) == 8};
+                           w->rows, buffers, y, rbgp_native_wide_rows(0) == 8, stacked};
     parallel_for(conv_task, &c, total, threads);
     free(buffers);
     return 0;
