@@ -77,6 +77,22 @@ def test_odd_group_rows(rows, kind, native_isa):
         _check(layout, batch, kind)
 
 
+@pytest.mark.parametrize("out", [120, 100])  # 100: a share of rows that is no multiple of 8 (scalar rest)
+def test_rows_in_any_order_at_wide_batches(out, native_isa):
+    """Rows in data order (calibrated layouts: neither consecutive nor strided) at batches of several
+    panels: every output row, bias, and inf/NaN samples land where nn.Linear puts them."""
+    layout = random_group_layout(out, 64, 4 if out == 100 else 8, 16)
+    g = torch.Generator().manual_seed(out)
+    values, bias = torch.randn(layout.values_shape, generator=g), torch.randn(out, generator=g)
+    x = torch.randn(50, 64, generator=g)  # panels of 24, 24 and 2 samples
+    x[0, 3], x[30, 7] = float("nan"), float("inf")
+    y = native.grouped_small(x, values, layout, None, bias)
+    ref = reference_linear(x.double(), values.double(), layout) + bias.double()
+    assert torch.equal(torch.isfinite(y), torch.isfinite(ref)) and not torch.isfinite(y[[0, 30]]).any()
+    keep = [i for i in range(50) if i not in (0, 30)]
+    assert (y[keep].double() - ref[keep]).abs().max().item() <= TOL * max(1.0, ref[keep].abs().max().item())
+
+
 def test_unaligned_columns_and_strided_input(native_isa):
     layout = random_group_layout(96, 77, 8, 13)
     assert layout.block_width == 1

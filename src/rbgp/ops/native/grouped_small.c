@@ -463,13 +463,17 @@ static void grouped_task(const void *ctx, int tid, int64_t begin, int64_t end) {
 
 #ifdef RBGP_AVX2_KERNELS
 /* One call's wide-batch state beyond call_t: the transposed inputs (panels of `in` columns), whether
- * every group's rows are consecutive output rows, and whether 8-row tiles run (`rbgp_native_wide_rows`). */
+ * every group's rows are consecutive output rows, whether 8-row tiles run (`rbgp_native_wide_rows`), and
+ * for rows in any other order than consecutive or strided (fitted layouts) the row of the group-major
+ * sums that gives each output row (`inv`) and the panel's sums, (G * R, WIDE), shared by the threads. */
 typedef struct {
     const call_t *c;
     float *xt;
     int64_t in, g;
     int consecutive;
     int eight;
+    const int64_t *inv;
+    float *sums;
 } wide_t;
 
 /* The width of the panel from sample s: WIDE, or the samples left rounded up to 8. */
@@ -607,6 +611,53 @@ static void store_wide(const wide_t *wd, int64_t g0, int64_t q, int64_t s, const
     }
 }
 
+/* The outputs of groups [g0, g0 + q) for the panel's samples (out as in store_wide) into the shared
+ * group-major sums, a row's samples contiguous: eight rows by eight samples at a time, transposed in
+ * registers. */
+AVX2 static void stash_rows(const wide_t *wd, int64_t g0, int64_t q, int64_t pw, const float *out) {
+    const int64_t r = wd->c->r, t8 = r / 8 * 8;
+    for (int64_t gq = 0; gq < q; gq++) {
+        const float *og = out + gq * WIDE * r;
+        float *sg = wd->sums + (g0 + gq) * r * WIDE;
+        for (int64_t t0 = 0; t0 < t8; t0 += 8)
+            for (int64_t e0 = 0; e0 < pw; e0 += 8) {
+                __m256 v[8];
+                for (int k = 0; k < 8; k++) v[k] = _mm256_loadu_ps(og + (e0 + k) * r + t0);
+                transpose8(v); /* v[j]: samples e0.. of row t0 + j */
+                for (int j = 0; j < 8; j++) _mm256_storeu_ps(sg + (t0 + j) * WIDE + e0, v[j]);
+            }
+        for (int64_t t = t8; t < r; t++)
+            for (int64_t e = 0; e < pw; e++) sg[t * WIDE + e] = og[e * r + t];
+    }
+}
+
+/* Output rows [o0, o1) of the panel of samples [s, s + WIDE) from the shared sums, in row order: eight
+ * rows by eight samples at a time, transposed in registers, so that each store is eight neighbouring
+ * outputs of one sample and no two threads write the same cache line; scaled, flags and bias added. */
+AVX2 static void gather_rows(const wide_t *wd, int64_t s, int64_t o0, int64_t o1, const float *flags) {
+    const call_t *c = wd->c;
+    const int64_t m = c->n - s < WIDE ? c->n - s : WIDE, *inv = wd->inv;
+    int64_t o = o0;
+    for (; o + 8 <= o1; o += 8) {
+        const __m256 b = c->bias ? _mm256_loadu_ps(c->bias + o) : _mm256_setzero_ps();
+        for (int64_t e0 = 0; e0 < m; e0 += 8) {
+            __m256 v[8];
+            for (int i = 0; i < 8; i++) {
+                v[i] = _mm256_loadu_ps(wd->sums + inv[o + i] * WIDE + e0);
+                if (c->scales) v[i] = _mm256_mul_ps(v[i], _mm256_set1_ps(c->scales[inv[o + i]]));
+            }
+            transpose8(v); /* v[e]: rows o.. of sample s + e0 + e */
+            for (int e = 0; e < 8 && e0 + e < m; e++)
+                _mm256_storeu_ps(c->y + (s + e0 + e) * c->out + o, _mm256_add_ps(_mm256_add_ps(v[e], b),
+                                                                                 _mm256_set1_ps(flags[e0 + e])));
+        }
+    }
+    for (; o < o1; o++)
+        for (int64_t e = 0; e < m; e++)
+            c->y[(s + e) * c->out + o] = wd->sums[inv[o] * WIDE + e] * (c->scales ? c->scales[inv[o]] : 1.0f) +
+                                         flags[e] + (c->bias ? c->bias[o] : 0.0f);
+}
+
 /* Whether every group's rows are consecutive output rows, none of them padding. */
 static int rows_consecutive(const int64_t *rows, int64_t g, int64_t r, int64_t out) {
     for (int64_t gi = 0; gi < g; gi++)
@@ -657,14 +708,19 @@ static void panel_groups(const wide_t *wd, int tid, const float *panel, int64_t 
                 }
             }
         }
-        store_wide(wd, g0, q, s, out, flags);
+        if (wd->inv)
+            stash_rows(wd, g0, q, pw, out);
+        else
+            store_wide(wd, g0, q, s, out, flags);
     }
 }
 
 /* The panels in turn, every thread on each: a thread transposes its share of the panel's columns into
  * one of two panel buffers (and their flags into its own row), the threads meet, then each runs its
  * groups on the panel while the next one fills the other buffer. The transposed input stays two panels
- * (in the second-level cache) instead of the whole batch written out and read back. */
+ * (in the second-level cache) instead of the whole batch written out and read back. With `inv` the
+ * groups' sums go to the shared buffer and, once the threads meet again, each writes its share of the
+ * output rows (a multiple of 16: whole cache lines where rows are 16-float aligned). */
 static void wide_panels(const wide_t *wd, int threads, float *partial) {
     const call_t *c = wd->c;
     const int64_t g = wd->g, blocks8 = wd->in / 8;
@@ -674,6 +730,8 @@ static void wide_panels(const wide_t *wd, int threads, float *partial) {
         const int64_t begin = g * tid / parts, end = g * (tid + 1) / parts;
         const int64_t col0 = blocks8 * tid / parts * 8;
         const int64_t col1 = tid + 1 == parts ? wd->in : blocks8 * (tid + 1) / parts * 8;
+        const int64_t lines = (c->out + 15) / 16, o0 = lines * tid / parts * 16;
+        const int64_t o1 = tid + 1 == parts ? c->out : lines * (tid + 1) / parts * 16;
         float flags[WIDE];
         for (int64_t s = 0, p = 0; s < c->n; s += WIDE, p++) {
             float *panel = wd->xt + (p & 1) * wd->in * WIDE, *part = partial + (p & 1) * parts * WIDE;
@@ -684,12 +742,41 @@ static void wide_panels(const wide_t *wd, int threads, float *partial) {
                 for (int t = 0; t < parts; t++) flags[e] += part[t * WIDE + e];
             }
             if (begin < end) panel_groups(wd, tid, panel, s, begin, end, flags);
+            if (wd->inv) {
+#pragma omp barrier
+                gather_rows(wd, s, o0 < c->out ? o0 : c->out, o1, flags);
+            }
         }
     }
 }
 #endif
 
 #ifdef RBGP_AVX2_KERNELS
+/* Whether every aligned chunk of CHUNK groups is `chunk_interleaved` (strided layouts: store_wide's
+ * vector stores). */
+static int strided(const call_t *c, int64_t g) {
+    if (g % CHUNK) return 0;
+    for (int64_t g0 = 0; g0 < g; g0 += CHUNK)
+        if (!chunk_interleaved(c, g0, CHUNK)) return 0;
+    return 1;
+}
+
+/* inv[o]: the group-major row p (rows[p] == o) that gives output row o; NULL where some output row has
+ * none or memory is short. */
+static int64_t *row_sources(const int64_t *rows, int64_t count, int64_t out) {
+    int64_t *inv = (int64_t *)malloc((size_t)(out > 0 ? out : 1) * sizeof(int64_t));
+    if (!inv) return NULL;
+    for (int64_t o = 0; o < out; o++) inv[o] = -1;
+    for (int64_t p = 0; p < count; p++)
+        if (rows[p] >= 0 && rows[p] < out) inv[rows[p]] = p;
+    for (int64_t o = 0; o < out; o++)
+        if (inv[o] < 0) {
+            free(inv);
+            return NULL;
+        }
+    return inv;
+}
+
 static int wide(int kind, int64_t n, int64_t g, int64_t r, int64_t k, int64_t bw, const float *x, int64_t in,
                 int64_t ldx, const void *values, const float *scales, const int64_t *blocks, const int64_t *rows,
                 int64_t out, const float *bias, float *y, int threads) {
@@ -701,9 +788,15 @@ static int wide(int kind, int64_t n, int64_t g, int64_t r, int64_t k, int64_t bw
     float *flags = buffers + per * threads, *xt = flags + partial;
     const call_t c = {pick(kind), value_size(kind), n, r, k, bw, ldx, out, per, x, scales, bias, NULL, values, blocks,
                       rows, buffers, y};
-    const wide_t wd = {&c, xt, in, g, rows_consecutive(rows, g, r, out), rbgp_native_wide_rows(0) == 8};
+    wide_t wd = {&c, xt, in, g, rows_consecutive(rows, g, r, out), rbgp_native_wide_rows(0) == 8, NULL, NULL};
+    int64_t *inv = NULL;
+    if (!wd.consecutive && !strided(&c, g)) {
+        inv = row_sources(rows, g * r, out);
+        wd.sums = inv ? (float *)aligned_alloc(64, (size_t)((g * r * WIDE + 15) / 16 * 16) * sizeof(float)) : NULL;
+        wd.inv = wd.sums ? inv : NULL;
+    }
     wide_panels(&wd, threads, flags);
-    free(buffers);
+    free(wd.sums), free(inv), free(buffers);
     return 0;
 }
 #endif
