@@ -1,24 +1,26 @@
 """Where the time of the linear path goes at density 1/16 (4096 x 4096, batches 256 and 64, forward, CPU fp32).
 
 Times, interleaved in one run (medians; a new random order every round), the dense GEMM and the RBGP
-forward four ways: on a row-major input (what a standalone layer gets: its micro-blocks gathered as
-rows, `rbgp.ops.grouped`), the same with the older path (transpose the input to feature-major, then
-gather whole rows), on the transposed view of a feature-major buffer (what a previous RBGP layer
-hands on), and on a row-major input to a layer whose layout `sparsify` fitted to dense weights (its
-default init="magnitude" relabels rows and columns one by one: no micro-blocks, so it takes the
-transpose-first path), and on a layer converted with calibration data (aligned micro-blocks of 16, rows
-fitted to the data, so its outputs are gathered back into row order); then the pieces: the micro-block gather (FBGEMM's embedding kernel, and the
-index_select it replaced), the transpose and row gather of the older path, the batched GEMM alone,
-and the group-major -> row-order output copy (and the index_select it replaced). `per_ideal` =
-(dense / 16) / time. The allocator is tuned (`rbgp.tune_cpu_allocator`), as `rbgp bench` does. All
-this in PROCESSES fresh processes (ratios move from process to process on a shared VM); the tables
-give each ratio's min / median / max.
+forward: on a row-major input (what a layer gets; the native kernel's wide tiles where its AVX2 build
+runs, else the torch path of `rbgp.ops.grouped`), on the torch path's older variant (transpose the
+input to feature-major, then gather whole rows), on the transposed view of a feature-major buffer (what
+RBGP layers handed on before their outputs became contiguous), on a layer whose layout `sparsify`
+fitted to dense weights (its default init="magnitude" relabels rows and columns one by one: no
+micro-blocks) and on a layer converted with calibration data (aligned micro-blocks of 16, rows in
+data order, so its outputs are gathered back into row order); then the torch path's pieces (it runs
+where the native kernel does not: no AVX2 build, or a gradient wanted): the micro-block gather
+(FBGEMM's embedding kernel, and the index_select it replaced), the transpose and row gather of the
+older variant, the batched GEMM alone, and the group-major -> row-order output copy (and the
+index_select it replaced). `per_ideal` = (dense / 16) / time. The allocator is tuned
+(`rbgp.tune_cpu_allocator`), as `rbgp bench` does. All this in PROCESSES fresh processes (ratios move
+from process to process on a shared VM); the tables give each ratio's min / median / max.
 
     python benchmarks/linear_fixed_costs.py   # writes benchmarks/linear_fixed_costs.{json,md}
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -32,6 +34,8 @@ from pathlib import Path
 import torch
 
 import rbgp.ops.grouped as grouped
+import rbgp.nn.rbgp_layers as layers
+import rbgp.ops.dispatch as dispatch
 from rbgp.allocator import tune_cpu_allocator
 from rbgp.experiments.bench.timing import machine
 from rbgp.files import write_json, write_text
@@ -41,14 +45,26 @@ OUT, IN, BATCHES, DENSITY, ROUNDS, PROCESSES = 4096, 4096, (256, 64), 1 / 16, 31
 CHILD_ENV = "RBGP_LINEAR_FIXED_COSTS_CHILD"
 
 
-def _old_path(layer: RBGPLinear, x: torch.Tensor) -> torch.Tensor:
-    """The forward as it was before the micro-block gather: transpose, then gather whole rows."""
-    width = grouped.ROW_GATHER_MIN_WIDTH
-    grouped.ROW_GATHER_MIN_WIDTH = 1 << 30
+@contextlib.contextmanager
+def _torch_path(transpose_first: bool = False):
+    """The torch path (the native kernel off), optionally as it was before the micro-block gather:
+    transpose, then gather whole rows."""
+    eager, applies, width = dispatch.eager_linear, dispatch.native_applies, grouped.ROW_GATHER_MIN_WIDTH
+    planned = layers.planned_linear
+    dispatch.eager_linear, layers.planned_linear = (lambda *a: None), (lambda *a: None)
+    dispatch.native_applies = lambda *a, **k: False
+    if transpose_first:
+        grouped.ROW_GATHER_MIN_WIDTH = 1 << 30
     try:
-        return layer(x)
+        yield
     finally:
-        grouped.ROW_GATHER_MIN_WIDTH = width
+        dispatch.eager_linear, dispatch.native_applies, grouped.ROW_GATHER_MIN_WIDTH = eager, applies, width
+        layers.planned_linear = planned
+
+
+def _on_torch_path(layer: RBGPLinear, x: torch.Tensor, transpose_first: bool = False) -> torch.Tensor:
+    with _torch_path(transpose_first):
+        return layer(x)
 
 
 def _interleave(yg: torch.Tensor) -> torch.Tensor:
@@ -66,21 +82,24 @@ def time_batch(layer: RBGPLinear, fitted: RBGPLinear, calibrated: RBGPLinear, ba
     bw = lay.block_width
     cols = lay.col_index.reshape(-1)
     xt = grouped.feature_major(x)
-    x_fm = xt.t()  # what a previous RBGP layer hands on: the (N, in) view of a feature-major buffer
+    x_fm = xt.t()  # what RBGP layers handed on before contiguous outputs: the (N, in) view of a feature-major buffer
     xg = xt.index_select(0, cols).view(g, k, batch)
     yg = torch.bmm(vals, xg)
     blocks = x.view(-1, bw)
     index = (torch.arange(batch, dtype=torch.int32)[:, None] * (IN // bw) + lay.col_blocks.reshape(1, -1)).reshape(-1)
     with torch.no_grad():
         ref = layer(x)
-        assert torch.allclose(_old_path(layer, x), ref, atol=1e-4, rtol=1e-4)
+        assert torch.allclose(_on_torch_path(layer, x, transpose_first=True), ref, atol=1e-4, rtol=1e-4)
+        assert torch.allclose(_on_torch_path(layer, x), ref, atol=1e-4, rtol=1e-4)
         assert torch.allclose(layer(x_fm), ref, atol=1e-4, rtol=1e-4)
         assert torch.allclose(_interleave(yg).t(), ref, atol=1e-4, rtol=1e-4)
     fns = {
         "dense GEMM": lambda: x @ w.t(),
         "RBGP forward, row-major input": lambda: layer(x),
-        "RBGP forward, row-major input, transpose first (older path)": lambda: _old_path(layer, x),
-        "RBGP forward, input from a previous RBGP layer": lambda: layer(x_fm),
+        "RBGP forward, row-major input, torch path": lambda: _on_torch_path(layer, x),
+        "RBGP forward, row-major input, torch path, transpose first (older variant)":
+            lambda: _on_torch_path(layer, x, transpose_first=True),
+        "RBGP forward, transposed view of a feature-major input": lambda: layer(x_fm),
         "RBGP forward, row-major input, layout fitted to dense weights (sparsify's default init)": lambda: fitted(x),
         "RBGP forward, row-major input, layout fitted with calibration data (sparsify(..., calibration=...))":
             lambda: calibrated(x),
