@@ -885,7 +885,7 @@ typedef struct {
                 for (int64_t j = 0; j < v->kw; j++, col++) {                                                 \
                     const float *p = pc + v->off[j];                                                         \
                     __m256 xv[V];                                                                            \
-                    for (int u = 0; u < (V); u++) xv[u] = _mm256_loadu_ps(p + v->step * u);                        \
+                    for (int u = 0; u < (V); u++) xv[u] = _mm256_loadu_ps(p + v->step * u);                  \
                     for (int t = 0; t < (H); t++) {                                                          \
                         const __m256 wv = _mm256_broadcast_ss(w + t * ldw + col);                            \
                         for (int u = 0; u < (V); u++) a[t][u] = _mm256_fmadd_ps(wv, xv[u], a[t][u]);         \
@@ -926,7 +926,8 @@ CONV_TILE(conv_1x3, AVX2, 1, 3)
     const float *w##T = w + (T) * ldw;
 #define X1_STEP(T) a##T##0 = _mm256_fmadd_ps(_mm256_broadcast_ss(w##T + j), x0, a##T##0);
 #define X1_STORE4(A, B, C, D, O) store_4x8(a##A##0, a##B##0, a##C##0, a##D##0, out + (O), ldo, add);
-#define X3_LOADS(S) const __m256 x0 = _mm256_loadu_ps(p), x1 = _mm256_loadu_ps(p + (S)), x2 = _mm256_loadu_ps(p + 2 * (S));
+#define X3_LOADS(S)                                                                                          \
+    const __m256 x0 = _mm256_loadu_ps(p), x1 = _mm256_loadu_ps(p + (S)), x2 = _mm256_loadu_ps(p + 2 * (S));
 #define X2_LOADS(S) const __m256 x0 = _mm256_loadu_ps(p), x1 = _mm256_loadu_ps(p + (S));
 #define X1_LOADS(S) const __m256 x0 = _mm256_loadu_ps(p);
 #define CONV_X(NAME, ATTR, ROWS, ROW, STEP, LOADS, STORES)                                                   \
@@ -962,8 +963,10 @@ CONV_X(conv_8x1, AVX512VL, ROWS8, X1_ROW, X1_STEP, X1_LOADS(8), X1_STORE4(0, 1, 
 CONV_X(conv_4x2, AVX2, ROWS4, X2_ROW, X2_STEP, X2_LOADS(8), X2_STORE4(0, 1, 2, 3, 0))
 CONV_X(conv_4x1, AVX2, ROWS4, X1_ROW, X1_STEP, X1_LOADS(8), X1_STORE4(0, 1, 2, 3, 0))
 CONV_X(conv_4x3s, AVX2, ROWS4, X3_ROW, X3_STEP, X3_LOADS(v->step), X3_STORE4(0, 1, 2, 3, 0))
-CONV_X(conv_8x3s, AVX512VL, ROWS8, X3_ROW, X3_STEP, X3_LOADS(v->step), X3_STORE4(0, 1, 2, 3, 0) X3_STORE4(4, 5, 6, 7, 4))
-CONV_X(conv_8x2s, AVX512VL, ROWS8, X2_ROW, X2_STEP, X2_LOADS(v->step), X2_STORE4(0, 1, 2, 3, 0) X2_STORE4(4, 5, 6, 7, 4))
+CONV_X(conv_8x3s, AVX512VL, ROWS8, X3_ROW, X3_STEP, X3_LOADS(v->step),
+       X3_STORE4(0, 1, 2, 3, 0) X3_STORE4(4, 5, 6, 7, 4))
+CONV_X(conv_8x2s, AVX512VL, ROWS8, X2_ROW, X2_STEP, X2_LOADS(v->step),
+       X2_STORE4(0, 1, 2, 3, 0) X2_STORE4(4, 5, 6, 7, 4))
 CONV_X(conv_4x2s, AVX2, ROWS4, X2_ROW, X2_STEP, X2_LOADS(v->step), X2_STORE4(0, 1, 2, 3, 0))
 
 typedef void (*conv_fn)(int64_t kb, const int64_t *blocks, const conv_t *v, const float *w, int64_t ldw,
