@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from rbgp.nn import RBGPLinear
+from rbgp.patterns import RBGP4
 
 PATHS = {
     "native": (3, False, "auto"),  # small batch, no gradient: the native kernel where it builds
@@ -60,3 +61,32 @@ def test_huge_finite_inputs_are_not_flagged():
     with torch.no_grad():
         y = layer(x)
     assert not torch.isnan(y).any()
+
+
+@pytest.mark.parametrize(
+    "group_rows,sparsity,masked",
+    [(4, 0.75, True), (8, 0.9, True), (32, 0.5, True), (16, 0.9, False), (32, 0.9, False), (128, 0.75, False)],
+)
+def test_training_small_groups_runs_the_masked_dense_weight(group_rows, sparsity, masked, monkeypatch):
+    """Training on the CPU: row groups under 16 rows, or up to 64 at density 1/4 or more, run as the dense
+    product of the masked weight, the others on the grouped GEMMs; gradients as the reference's either way."""
+    from rbgp.ops import dispatch
+
+    calls = []
+    grouped = dispatch.grouped_linear
+    monkeypatch.setattr(dispatch, "grouped_linear", lambda *a, **k: calls.append(1) or grouped(*a, **k))
+    torch.manual_seed(0)
+    layer = RBGPLinear(256, 1024, sparsity, pattern=RBGP4(group_rows=group_rows, block=(1, 8)))
+    assert layer.values.shape[1] == group_rows
+    reference = RBGPLinear(256, 1024, sparsity, pattern=RBGP4(group_rows=group_rows, block=(1, 8)), backend="reference")
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(37, 256, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    (layer(x) ** 2).sum().backward()
+    (reference(x_ref) ** 2).sum().backward()
+    assert (not calls) == masked
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(layer.values.grad, reference.values.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(layer.bias.grad, reference.bias.grad, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():  # without a gradient the grouped paths run as before
+        torch.testing.assert_close(layer(x), reference(x), rtol=1e-4, atol=1e-4)

@@ -13,6 +13,7 @@ import torch
 from rbgp.ops.autocast import autocast_inputs
 from rbgp.ops.finite import nonfinite_rows, surely_finite
 from rbgp.ops.grouped import grouped_forward, grouped_linear
+from rbgp.ops.layout import LayoutTensors
 from rbgp.ops.native import batch_limit, eager_linear, grouped_small, native_applies
 from rbgp.ops.reference import reference_linear
 from rbgp.ops.weight import SparseWeight
@@ -116,6 +117,26 @@ def rbgp_linear(
     return torch.ops.aten._unsafe_view(y, (*lead, layout.out_features))
 
 
+TRAIN_DENSE_ROWS = 16
+"""Row groups of fewer rows train on the CPU (a gradient wanted, fp32) on the masked dense weight: the
+batched GEMMs of such short groups are slower than one dense GEMM, forward and backward
+(`benchmarks/train_small_groups.md`)."""
+TRAIN_DENSE_MAX_ROWS, TRAIN_DENSE_DENSITY = 64, 0.25
+"""So do groups of up to TRAIN_DENSE_MAX_ROWS rows at densities of TRAIN_DENSE_DENSITY or more, where the
+grouped product does too little less work to make up for its short GEMMs (same file)."""
+
+
+def trains_masked_dense(x: torch.Tensor, values: torch.Tensor, layout: LayoutTensors) -> bool:
+    """Whether this call, which wants a gradient, runs as the dense product of the masked weight (see
+    TRAIN_DENSE_ROWS): a static fact of the layout's shape, for fp32 CPU calls only."""
+    if not (torch.is_grad_enabled() and (x.requires_grad or values.requires_grad)):
+        return False
+    if x.device.type != "cpu" or x.dtype != torch.float32 or values.dtype != torch.float32:
+        return False
+    rows, density = layout.row_index.shape[1], layout.col_index.shape[1] / layout.in_features
+    return rows < TRAIN_DENSE_ROWS or (rows <= TRAIN_DENSE_MAX_ROWS and density >= TRAIN_DENSE_DENSITY)
+
+
 def _grouped(
     x: torch.Tensor,
     weight: SparseWeight,
@@ -134,6 +155,8 @@ def _grouped(
     if not torch.compiler.is_compiling():
         if fused and native_applies(x, values, im2col=feature_major_out):
             return grouped_small(x, values, layout, scales, bias), True
+        if not feature_major_out and trains_masked_dense(x, values, layout):
+            return reference_linear(x, values, layout), False
         wide = weight.float_values(x.dtype) if values.dtype != x.dtype else values
         return grouped_linear(x, wide, layout, feature_major_out), False
     if not _native_in_graph(x, values):
