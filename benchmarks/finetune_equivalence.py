@@ -7,7 +7,9 @@ weights, as its densified copy (`rbgp.nn.densify`: nn.Linear / Conv1D with the p
 by gradient masks, as `calibrated_conversion.py` fine-tunes the unstructured methods); SparseGPT
 (unstructured) is fine-tuned the same way beside them. Same steps, learning rate and batches for all
 (`kjv_lm.fit`, 50 steps). Equal results for the first two mean the gap to SparseGPT after fine-tuning
-comes from the structure, not from how RBGP layers train.
+comes from the structure, not from how RBGP layers train. Since commit a22799a, groups this small
+(4 rows) train on the masked dense weight, so the first two rows run the same products; the file as of
+commit 8790c81 shows the same equality with the grouped GEMMs, which took 46 and 79 s.
 
     python benchmarks/finetune_equivalence.py   # -> benchmarks/finetune_equivalence.{json,md}
 """
@@ -70,7 +72,9 @@ def main() -> None:
         f"`{data['command']}`, {data['date']}, {data['machine']}. Byte-level GPT-2 (4 layers, width 256) trained "
         f"dense for {STEPS} steps (test {data['dense']:.4f} bits per byte), converted with {CALIBRATION} "
         f"calibration sequences, then {FT_STEPS} fine-tuning steps (AdamW, lr 3e-4, batch 16, the same batches "
-        "for every row). Test bits per byte.",
+        "for every row). Test bits per byte. The calibrated layers' 4-row groups train on the masked dense weight "
+        "(`rbgp.ops.dispatch.trains_masked_dense`); `git show 8790c81:benchmarks/finetune_equivalence.md` has "
+        "the same equality on the grouped GEMMs.",
         "",
         "| sparsity | method | before fine-tuning | after | fine-tuning s |",
         "|---|---|---|---|---|",
