@@ -43,22 +43,17 @@ def main() -> None:
         x = torch.randn(ROWS, inp, requires_grad=True)
         chosen = decide(x, layer.values, layer.sparse_weight.layout)
 
-        def grouped() -> None:
-            dispatch.trains_masked_dense = lambda *a: False
-            try:
-                layer(x).sum().backward()
-            finally:
-                dispatch.trains_masked_dense = decide
-
-        def masked() -> None:
-            dispatch.trains_masked_dense = lambda *a: True
-            try:
-                layer(x).sum().backward()
-            finally:
-                dispatch.trains_masked_dense = decide
+        def forced(masked: bool):
+            def run() -> None:
+                dispatch.trains_masked_dense = lambda *a: masked
+                try:
+                    layer(x).sum().backward()
+                finally:
+                    dispatch.trains_masked_dense = decide
+            return run
 
         times: dict[str, list[float]] = {"grouped": [], "masked dense": [], "nn.Linear": []}
-        fns = {"grouped": grouped, "masked dense": masked, "nn.Linear": lambda: dense(x).sum().backward()}
+        fns = {"grouped": forced(False), "masked dense": forced(True), "nn.Linear": lambda: dense(x).sum().backward()}
         for _ in range(ROUNDS):
             for name, fn in fns.items():
                 fn()
