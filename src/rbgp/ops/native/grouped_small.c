@@ -720,7 +720,8 @@ static void panel_groups(const wide_t *wd, int tid, const float *panel, int64_t 
  * groups on the panel while the next one fills the other buffer. The transposed input stays two panels
  * (in the second-level cache) instead of the whole batch written out and read back. With `inv` the
  * groups' sums go to the shared buffer and, once the threads meet again, each writes its share of the
- * output rows (a multiple of 16: whole cache lines where rows are 16-float aligned). */
+ * output rows (a multiple of 16: whole cache lines where rows are 16-float aligned; o0 < out always, only
+ * the last thread's share ends at out). */
 static void wide_panels(const wide_t *wd, int threads, float *partial) {
     const call_t *c = wd->c;
     const int64_t g = wd->g, blocks8 = wd->in / 8;
@@ -744,7 +745,7 @@ static void wide_panels(const wide_t *wd, int threads, float *partial) {
             if (begin < end) panel_groups(wd, tid, panel, s, begin, end, flags);
             if (wd->inv) {
 #pragma omp barrier
-                gather_rows(wd, s, o0 < c->out ? o0 : c->out, o1, flags);
+                gather_rows(wd, s, o0, o1, flags);
             }
         }
     }
