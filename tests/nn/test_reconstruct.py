@@ -183,7 +183,7 @@ def test_block_elimination_beats_the_highest_saliency_blocks():
 
 
 def test_calibrated_pattern_refines_narrow_layers_only():
-    from rbgp.nn.reconstruct import MIN_GROUPS, WIDE_ROWS, calibrated_pattern
+    from rbgp.nn.reconstruct import MIN_GROUPS, WIDE_GROUPS, WIDE_ROWS, calibrated_pattern
     from rbgp.patterns import RBGP4
 
     narrow = calibrated_pattern(RBGP4(), (256, 256), 0.75)
@@ -192,7 +192,7 @@ def test_calibrated_pattern_refines_narrow_layers_only():
     assert calibrated_pattern(RBGP4(), (256, 1024), 0.5)._plan(256, 1024, 0.5).block == (1, 8)  # a narrow input
     assert calibrated_pattern(RBGP4(), (256, 4096), 0.5)._plan(256, 4096, 0.5).block == (1, 16)  # 128 blocks: kept
     assert calibrated_pattern(RBGP4(), (2048, 2048), 0.9).group_rows == 2048 // MIN_GROUPS
-    assert calibrated_pattern(RBGP4(), (WIDE_ROWS, 4096), 0.9).group_rows == 2 * WIDE_ROWS // MIN_GROUPS
+    assert calibrated_pattern(RBGP4(), (WIDE_ROWS, 4096), 0.9).group_rows == WIDE_ROWS // WIDE_GROUPS
     wide = calibrated_pattern(RBGP4(), (4096, 4096), 0.9)
     assert wide._plan(4096, 4096, 0.9).describe() == RBGP4()._plan(4096, 4096, 0.9).describe()  # the fast plan
     conv = RBGP4()

@@ -25,18 +25,21 @@ DAMP = 0.01
 SALIENCIES = ("obs", "wanda", "magnitude")
 MAX_SOLVE_BYTES = 256 << 20
 """Groups are solved in batches whose stacked systems take at most this much memory."""
-MIN_GROUPS = 64
+MIN_GROUPS = 256
 WIDE_ROWS = 4096
+WIDE_GROUPS = 32
 MIN_BLOCKS = 8
 MIN_INPUT_BLOCKS = 128
 CALIBRATED_BLOCK_WIDTH = 8
 """The calibrated default plan of a linear layer: at least MIN_GROUPS row groups (group_rows halved
-until there are; half as many from WIDE_ROWS rows on), and micro-blocks of CALIBRATED_BLOCK_WIDTH
+until there are; WIDE_GROUPS from WIDE_ROWS rows on), and micro-blocks of CALIBRATED_BLOCK_WIDTH
 columns where the planned width leaves a group fewer than MIN_BLOCKS blocks to choose or splits the
 input into fewer than MIN_INPUT_BLOCKS (inputs narrower than 2048 with 16-column blocks). Every row
 group shares one support, so smaller groups and finer blocks fit the data better
-(`benchmarks/calibrated_conversion.md`); a layer of WIDE_ROWS rows keeps its 128-row groups (32 of
-them) and its 16-column blocks, and so its speed and conversion time. Plans with blocks narrower than
+(`benchmarks/row_groups_sweep.md`: on the KJV GPT-2 at 0.5, 256 groups are a third as far from
+unstructured SparseGPT as 32, while a 2048-row layer's 8-row groups run slower than its 64-row ones at
+batches of 16 and more); a layer of WIDE_ROWS rows keeps its 128-row groups (32 of them) and its
+16-column blocks, and so its speed and conversion time. Plans with blocks narrower than
 CALIBRATED_BLOCK_WIDTH are taken only where no other meets the sparsity (`RBGP4(min_block_width=...)`)."""
 
 
@@ -46,7 +49,7 @@ def calibrated_pattern(pattern: RBGP4, weight_shape: tuple[int, ...], sparsity: 
     if len(weight_shape) != 2:
         return pattern
     out, inp = weight_shape
-    rows, groups = pattern.group_rows, MIN_GROUPS if out < WIDE_ROWS else MIN_GROUPS // 2
+    rows, groups = pattern.group_rows, MIN_GROUPS if out < WIDE_ROWS else WIDE_GROUPS
     while rows > 1 and out // rows < groups:
         rows //= 2
     pattern = pattern.replace(group_rows=rows, min_block_width=min(pattern.block[1], CALIBRATED_BLOCK_WIDTH))
