@@ -11,9 +11,10 @@ embeddings and the first/last layer of the plain nets stay dense), uniform spars
 - RBGP4 data-free: `sparsify(model, s)` (init="magnitude", structure fitted to |W|);
 - RBGP4 calibrated: `sparsify(model, s, calibration=...)` (dense targets: each layer fits the
   unconverted model's outputs), the same with SparseGPT's layer targets, and fitted column by column
-  (block=(1, 1): no micro-blocks) to measure what micro-block granularity costs, and with the
-  earlier default of at least 32 row groups per layer (`rbgp.nn.reconstruct.MIN_GROUPS`, now 64 on
-  layers under 4096 rows) to measure what smaller groups gain.
+  (block=(1, 1): no micro-blocks, the pattern's own row groups) to measure what micro-block
+  granularity costs, and with the earlier default of at least 64 row groups per layer
+  (`rbgp.nn.reconstruct.MIN_GROUPS`, now 256 on layers under 4096 rows) to measure what smaller
+  groups gain (`row_groups_sweep.py` measures what they cost in speed).
 
 Reported: test bits per byte (LMs) or accuracy (Fashion-MNIST) with no fine-tuning and after a short
 fine-tune that is the same for every method (AdamW, masks fixed), conversion time and the peak
@@ -57,7 +58,7 @@ METHODS = {  # label -> (kind, arguments); kind "oneshot" or "rbgp"
     "RBGP4 data-free (init=magnitude)": ("rbgp", {}),
     "RBGP4 calibrated, column by column": ("rbgp", {"calibrated": True, "block": (1, 1)}),
     "RBGP4 calibrated, layer targets": ("rbgp", {"calibrated": True, "targets": "layer"}),
-    "RBGP4 calibrated, 32 row groups (the default before 64)": ("rbgp", {"calibrated": True, "min_groups": 32}),
+    "RBGP4 calibrated, 64 row groups (the default before 256)": ("rbgp", {"calibrated": True, "min_groups": 64}),
     "RBGP4 calibrated": ("rbgp", {"calibrated": True}),
 }
 NM_ONLY_AT = 0.5
