@@ -36,11 +36,11 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 import kjv_lm
+from row_groups_sweep import least_groups
 from rbgp.experiments.bench.timing import machine
 from rbgp.files import write_json
 from rbgp.nn import RBGPConv2d, RBGPLinear, reconstruct, sparsify
@@ -103,11 +103,8 @@ def convert(model: nn.Module, kind: str, args: dict, sparsity: float, calibratio
     else:
         extra = {"calibration": calibration} if args.get("calibrated") else {}
         extra.update({k: args[k] for k in ("block", "targets") if k in args})
-        default, reconstruct.MIN_GROUPS = reconstruct.MIN_GROUPS, args.get("min_groups", reconstruct.MIN_GROUPS)
-        try:
+        with least_groups(args.get("min_groups", reconstruct.MIN_GROUPS)):
             sparsify(model, sparsity, distribution="uniform", **extra)
-        finally:
-            reconstruct.MIN_GROUPS = default
     return model
 
 

@@ -23,6 +23,8 @@ import copy
 import datetime
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import kjv_lm
@@ -38,6 +40,16 @@ SPARSITIES, GROUPS, CALIBRATION = (0.5, 0.75), (32, 64, 128, 256), 64
 SPEED_WIDTH, SPEED_SPARSITIES, SPEED_BATCHES = 2048, (0.5, 0.9), (1, 16, 256)
 
 
+@contextmanager
+def least_groups(groups: int) -> Iterator[None]:
+    """Calibrated conversions inside take at least `groups` row groups (`reconstruct.MIN_GROUPS`)."""
+    default, reconstruct.MIN_GROUPS = reconstruct.MIN_GROUPS, groups
+    try:
+        yield
+    finally:
+        reconstruct.MIN_GROUPS = default
+
+
 def accuracy() -> dict:
     """Bits per byte of the KJV GPT-2 converted at each group count and sparsity, with SparseGPT's."""
     torch.manual_seed(0)
@@ -45,20 +57,17 @@ def accuracy() -> dict:
     train, test = kjv_lm.splits()
     evaluation = kjv_lm.test_windows(test)
     calibration = [{"input_ids": b} for b in kjv_lm.windows(train, CALIBRATION, seed=1).split(16)]
-    default, rows = reconstruct.MIN_GROUPS, []
+    rows = []
     for sparsity in SPARSITIES:
         reference = copy.deepcopy(model)
         prune_oneshot(reference, sparsity, calibration, "sparsegpt", None, targets="layer")
         sparsegpt = kjv_lm.bits_per_byte(reference, evaluation)
         for groups in GROUPS:
             converted = copy.deepcopy(model)
-            reconstruct.MIN_GROUPS = groups
-            try:
+            with least_groups(groups):
                 t0 = time.perf_counter()
                 report = sparsify(converted, sparsity, distribution="uniform", calibration=calibration)
                 seconds = time.perf_counter() - t0
-            finally:
-                reconstruct.MIN_GROUPS = default
             rows.append({"sparsity": sparsity, "min_groups": groups, "sparsegpt": sparsegpt, "seconds": seconds,
                          "bits_per_byte": kjv_lm.bits_per_byte(converted, evaluation),
                          "rows_per_group": sorted({r.rows_per_group for r in report.layers if r.rows_per_group})})
@@ -71,14 +80,11 @@ def accuracy() -> dict:
 
 def converted_layer(groups: int, sparsity: float) -> torch.nn.Module:
     """A SPEED_WIDTH-square layer converted with calibration data at `groups` least row groups."""
-    default, reconstruct.MIN_GROUPS = reconstruct.MIN_GROUPS, groups
-    try:
-        torch.manual_seed(0)
-        model = torch.nn.Sequential(torch.nn.Linear(SPEED_WIDTH, SPEED_WIDTH, bias=False))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(SPEED_WIDTH, SPEED_WIDTH, bias=False))
+    with least_groups(groups):
         sparsify(model, sparsity, calibration=[torch.randn(512, SPEED_WIDTH)])
-        return model[0]
-    finally:
-        reconstruct.MIN_GROUPS = default
+    return model[0]
 
 
 def speed(repeats: int = 30) -> dict:
@@ -99,7 +105,7 @@ def speed(repeats: int = 30) -> dict:
                              "dense_ms": times["dense"]["median_ms"], "speedup": times["dense"]["median_ms"] / ms})
                 print(rows[-1], flush=True)
     return {"command": "python benchmarks/row_groups_sweep.py --part speed", "date": datetime.date.today().isoformat(),
-            "machine": machine(), "torch_threads": torch.get_num_threads(), "rows": rows}
+            "machine": machine(), "rows": rows}
 
 
 def markdown(data: dict) -> str:
