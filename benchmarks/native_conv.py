@@ -6,14 +6,17 @@ wide tiles straight from its padded input (`rbgp.ops.native.grouped_conv`); othe
 channel grouped conv of oneDNN (`rbgp.ops.channel_conv`). This times every channel-path conv of the
 sparsified VGG19-bn and ResNet-18 (CIFAR, global 0.9, hw, batch 32, their own input shapes) on both
 paths and the dense nn.Conv2d of the same shape, in turn in each round (a new order every round), each
-call after a dense conv of its input as a model's other layers would run. Medians of ROUNDS rounds, in a
-plain process (glibc's allocator as a user's script has it).
+call after a dense conv of its input as a model's other layers would run; and the native kernel with
+256-bit vectors only ("native256": where the CPU has AVX-512VL its 8-row tiles use 512-bit ones,
+`rbgp.ops.native.vector_bits`). Medians of ROUNDS rounds, in a plain process (glibc's allocator as a
+user's script has it).
 
-    python benchmarks/native_conv.py   # writes benchmarks/native_conv.{json,md,png}
+    python benchmarks/native_conv.py [--out STEM]   # writes benchmarks/native_conv.{json,md,png}
 """
 
 from __future__ import annotations
 
+import argparse
 import random
 import statistics
 import time
@@ -26,11 +29,11 @@ from rbgp.experiments.bench.models import model_pair
 from rbgp.experiments.bench.timing import machine
 from rbgp.files import write_json, write_text
 from rbgp.nn import RBGPConv2d
-from rbgp.ops import conv
+from rbgp.ops import conv, native
 
 MODELS, BATCH, ROUNDS = ("vgg19", "resnet18"), 32, 25
 SHIPPED = conv.NATIVE_MIN_WIDTH
-PATHS = ("dense", "channel", "native")
+PATHS = ("dense", "channel", "native", "native256")
 
 
 def channel_convs(model: torch.nn.Module) -> dict[str, tuple[RBGPConv2d, torch.Size]]:
@@ -53,21 +56,28 @@ def dense_twin(layer: RBGPConv2d) -> torch.nn.Conv2d:
 
 def time_layer(layer: RBGPConv2d, x: torch.Tensor) -> dict[str, float]:
     dense, before = dense_twin(layer), torch.nn.Conv2d(x.shape[1], x.shape[1], 3, padding=1)
-    calls = {"dense": lambda: dense(x), "channel": lambda: layer(x), "native": lambda: layer(x)}
+    calls = {"dense": lambda: dense(x), "channel": lambda: layer(x), "native": lambda: layer(x),
+             "native256": lambda: layer(x)}
     times: dict[str, list[float]] = {p: [] for p in PATHS}
+    bits = native.vector_bits()
     for i in range(ROUNDS + 2):
         for path in random.sample(PATHS, len(PATHS)):
             conv.NATIVE_MIN_WIDTH = 1 << 30 if path == "channel" else SHIPPED
+            native.vector_bits(256 if path == "native256" else bits)
             before(x)
             start = time.perf_counter()
             calls[path]()
             if i >= 2:
                 times[path].append((time.perf_counter() - start) * 1e3)
     conv.NATIVE_MIN_WIDTH = SHIPPED
+    native.vector_bits(bits)
     return {p: statistics.median(t) for p, t in times.items()}
 
 
 def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "native_conv", help="output stem")
+    out = p.parse_args().out
     random.seed(0)
     rows = []
     with torch.no_grad():
@@ -78,17 +88,17 @@ def main() -> None:
                 ms = time_layer(layer, torch.randn(shape))
                 left, right = layer.conv_args.pad[:2]  # the output width, as conv._native_takes
                 width = (shape[3] + left + right - layer.dilation[1] * (layer.kernel_size[1] - 1) - 1) // layer.stride[1] + 1
-                native = width >= SHIPPED
+                runs_native = width >= SHIPPED
                 rows.append({"model": model_name, "layer": name, "input": list(shape), "out_channels": layer.out_channels,
-                             "kernel": list(layer.kernel_size), "stride": list(layer.stride), "native_runs": native,
+                             "kernel": list(layer.kernel_size), "stride": list(layer.stride), "native_runs": runs_native,
                              **{f"{p}_ms": ms[p] for p in PATHS}})
                 print(rows[-1], flush=True)
     data = {"command": "python benchmarks/native_conv.py", "date": date.today().isoformat(), "machine": machine(),
-            "batch": BATCH, "rounds": ROUNDS, "native_min_width": SHIPPED, "rows": rows}
-    here = Path(__file__).parent
-    write_json(here / "native_conv.json", data)
-    write_text(here / "native_conv.md", markdown(data))
-    plot(data, here / "native_conv.png")
+            "batch": BATCH, "rounds": ROUNDS, "native_min_width": SHIPPED, "vector_bits": native.vector_bits(),
+            "rows": rows}
+    write_json(out.with_suffix(".json"), data)
+    write_text(out.with_suffix(".md"), markdown(data))
+    plot(data, out.with_suffix(".png"))
 
 
 def markdown(data: dict) -> str:
@@ -97,20 +107,28 @@ def markdown(data: dict) -> str:
              f"defaults), medians of {data['rounds']} rounds (the three in a new order each round, each call after a "
              "dense conv of its input). \"native\": the layer as shipped (the native kernel where its output rows "
              f"have {data['native_min_width']}+ pixels, else the channel path); "
-             "\"channel\": the gathered-channel grouped conv. Speedups over the dense conv of the same shape.", "",
-             "| model | layer | input | out | stride | native runs | dense ms | channel ms (speedup) | native ms (speedup) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "\"channel\": the gathered-channel grouped conv; \"native256\": the native kernel with 256-bit vectors only "
+             f"(as shipped: {data.get('vector_bits', 256)}-bit). Speedups over the dense conv of the same shape.", "",
+             "| model | layer | input | out | stride | native runs | dense ms | channel ms (speedup) | native ms (speedup) "
+             "| native256 ms (speedup) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in data["rows"]:
         d = r["dense_ms"]
         lines.append(f"| {r['model']} | {r['layer']} | {tuple(r['input'])} | {r['out_channels']} | {tuple(r['stride'])} | "
                      f"{'yes' if r['native_runs'] else 'no'} | {d:.2f} | {r['channel_ms']:.2f} ({d / r['channel_ms']:.2f}x) | "
-                     f"{r['native_ms']:.2f} ({d / r['native_ms']:.2f}x) |")
+                     f"{r['native_ms']:.2f} ({d / r['native_ms']:.2f}x) | {_ms(r, 'native256', d)} |")
     for model in MODELS:
-        total = {p: sum(r[f"{p}_ms"] for r in data["rows"] if r["model"] == model) for p in PATHS}
+        total = {p: sum(r.get(f"{p}_ms", 0.0) for r in data["rows"] if r["model"] == model) for p in PATHS}
         lines.append(f"| {model} | all | | | | | {total['dense']:.2f} | {total['channel']:.2f} "
                      f"({total['dense'] / total['channel']:.2f}x) | {total['native']:.2f} "
-                     f"({total['dense'] / total['native']:.2f}x) |")
+                     f"({total['dense'] / total['native']:.2f}x) | {_ms(total, 'native256', total['dense'], '')} |")
     return "\n".join(lines) + "\n"
+
+
+def _ms(row: dict, path: str, dense: float, suffix: str = "_ms") -> str:
+    """`path`'s time in `row` and its speedup over `dense`, or "-" (runs from before the path was timed)."""
+    ms = row.get(path + suffix)
+    return "-" if not ms else f"{ms:.2f} ({dense / ms:.2f}x)"
 
 
 def plot(data: dict, path: Path) -> None:

@@ -9,8 +9,10 @@ on the same product, the RBGP layer as a user calls it (`rbgp.ops.native.batch_l
 kernel at every batch on the AVX2 build, its wide-batch tiles from `native.wide_from()` rows), the
 torch path alone (what ran before the native kernel), the native kernel on fp32, bf16 and int8 values
 (per-row scales) at every batch, on fp32 without its wide-batch tiles (one dot product per row and
-sample at every batch, what ran before them), and on fp32 with wide tiles of at most 4 rows (where the CPU
-has AVX-512VL the kernel takes 8: `native.wide_rows`).
+sample at every batch, what ran before them), on fp32 with wide tiles of at most 4 rows (where the CPU
+has AVX-512VL the kernel takes 8: `native.wide_rows`), and with 256-bit vectors only and wide tiles from
+batch 24 (where the CPU has AVX-512VL the kernel puts 16 samples in one 512-bit register, `native.vector_bits`,
+and takes its wide tiles from batch 8, `native.wide_from`).
 `share of ideal` = speedup over dense x density (1.0 = the full 1/density).
 
     python benchmarks/small_batch.py      # writes benchmarks/small_batch.{json,md,png}
@@ -73,27 +75,25 @@ def methods(layer: RBGPLinear, dense: torch.nn.Linear, csr: torch.Tensor, bsr: t
         "rbgp native fp32": lambda: native.grouped_small(x, values, layout),
         "rbgp native bf16": lambda: native.grouped_small(x, bf16, layout),
         "rbgp native int8": lambda: native.grouped_small(x, q, layout, scales),
-        "rbgp native fp32, no wide tiles": lambda: _without_wide_tiles(x, values, layout),
-        "rbgp native fp32, 4-row wide tiles": lambda: _four_row_tiles(x, values, layout),
+        "rbgp native fp32, no wide tiles": lambda: _configured(x, values, layout, wide_from=1 << 62),
+        "rbgp native fp32, 4-row wide tiles": lambda: _configured(x, values, layout, wide_rows=4),
+        "rbgp native fp32, 256-bit wide tiles from batch 24": lambda: _configured(
+            x, values, layout, vector_bits=256, wide_from=24
+        ),
     }
 
 
-def _four_row_tiles(x: torch.Tensor, values: torch.Tensor, layout) -> torch.Tensor:
-    default = native.wide_rows()
-    native.wide_rows(4)
+def _configured(x: torch.Tensor, values: torch.Tensor, layout, **settings: int) -> torch.Tensor:
+    """The native kernel with some of its settings (`native.wide_from`, `wide_rows`, `vector_bits`) changed
+    for this call."""
+    saved = {name: getattr(native, name)() for name in settings}
+    for name, value in settings.items():
+        getattr(native, name)(value)
     try:
         return native.grouped_small(x, values, layout)
     finally:
-        native.wide_rows(default)
-
-
-def _without_wide_tiles(x: torch.Tensor, values: torch.Tensor, layout) -> torch.Tensor:
-    default = native.wide_from()
-    native.wide_from(1 << 62)
-    try:
-        return native.grouped_small(x, values, layout)
-    finally:
-        native.wide_from(default)
+        for name, value in saved.items():
+            getattr(native, name)(value)
 
 
 def time_case(fns: dict, rounds: int) -> dict[str, float]:
@@ -117,7 +117,7 @@ def run(rounds: int) -> dict:
     data = {"command": f"python benchmarks/small_batch.py --rounds {rounds}", "date": datetime.date.today().isoformat(),
             "machine": machine(),
             "native_available": native.available(), "native_isa": native.isa(), "wide_from": native.wide_from(),
-            "wide_rows": native.wide_rows(),
+            "wide_rows": native.wide_rows(), "vector_bits": native.vector_bits(),
             "sparsity": SPARSITY,
             "rounds": rounds, "results": []}
     cases = [(f"{out}x{inp}", out, inp, RBGPLinear(inp, out, SPARSITY, bias=False)) for out, inp in SHAPES]
@@ -144,7 +144,7 @@ def markdown(data: dict) -> str:
              f"{data['rounds']} interleaved rounds. Speedup over dense, and in brackets the share of the ideal "
              f"1/density. \"rbgp\" is the layer as called (the native kernel's {data['native_isa']} build; with AVX2 "
              f"at every batch, its wide-batch tiles from batch {data['wide_from']}, up to {data.get('wide_rows', 4)} "
-             "rows high).",
+             f"rows high, of {data.get('vector_bits', 256)}-bit vectors).",
              "", "| layer | batch | dense us | " + " | ".join(names[1:]) + " |",
              "|---|---|---|" + "---|" * (len(names) - 1)]
     for r in data["results"]:

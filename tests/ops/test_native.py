@@ -277,6 +277,19 @@ def test_wide_tile_rows_checked_and_follow_the_cpu():
         native.wide_rows(default)
 
 
+def test_vector_bits_checked_and_follow_the_cpu():
+    with pytest.raises(ValueError, match="bits must be 256 or 512, got 128"):
+        native.vector_bits(128)
+    default = native.vector_bits()
+    try:
+        assert native.vector_bits(256) == 256
+        has_avx512vl = "avx512vl" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else None
+        got = native.vector_bits(512)
+        assert got in (256, 512) and (has_avx512vl is None or (got == 512) == has_avx512vl)
+    finally:
+        native.vector_bits(default)
+
+
 @pytest.mark.parametrize("kind", ["fp32", "int8"])
 def test_eager_path_keeps_the_input_shape(kind):
     """The eager fast path (`eager_linear`) on unbatched, 3-D, empty and non-contiguous inputs gives what

@@ -15,15 +15,16 @@ pytestmark = pytest.mark.skipif(
 TOL = 1e-5  # relative to max |y|: fp32 sums of up to a few thousand products
 
 
-@pytest.fixture(params=[4, 8])
+@pytest.fixture(params=[(4, 256), (8, 256), (8, 512)], ids=["4rows", "8rows", "8rows-512bit"])
 def tile_rows(request):
-    """Runs a test with 4-row tiles and, where the CPU has AVX-512VL, 8-row ones."""
-    default = native.wide_rows()
-    if native.wide_rows(request.param) != request.param:
-        native.wide_rows(default)
+    """Runs a test with 4-row tiles and, where the CPU has AVX-512VL, 8-row ones of 256- and 512-bit vectors."""
+    rows, bits = request.param
+    default, default_bits = native.wide_rows(), native.vector_bits()
+    if native.wide_rows(rows) != rows or native.vector_bits(bits) != bits:
+        native.wide_rows(default), native.vector_bits(default_bits)
         pytest.skip("this CPU has no AVX-512VL")
-    yield request.param
-    native.wide_rows(default)
+    yield rows
+    native.wide_rows(default), native.vector_bits(default_bits)
 
 
 @pytest.fixture

@@ -103,17 +103,20 @@ def test_fuzz_against_the_reference(case):
         x[s % batch, j % layout.in_features] = v
     bias = torch.randn(layout.out_features, generator=g) if with_bias else None
     default, default_wide, default_rows = native.isa(), native.wide_from(), native.wide_rows()
-    runs = (("plain", default_wide, 4), ("avx2", default_wide, 4), ("avx2", 1, 4), ("avx2", 1, 8))
+    default_bits = native.vector_bits()
+    runs = (("plain", default_wide, 4, 256), ("avx2", default_wide, 4, 256), ("avx2", 1, 4, 256),
+            ("avx2", 1, 8, 256), ("avx2", 1, 8, 512))
     try:
-        for isa, wide_from, rows in runs:  # both builds, where the CPU has them; AVX2's wide tiles at every
-            # batch, 4 and 8 rows high (8 where the CPU has AVX-512VL)
-            if native.isa(isa) == isa and native.wide_rows(rows) == rows:
+        for isa, wide_from, rows, bits in runs:  # both builds, where the CPU has them; AVX2's wide tiles at
+            # every batch, 4 and 8 rows high, 8 (where the CPU has AVX-512VL) with 256- and 512-bit vectors
+            if native.isa(isa) == isa and native.wide_rows(rows) == rows and native.vector_bits(bits) == bits:
                 native.wide_from(wide_from)
                 check_against_reference(native.grouped_small(x, values, layout, scales, bias), x, exact, layout, bias)
     finally:
         native.isa(default)
         native.wide_from(default_wide)
         native.wide_rows(default_rows)
+        native.vector_bits(default_bits)
 
 
 def test_threads_with_mixed_batches():

@@ -6,8 +6,9 @@ The C kernel gathers each group's inputs into a small per-thread buffer and take
 per row and sample, with the values streamed once, the output written in row order (contiguous),
 and threads over groups; it reads fp32, bf16 or int8 (per-row scale) values, widened in registers.
 From `wide_from()` samples on, its AVX2 build runs as a GEMM micro-kernel on x transposed 24 samples
-at a time (tiles of 4 rows by 24 samples, 8 rows where the CPU has AVX-512VL: `wide_rows`), which beats the
-torch path's batched GEMMs at any batch of a linear layer (`benchmarks/small_batch.md`).
+at a time (tiles of 4 rows by 24 samples, 8 rows where the CPU has AVX-512VL: `wide_rows`, each row's first
+16 samples in one 512-bit register there: `vector_bits`), which beats the torch path's batched GEMMs at any
+batch of a linear layer (`benchmarks/small_batch.md`).
 
 It is compiled with the system C compiler (`cc`, or $CC) the first time it is needed, into
 $RBGP_CACHE_DIR or ~/.cache/rbgp, under a name that hashes the source, the flags and the compiler,
@@ -128,6 +129,8 @@ def _load() -> ctypes.CDLL | None:
     lib.rbgp_native_wide_from.restype = i64
     lib.rbgp_native_wide_rows.argtypes = [i64]
     lib.rbgp_native_wide_rows.restype = i64
+    lib.rbgp_native_vector_bits.argtypes = [i64]
+    lib.rbgp_native_vector_bits.restype = i64
     _Library.avx2 = bool(lib.rbgp_native_isa(-1))
     return lib
 
@@ -154,8 +157,9 @@ def isa(request: str | None = None) -> str:
 
 def wide_from(batch: int | None = None) -> int:
     """The batch from which the AVX2 build takes its wide-batch tiles (x transposed 24 samples at a time, each
-    value broadcast against 24 samples) instead of one dot product per row and sample; `batch` (>= 1)
-    changes it, so that tests cover both. The kernel must be available."""
+    value broadcast against 24 samples) instead of one dot product per row and sample: 8 where the tiles
+    have 512-bit vectors (`vector_bits`), else 24; `batch` (>= 1) changes it, so that tests cover both. The
+    kernel must be available."""
     lib = _required()
     if batch is not None and (not isinstance(batch, int) or batch < 1):
         raise ValueError(f"batch must be a positive int, got {batch!r}")
@@ -170,6 +174,16 @@ def wide_rows(rows: int | None = None) -> int:
     if rows is not None and rows not in (4, 8):
         raise ValueError(f"rows must be 4 or 8, got {rows!r}")
     return int(lib.rbgp_native_wide_rows(0 if rows is None else rows))
+
+
+def vector_bits(bits: int | None = None) -> int:
+    """The vector width of the 8-row wide tiles: 512 where the CPU has AVX-512 (a row's first 16 samples in
+    one register), else 256; `bits` (256 or 512) changes it, so that tests and benchmarks cover both (512
+    only where the CPU has it). The kernel must be available."""
+    lib = _required()
+    if bits is not None and bits not in (256, 512):
+        raise ValueError(f"bits must be 256 or 512, got {bits!r}")
+    return int(lib.rbgp_native_vector_bits(0 if bits is None else bits))
 
 
 def available() -> bool:

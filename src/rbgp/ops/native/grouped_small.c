@@ -15,8 +15,9 @@
  * samples, values widened in registers) where the CPU has them, else plain C vectorised by the
  * compiler (target_clones for AVX-512, AVX2+FMA or baseline x86-64). Never -march=native, so the
  * library can move to another CPU. From `wide_from` samples on, the AVX2 build runs as a GEMM instead
- * (x transposed a panel of 24 samples at a time, tiles of 4 rows by 24 samples, 8 rows where the CPU has AVX-512VL:
- * "Wide batches" below), which takes a linear layer's prefill and training-size batches too.
+ * (x transposed a panel of 24 samples at a time, tiles of 4 rows by 24 samples, 8 rows where the CPU has AVX-512VL,
+ * with 512-bit vectors there: "Wide batches" below), which takes a linear layer's prefill and training-size
+ * batches too.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -316,27 +317,83 @@ AVX2 static inline void store_4x8(__m256 r0, __m256 r1, __m256 r2, __m256 r3, fl
 #define ROWS4(X) X(0) X(1) X(2) X(3)
 #define ROWS8(X) ROWS4(X) X(4) X(5) X(6) X(7)
 
-/* A written-out tile of the rows ROWS lists by 24 samples (3 vectors), STORES storing its sums. */
-#define WIDE_X3(NAME, ATTR, ROWS, STORES)                                                                    \
+#define X3_LOADS(S)                                                                                          \
+    const __m256 x0 = _mm256_loadu_ps(p), x1 = _mm256_loadu_ps(p + (S)), x2 = _mm256_loadu_ps(p + 2 * (S));
+
+/* A written-out tile of the rows ROWS lists by 24 samples (3 vectors): ROW declares a row's sums, LOADS
+ * loads a column's samples from p, STEP multiply-adds a row's value of column j, STORES stores the sums. */
+#define WIDE_X3(NAME, ATTR, ROWS, ROW, STEP, LOADS, STORES)                                                  \
     ATTR static void NAME(int64_t kb, int64_t bw, const int64_t *blocks, const float *w, int64_t ldw,        \
                           const float *xt, int64_t np, float *out, int64_t ldo, int add) {                   \
-        ROWS(X3_ROW)                                                                                         \
+        ROWS(ROW)                                                                                            \
         int64_t j = 0;                                                                                       \
         for (int64_t b = 0; b < kb; b++) {                                                                   \
             const float *p = xt + blocks[b] * bw * np;                                                       \
             for (int64_t jj = 0; jj < bw; jj++, j++, p += np) {                                              \
-                const __m256 x0 = _mm256_load_ps(p), x1 = _mm256_load_ps(p + 8), x2 = _mm256_load_ps(p + 16); \
-                ROWS(X3_STEP)                                                                                \
+                LOADS                                                                                        \
+                ROWS(STEP)                                                                                   \
             }                                                                                                \
         }                                                                                                    \
         STORES                                                                                               \
     }
-WIDE_X3(wide_4x3, AVX2, ROWS4, X3_STORE4(0, 1, 2, 3, 0))
+WIDE_X3(wide_4x3, AVX2, ROWS4, X3_ROW, X3_STEP, X3_LOADS(8), X3_STORE4(0, 1, 2, 3, 0))
 
 /* The same for 8 rows, where AVX-512VL gives 32 vector registers (24 sums, 3 inputs and a broadcast
  * value): each input vector loaded serves twice the multiply-adds. */
 #define AVX512VL __attribute__((target("avx2,fma,avx512f,avx512vl")))
-WIDE_X3(wide_8x3, AVX512VL, ROWS8, X3_STORE4(0, 1, 2, 3, 0) X3_STORE4(4, 5, 6, 7, 4))
+#define STORES8 X3_STORE4(0, 1, 2, 3, 0) X3_STORE4(4, 5, 6, 7, 4)
+WIDE_X3(wide_8x3, AVX512VL, ROWS8, X3_ROW, X3_STEP, X3_LOADS(8), STORES8)
+
+/* And with 512-bit vectors (`rbgp_native_vector_bits`): a row's first 16 samples in one zmm sum, the
+ * last 8 in a ymm one, so that a CPU with full-width AVX-512 units does a row's 24 multiply-adds in two
+ * instructions instead of three (16 sums, 2 inputs and a broadcast value; as many multiply-adds per
+ * cycle as before where the units are 256 bits wide). The samples p[0..24) are contiguous. */
+#define Z3_ROW(T)                                                                                            \
+    __m512 z##T = _mm512_setzero_ps();                                                                       \
+    __m256 a##T##2 = _mm256_setzero_ps();                                                                    \
+    const float *w##T = w + (T) * ldw;
+#define Z3_STEP(T)                                                                                           \
+    do {                                                                                                     \
+        const __m512 wv = _mm512_set1_ps(w##T[j]);                                                           \
+        z##T = _mm512_fmadd_ps(wv, xz, z##T);                                                                \
+        a##T##2 = _mm256_fmadd_ps(_mm512_castps512_ps256(wv), x2, a##T##2);                                  \
+    } while (0);
+#define Z3_LOADS                                                                                             \
+    const __m512 xz = _mm512_loadu_ps(p);                                                                    \
+    const __m256 x2 = _mm256_loadu_ps(p + 16);
+#define Z3_SPLIT(T)                                                                                          \
+    const __m256 a##T##0 = _mm512_castps512_ps256(z##T),                                                     \
+                 a##T##1 = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z##T), 1));
+WIDE_X3(wide_8x3z, AVX512VL, ROWS8, Z3_ROW, Z3_STEP, Z3_LOADS, ROWS8(Z3_SPLIT) STORES8)
+/* 16 samples as one zmm sum per row (Z2_*; its two halves stored as X2_STORE4 stores two ymm sums). */
+#define Z2_ROW(T)                                                                                            \
+    __m512 z##T = _mm512_setzero_ps();                                                                       \
+    const float *w##T = w + (T) * ldw;
+#define Z2_STEP(T) z##T = _mm512_fmadd_ps(_mm512_set1_ps(w##T[j]), xz, z##T);
+#define Z2_LOADS const __m512 xz = _mm512_loadu_ps(p);
+#define X2_STORE4(A, B, C, D, O)                                                                             \
+    store_4x8(a##A##0, a##B##0, a##C##0, a##D##0, out + (O), ldo, add);                                      \
+    store_4x8(a##A##1, a##B##1, a##C##1, a##D##1, out + (O) + 8 * ldo, ldo, add);
+#define STORES8_2 ROWS8(Z3_SPLIT) X2_STORE4(0, 1, 2, 3, 0) X2_STORE4(4, 5, 6, 7, 4)
+WIDE_X3(wide_8x2z, AVX512VL, ROWS8, Z2_ROW, Z2_STEP, Z2_LOADS, STORES8_2)
+/* The pieces of 16 and 8 samples in ymm sums (the convs' tiles; X1 also 8-sample panels, 8 rows high). */
+#define X2_ROW(T)                                                                                            \
+    __m256 a##T##0 = _mm256_setzero_ps(), a##T##1 = a##T##0;                                                 \
+    const float *w##T = w + (T) * ldw;
+#define X2_STEP(T)                                                                                           \
+    do {                                                                                                     \
+        const __m256 wv = _mm256_broadcast_ss(w##T + j);                                                     \
+        a##T##0 = _mm256_fmadd_ps(wv, x0, a##T##0);                                                          \
+        a##T##1 = _mm256_fmadd_ps(wv, x1, a##T##1);                                                          \
+    } while (0);
+#define X1_ROW(T)                                                                                            \
+    __m256 a##T##0 = _mm256_setzero_ps();                                                                    \
+    const float *w##T = w + (T) * ldw;
+#define X1_STEP(T) a##T##0 = _mm256_fmadd_ps(_mm256_broadcast_ss(w##T + j), x0, a##T##0);
+#define X1_STORE4(A, B, C, D, O) store_4x8(a##A##0, a##B##0, a##C##0, a##D##0, out + (O), ldo, add);
+#define X2_LOADS(S) const __m256 x0 = _mm256_loadu_ps(p), x1 = _mm256_loadu_ps(p + (S));
+#define X1_LOADS(S) const __m256 x0 = _mm256_loadu_ps(p);
+WIDE_X3(wide_8x1, AVX512VL, ROWS8, X1_ROW, X1_STEP, X1_LOADS(8), X1_STORE4(0, 1, 2, 3, 0) X1_STORE4(4, 5, 6, 7, 4))
 #endif
 
 static void gather(int64_t n, int64_t k, int64_t bw, const float *x, int64_t ldx, const int64_t *blocks, float *xg) {
@@ -409,6 +466,16 @@ int64_t rbgp_native_wide_rows(int64_t request) {
     return wide_rows;
 }
 
+/* 512 where the 8-row wide tiles use 512-bit vectors (the *z tiles), else 256: 512 where the
+ * CPU has AVX-512VL; chosen on first use, or forced by request 256 or 512 (512 only where the CPU has it). */
+static int64_t vector_bits = -1;
+
+int64_t rbgp_native_vector_bits(int64_t request) {
+    if (request == 256 || request == 512) vector_bits = request == 512 && avx512vl_supported() ? 512 : 256;
+    else if (vector_bits < 0) vector_bits = avx512vl_supported() ? 512 : 256;
+    return vector_bits;
+}
+
 static rows_fn pick(int kind) {
     static const rows_fn plain[3] = {rows_f32, rows_bf16, rows_i8};
 #ifdef RBGP_AVX2_KERNELS
@@ -462,8 +529,12 @@ static void grouped_task(const void *ctx, int tid, int64_t begin, int64_t end) {
 }
 
 #ifdef RBGP_AVX2_KERNELS
+typedef void (*wide_fn)(int64_t kb, int64_t bw, const int64_t *blocks, const float *w, int64_t ldw, const float *xt,
+                        int64_t np, float *out, int64_t ldo, int add);
+
 /* One call's wide-batch state beyond call_t: the transposed inputs (panels of `in` columns), whether
- * every group's rows are consecutive output rows, whether 8-row tiles run (`rbgp_native_wide_rows`), and
+ * every group's rows are consecutive output rows, the 8-row tile where those run (`rbgp_native_wide_rows`,
+ * `rbgp_native_vector_bits`; NULL: 4-row tiles; `eight2` for panels of 16 samples, with 512-bit vectors), and
  * for rows in any other order than consecutive or strided (fitted layouts) the row of the group-major
  * sums that gives each output row (`inv`) and the panel's sums, (G * R, WIDE), shared by the threads. */
 typedef struct {
@@ -471,7 +542,7 @@ typedef struct {
     float *xt;
     int64_t in, g;
     int consecutive;
-    int eight;
+    wide_fn eight, eight2;
     const int64_t *inv;
     float *sums;
 } wide_t;
@@ -666,9 +737,6 @@ static int rows_consecutive(const int64_t *rows, int64_t g, int64_t r, int64_t o
     return 1;
 }
 
-typedef void (*wide_fn)(int64_t kb, int64_t bw, const int64_t *blocks, const float *w, int64_t ldw, const float *xt,
-                        int64_t np, float *out, int64_t ldo, int add);
-
 /* The height of the next wide tile for `left` rows: 8 where 8-row tiles run, else 4, 2 or 1. */
 static inline int tile_rows(int eight, int64_t left) {
     return eight && left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
@@ -679,8 +747,9 @@ static inline int tile_rows(int eight, int64_t left) {
 #define WIDE_SPAN 192
 
 /* Groups [begin, end) on the panel of samples [s, s + WIDE) (in L2 while the groups pass: the values
- * stream in order), tiles of 4 rows (8 with AVX-512VL; 2 or 1 for the rows left over) over spans of
- * WIDE_SPAN columns; narrow values widened into the thread's buffer; flags[e]: sample s + e's. */
+ * stream in order), tiles of 4 rows (8 with AVX-512VL on panels of 24 samples, and on panels of 8 or 16
+ * with 512-bit vectors; 2 or 1 for the rows left over) over spans of WIDE_SPAN columns; narrow values
+ * widened into the thread's buffer; flags[e]: sample s + e's. */
 static void panel_groups(const wide_t *wd, int tid, const float *panel, int64_t s, int64_t begin, int64_t end,
                          const float *flags) {
     static const wide_fn tiles[3][3] = {
@@ -689,7 +758,8 @@ static void panel_groups(const wide_t *wd, int tid, const float *panel, int64_t 
     const int64_t kb = c->k / c->bw, rk = c->r * c->k, span = WIDE_SPAN / c->bw > 0 ? WIDE_SPAN / c->bw : 1;
     float *wbuf = c->buffers + c->per * tid, *out = wbuf + (rk + 15) / 16 * 16; /* (CHUNK, WIDE, R) */
     const int64_t pw = panel_width(c->n, s), v = pw / 8;
-    const int eight = v == 3 && wd->eight;
+    const wide_fn fn8 = v == 3 ? wd->eight : v == 2 ? wd->eight2 : wd->eight2 ? wide_8x1 : NULL;
+    const int eight = fn8 != NULL;
     for (int64_t g0 = begin; g0 < end; g0 += CHUNK) {
         const int64_t q = end - g0 < CHUNK ? end - g0 : CHUNK;
         for (int64_t gi = g0; gi < g0 + q; gi++) {
@@ -702,7 +772,7 @@ static void panel_groups(const wide_t *wd, int tid, const float *panel, int64_t 
                 const int64_t nb = kb - b0 < span ? kb - b0 : span;
                 for (int64_t i = 0; i < c->r;) {
                     const int h = tile_rows(eight, c->r - i);
-                    const wide_fn fn = h == 8 ? wide_8x3 : tiles[h == 4 ? 0 : h == 2 ? 1 : 2][v - 1];
+                    const wide_fn fn = h == 8 ? fn8 : tiles[h == 4 ? 0 : h == 2 ? 1 : 2][v - 1];
                     fn(nb, c->bw, blocks + b0, w + i * c->k + b0 * c->bw, c->k, panel, pw, og + i, c->r, b0 > 0);
                     i += h;
                 }
@@ -789,7 +859,9 @@ static int wide(int kind, int64_t n, int64_t g, int64_t r, int64_t k, int64_t bw
     float *flags = buffers + per * threads, *xt = flags + partial;
     const call_t c = {pick(kind), value_size(kind), n, r, k, bw, ldx, out, per, x, scales, bias, NULL, values, blocks,
                       rows, buffers, y};
-    wide_t wd = {&c, xt, in, g, rows_consecutive(rows, g, r, out), rbgp_native_wide_rows(0) == 8, NULL, NULL};
+    const int eight = rbgp_native_wide_rows(0) == 8, zmm = eight && rbgp_native_vector_bits(0) == 512;
+    wide_t wd = {&c, xt, in, g, rows_consecutive(rows, g, r, out), !eight ? NULL : zmm ? wide_8x3z : wide_8x3,
+                 zmm ? wide_8x2z : NULL, NULL, NULL};
     int64_t *inv = NULL;
     if (!wd.consecutive && !strided(&c, g)) {
         inv = row_sources(rows, g * r, out);
@@ -802,12 +874,15 @@ static int wide(int kind, int64_t n, int64_t g, int64_t r, int64_t k, int64_t bw
 }
 #endif
 
-/* Batches from this many rows take the wide-batch tiles (where the AVX2 kernels run). */
-static int64_t wide_from = 24;
+/* Batches from this many rows take the wide-batch tiles (where the AVX2 kernels run): 8 where their 8-row
+ * tiles have 512-bit vectors (panels of 8 and 16 samples then have 8-row tiles too), else 24; chosen on
+ * first use. */
+static int64_t wide_from = -1;
 
 /* request >= 1 sets the batch from which the wide tiles run (tests force either path); returns it. */
 int64_t rbgp_native_wide_from(int64_t request) {
     if (request >= 1) wide_from = request;
+    else if (wide_from < 0) wide_from = rbgp_native_wide_rows(0) == 8 && rbgp_native_vector_bits(0) == 512 ? 8 : 24;
     return wide_from;
 }
 
@@ -818,8 +893,8 @@ int rbgp_grouped_small(int kind, int64_t n, int64_t g, int64_t r, int64_t k, int
                        const int64_t *rows, int64_t out, const float *bias, float *y, int threads) {
     if (threads < 1) threads = 1;
 #ifdef RBGP_AVX2_KERNELS
-    if (n >= wide_from && rbgp_native_isa(-1)) return wide(kind, n, g, r, k, bw, x, in, ldx, values, scales, blocks,
-                                                           rows, out, bias, y, threads);
+    if (n >= rbgp_native_wide_from(0) && rbgp_native_isa(-1))
+        return wide(kind, n, g, r, k, bw, x, in, ldx, values, scales, blocks, rows, out, bias, y, threads);
 #endif
     /* every thread's buffer, and the flags all threads read, on cache lines of their own (64 bytes):
      * a line written by one thread and read by another would bounce between the cores */
@@ -909,28 +984,7 @@ CONV_TILE(conv_1x2, AVX2, 1, 2)
 CONV_TILE(conv_1x3, AVX2, 1, 3)
 
 /* CONV_TILE for the rows ROWS lists, written out as WIDE_X3 is (with arrays the compiler keeps the
- * sums on the stack): 24 pixels (X3_*), or 16 with the X2_* pieces below. */
-#define X2_ROW(T)                                                                                            \
-    __m256 a##T##0 = _mm256_setzero_ps(), a##T##1 = a##T##0;                                                 \
-    const float *w##T = w + (T) * ldw;
-#define X2_STEP(T)                                                                                           \
-    do {                                                                                                     \
-        const __m256 wv = _mm256_broadcast_ss(w##T + j);                                                     \
-        a##T##0 = _mm256_fmadd_ps(wv, x0, a##T##0);                                                          \
-        a##T##1 = _mm256_fmadd_ps(wv, x1, a##T##1);                                                          \
-    } while (0);
-#define X2_STORE4(A, B, C, D, O)                                                                             \
-    store_4x8(a##A##0, a##B##0, a##C##0, a##D##0, out + (O), ldo, add);                                      \
-    store_4x8(a##A##1, a##B##1, a##C##1, a##D##1, out + (O) + 8 * ldo, ldo, add);
-#define X1_ROW(T)                                                                                            \
-    __m256 a##T##0 = _mm256_setzero_ps();                                                                    \
-    const float *w##T = w + (T) * ldw;
-#define X1_STEP(T) a##T##0 = _mm256_fmadd_ps(_mm256_broadcast_ss(w##T + j), x0, a##T##0);
-#define X1_STORE4(A, B, C, D, O) store_4x8(a##A##0, a##B##0, a##C##0, a##D##0, out + (O), ldo, add);
-#define X3_LOADS(S)                                                                                          \
-    const __m256 x0 = _mm256_loadu_ps(p), x1 = _mm256_loadu_ps(p + (S)), x2 = _mm256_loadu_ps(p + 2 * (S));
-#define X2_LOADS(S) const __m256 x0 = _mm256_loadu_ps(p), x1 = _mm256_loadu_ps(p + (S));
-#define X1_LOADS(S) const __m256 x0 = _mm256_loadu_ps(p);
+ * sums on the stack), from the same pieces: 24 pixels (X3_*, Z3_*), 16 (X2_*, Z2_*) or 8 (X1_*). */
 #define CONV_X(NAME, ATTR, ROWS, ROW, STEP, LOADS, STORES)                                                   \
     ATTR static void NAME(int64_t kb, const int64_t *blocks, const conv_t *v, const float *w, int64_t ldw,  \
                           const float *x, float *out, int64_t ldo) {                                         \
@@ -958,7 +1012,19 @@ CONV_TILE(conv_1x3, AVX2, 1, 3)
 /* Along a row the vectors are 8 floats apart (a constant: a variable step costs the 16-pixel tiles about 10%);
  * the stacked tiles (suffix s) step v->step. */
 CONV_X(conv_4x3, AVX2, ROWS4, X3_ROW, X3_STEP, X3_LOADS(8), X3_STORE4(0, 1, 2, 3, 0))
-CONV_X(conv_8x3, AVX512VL, ROWS8, X3_ROW, X3_STEP, X3_LOADS(8), X3_STORE4(0, 1, 2, 3, 0) X3_STORE4(4, 5, 6, 7, 4))
+CONV_X(conv_8x3, AVX512VL, ROWS8, X3_ROW, X3_STEP, X3_LOADS(8), STORES8)
+CONV_X(conv_8x3z, AVX512VL, ROWS8, Z3_ROW, Z3_STEP, Z3_LOADS, ROWS8(Z3_SPLIT) STORES8)
+CONV_X(conv_8x2z, AVX512VL, ROWS8, Z2_ROW, Z2_STEP, Z2_LOADS, STORES8_2)
+/* The stacked ones: the vectors at p and p + S joined into one zmm. */
+#define ZS_PAIR(S)                                                                                           \
+    _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(_mm256_loadu_ps(p))),        \
+                                        _mm256_castps_pd(_mm256_loadu_ps(p + (S))), 1))
+#define ZS3_LOADS(S)                                                                                         \
+    const __m512 xz = ZS_PAIR(S);                                                                            \
+    const __m256 x2 = _mm256_loadu_ps(p + 2 * (S));
+#define ZS2_LOADS(S) const __m512 xz = ZS_PAIR(S);
+CONV_X(conv_8x3zs, AVX512VL, ROWS8, Z3_ROW, Z3_STEP, ZS3_LOADS(v->step), ROWS8(Z3_SPLIT) STORES8)
+CONV_X(conv_8x2zs, AVX512VL, ROWS8, Z2_ROW, Z2_STEP, ZS2_LOADS(v->step), STORES8_2)
 CONV_X(conv_8x2, AVX512VL, ROWS8, X2_ROW, X2_STEP, X2_LOADS(8), X2_STORE4(0, 1, 2, 3, 0) X2_STORE4(4, 5, 6, 7, 4))
 CONV_X(conv_8x1, AVX512VL, ROWS8, X1_ROW, X1_STEP, X1_LOADS(8), X1_STORE4(0, 1, 2, 3, 0) X1_STORE4(4, 5, 6, 7, 4))
 CONV_X(conv_4x2, AVX2, ROWS4, X2_ROW, X2_STEP, X2_LOADS(8), X2_STORE4(0, 1, 2, 3, 0))
@@ -981,6 +1047,7 @@ typedef struct {
     const int64_t *blocks, *rows;
     float *buffers, *y;
     int eight, stacked;
+    conv_fn tiles8[2][2]; /* 8-row tiles of 2 and 3 vectors, along a row and stacked (`rbgp_native_vector_bits`) */
 } conv_call_t;
 
 /* Runs [begin, end), every group on each: its rows' sums into the thread's buffer (WIDE, R), then into y
@@ -988,15 +1055,15 @@ typedef struct {
  * pixels of it, or, where rows are a vector or shorter (`stacked`), up to three whole output rows (one
  * vector each), so that the tiles still load three vectors for each broadcast weight. */
 static void conv_task(const void *ctx, int tid, int64_t begin, int64_t end) {
-    static const conv_fn along[4][3] = {{conv_8x1, conv_8x2, conv_8x3},
-                                        {conv_4x1, conv_4x2, conv_4x3},
-                                        {conv_2x1, conv_2x2, conv_2x3},
-                                        {conv_1x1, conv_1x2, conv_1x3}};
-    static const conv_fn down[4][3] = {{conv_8x1, conv_8x2s, conv_8x3s},
-                                       {conv_4x1, conv_4x2s, conv_4x3s},
-                                       {conv_2x1, conv_2x2, conv_2x3},
-                                       {conv_1x1, conv_1x2, conv_1x3}};
     const conv_call_t *c = ctx;
+    const conv_fn along[4][3] = {{conv_8x1, c->tiles8[0][0], c->tiles8[0][1]},
+                                 {conv_4x1, conv_4x2, conv_4x3},
+                                 {conv_2x1, conv_2x2, conv_2x3},
+                                 {conv_1x1, conv_1x2, conv_1x3}};
+    const conv_fn down[4][3] = {{conv_8x1, c->tiles8[1][0], c->tiles8[1][1]},
+                                {conv_4x1, conv_4x2s, conv_4x3s},
+                                {conv_2x1, conv_2x2, conv_2x3},
+                                {conv_1x1, conv_1x2, conv_1x3}};
     const conv_fn(*tiles)[3] = c->stacked ? down : along;
     const conv_t *v = c->v;
     const int64_t kb = c->k / (v->kh * v->kw), pixels = v->oh * v->ow;
@@ -1064,8 +1131,11 @@ int rbgp_grouped_conv(const operands_t *w, const int64_t *geometry, int64_t imag
     if (threads > total) threads = (int)total;
     float *buffers = (float *)aligned_alloc(64, (size_t)((threads * WIDE * w->r + 15) / 16 * 16) * sizeof(float));
     if (!buffers) return 1;
+    const int zmm = rbgp_native_vector_bits(0) == 512;
     const conv_call_t c = {&v, runs, width, w->g, w->r, w->k, w->out, x, (const float *)w->values, w->bias, w->blocks,
-                           w->rows, buffers, y, rbgp_native_wide_rows(0) == 8, stacked};
+                           w->rows, buffers, y, rbgp_native_wide_rows(0) == 8, stacked,
+                           {{zmm ? conv_8x2z : conv_8x2, zmm ? conv_8x3z : conv_8x3},
+                            {zmm ? conv_8x2zs : conv_8x2s, zmm ? conv_8x3zs : conv_8x3s}}};
     parallel_for(conv_task, &c, total, threads);
     free(buffers);
     return 0;
