@@ -63,6 +63,23 @@ def test_gram_accumulates_the_augmented_inputs_in_float64():
     assert stats.rows == 10 and stats.gram.dtype == torch.float64
 
 
+@pytest.mark.parametrize("width", [1023, 1024, 1300])
+def test_wide_gram_by_blocks_is_the_whole_product(width):
+    """Inputs of 2 * SYMMETRIC_BLOCK columns or more take their Gram matrix by block rows from the diagonal
+    on, mirrored: equal to the whole product within float32 rounding and symmetric, the ones column as
+    before; a pair of different inputs (dense targets) still takes the whole product."""
+    g = torch.Generator().manual_seed(width)
+    x, d = torch.randn(300, width, generator=g), torch.randn(300, width, generator=g)
+    stats = GramStats(torch.zeros(width + 1, width + 1, dtype=torch.float64))
+    stats.add_pair(x, d)
+    for acc, a, b in ((stats.gram, x, x), (stats.cross, x, d), (stats.dense_gram, d, d)):
+        a1 = torch.cat([a.double(), torch.ones(300, 1, dtype=torch.float64)], 1)
+        b1 = torch.cat([b.double(), torch.ones(300, 1, dtype=torch.float64)], 1)
+        torch.testing.assert_close(acc, a1.t() @ b1, rtol=1e-5, atol=1e-3)
+    for acc in (stats.gram, stats.dense_gram):
+        torch.testing.assert_close(acc, acc.t(), rtol=0, atol=1e-9 * float(acc.abs().max()))
+
+
 def test_layers_reading_one_input_share_a_wave():
     model = _llama()
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and "layers" in n]
