@@ -264,30 +264,26 @@ def test_isa_request_checked():
         native.isa("avx512")
 
 
-def test_wide_tile_rows_checked_and_follow_the_cpu():
-    with pytest.raises(ValueError, match="rows must be 4 or 8, got 6"):
-        native.wide_rows(6)
-    default = native.wide_rows()
+@pytest.mark.parametrize(
+    "setting, bad, narrow, wide, message",
+    [
+        ("wide_rows", 6, 4, 8, "rows must be 4 or 8, got 6"),
+        ("vector_bits", 128, 256, 512, "bits must be 256 or 512, got 128"),
+    ],
+)
+def test_tile_settings_checked_and_follow_the_cpu(setting, bad, narrow, wide, message):
+    """The wide tiles' height and vector width: bad requests refused, the AVX-512VL form only where the CPU has it."""
+    choose = getattr(native, setting)
+    with pytest.raises(ValueError, match=message):
+        choose(bad)
+    default = choose()
     try:
-        assert native.wide_rows(4) == 4
+        assert choose(narrow) == narrow
         has_avx512vl = "avx512vl" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else None
-        got = native.wide_rows(8)
-        assert got in (4, 8) and (has_avx512vl is None or (got == 8) == has_avx512vl)
+        got = choose(wide)
+        assert got in (narrow, wide) and (has_avx512vl is None or (got == wide) == has_avx512vl)
     finally:
-        native.wide_rows(default)
-
-
-def test_vector_bits_checked_and_follow_the_cpu():
-    with pytest.raises(ValueError, match="bits must be 256 or 512, got 128"):
-        native.vector_bits(128)
-    default = native.vector_bits()
-    try:
-        assert native.vector_bits(256) == 256
-        has_avx512vl = "avx512vl" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else None
-        got = native.vector_bits(512)
-        assert got in (256, 512) and (has_avx512vl is None or (got == 512) == has_avx512vl)
-    finally:
-        native.vector_bits(default)
+        choose(default)
 
 
 @pytest.mark.parametrize("kind", ["fp32", "int8"])

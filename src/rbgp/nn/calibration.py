@@ -97,7 +97,7 @@ def _scaled(x: torch.Tensor) -> tuple[torch.Tensor, float]:
 
 SYMMETRIC_BLOCK = 512
 """a^T a of rows at least twice this wide is taken a block row at a time from the diagonal on and mirrored:
-about half the multiply-adds of one product (a 4096-wide Gram matrix in 0.64 of the time), the same values."""
+about half the multiply-adds of one product (`benchmarks/conversion_time.md`), the same values up to rounding."""
 
 
 def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

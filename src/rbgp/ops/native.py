@@ -179,7 +179,8 @@ def wide_rows(rows: int | None = None) -> int:
 def vector_bits(bits: int | None = None) -> int:
     """The vector width of the 8-row wide tiles: 512 where the CPU has AVX-512 (a row's first 16 samples in
     one register), else 256; `bits` (256 or 512) changes it, so that tests and benchmarks cover both (512
-    only where the CPU has it). The kernel must be available."""
+    only where the CPU has it; `wide_from` keeps the value it took on first use). The kernel must be
+    available."""
     lib = _required()
     if bits is not None and bits not in (256, 512):
         raise ValueError(f"bits must be 256 or 512, got {bits!r}")
