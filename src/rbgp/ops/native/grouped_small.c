@@ -704,14 +704,16 @@ AVX2 static void stash_rows(const wide_t *wd, int64_t g0, int64_t q, int64_t pw,
 
 /* Output rows [o0, o1) of the panel of samples [s, s + WIDE) from the shared sums, in row order: eight
  * rows by eight samples at a time, transposed in registers, so that each store is eight neighbouring
- * outputs of one sample and no two threads write the same cache line; scaled, flags and bias added. */
+ * outputs of one sample and no two threads write the same cache line; scaled, flags and bias added.
+ * Eight samples over all the rows, then the next eight: the outputs of one sample lie a row of y apart
+ * (often a multiple of 4 KB), and all 24 at once would compete for one set of the first-level cache. */
 AVX2 static void gather_rows(const wide_t *wd, int64_t s, int64_t o0, int64_t o1, const float *flags) {
     const call_t *c = wd->c;
     const int64_t m = c->n - s < WIDE ? c->n - s : WIDE, *inv = wd->inv;
-    int64_t o = o0;
-    for (; o + 8 <= o1; o += 8) {
-        const __m256 b = c->bias ? _mm256_loadu_ps(c->bias + o) : _mm256_setzero_ps();
-        for (int64_t e0 = 0; e0 < m; e0 += 8) {
+    const int64_t o8 = o0 + (o1 - o0) / 8 * 8;
+    for (int64_t e0 = 0; e0 < m; e0 += 8)
+        for (int64_t o = o0; o < o8; o += 8) {
+            const __m256 b = c->bias ? _mm256_loadu_ps(c->bias + o) : _mm256_setzero_ps();
             __m256 v[8];
             for (int i = 0; i < 8; i++) {
                 v[i] = _mm256_loadu_ps(wd->sums + inv[o + i] * WIDE + e0);
@@ -722,8 +724,7 @@ AVX2 static void gather_rows(const wide_t *wd, int64_t s, int64_t o0, int64_t o1
                 _mm256_storeu_ps(c->y + (s + e0 + e) * c->out + o, _mm256_add_ps(_mm256_add_ps(v[e], b),
                                                                                  _mm256_set1_ps(flags[e0 + e])));
         }
-    }
-    for (; o < o1; o++)
+    for (int64_t o = o8; o < o1; o++)
         for (int64_t e = 0; e < m; e++)
             c->y[(s + e) * c->out + o] = wd->sums[inv[o] * WIDE + e] * (c->scales ? c->scales[inv[o]] : 1.0f) +
                                          flags[e] + (c->bias ? c->bias[o] : 0.0f);
