@@ -115,19 +115,18 @@ def markdown(data: dict) -> str:
     for r in data["rows"]:
         d = r["dense_ms"]
         lines.append(f"| {r['model']} | {r['layer']} | {tuple(r['input'])} | {r['out_channels']} | {tuple(r['stride'])} | "
-                     f"{'yes' if r['native_runs'] else 'no'} | {d:.2f} | {r['channel_ms']:.2f} ({d / r['channel_ms']:.2f}x) | "
-                     f"{r['native_ms']:.2f} ({d / r['native_ms']:.2f}x) | {_ms(r, 'native256', d)} |")
+                     f"{'yes' if r['native_runs'] else 'no'} | {d:.2f} | "
+                     + " | ".join(_ms(r, p, d) for p in PATHS[1:]) + " |")
     for model in MODELS:
-        total = {p: sum(r.get(f"{p}_ms", 0.0) for r in data["rows"] if r["model"] == model) for p in PATHS}
-        lines.append(f"| {model} | all | | | | | {total['dense']:.2f} | {total['channel']:.2f} "
-                     f"({total['dense'] / total['channel']:.2f}x) | {total['native']:.2f} "
-                     f"({total['dense'] / total['native']:.2f}x) | {_ms(total, 'native256', total['dense'], '')} |")
+        total = {f"{p}_ms": sum(r.get(f"{p}_ms", 0.0) for r in data["rows"] if r["model"] == model) for p in PATHS}
+        d = total["dense_ms"]
+        lines.append(f"| {model} | all | | | | | {d:.2f} | " + " | ".join(_ms(total, p, d) for p in PATHS[1:]) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _ms(row: dict, path: str, dense: float, suffix: str = "_ms") -> str:
+def _ms(row: dict, path: str, dense: float) -> str:
     """`path`'s time in `row` and its speedup over `dense`, or "-" (runs from before the path was timed)."""
-    ms = row.get(path + suffix)
+    ms = row.get(path + "_ms")
     return "-" if not ms else f"{ms:.2f} ({dense / ms:.2f}x)"
 
 

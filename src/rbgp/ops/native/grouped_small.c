@@ -364,7 +364,8 @@ WIDE_X3(wide_8x3, AVX512VL, ROWS8, X3_ROW, X3_STEP, X3_LOADS(8), STORES8)
 #define Z3_SPLIT(T)                                                                                          \
     const __m256 a##T##0 = _mm512_castps512_ps256(z##T),                                                     \
                  a##T##1 = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z##T), 1));
-WIDE_X3(wide_8x3z, AVX512VL, ROWS8, Z3_ROW, Z3_STEP, Z3_LOADS, ROWS8(Z3_SPLIT) STORES8)
+#define STORES8_Z3 ROWS8(Z3_SPLIT) STORES8
+WIDE_X3(wide_8x3z, AVX512VL, ROWS8, Z3_ROW, Z3_STEP, Z3_LOADS, STORES8_Z3)
 /* 16 samples as one zmm sum per row (Z2_*; its two halves stored as X2_STORE4 stores two ymm sums). */
 #define Z2_ROW(T)                                                                                            \
     __m512 z##T = _mm512_setzero_ps();                                                                       \
@@ -374,8 +375,9 @@ WIDE_X3(wide_8x3z, AVX512VL, ROWS8, Z3_ROW, Z3_STEP, Z3_LOADS, ROWS8(Z3_SPLIT) S
 #define X2_STORE4(A, B, C, D, O)                                                                             \
     store_4x8(a##A##0, a##B##0, a##C##0, a##D##0, out + (O), ldo, add);                                      \
     store_4x8(a##A##1, a##B##1, a##C##1, a##D##1, out + (O) + 8 * ldo, ldo, add);
-#define STORES8_2 ROWS8(Z3_SPLIT) X2_STORE4(0, 1, 2, 3, 0) X2_STORE4(4, 5, 6, 7, 4)
-WIDE_X3(wide_8x2z, AVX512VL, ROWS8, Z2_ROW, Z2_STEP, Z2_LOADS, STORES8_2)
+#define STORES8_X2 X2_STORE4(0, 1, 2, 3, 0) X2_STORE4(4, 5, 6, 7, 4)
+#define STORES8_Z2 ROWS8(Z3_SPLIT) STORES8_X2
+WIDE_X3(wide_8x2z, AVX512VL, ROWS8, Z2_ROW, Z2_STEP, Z2_LOADS, STORES8_Z2)
 /* The pieces of 16 and 8 samples in ymm sums (the convs' tiles; X1 also 8-sample panels, 8 rows high). */
 #define X2_ROW(T)                                                                                            \
     __m256 a##T##0 = _mm256_setzero_ps(), a##T##1 = a##T##0;                                                 \
@@ -393,7 +395,8 @@ WIDE_X3(wide_8x2z, AVX512VL, ROWS8, Z2_ROW, Z2_STEP, Z2_LOADS, STORES8_2)
 #define X1_STORE4(A, B, C, D, O) store_4x8(a##A##0, a##B##0, a##C##0, a##D##0, out + (O), ldo, add);
 #define X2_LOADS(S) const __m256 x0 = _mm256_loadu_ps(p), x1 = _mm256_loadu_ps(p + (S));
 #define X1_LOADS(S) const __m256 x0 = _mm256_loadu_ps(p);
-WIDE_X3(wide_8x1, AVX512VL, ROWS8, X1_ROW, X1_STEP, X1_LOADS(8), X1_STORE4(0, 1, 2, 3, 0) X1_STORE4(4, 5, 6, 7, 4))
+#define STORES8_X1 X1_STORE4(0, 1, 2, 3, 0) X1_STORE4(4, 5, 6, 7, 4)
+WIDE_X3(wide_8x1, AVX512VL, ROWS8, X1_ROW, X1_STEP, X1_LOADS(8), STORES8_X1)
 #endif
 
 static void gather(int64_t n, int64_t k, int64_t bw, const float *x, int64_t ldx, const int64_t *blocks, float *xg) {
@@ -1014,8 +1017,8 @@ CONV_TILE(conv_1x3, AVX2, 1, 3)
  * the stacked tiles (suffix s) step v->step. */
 CONV_X(conv_4x3, AVX2, ROWS4, X3_ROW, X3_STEP, X3_LOADS(8), X3_STORE4(0, 1, 2, 3, 0))
 CONV_X(conv_8x3, AVX512VL, ROWS8, X3_ROW, X3_STEP, X3_LOADS(8), STORES8)
-CONV_X(conv_8x3z, AVX512VL, ROWS8, Z3_ROW, Z3_STEP, Z3_LOADS, ROWS8(Z3_SPLIT) STORES8)
-CONV_X(conv_8x2z, AVX512VL, ROWS8, Z2_ROW, Z2_STEP, Z2_LOADS, STORES8_2)
+CONV_X(conv_8x3z, AVX512VL, ROWS8, Z3_ROW, Z3_STEP, Z3_LOADS, STORES8_Z3)
+CONV_X(conv_8x2z, AVX512VL, ROWS8, Z2_ROW, Z2_STEP, Z2_LOADS, STORES8_Z2)
 /* The stacked ones: the vectors at p and p + S joined into one zmm. */
 #define ZS_PAIR(S)                                                                                           \
     _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(_mm256_loadu_ps(p))),        \
@@ -1024,17 +1027,15 @@ CONV_X(conv_8x2z, AVX512VL, ROWS8, Z2_ROW, Z2_STEP, Z2_LOADS, STORES8_2)
     const __m512 xz = ZS_PAIR(S);                                                                            \
     const __m256 x2 = _mm256_loadu_ps(p + 2 * (S));
 #define ZS2_LOADS(S) const __m512 xz = ZS_PAIR(S);
-CONV_X(conv_8x3zs, AVX512VL, ROWS8, Z3_ROW, Z3_STEP, ZS3_LOADS(v->step), ROWS8(Z3_SPLIT) STORES8)
-CONV_X(conv_8x2zs, AVX512VL, ROWS8, Z2_ROW, Z2_STEP, ZS2_LOADS(v->step), STORES8_2)
-CONV_X(conv_8x2, AVX512VL, ROWS8, X2_ROW, X2_STEP, X2_LOADS(8), X2_STORE4(0, 1, 2, 3, 0) X2_STORE4(4, 5, 6, 7, 4))
-CONV_X(conv_8x1, AVX512VL, ROWS8, X1_ROW, X1_STEP, X1_LOADS(8), X1_STORE4(0, 1, 2, 3, 0) X1_STORE4(4, 5, 6, 7, 4))
+CONV_X(conv_8x3zs, AVX512VL, ROWS8, Z3_ROW, Z3_STEP, ZS3_LOADS(v->step), STORES8_Z3)
+CONV_X(conv_8x2zs, AVX512VL, ROWS8, Z2_ROW, Z2_STEP, ZS2_LOADS(v->step), STORES8_Z2)
+CONV_X(conv_8x2, AVX512VL, ROWS8, X2_ROW, X2_STEP, X2_LOADS(8), STORES8_X2)
+CONV_X(conv_8x1, AVX512VL, ROWS8, X1_ROW, X1_STEP, X1_LOADS(8), STORES8_X1)
 CONV_X(conv_4x2, AVX2, ROWS4, X2_ROW, X2_STEP, X2_LOADS(8), X2_STORE4(0, 1, 2, 3, 0))
 CONV_X(conv_4x1, AVX2, ROWS4, X1_ROW, X1_STEP, X1_LOADS(8), X1_STORE4(0, 1, 2, 3, 0))
 CONV_X(conv_4x3s, AVX2, ROWS4, X3_ROW, X3_STEP, X3_LOADS(v->step), X3_STORE4(0, 1, 2, 3, 0))
-CONV_X(conv_8x3s, AVX512VL, ROWS8, X3_ROW, X3_STEP, X3_LOADS(v->step),
-       X3_STORE4(0, 1, 2, 3, 0) X3_STORE4(4, 5, 6, 7, 4))
-CONV_X(conv_8x2s, AVX512VL, ROWS8, X2_ROW, X2_STEP, X2_LOADS(v->step),
-       X2_STORE4(0, 1, 2, 3, 0) X2_STORE4(4, 5, 6, 7, 4))
+CONV_X(conv_8x3s, AVX512VL, ROWS8, X3_ROW, X3_STEP, X3_LOADS(v->step), STORES8)
+CONV_X(conv_8x2s, AVX512VL, ROWS8, X2_ROW, X2_STEP, X2_LOADS(v->step), STORES8_X2)
 CONV_X(conv_4x2s, AVX2, ROWS4, X2_ROW, X2_STEP, X2_LOADS(v->step), X2_STORE4(0, 1, 2, 3, 0))
 
 typedef void (*conv_fn)(int64_t kb, const int64_t *blocks, const conv_t *v, const float *w, int64_t ldw,
